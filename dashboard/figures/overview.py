@@ -1,0 +1,169 @@
+"""Figures of the project overview: accuracy versus sparsity, and per-layer CKA to the dense model."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+# Colour per method stays fixed across figures, so a method is recognisable everywhere.
+METHOD_COLOURS = {
+    "magnitude_global": "#1f77b4",
+    "random": "#d62728",
+    "uploaded": "#2ca02c",
+    "dense": "#111111",
+}
+FALLBACK_COLOURS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+# Plotly's own modebar gives PNG; the second button set gives SVG through the same menu.
+GRAPH_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "svg", "scale": 2},
+    "modeBarButtonsToAdd": ["toImage"],
+}
+
+
+def method_colour(method: str, order: Sequence[str] = ()) -> str:
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    index = list(order).index(method) if method in order else len(method)
+    return FALLBACK_COLOURS[index % len(FALLBACK_COLOURS)]
+
+
+def empty_figure(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font={"size": 14, "color": "#666"})
+    fig.update_layout(
+        xaxis={"visible": False}, yaxis={"visible": False}, height=320, template="plotly_white"
+    )
+    return fig
+
+
+def accuracy_vs_sparsity(
+    rows: Sequence[Mapping[str, Any]], methods: Sequence[str] | None = None
+) -> go.Figure:
+    """One line per pruning method, from the dense model (sparsity 0) to the sparsest checkpoint.
+
+    `rows`: dicts with name, role, method, measured_sparsity, accuracy (None when not evaluated).
+    """
+    evaluated = [r for r in rows if r.get("accuracy") is not None]
+    if not evaluated:
+        return empty_figure("No evaluated checkpoints yet — the analysis job fills this in.")
+    dense = next((r for r in evaluated if r["role"] == "dense"), None)
+    by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in evaluated:
+        if r["role"] != "dense":
+            by_method[r.get("method") or "uploaded"].append(r)
+    order = sorted(by_method)
+    fig = go.Figure()
+    for method in order:
+        if methods is not None and method not in methods:
+            continue
+        points = sorted(by_method[method], key=lambda r: r["measured_sparsity"])
+        if dense is not None:
+            points = [dense, *points]
+        fig.add_trace(
+            go.Scatter(
+                x=[100 * p["measured_sparsity"] for p in points],
+                y=[100 * p["accuracy"] for p in points],
+                text=[p["name"] for p in points],
+                mode="lines+markers",
+                name=method,
+                line={"color": method_colour(method, order)},
+                hovertemplate="%{text}<br>sparsity %{x:.1f}%<br>accuracy %{y:.2f}%<extra></extra>",
+            )
+        )
+    if dense is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[100 * dense["measured_sparsity"]],
+                y=[100 * dense["accuracy"]],
+                mode="markers",
+                name=f"dense ({dense['name']})",
+                marker={"color": METHOD_COLOURS["dense"], "size": 12, "symbol": "star"},
+                hovertemplate="dense<br>accuracy %{y:.2f}%<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        template="plotly_white",
+        height=380,
+        xaxis={"title": "measured sparsity of prunable weights (%)", "range": [-2, 100]},
+        yaxis={"title": "test accuracy (%)", "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"l": 60, "r": 20, "t": 30, "b": 60},
+    )
+    return fig
+
+
+def layer_cka_heatmap(
+    layers: Sequence[str], checkpoint_names: Sequence[str], cka: np.ndarray
+) -> go.Figure:
+    """Layer × checkpoint heatmap of linear CKA between each checkpoint and the dense model.
+
+    `cka` has shape (n_checkpoints, n_layers), as the evaluation artifact stores it.
+    """
+    cka = np.asarray(cka, dtype=float)
+    if cka.size == 0:
+        return empty_figure("No layer comparison yet — the analysis job fills this in.")
+    if cka.shape != (len(checkpoint_names), len(layers)):
+        raise ValueError(
+            f"cka has shape {cka.shape}, expected ({len(checkpoint_names)}, {len(layers)})"
+        )
+    z = cka.T  # layers on the y axis, checkpoints on the x axis
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(checkpoint_names),
+            y=list(layers),
+            zmin=0.0,
+            zmax=1.0,
+            colorscale="Viridis",
+            colorbar={"title": "linear CKA"},
+            text=np.vectorize(lambda v: f"{v:.2f}")(z),
+            texttemplate="%{text}",
+            hovertemplate="layer %{y}<br>%{x}<br>CKA to dense %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        template="plotly_white",
+        height=max(300, 60 * len(layers) + 120),
+        xaxis={"title": "checkpoint", "tickangle": -30},
+        yaxis={"title": "layer", "autorange": "reversed"},
+        margin={"l": 90, "r": 20, "t": 30, "b": 90},
+    )
+    return fig
+
+
+def checkpoint_rows(
+    checkpoints: Sequence[Mapping[str, Any]], evaluation: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Checkpoint table rows with the newest evaluation's accuracy and mean CKA joined in."""
+    accuracy: dict[int, float] = {}
+    mean_cka: dict[int, float] = {}
+    if evaluation:
+        cka = np.asarray(evaluation["cka"], dtype=float)
+        for i, cid in enumerate(evaluation["checkpoint_ids"]):
+            accuracy[int(cid)] = float(evaluation["accuracy"][i])
+            if cka.size:
+                mean_cka[int(cid)] = float(np.mean(cka[i]))
+    rows = []
+    for c in checkpoints:
+        rows.append(
+            {
+                "id": c["id"],
+                "name": c["name"],
+                "role": c["role"],
+                "method": c.get("method") or "",
+                "target_sparsity": c.get("target_sparsity"),
+                "measured_sparsity": c["measured_sparsity"],
+                "num_params": c["num_params"],
+                "num_nonzero": c["num_nonzero"],
+                "accuracy": accuracy.get(c["id"]),
+                "mean_cka": mean_cka.get(c["id"]),
+                "format": c["format"],
+            }
+        )
+    return rows

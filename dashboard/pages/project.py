@@ -1,0 +1,323 @@
+"""Project page: checkpoints, job progress, accuracy versus sparsity and per-layer CKA."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import dash
+from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
+
+from dashboard.figures.overview import (
+    GRAPH_CONFIG,
+    accuracy_vs_sparsity,
+    checkpoint_rows,
+    empty_figure,
+    layer_cka_heatmap,
+)
+from dashboard.state import parse_list, project_view_query
+from server import services
+from server.schemas import JobCreate
+
+dash.register_page(__name__, path_template="/projects/<project_id>", title="PruneScope — project")
+
+ACTIVE = ("queued", "running")
+# Browser uploads travel base64-encoded inside one callback; larger files go through the API.
+DASHBOARD_UPLOAD_LIMIT = 200 * 1024 * 1024
+
+
+def _job_label(job) -> str:  # noqa: ANN001
+    p = job.params
+    if job.kind == "prune":
+        return f"#{job.id} prune {p.get('method')} {round(100 * float(p.get('sparsity', 0)))}%"
+    return f"#{job.id} {job.kind}"
+
+
+def jobs_panel(jobs) -> list:  # noqa: ANN001
+    if not jobs:
+        return [html.Div("No jobs yet.", className="muted")]
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.id, reverse=True)[:40]:
+        detail = job.error if job.state == "failed" and job.error else job.message
+        rows.append(
+            html.Div(
+                [
+                    html.Span(_job_label(job)),
+                    html.Progress(value=f"{job.progress:.3f}", max="1", id=f"job-progress-{job.id}"),
+                    html.Span(
+                        [html.Span(job.state, className=f"state state-{job.state}"), " ", detail],
+                        className="msg",
+                        title=detail,
+                    ),
+                    html.Button(
+                        "cancel", id={"type": "cancel-job", "index": job.id}, n_clicks=0
+                    )
+                    if job.state in ACTIVE
+                    else html.Span(),
+                ],
+                className=f"job {job.state}",
+                id=f"job-{job.id}",
+            )
+        )
+    return rows
+
+
+def _version(project_id: int) -> str:
+    checkpoints = services.list_checkpoints(project_id)
+    results = services.list_results(project_id)
+    return json.dumps([[c.id for c in checkpoints], [r.id for r in results]])
+
+
+def layout(project_id: str | None = None, methods: str | None = None, **_query: str) -> html.Div:
+    try:
+        pid = int(project_id or "")
+        project = services.get_project(pid)
+    except (ValueError, services.NotFound):
+        return html.Div(
+            [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
+            id="project-missing",
+        )
+    dataset = project.datasets[0].name if project.datasets else "none"
+    return html.Div(
+        [
+            dcc.Location(id="project-url", refresh=False),
+            dcc.Store(id="project-id", data=pid),
+            dcc.Store(id="project-version"),
+            dcc.Store(id="checkpoint-rows"),
+            dcc.Store(id="method-selection", data=parse_list(methods)),
+            dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
+            html.H2(project.name, id="project-title"),
+            html.Div(
+                f"architecture {project.architecture} · dataset {dataset}"
+                + (f" · {project.description}" if project.description else ""),
+                className="muted",
+            ),
+            html.Div(
+                [
+                    html.H3("Jobs"),
+                    html.Div(id="jobs-panel"),
+                    html.Div(
+                        [
+                            html.Button(
+                                "Run analysis", id="run-analysis", n_clicks=0, className="primary"
+                            ),
+                            html.Span(id="action-message", style={"marginLeft": "1rem"}),
+                        ],
+                        style={"marginTop": "0.6rem"},
+                    ),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.H3("Accuracy versus sparsity"),
+                            dcc.Checklist(id="method-filter", inline=True, options=[], value=[]),
+                            dcc.Graph(
+                                id="accuracy-graph",
+                                figure=empty_figure("loading…"),
+                                config=GRAPH_CONFIG,
+                            ),
+                        ],
+                        className="card",
+                    ),
+                    html.Div(
+                        [
+                            html.H3("Linear CKA to the dense model, per layer"),
+                            dcc.Graph(
+                                id="cka-heatmap", figure=empty_figure("loading…"), config=GRAPH_CONFIG
+                            ),
+                        ],
+                        className="card",
+                    ),
+                ],
+                className="grid2",
+            ),
+            html.Div(
+                [
+                    html.H3("Checkpoints"),
+                    dash_table.DataTable(
+                        id="checkpoint-table",
+                        columns=[
+                            {"name": "name", "id": "name"},
+                            {"name": "role", "id": "role"},
+                            {"name": "method", "id": "method"},
+                            {"name": "target sparsity", "id": "target_sparsity", "type": "numeric",
+                             "format": dash_table.FormatTemplate.percentage(1)},
+                            {"name": "measured sparsity", "id": "measured_sparsity",
+                             "type": "numeric", "format": dash_table.FormatTemplate.percentage(2)},
+                            {"name": "prunable weights", "id": "num_params", "type": "numeric"},
+                            {"name": "non-zero", "id": "num_nonzero", "type": "numeric"},
+                            {"name": "accuracy", "id": "accuracy", "type": "numeric",
+                             "format": dash_table.FormatTemplate.percentage(2)},
+                            {"name": "mean CKA", "id": "mean_cka", "type": "numeric",
+                             "format": {"specifier": ".3f"}},
+                            {"name": "format", "id": "format"},
+                        ],
+                        data=[],
+                        sort_action="native",
+                        export_format="csv",
+                        style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
+                        style_header={"fontWeight": "600"},
+                    ),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    html.H3("Add a checkpoint"),
+                    html.P(
+                        f"A safetensors file or a PyTorch state_dict for {project.architecture}. "
+                        "It is checked against the architecture before it is kept.",
+                        className="muted",
+                    ),
+                    html.Div(
+                        [
+                            dcc.Input(id="upload-name", placeholder="name (default: file name)"),
+                            dcc.Dropdown(
+                                id="upload-role",
+                                options=[
+                                    {"label": "pruned", "value": "pruned"},
+                                    {"label": "dense", "value": "dense"},
+                                ],
+                                value="pruned",
+                                clearable=False,
+                                style={"width": "10rem", "display": "inline-block"},
+                            ),
+                        ],
+                        style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem"},
+                    ),
+                    dcc.Upload(
+                        id="checkpoint-upload",
+                        children=html.Div(["Drag and drop or ", html.A("choose a file")]),
+                        className="upload",
+                        max_size=DASHBOARD_UPLOAD_LIMIT,
+                    ),
+                    html.Div(id="upload-message", style={"marginTop": "0.6rem"}),
+                ],
+                className="card",
+            ),
+        ]
+    )
+
+
+@callback(
+    Output("jobs-panel", "children"),
+    Output("project-version", "data"),
+    Output("project-poll", "interval"),
+    Input("project-poll", "n_intervals"),
+    State("project-id", "data"),
+    State("project-version", "data"),
+)
+def poll_project(_n: int, project_id: int, version: str | None):  # noqa: ANN201
+    jobs = services.list_jobs(project_id)
+    new_version = _version(project_id)
+    active = any(j.state in ACTIVE for j in jobs)
+    return (
+        jobs_panel(jobs),
+        new_version if new_version != version else no_update,
+        1000 if active else 5000,
+    )
+
+
+@callback(
+    Output("checkpoint-table", "data"),
+    Output("cka-heatmap", "figure"),
+    Output("checkpoint-rows", "data"),
+    Output("method-filter", "options"),
+    Output("method-filter", "value"),
+    Input("project-version", "data"),
+    State("project-id", "data"),
+    State("method-selection", "data"),
+)
+def refresh_views(version: str | None, project_id: int, selection: list[str] | None):  # noqa: ANN201
+    if version is None:
+        return no_update, no_update, no_update, no_update, no_update
+    overview = services.project_overview(project_id)
+    evaluation = overview["evaluation"]
+    rows = checkpoint_rows([c.model_dump() for c in overview["checkpoints"]], evaluation)
+    if evaluation:
+        heatmap = layer_cka_heatmap(
+            evaluation["layers"], evaluation["checkpoint_names"], evaluation["cka"]
+        )
+    else:
+        heatmap = empty_figure("No layer comparison yet — the analysis job fills this in.")
+    methods = sorted({r["method"] for r in rows if r["role"] != "dense" and r["method"]})
+    chosen = methods if selection is None else [m for m in methods if m in selection]
+    return rows, heatmap, rows, [{"label": m, "value": m} for m in methods], chosen
+
+
+@callback(
+    Output("accuracy-graph", "figure"),
+    Output("project-url", "search"),
+    Input("checkpoint-rows", "data"),
+    Input("method-filter", "value"),
+    State("method-filter", "options"),
+)
+def draw_accuracy(rows: list[dict] | None, methods: list[str], options: list[dict]):  # noqa: ANN201
+    if rows is None:
+        return no_update, no_update
+    all_methods = [o["value"] for o in options]
+    search = project_view_query(methods, all_methods)
+    return accuracy_vs_sparsity(rows, methods), search
+
+
+@callback(
+    Output("method-selection", "data"),
+    Input("method-filter", "value"),
+    State("method-filter", "options"),
+    prevent_initial_call=True,
+)
+def remember_selection(methods: list[str], options: list[dict]):  # noqa: ANN201
+    all_methods = [o["value"] for o in options]
+    return None if sorted(methods) == sorted(all_methods) else methods
+
+
+@callback(
+    Output("action-message", "children"),
+    Input("run-analysis", "n_clicks"),
+    Input({"type": "cancel-job", "index": ALL}, "n_clicks"),
+    State("project-id", "data"),
+    prevent_initial_call=True,
+)
+def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN201
+    trigger = ctx.triggered_id
+    if not ctx.triggered or not ctx.triggered[0]["value"]:
+        return no_update
+    try:
+        if trigger == "run-analysis":
+            job = services.submit_job(project_id, JobCreate(kind="analyze"))
+            return html.Span(f"analysis queued as job #{job.id}", className="ok")
+        job = services.cancel_job(int(trigger["index"]))
+        return html.Span(f"job #{job.id}: {job.message}", className="ok")
+    except services.ServiceError as exc:
+        return html.Span(exc.detail, className="error")
+
+
+@callback(
+    Output("upload-message", "children"),
+    Input("checkpoint-upload", "contents"),
+    State("checkpoint-upload", "filename"),
+    State("upload-name", "value"),
+    State("upload-role", "value"),
+    State("project-id", "data"),
+    prevent_initial_call=True,
+)
+def upload_checkpoint(contents: str | None, filename: str | None, name: str | None,
+                      role: str, project_id: int):  # noqa: ANN201
+    if not contents:
+        return no_update
+    try:
+        payload = base64.b64decode(contents.split(",", 1)[1], validate=False)
+        ckpt = services.add_checkpoint(
+            project_id, [payload], filename=filename or "checkpoint", name=name or None, role=role
+        )
+    except services.ServiceError as exc:
+        return html.Div(exc.detail, className="error", id="upload-error")
+    return html.Div(
+        f"stored {ckpt.name}: {ckpt.num_nonzero:,} of {ckpt.num_params:,} weights non-zero "
+        f"({100 * ckpt.measured_sparsity:.1f}% sparse). Run the analysis to compare it.",
+        className="ok",
+        id="upload-ok",
+    )

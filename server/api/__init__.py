@@ -1,0 +1,13 @@
+"""REST API routers, collected under /api/v1."""
+
+from fastapi import APIRouter
+
+from server.api import checkpoints, health, jobs, projects, results
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(projects.architectures_router)
+api_router.include_router(projects.router)
+api_router.include_router(checkpoints.router)
+api_router.include_router(jobs.router)
+api_router.include_router(results.router)

@@ -1,0 +1,65 @@
+"""Checkpoints: multipart upload, listing, statistics and download."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from server import services
+from server.api.deps import SettingsDep
+from server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
+from server.storage import CHUNK_BYTES
+
+router = APIRouter(tags=["checkpoints"])
+
+
+@router.get("/projects/{project_id}/checkpoints", response_model=CheckpointsPublic)
+def list_checkpoints(project_id: int, settings: SettingsDep) -> CheckpointsPublic:
+    data = services.list_checkpoints(project_id, settings)
+    return CheckpointsPublic(data=data, count=len(data))
+
+
+@router.post(
+    "/projects/{project_id}/checkpoints",
+    response_model=CheckpointPublic,
+    status_code=status.HTTP_201_CREATED,
+)
+async def upload_checkpoint(
+    project_id: int,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="safetensors or torch state_dict")],
+    name: Annotated[str | None, Form()] = None,
+    role: Annotated[str | None, Form(description="'dense' or 'pruned'")] = None,
+    method: Annotated[str | None, Form()] = None,
+    target_sparsity: Annotated[float | None, Form()] = None,
+) -> CheckpointPublic:
+    """Upload a checkpoint for the project's architecture; it is validated before it is kept."""
+
+    def chunks():  # noqa: ANN202
+        file.file.seek(0)
+        while chunk := file.file.read(CHUNK_BYTES):
+            yield chunk
+
+    return await run_in_threadpool(
+        services.add_checkpoint,
+        project_id,
+        chunks(),
+        filename=file.filename or "checkpoint",
+        name=name,
+        role=role,
+        method=method,
+        target_sparsity=target_sparsity,
+        settings=settings,
+    )
+
+
+@router.get("/checkpoints/{checkpoint_id}", response_model=CheckpointDetail)
+def get_checkpoint(checkpoint_id: int, settings: SettingsDep) -> CheckpointDetail:
+    return services.get_checkpoint(checkpoint_id, settings)
+
+
+@router.get("/checkpoints/{checkpoint_id}/download", response_class=FileResponse)
+def download_checkpoint(checkpoint_id: int, settings: SettingsDep) -> FileResponse:
+    path, filename = services.checkpoint_file(checkpoint_id, settings)
+    return FileResponse(path, filename=filename, media_type="application/octet-stream")

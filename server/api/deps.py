@@ -1,0 +1,9 @@
+"""Named dependencies, so a handler's signature says what it needs."""
+
+from typing import Annotated
+
+from fastapi import Depends
+
+from server.config import Settings, get_settings
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,21 @@
+"""Liveness and readiness."""
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from server.api.deps import SettingsDep
+from server.db import get_engine
+from server.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health)
+def health(settings: SettingsDep) -> Health:
+    from importlib.metadata import version
+
+    with get_engine(settings).connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return Health(
+        status="ok", version=version("prunescope"), database=get_engine(settings).dialect.name
+    )

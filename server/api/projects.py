@@ -1,0 +1,34 @@
+"""Projects and the architectures they can use."""
+
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from server import services
+from server.api.deps import SettingsDep
+from server.schemas import ProjectCreate, ProjectPublic, ProjectsPublic
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+architectures_router = APIRouter(prefix="/architectures", tags=["projects"])
+
+
+@architectures_router.get("")
+def list_architectures() -> dict[str, dict[str, Any]]:
+    """Registry architectures with their default configuration."""
+    return services.list_architectures()
+
+
+@router.get("", response_model=ProjectsPublic)
+def list_projects(settings: SettingsDep) -> ProjectsPublic:
+    data = services.list_projects(settings)
+    return ProjectsPublic(data=data, count=len(data))
+
+
+@router.post("", response_model=ProjectPublic, status_code=status.HTTP_201_CREATED)
+def create_project(body: ProjectCreate, settings: SettingsDep) -> ProjectPublic:
+    return services.create_project(body, settings)
+
+
+@router.get("/{project_id}", response_model=ProjectPublic)
+def get_project(project_id: int, settings: SettingsDep) -> ProjectPublic:
+    return services.get_project(project_id, settings)

@@ -1,0 +1,119 @@
+"""The `prunescope` command: serve, demo, worker and database administration."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _apply_environment(args: argparse.Namespace) -> None:
+    # Flags become environment variables so spawned worker processes see the same settings.
+    if getattr(args, "data_dir", None):
+        os.environ["PRUNESCOPE_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if getattr(args, "workers", None) is not None:
+        os.environ["PRUNESCOPE_WORKERS"] = str(args.workers)
+    from server.config import get_settings
+
+    get_settings.cache_clear()
+
+
+def _serve(args: argparse.Namespace, demo: bool) -> int:
+    import uvicorn
+
+    from server.config import get_settings
+    from server.db import upgrade_database
+    from server.main import create_app
+    from server.worker import worker_process_main
+    from workers.executors import LocalProcessPool
+
+    settings = get_settings()
+    upgrade_database(settings)
+    url = f"http://{args.host}:{args.port}/"
+    printer = None
+    if demo:
+        from server.demo import TerminalProgress, ensure_demo_projects
+
+        project_ids = ensure_demo_projects(settings)
+        url = f"http://{args.host}:{args.port}/projects/{project_ids[0]}"
+        printer = TerminalProgress(project_ids, settings, url)
+    app = create_app(settings)
+    pool = LocalProcessPool(settings.workers, worker_process_main)
+    if settings.workers:
+        pool.start()
+    print(
+        f"PruneScope on {url} (data in {settings.resolved_data_dir}, "
+        f"{settings.workers} local worker{'s' if settings.workers != 1 else ''})",
+        flush=True,
+    )
+    if printer:
+        printer.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        if printer:
+            printer.stop.set()
+        pool.stop()
+    return 0
+
+
+def _worker(_args: argparse.Namespace) -> int:
+    from server.worker import standalone_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    standalone_worker()
+    return 0
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    from server.config import get_settings
+    from server.db import upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings)
+    print(f"database at {settings.sqlalchemy_url.split('@')[-1]} is up to date")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunescope", description="See what pruning changes inside a neural network."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "serve the API and dashboard on one port and start local workers"),
+        ("demo", "create the demo projects, queue their jobs, and serve"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8050)
+        p.add_argument("--data-dir", help="state directory (default: $PRUNESCOPE_DATA_DIR)")
+        p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+        p.add_argument("--log-level", default="warning")
+    w = sub.add_parser("worker", help="run one worker against the configured database")
+    w.add_argument("--data-dir")
+    db = sub.add_parser("db", help="database administration")
+    db.add_argument("action", choices=["upgrade"])
+    db.add_argument("--data-dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _apply_environment(args)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "serve":
+        return _serve(args, demo=False)
+    if args.command == "demo":
+        return _serve(args, demo=True)
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "db":
+        return _db_upgrade(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""PruneScope settings, read from `PRUNESCOPE_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRUNESCOPE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".prunescope"), description="All state lives here.")
+    database_url: str | None = Field(
+        default=None, description="Any SQLAlchemy URL; default: SQLite in the data directory."
+    )
+    executor: str = Field(default="local", description="'local' (spawned worker processes).")
+    workers: int = Field(default=1, ge=0, description="Local worker processes started by serve.")
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # A running job whose heartbeat is older than this is considered orphaned.
+    stale_after_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_seconds: float = Field(default=0.5, gt=0)
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, value: str) -> str:
+        if value not in {"local"}:
+            raise ValueError(f"unknown executor {value!r}; supported: 'local'")
+        return value
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.resolved_data_dir / "artifacts"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'prunescope.db'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

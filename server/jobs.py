@@ -1,0 +1,229 @@
+"""The job queue: the `jobs` table is the truth; these functions are its only writers.
+
+States: queued → running → succeeded | failed | cancelled. Claiming is a conditional UPDATE
+(`WHERE id = :id AND state = 'queued'`) whose row count tells the winner, which is race-free
+on SQLite and PostgreSQL alike. A running job carries the claiming worker's id and a heartbeat;
+every later write by that worker is conditional on still owning the job, so a worker that was
+presumed dead and came back cannot overwrite the job's newer state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+from server.tables import FINISHED_STATES, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class LostJobOwnership(Exception):
+    """The job is no longer this worker's (re-queued after a missed heartbeat, or cancelled)."""
+
+
+def enqueue_job(
+    session,  # noqa: ANN001 - sqlalchemy.orm.Session
+    *,
+    project_id: int,
+    kind: str,
+    params: dict[str, Any] | None = None,
+    depends_on: Sequence[int] = (),
+    max_attempts: int = 3,
+) -> Job:
+    job = Job(
+        project_id=project_id,
+        kind=kind,
+        params=dict(params or {}),
+        depends_on=[int(d) for d in depends_on],
+        state="queued",
+        max_attempts=max_attempts,
+        message="waiting for a worker" if not depends_on else "waiting for earlier jobs",
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _now() -> datetime:
+    return utcnow()
+
+
+def claim_next_job(engine: Engine, worker_id: str, *, scan_limit: int = 100) -> int | None:
+    """Claim the oldest queued job whose dependencies all succeeded; returns its id or None.
+
+    A job whose dependency failed or was cancelled is failed here with a message naming it.
+    """
+    with engine.connect() as conn:
+        queued = conn.execute(
+            select(Job.id, Job.depends_on)
+            .where(Job.state == "queued")
+            .order_by(Job.id)
+            .limit(scan_limit)
+        ).all()
+        dep_ids = {int(d) for _, deps in queued for d in (deps or [])}
+        dep_states = (
+            dict(conn.execute(select(Job.id, Job.state).where(Job.id.in_(dep_ids))).all())
+            if dep_ids
+            else {}
+        )
+    for job_id, deps in queued:
+        deps = [int(d) for d in (deps or [])]
+        broken = [d for d in deps if dep_states.get(d, "failed") in ("failed", "cancelled")]
+        if broken:
+            _fail_queued(engine, job_id, f"job {broken[0]} that this job needs did not succeed "
+                         f"({dep_states.get(broken[0], 'missing')}); fix it and resubmit")
+            continue
+        if any(dep_states.get(d) != "succeeded" for d in deps):
+            continue
+        now = _now()
+        with engine.begin() as conn:
+            won = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "queued")
+                .values(
+                    state="running",
+                    worker_id=worker_id,
+                    attempts=Job.attempts + 1,
+                    heartbeat_at=now,
+                    started_at=now,
+                    progress=0.0,
+                    message="starting",
+                    error=None,
+                )
+            ).rowcount
+        if won == 1:
+            return int(job_id)
+    return None
+
+
+def _fail_queued(engine: Engine, job_id: int, error: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(state="failed", error=error, message="failed", finished_at=_now())
+        )
+
+
+def _owned(job_id: int, worker_id: str):  # noqa: ANN202
+    return (Job.id == job_id) & (Job.state == "running") & (Job.worker_id == worker_id)
+
+
+def report_progress(
+    engine: Engine, job_id: int, worker_id: str, fraction: float, message: str
+) -> bool:
+    """Record progress and heartbeat; returns True when the user asked to cancel.
+
+    Raises LostJobOwnership when the job is no longer running on this worker.
+    """
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    with engine.begin() as conn:
+        n = conn.execute(
+            update(Job)
+            .where(_owned(job_id, worker_id))
+            .values(progress=fraction, message=message[:500], heartbeat_at=_now())
+        ).rowcount
+        if n != 1:
+            raise LostJobOwnership(job_id)
+        return bool(
+            conn.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one()
+        )
+
+
+def heartbeat(engine: Engine, job_id: int, worker_id: str) -> bool:
+    """Refresh the heartbeat; False when the job is no longer this worker's."""
+    with engine.begin() as conn:
+        return (
+            conn.execute(
+                update(Job).where(_owned(job_id, worker_id)).values(heartbeat_at=_now())
+            ).rowcount
+            == 1
+        )
+
+
+def finish_job(
+    session,  # noqa: ANN001 - sqlalchemy.orm.Session, committed by the caller
+    job_id: int,
+    worker_id: str,
+    *,
+    state: str,
+    message: str,
+    error: str | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    """Move an owned running job to a final state inside the caller's transaction.
+
+    The caller adds the job's results in the same transaction, so results and the
+    'succeeded' state become visible together or not at all.
+    """
+    assert state in FINISHED_STATES
+    values: dict[str, Any] = dict(state=state, message=message, error=error, finished_at=_now())
+    if state == "succeeded":
+        values["progress"] = 1.0
+    if summary is not None:
+        values["result_summary"] = summary
+    n = session.execute(update(Job).where(_owned(job_id, worker_id)).values(**values)).rowcount
+    if n != 1:
+        raise LostJobOwnership(job_id)
+
+
+def request_cancel(session, job_id: int) -> Job:  # noqa: ANN001
+    """Cancel a queued job at once; ask a running one to stop at its next progress report."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise KeyError(job_id)
+    if job.state == "queued":
+        job.state = "cancelled"
+        job.message = "cancelled before it started"
+        job.finished_at = _now()
+    elif job.state == "running":
+        job.cancel_requested = True
+        job.message = "cancelling…"
+    return job
+
+
+def requeue_stale_jobs(engine: Engine, stale_after: timedelta) -> list[int]:
+    """Re-queue running jobs whose heartbeat stopped (worker died); fail them past max_attempts."""
+    cutoff = _now() - stale_after
+    touched: list[int] = []
+    with engine.connect() as conn:
+        stale = conn.execute(
+            select(Job.id, Job.attempts, Job.max_attempts, Job.heartbeat_at, Job.worker_id).where(
+                Job.state == "running", Job.heartbeat_at < cutoff
+            )
+        ).all()
+    for job_id, attempts, max_attempts, beat, worker in stale:
+        seconds = int(stale_after.total_seconds())
+        if attempts >= max_attempts:
+            values = dict(
+                state="failed",
+                finished_at=_now(),
+                message="failed",
+                error=(
+                    f"the worker running this job ({worker}) stopped responding for over "
+                    f"{seconds} s on attempt {attempts} of {max_attempts}; giving up. "
+                    "Check the worker's log (out of memory? killed?) and resubmit the job."
+                ),
+            )
+        else:
+            values = dict(
+                state="queued",
+                worker_id=None,
+                message=f"re-queued: worker {worker} stopped responding (attempt {attempts} "
+                f"of {max_attempts})",
+            )
+        with engine.begin() as conn:
+            # Conditional on the heartbeat we saw, so a worker that just reported wins.
+            n = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == "running", Job.heartbeat_at == beat)
+                .values(**values)
+            ).rowcount
+        if n == 1:
+            log.warning("job %s: %s", job_id, values.get("error") or values["message"])
+            touched.append(int(job_id))
+    return touched

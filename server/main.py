@@ -1,0 +1,83 @@
+"""The ASGI app: REST API under /api/v1 and the Dash dashboard at / on one FastAPI server."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.api import api_router
+from server.config import Settings, get_settings
+from server.db import upgrade_database
+from server.services import ServiceError
+from server.storage import ArtifactNotFound
+
+API_PREFIX = "/api/v1"
+
+
+class UploadSizeLimit:
+    """Refuses a request body larger than the upload limit before any of it is read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        # Multipart framing and form fields add a little on top of the file itself.
+        self.max_bytes = max_bytes + 1024 * 1024
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                response = JSONResponse(
+                    status_code=413,
+                    content={
+                        "detail": f"request body of {int(length)} bytes exceeds the upload "
+                        f"limit ({self.max_bytes - 1024 * 1024} bytes); raise "
+                        "PRUNESCOPE_MAX_UPLOAD_BYTES if this file is expected"
+                    },
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    upgrade_database(settings)
+    app = FastAPI(
+        title="PruneScope",
+        summary="What pruning changes inside a neural network.",
+        version="0.1.0",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+
+    @app.exception_handler(ArtifactNotFound)
+    async def _artifact_missing(_request: Request, exc: ArtifactNotFound) -> JSONResponse:
+        return JSONResponse(
+            status_code=404, content={"detail": f"stored file {exc.args[0]} is missing"}
+        )
+
+    app.include_router(api_router, prefix=API_PREFIX)
+
+    # Registered before the dashboard's catch-all, so unknown API paths answer JSON, not HTML.
+    @app.api_route(
+        API_PREFIX + "/{path:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    async def _unknown_api_path(path: str) -> JSONResponse:
+        return JSONResponse(
+            status_code=404, content={"detail": f"no API route {API_PREFIX}/{path}; see /docs"}
+        )
+
+    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    if dashboard:
+        from dashboard.app import create_dash
+
+        create_dash(app)
+    return app

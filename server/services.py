@@ -1,0 +1,358 @@
+"""The service layer: every read and write the API and the dashboard make goes through here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from server import jobs
+from server.config import Settings, get_settings
+from server.db import session_scope
+from server.schemas import (
+    CheckpointDetail,
+    CheckpointPublic,
+    JobCreate,
+    JobPublic,
+    ProjectCreate,
+    ProjectPublic,
+    ResultPublic,
+)
+from server.storage import ArtifactStore, UploadTooLarge
+from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class TooLarge(ServiceError):
+    status_code = 413
+
+
+def _store(settings: Settings) -> ArtifactStore:
+    return ArtifactStore(settings.artifacts_dir)
+
+
+def _get_or_404(session, table, ident: int, what: str):  # noqa: ANN001, ANN202
+    row = session.get(table, ident)
+    if row is None:
+        raise NotFound(f"{what} {ident} not found")
+    return row
+
+
+# ---------------------------------------------------------------- architectures
+
+
+def list_architectures() -> dict[str, dict[str, Any]]:
+    from models.registry import default_config, list_architectures
+
+    return {name: default_config(name) for name in list_architectures()}
+
+
+def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    from models.registry import create_model, default_config, list_architectures
+
+    if name not in list_architectures():
+        raise InvalidInput(
+            f"unknown architecture {name!r}; choose one of {', '.join(list_architectures())}"
+        )
+    full = {**default_config(name), **config}
+    try:
+        create_model(name, **full)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"invalid configuration for {name}: {exc}") from exc
+    return full
+
+
+# ---------------------------------------------------------------- projects
+
+
+def list_projects(settings: Settings | None = None) -> list[ProjectPublic]:
+    with session_scope(settings) as s:
+        rows = s.scalars(select(Project).order_by(Project.id)).all()
+        return [ProjectPublic.model_validate(p) for p in rows]
+
+
+def get_project(project_id: int, settings: Settings | None = None) -> ProjectPublic:
+    with session_scope(settings) as s:
+        return ProjectPublic.model_validate(_get_or_404(s, Project, project_id, "project"))
+
+
+def find_project(name: str, settings: Settings | None = None) -> ProjectPublic | None:
+    with session_scope(settings) as s:
+        row = s.scalar(select(Project).where(Project.name == name))
+        return ProjectPublic.model_validate(row) if row else None
+
+
+def create_project(body: ProjectCreate, settings: Settings | None = None) -> ProjectPublic:
+    config = _resolve_architecture(body.architecture, body.architecture_config)
+    with session_scope(settings) as s:
+        if s.scalar(select(Project.id).where(Project.name == body.name)) is not None:
+            raise Conflict(f"a project named {body.name!r} already exists; choose another name")
+        project = Project(
+            name=body.name,
+            description=body.description,
+            architecture=body.architecture,
+            architecture_config=config,
+        )
+        project.datasets.append(
+            Dataset(name=body.dataset.builtin, source="builtin", builtin_name=body.dataset.builtin)
+        )
+        s.add(project)
+        s.flush()
+        return ProjectPublic.model_validate(project)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(project_id: int, settings: Settings | None = None) -> list[CheckpointPublic]:
+    with session_scope(settings) as s:
+        project = _get_or_404(s, Project, project_id, "project")
+        return [CheckpointPublic.model_validate(c) for c in project.checkpoints]
+
+
+def get_checkpoint(checkpoint_id: int, settings: Settings | None = None) -> CheckpointDetail:
+    with session_scope(settings) as s:
+        return CheckpointDetail.model_validate(
+            _get_or_404(s, Checkpoint, checkpoint_id, "checkpoint")
+        )
+
+
+def checkpoint_file(checkpoint_id: int, settings: Settings | None = None) -> tuple[Path, str]:
+    settings = settings or get_settings()
+    ckpt = get_checkpoint(checkpoint_id, settings)
+    return _store(settings).open_path(ckpt.artifact_digest), f"{ckpt.name}.safetensors"
+
+
+def add_checkpoint(
+    project_id: int,
+    chunks: Iterable[bytes],
+    *,
+    filename: str = "checkpoint",
+    name: str | None = None,
+    role: str | None = None,
+    method: str | None = None,
+    target_sparsity: float | None = None,
+    settings: Settings | None = None,
+) -> CheckpointPublic:
+    """Validate an uploaded checkpoint against the project's architecture and store it.
+
+    The file is streamed to a staging file first; it enters the store and the database only
+    after it loaded safely and matched the architecture, so a bad upload leaves nothing behind.
+    """
+    from models.checkpoints import CheckpointError, load_state_dict_file, validate_for_architecture
+    from models.registry import create_model
+    from models.sparsity import checkpoint_stats, prunable_parameter_names
+
+    settings = settings or get_settings()
+    project = get_project(project_id, settings)
+    name = (name or Path(filename).stem or "checkpoint").strip()[:200]
+    if role not in (None, "dense", "pruned"):
+        raise InvalidInput("role must be 'dense' or 'pruned'")
+    if target_sparsity is not None and not 0.0 <= target_sparsity < 1.0:
+        raise InvalidInput("target_sparsity must be in [0, 1)")
+    existing = list_checkpoints(project_id, settings)
+    if any(c.name == name for c in existing):
+        raise Conflict(f"a checkpoint named {name!r} already exists in this project; rename it")
+    has_dense = any(c.role == "dense" for c in existing)
+    role = role or ("pruned" if has_dense else "dense")
+    if role == "dense" and has_dense:
+        raise Conflict("this project already has a dense checkpoint; upload this one as 'pruned'")
+
+    store = _store(settings)
+    try:
+        staged, digest, size = store.write_stream(chunks, max_bytes=settings.max_upload_bytes)
+    except UploadTooLarge as exc:
+        raise TooLarge(
+            f"{exc}; raise PRUNESCOPE_MAX_UPLOAD_BYTES if this checkpoint is expected"
+        ) from exc
+    try:
+        try:
+            state_dict, fmt = load_state_dict_file(staged)
+            validate_for_architecture(state_dict, project.architecture, project.architecture_config)
+        except CheckpointError as exc:
+            raise InvalidInput(f"{filename}: {exc}") from exc
+        model = create_model(project.architecture, **project.architecture_config)
+        stats = checkpoint_stats(state_dict, prunable_parameter_names(model))
+        store.adopt(staged, digest)
+    finally:
+        staged.unlink(missing_ok=True)
+    with session_scope(settings) as s:
+        row = Checkpoint(
+            project_id=project_id,
+            name=name,
+            role=role,
+            source="upload",
+            method=method or ("dense" if role == "dense" else "uploaded"),
+            target_sparsity=target_sparsity,
+            measured_sparsity=float(stats["sparsity"]),
+            num_params=int(stats["num_params"]),
+            num_nonzero=int(stats["num_nonzero"]),
+            layer_stats=stats["layers"],
+            format=fmt,
+            artifact_digest=digest,
+            size_bytes=size,
+        )
+        s.add(row)
+        s.flush()
+        return CheckpointPublic.model_validate(row)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def list_jobs(project_id: int | None = None, settings: Settings | None = None) -> list[JobPublic]:
+    with session_scope(settings) as s:
+        q = select(Job).order_by(Job.id)
+        if project_id is not None:
+            _get_or_404(s, Project, project_id, "project")
+            q = q.where(Job.project_id == project_id)
+        return [JobPublic.model_validate(j) for j in s.scalars(q).all()]
+
+
+def get_job(job_id: int, settings: Settings | None = None) -> JobPublic:
+    with session_scope(settings) as s:
+        return JobPublic.model_validate(_get_or_404(s, Job, job_id, "job"))
+
+
+def _validate_job(body: JobCreate, project: Project) -> None:
+    p = body.params
+    if body.kind == "prune":
+        from models.pruning import PRUNING_METHODS
+
+        method = p.get("method")
+        if method not in PRUNING_METHODS:
+            raise InvalidInput(
+                f"params.method must be one of {', '.join(sorted(PRUNING_METHODS))}, "
+                f"got {method!r}"
+            )
+        sparsity = p.get("sparsity")
+        if not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
+            raise InvalidInput(f"params.sparsity must be a number in (0, 1), got {sparsity!r}")
+        name = p.get("name") or f"{method}-{round(float(sparsity) * 100)}"
+        if any(c.name == name for c in project.checkpoints):
+            raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")
+    if body.kind == "train" and any(c.role == "dense" for c in project.checkpoints):
+        raise Conflict("this project already has a dense checkpoint")
+    for key in ("epochs", "batch_size"):
+        if key in p and (not isinstance(p[key], int) or p[key] < 1):
+            raise InvalidInput(f"params.{key} must be a positive integer")
+
+
+def submit_job(
+    project_id: int, body: JobCreate, settings: Settings | None = None
+) -> JobPublic:
+    settings = settings or get_settings()
+    with session_scope(settings) as s:
+        project = _get_or_404(s, Project, project_id, "project")
+        _validate_job(body, project)
+        for dep in body.depends_on:
+            if s.get(Job, dep) is None:
+                raise InvalidInput(f"depends_on names job {dep}, which does not exist")
+        job = jobs.enqueue_job(
+            s,
+            project_id=project_id,
+            kind=body.kind,
+            params=body.params,
+            depends_on=body.depends_on,
+            max_attempts=settings.max_attempts,
+        )
+        return JobPublic.model_validate(job)
+
+
+def cancel_job(job_id: int, settings: Settings | None = None) -> JobPublic:
+    with session_scope(settings) as s:
+        _get_or_404(s, Job, job_id, "job")
+        return JobPublic.model_validate(jobs.request_cancel(s, job_id))
+
+
+# ---------------------------------------------------------------- results
+
+
+def list_results(project_id: int, settings: Settings | None = None) -> list[ResultPublic]:
+    with session_scope(settings) as s:
+        _get_or_404(s, Project, project_id, "project")
+        rows = s.scalars(
+            select(AnalysisResult)
+            .where(AnalysisResult.project_id == project_id)
+            .order_by(AnalysisResult.id)
+        ).all()
+        return [ResultPublic.model_validate(r) for r in rows]
+
+
+def get_result(result_id: int, settings: Settings | None = None) -> ResultPublic:
+    with session_scope(settings) as s:
+        return ResultPublic.model_validate(_get_or_404(s, AnalysisResult, result_id, "result"))
+
+
+def result_file(result_id: int, settings: Settings | None = None) -> tuple[Path, str]:
+    settings = settings or get_settings()
+    result = get_result(result_id, settings)
+    path = _store(settings).open_path(result.artifact_digest)
+    return path, f"{result.kind}-{result.id}.npz"
+
+
+@lru_cache(maxsize=64)
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    # Artifacts are immutable and content-addressed, so the path is a sound cache key.
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def project_overview(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """Everything the project page draws: checkpoints, jobs, and the newest evaluation."""
+    settings = settings or get_settings()
+    project = get_project(project_id, settings)
+    checkpoints = list_checkpoints(project_id, settings)
+    evaluations = [r for r in list_results(project_id, settings) if r.kind == "evaluation"]
+    evaluation = None
+    if evaluations:
+        newest = evaluations[-1]
+        arrays = _load_npz(str(_store(settings).open_path(newest.artifact_digest)))
+        evaluation = {
+            "result_id": newest.id,
+            "checkpoint_ids": arrays["checkpoint_ids"].tolist(),
+            "checkpoint_names": arrays["checkpoint_names"].tolist(),
+            "accuracy": arrays["accuracy"].tolist(),
+            "layers": arrays["layers"].tolist(),
+            "cka": arrays["cka"],
+        }
+    return {
+        "project": project,
+        "checkpoints": checkpoints,
+        "jobs": list_jobs(project_id, settings),
+        "evaluation": evaluation,
+    }
+
+
+def count_rows(settings: Settings | None = None) -> dict[str, int]:
+    with session_scope(settings) as s:
+        return {
+            t.__tablename__: s.scalar(select(func.count()).select_from(t))
+            for t in (Project, Checkpoint, Job, AnalysisResult)
+        }

@@ -1,0 +1,262 @@
+"""A worker process: claim a job, resolve its inputs, run it, commit its results atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from server import jobs
+from server.config import Settings, get_settings
+from server.db import get_engine, session_scope, upgrade_database
+from server.storage import ArtifactStore, sha256_file
+from server.tables import AnalysisResult, Checkpoint, Job, Project
+from workers.jobspec import (
+    CheckpointRef,
+    DatasetRef,
+    JobCancelled,
+    JobInputError,
+    JobOutput,
+    JobSpec,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _checkpoints_for(session, job: Job, project: Project, store: ArtifactStore) -> list[Checkpoint]:  # noqa: ANN001
+    ckpts = list(project.checkpoints)
+    if job.kind == "train":
+        return []
+    if job.kind == "prune":
+        wanted = job.params.get("dense_checkpoint_id")
+        dense = [c for c in ckpts if (c.id == wanted if wanted else c.role == "dense")]
+        if not dense:
+            raise JobInputError(
+                "this project has no dense checkpoint to prune; upload one or run a train job"
+            )
+        return dense[:1]
+    ids = job.params.get("checkpoint_ids")
+    return [c for c in ckpts if ids is None or c.id in ids]
+
+
+def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) -> JobSpec:  # noqa: ANN001
+    project = session.get(Project, job.project_id)
+    dataset = project.datasets[0] if project.datasets else None
+    dataset_ref = None
+    if dataset is not None:
+        dataset_ref = DatasetRef(
+            name=dataset.name,
+            source=dataset.source,
+            builtin_name=dataset.builtin_name,
+            path=str(store.open_path(dataset.artifact_digest)) if dataset.artifact_digest else None,
+        )
+    refs = [
+        CheckpointRef(
+            id=c.id,
+            name=c.name,
+            role=c.role,
+            method=c.method,
+            target_sparsity=c.target_sparsity,
+            path=str(store.open_path(c.artifact_digest)),
+        )
+        for c in _checkpoints_for(session, job, project, store)
+    ]
+    return JobSpec(
+        job_id=job.id,
+        kind=job.kind,
+        params=dict(job.params),
+        architecture=project.architecture,
+        architecture_config=dict(project.architecture_config),
+        dataset=dataset_ref,
+        checkpoints=refs,
+        scratch_dir=scratch_dir,
+    )
+
+
+def _commit_output(
+    settings: Settings, store: ArtifactStore, job_id: int, worker_id: str, output: JobOutput
+) -> None:
+    # Files first (content-addressed, invisible until a row names them), then one transaction.
+    adopted_ckpts = []
+    for c in output.checkpoints:
+        path = Path(c.path)
+        size = path.stat().st_size
+        adopted_ckpts.append((c, store.adopt(path, sha256_file(path)), size))
+    adopted_results = [(r, store.adopt(Path(r.path))) for r in output.results]
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        for c, digest, size in adopted_ckpts:
+            clash = session.scalar(
+                select(Checkpoint.id).where(
+                    Checkpoint.project_id == job.project_id, Checkpoint.name == c.name
+                )
+            )
+            if clash is not None:
+                raise JobInputError(
+                    f"a checkpoint named {c.name!r} already exists in this project; "
+                    "delete it or choose another name"
+                )
+            stats = c.stats or {}
+            session.add(
+                Checkpoint(
+                    project_id=job.project_id,
+                    name=c.name,
+                    role=c.role,
+                    source="trained" if job.kind == "train" else "pruned",
+                    method=c.method,
+                    target_sparsity=c.target_sparsity,
+                    measured_sparsity=float(stats.get("sparsity", 0.0)),
+                    num_params=int(stats.get("num_params", 0)),
+                    num_nonzero=int(stats.get("num_nonzero", 0)),
+                    layer_stats=stats.get("layers", {}),
+                    format="safetensors",
+                    artifact_digest=digest,
+                    size_bytes=size,
+                    parent_id=c.parent_id,
+                )
+            )
+        for r, digest in adopted_results:
+            session.add(
+                AnalysisResult(
+                    project_id=job.project_id,
+                    job_id=job_id,
+                    kind=r.kind,
+                    artifact_digest=digest,
+                    summary=r.summary,
+                )
+            )
+        jobs.finish_job(
+            session, job_id, worker_id, state="succeeded", message="done", summary=output.summary
+        )
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the heartbeat fresh while a long step runs without reporting progress."""
+
+    def __init__(self, settings: Settings, job_id: int, worker_id: str) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.job_id, self.worker_id = settings, job_id, worker_id
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        engine = get_engine(self.settings)
+        while not self.done.wait(self.settings.heartbeat_seconds):
+            try:
+                if not jobs.heartbeat(engine, self.job_id, self.worker_id):
+                    return
+            except Exception:  # a DB hiccup must not kill the job; the next beat retries
+                log.exception("heartbeat for job %s failed", self.job_id)
+
+
+def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
+    """Run one claimed job to a final state; returns that state."""
+    from workers.runner import run_job  # torch is imported only in worker processes
+
+    engine = get_engine(settings)
+    store = ArtifactStore(settings.artifacts_dir)
+    scratch = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=store.tmp_dir)
+    beat = _Heartbeat(settings, job_id, worker_id)
+    last_write = [0.0]
+
+    def progress(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last_write[0] < 0.2 and fraction < 1.0:
+            return  # throttle DB writes; the heartbeat thread keeps the job alive
+        last_write[0] = now
+        if jobs.report_progress(engine, job_id, worker_id, fraction, message):
+            raise JobCancelled()
+
+    try:
+        with session_scope(settings) as session:
+            job = session.get(Job, job_id)
+            spec = build_job_spec(session, job, store, scratch)
+        log.info("job %s (%s) started on %s", job_id, spec.kind, worker_id)
+        beat.start()
+        output = run_job(spec, progress)
+        _commit_output(settings, store, job_id, worker_id, output)
+        state, message, error = "succeeded", "done", None
+    except jobs.LostJobOwnership:
+        log.warning("job %s is no longer owned by %s; dropping its work", job_id, worker_id)
+        return "lost"
+    except JobCancelled:
+        state, message, error = "cancelled", "cancelled by the user", None
+    except JobInputError as exc:
+        state, message, error = "failed", "failed", str(exc)
+    except Exception as exc:  # the job fails, the worker lives on
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        state, message, error = "failed", "failed", f"{type(exc).__name__}: {exc}"
+    finally:
+        beat.done.set()
+        shutil.rmtree(scratch, ignore_errors=True)
+    if state != "succeeded":
+        try:
+            with session_scope(settings) as session:
+                jobs.finish_job(session, job_id, worker_id, state=state, message=message, error=error)
+        except jobs.LostJobOwnership:
+            return "lost"
+    log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
+    return state
+
+
+def run_worker(
+    settings: Settings | None = None,
+    worker_id: str | None = None,
+    stop_event: Any = None,
+    max_jobs: int | None = None,
+) -> int:
+    """Claim and run jobs until stopped (or `max_jobs` ran); returns the number run."""
+    settings = settings or get_settings()
+    worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    engine = get_engine(settings)
+    stale_after = timedelta(seconds=settings.stale_after_seconds)
+    ran = 0
+    while stop_event is None or not stop_event.is_set():
+        try:
+            jobs.requeue_stale_jobs(engine, stale_after)
+            job_id = jobs.claim_next_job(engine, worker_id)
+        except Exception:  # database briefly unavailable: back off, keep the worker
+            log.exception("could not poll the job table; retrying")
+            time.sleep(min(5.0, settings.poll_seconds * 4))
+            continue
+        if job_id is None:
+            if stop_event is not None:
+                stop_event.wait(settings.poll_seconds)
+            else:
+                time.sleep(settings.poll_seconds)
+            continue
+        execute_job(settings, job_id, worker_id)
+        ran += 1
+        if max_jobs is not None and ran >= max_jobs:
+            break
+    return ran
+
+
+def worker_process_main(name: str, stop_event: Any) -> None:
+    """Entry point of a spawned local worker (settings come from the inherited environment)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    settings = get_settings()
+    worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}"
+    try:
+        run_worker(settings, worker_id, stop_event)
+    except KeyboardInterrupt:
+        pass
+
+
+def standalone_worker(settings: Settings | None = None) -> None:
+    settings = settings or get_settings()
+    upgrade_database(settings)
+    run_worker(settings)

@@ -1,0 +1,90 @@
+"""The contract between the job queue (server/) and the job runner (workers/).
+
+The server resolves everything a job needs from the database into a `JobSpec` (plain data,
+local file paths), hands it to `workers.runner.run_job`, and commits the returned
+`JobOutput` in one transaction. Workers therefore never touch the database, which keeps
+them runnable in any executor (local process pool, Ray) and keeps imports pointing down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+JOB_KINDS = ("train", "prune", "analyze")
+
+
+class JobCancelled(Exception):
+    """Raised by a progress callback when the user cancelled the job; the runner lets it fly."""
+
+
+class JobInputError(Exception):
+    """The job's inputs or parameters are unusable; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint already stored for the project."""
+
+    id: int
+    name: str
+    role: str  # "dense" | "pruned"
+    method: str | None
+    target_sparsity: float | None
+    path: str  # local path of the stored file (safetensors or torch state_dict)
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """The project's evaluation dataset."""
+
+    name: str
+    source: str  # "builtin" (later: "upload")
+    builtin_name: str | None = None  # e.g. "digits"
+    path: str | None = None  # stored file for uploaded datasets
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: int
+    kind: str  # one of JOB_KINDS
+    params: dict[str, Any]
+    architecture: str  # registry name, e.g. "cnn_small"
+    architecture_config: dict[str, Any]
+    dataset: DatasetRef | None
+    checkpoints: list[CheckpointRef]
+    scratch_dir: str  # the job may write its output files here; the server moves them into storage
+
+
+@dataclass
+class NewCheckpoint:
+    """A checkpoint produced by a job (trained or pruned), written as safetensors in scratch_dir."""
+
+    name: str
+    role: str  # "dense" | "pruned"
+    path: str
+    method: str | None = None
+    target_sparsity: float | None = None
+    parent_id: int | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # models.sparsity.checkpoint_stats(...)
+
+
+@dataclass
+class NewResult:
+    """An analysis artifact (npz, no object arrays) with a small JSON-able summary."""
+
+    kind: str
+    path: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobOutput:
+    checkpoints: list[NewCheckpoint] = field(default_factory=list)
+    results: list[NewResult] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# progress(fraction in [0, 1], message). Raises JobCancelled when the job was cancelled.
+ProgressFn = Callable[[float, str], None]
