@@ -1,0 +1,38 @@
+# The two README commands: `make demo` and `make test`. Each sets everything up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8050
+
+.PHONY: setup demo serve test test-fast system-deps lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build that lies on this machine; nothing later upgrades it.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,postgres]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/prunescope demo --port $(PORT)
+
+serve: setup
+	$(VENV)/bin/prunescope serve --port $(PORT)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+test: setup system-deps
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e"
+
+lint: setup
+	$(VENV)/bin/ruff check server dashboard workers models tests bench
+
+clean:
+	rm -rf $(VENV) .prunescope .pytest_cache

@@ -1,0 +1,210 @@
+"""End to end: the real `prunescope demo` server, driven by a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+DEMO_TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):  # noqa: ANN202
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium and chromedriver are required: run scripts/install-system-deps.sh")
+    data_dir = tmp_path_factory.mktemp("demo-data")
+    port = _free_port()
+    log_path = data_dir / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PRUNESCOPE_HEARTBEAT_SECONDS": "1"}
+    log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "demo", "--port", str(port),
+         "--data-dir", str(data_dir), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + DEMO_TIMEOUT_S
+        jobs = []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"demo exited early:\n{log_path.read_text()[-3000:]}"
+            try:
+                jobs = _get_json(f"{base}/api/v1/jobs")["data"]
+            except OSError:
+                time.sleep(0.5)
+                continue
+            if jobs and all(j["state"] not in ("queued", "running") for j in jobs):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"demo jobs did not finish: {jobs}\n{log_path.read_text()[-3000:]}")
+        failed = [j for j in jobs if j["state"] != "succeeded"]
+        assert not failed, f"demo jobs failed: {failed}"
+        yield {"base": base, "data_dir": data_dir, "log": log_path, "proc": proc}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _new_browser():  # noqa: ANN202
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--no-first-run",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,1800"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def browser():
+    driver = _new_browser()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, predicate, timeout=30, message="condition"):  # noqa: ANN001, ANN202
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: predicate(d), message=message)
+
+
+PLOT_DATA = "var g = document.querySelector('#{id} .js-plotly-plot'); return g && g.data ? g.data : null;"
+
+
+def _plot_data(driver, graph_id):  # noqa: ANN001, ANN202
+    return driver.execute_script(PLOT_DATA.format(id=graph_id))
+
+
+def _project_id(base: str) -> int:
+    projects = _get_json(f"{base}/api/v1/projects")["data"]
+    return next(p["id"] for p in projects if p["name"] == "digits-cnn")
+
+
+def test_demo_project_renders_heatmap_accuracy_and_jobs(demo_server, browser):
+    base = demo_server["base"]
+    browser.get(base + "/")
+    link = _wait(browser, lambda d: d.find_elements("link text", "digits-cnn"), message="link")
+    link[0].click()
+    heatmap = _wait(
+        browser,
+        lambda d: (data := _plot_data(d, "cka-heatmap")) and data[0].get("type") == "heatmap"
+        and data,
+        message="CKA heatmap with data",
+    )
+    checkpoints = _get_json(f"{base}/api/v1/projects/{_project_id(base)}/checkpoints")["data"]
+    assert len(checkpoints) == 7  # dense + 2 methods × 3 sparsities
+    z = heatmap[0]["z"]
+    names = heatmap[0]["x"]
+    assert len(names) == 7 and len(z) >= 3  # layers × checkpoints
+    dense_col = names.index("dense")
+    assert all(abs(row[dense_col] - 1.0) < 1e-6 for row in z)
+    assert all(0.0 <= v <= 1.0 + 1e-9 for row in z for v in row)
+
+    accuracy = _wait(browser, lambda d: (data := _plot_data(d, "accuracy-graph")) and len(data) >= 2
+                     and data, message="accuracy lines")
+    lines = {t["name"]: t for t in accuracy if t.get("mode") == "lines+markers"}
+    assert set(lines) == {"magnitude_global", "random"}
+    for trace in lines.values():
+        assert len(trace["x"]) == 4 and trace["x"][0] == 0  # dense, then 50/80/95 %
+        assert all(0 <= y <= 100 for y in trace["y"])
+    # Real behaviour, not a fixture: at 95 % magnitude pruning keeps more accuracy than random.
+    assert lines["magnitude_global"]["y"][-1] > lines["random"]["y"][-1]
+
+    progress = browser.find_elements("css selector", "#jobs-panel progress")
+    assert len(progress) == 8 and all(p.get_attribute("value") == "1" for p in progress)
+    shot = os.environ.get("PRUNESCOPE_SCREENSHOT")
+    if shot:
+        browser.save_screenshot(shot)
+
+
+def test_method_filter_lives_in_the_url_and_a_copied_link_restores_it(demo_server, browser):
+    base = demo_server["base"]
+    browser.get(f"{base}/projects/{_project_id(base)}")
+    _wait(browser, lambda d: _plot_data(d, "accuracy-graph") and len(_plot_data(d, "accuracy-graph")) >= 3,
+          message="accuracy lines")
+    box = _wait(browser, lambda d: d.find_elements(
+        "xpath", "//div[@id='method-filter']//input[@value='random']"), message="filter")
+    box[0].click()
+    _wait(browser, lambda d: "methods=magnitude_global" in d.current_url, message="URL updated")
+    shared = browser.current_url
+
+    other = _new_browser()  # a collaborator's fresh browser
+    try:
+        other.get(shared)
+        data = _wait(
+            other,
+            lambda d: (data := _plot_data(d, "accuracy-graph"))
+            and any(t.get("mode") == "lines+markers" for t in data) and data,
+            message="restored accuracy graph",
+        )
+        assert [t["name"] for t in data if t.get("mode") == "lines+markers"] == ["magnitude_global"]
+    finally:
+        other.quit()
+
+
+def test_upload_through_the_browser_validates_and_stores(demo_server, browser, tmp_path):
+    base = demo_server["base"]
+    pid = _project_id(base)
+    bad = tmp_path / "not-a-checkpoint.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    before = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["count"]
+
+    browser.get(f"{base}/projects/{pid}")
+    file_input = _wait(browser, lambda d: d.find_elements(
+        "css selector", "#checkpoint-upload input[type=file]"), message="upload input")
+    file_input[0].send_keys(str(bad))
+    error = _wait(browser, lambda d: d.find_elements("id", "upload-error"), message="error")
+    assert "not-a-checkpoint.pt" in error[0].text
+    assert _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["count"] == before
+
+    # A real checkpoint: the demo's dense one, downloaded and uploaded again under a new name.
+    dense = next(c for c in _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
+                 if c["role"] == "dense")
+    good = tmp_path / "copy.safetensors"
+    with urllib.request.urlopen(f"{base}/api/v1/checkpoints/{dense['id']}/download") as r:
+        good.write_bytes(r.read())
+    browser.find_element("id", "upload-name").send_keys("dense-copy")
+    file_input = browser.find_elements("css selector", "#checkpoint-upload input[type=file]")
+    file_input[0].send_keys(str(good))
+    ok = _wait(browser, lambda d: d.find_elements("id", "upload-ok"), message="stored")
+    assert "dense-copy" in ok[0].text
+    after = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
+    assert [c["name"] for c in after].count("dense-copy") == 1
+    # The new checkpoint appears in the page's table without a reload.
+    _wait(browser, lambda d: "dense-copy" in d.find_element("id", "checkpoint-table").text,
+          message="table refreshed")

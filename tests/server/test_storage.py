@@ -1,0 +1,36 @@
+import hashlib
+
+import pytest
+
+from server.storage import ArtifactNotFound, ArtifactStore, UploadTooLarge
+
+
+def test_stream_is_content_addressed_and_deduplicated(tmp_path):
+    store = ArtifactStore(tmp_path)
+    payload = b"x" * 3_000_000
+    chunks = [payload[i : i + 65536] for i in range(0, len(payload), 65536)]
+    staged, digest, size = store.write_stream(chunks)
+    assert digest == hashlib.sha256(payload).hexdigest() and size == len(payload)
+    assert store.adopt(staged, digest) == digest
+    assert store.open_path(digest).read_bytes() == payload
+    staged2, digest2, _ = store.write_stream([payload])
+    store.adopt(staged2, digest2)
+    assert digest2 == digest
+    assert not staged2.exists()  # the duplicate was dropped, not stored twice
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_oversized_stream_leaves_nothing(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(UploadTooLarge):
+        store.write_stream([b"a" * 600, b"b" * 600], max_bytes=1000)
+    assert list(store.tmp_dir.iterdir()) == []
+    assert not (tmp_path / "sha256").exists()
+
+
+@pytest.mark.parametrize("digest", ["../../etc/passwd", "ab", "Z" * 64, "a" * 63 + "/"])
+def test_malformed_digests_never_reach_the_filesystem(tmp_path, digest):
+    store = ArtifactStore(tmp_path)
+    assert not store.exists(digest)
+    with pytest.raises(ArtifactNotFound):
+        store.open_path(digest)

@@ -1,0 +1,126 @@
+"""Workers run real jobs end to end: train → prune → analyze, failures, and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from server import services
+from server.demo import DIGITS, ensure_demo_project
+from server.schemas import JobCreate, ProjectCreate
+from server.worker import run_worker
+
+
+def _project(settings, name="cnn", architecture="cnn_small") -> int:
+    return services.create_project(
+        ProjectCreate(name=name, architecture=architecture), settings
+    ).id
+
+
+def _submit(settings, pid, kind, depends_on=(), **params):  # noqa: ANN001, ANN202
+    return services.submit_job(
+        pid, JobCreate(kind=kind, params=params, depends_on=list(depends_on)), settings
+    )
+
+
+def test_train_prune_analyze_pipeline(settings):
+    pid = _project(settings)
+    train = _submit(settings, pid, "train", epochs=8, seed=0)
+    mag = _submit(settings, pid, "prune", [train.id], method="magnitude_global", sparsity=0.5)
+    rnd = _submit(settings, pid, "prune", [train.id], method="random", sparsity=0.9)
+    analyze = _submit(settings, pid, "analyze", [mag.id, rnd.id])
+    assert run_worker(settings, "test-worker", max_jobs=4) == 4
+    states = {j.id: j.state for j in services.list_jobs(pid, settings)}
+    assert states == dict.fromkeys([train.id, mag.id, rnd.id, analyze.id], "succeeded")
+
+    ckpts = {c.name: c for c in services.list_checkpoints(pid, settings)}
+    assert set(ckpts) == {"dense", "magnitude_global-50", "random-90"}
+    assert abs(ckpts["magnitude_global-50"].measured_sparsity - 0.5) < 1e-3
+    assert abs(ckpts["random-90"].measured_sparsity - 0.9) < 1e-3
+    assert ckpts["magnitude_global-50"].parent_id == ckpts["dense"].id
+
+    overview = services.project_overview(pid, settings)
+    ev = overview["evaluation"]
+    acc = dict(zip(ev["checkpoint_names"], ev["accuracy"], strict=True))
+    assert acc["dense"] > 0.9
+    assert acc["magnitude_global-50"] > acc["random-90"]
+    cka = np.asarray(ev["cka"])
+    dense_row = ev["checkpoint_names"].index("dense")
+    np.testing.assert_allclose(cka[dense_row], 1.0, atol=1e-9)
+    assert cka.shape == (3, len(ev["layers"])) and np.all((cka >= 0) & (cka <= 1 + 1e-9))
+    job = services.get_job(analyze.id, settings)
+    assert job.progress == 1.0 and job.finished_at is not None
+
+
+def test_a_failing_job_records_its_error_and_the_worker_keeps_going(settings):
+    pid = _project(settings)
+    prune = _submit(settings, pid, "prune", method="random", sparsity=0.5)  # no dense yet
+    dependent = _submit(settings, pid, "analyze", [prune.id])
+    train = _submit(settings, pid, "train", epochs=1)
+    assert run_worker(settings, "w", max_jobs=2) == 2
+    failed = services.get_job(prune.id, settings)
+    assert failed.state == "failed" and "no dense checkpoint" in failed.error
+    assert services.get_job(train.id, settings).state == "succeeded"
+    assert services.get_job(dependent.id, settings).state == "failed"
+    assert f"job {prune.id}" in services.get_job(dependent.id, settings).error
+
+
+def _start_worker(settings, env_extra) -> subprocess.Popen:  # noqa: ANN001
+    env = {**os.environ, "PRUNESCOPE_DATA_DIR": str(settings.resolved_data_dir), **env_extra}
+    return subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "worker"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
+    pid = _project(settings)
+    job = _submit(settings, pid, "train", epochs=60, seed=3)
+    env = {"PRUNESCOPE_HEARTBEAT_SECONDS": "0.2", "PRUNESCOPE_STALE_AFTER_SECONDS": "2",
+           "PRUNESCOPE_POLL_SECONDS": "0.2"}
+    first = _start_worker(settings, env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            j = services.get_job(job.id, settings)
+            if j.state == "running" and j.progress > 0.05:
+                break
+            time.sleep(0.1)
+        assert j.state == "running", j
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        first.kill()
+    second = _start_worker(settings, env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            j = services.get_job(job.id, settings)
+            if j.state in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGINT)
+        try:
+            second.wait(10)
+        except subprocess.TimeoutExpired:
+            second.kill()
+    assert j.state == "succeeded", j
+    assert j.attempts == 2
+    assert [c.name for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    assert list(settings.artifacts_dir.joinpath("tmp").iterdir()) == []
+
+
+def test_demo_is_idempotent(settings):
+    pid, queued = ensure_demo_project(DIGITS, settings)
+    n_prunes = len(DIGITS.methods) * len(DIGITS.sparsities)
+    assert [j.kind for j in queued] == ["train"] + ["prune"] * n_prunes + ["analyze"]
+    again_pid, again = ensure_demo_project(DIGITS, settings)
+    assert again_pid == pid and again == []
+    assert len(services.list_projects(settings)) == 1
+    assert len(services.list_jobs(pid, settings)) == len(queued)
