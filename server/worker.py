@@ -33,7 +33,7 @@ from workers.jobspec import (
 log = logging.getLogger(__name__)
 
 
-def _checkpoints_for(session, job: Job, project: Project, store: ArtifactStore) -> list[Checkpoint]:  # noqa: ANN001
+def _checkpoints_for(job: Job, project: Project) -> list[Checkpoint]:
     ckpts = list(project.checkpoints)
     if job.kind == "train":
         return []
@@ -69,7 +69,7 @@ def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) ->
             target_sparsity=c.target_sparsity,
             path=str(store.open_path(c.artifact_digest)),
         )
-        for c in _checkpoints_for(session, job, project, store)
+        for c in _checkpoints_for(job, project)
     ]
     return JobSpec(
         job_id=job.id,
@@ -164,6 +164,9 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
 
     engine = get_engine(settings)
     store = ArtifactStore(settings.artifacts_dir)
+    # A worker killed mid-job leaves its scratch folder behind; the next attempt clears it.
+    for leftover in store.tmp_dir.glob(f"job{job_id}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     scratch = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=store.tmp_dir)
     beat = _Heartbeat(settings, job_id, worker_id)
     last_write = [0.0]

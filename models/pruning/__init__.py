@@ -1,0 +1,44 @@
+"""Pruning methods by name, all with the signature `(model, sparsity, *, seed=0) -> model`.
+
+Each method prunes the model in place (weights zeroed, dense tensors) and returns it. The
+registry keys are what jobs and checkpoints record as `method`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import nn
+
+from models.pruning.common import check_sparsity
+from models.pruning.magnitude import global_magnitude_prune
+from models.pruning.random_unstructured import random_unstructured_prune
+
+
+class PruningMethod(Protocol):
+    def __call__(self, model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module: ...
+
+
+def _magnitude_global(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module:
+    return global_magnitude_prune(model, sparsity)  # deterministic: the seed is unused
+
+
+def _random(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module:
+    return random_unstructured_prune(model, sparsity, seed)
+
+
+_magnitude_global.__doc__ = global_magnitude_prune.__doc__
+_random.__doc__ = random_unstructured_prune.__doc__
+
+PRUNING_METHODS: dict[str, PruningMethod] = {
+    "magnitude_global": _magnitude_global,
+    "random": _random,
+}
+
+__all__ = [
+    "PRUNING_METHODS",
+    "PruningMethod",
+    "check_sparsity",
+    "global_magnitude_prune",
+    "random_unstructured_prune",
+]
