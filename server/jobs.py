@@ -74,8 +74,12 @@ def claim_next_job(engine: Engine, worker_id: str, *, scan_limit: int = 100) -> 
         deps = [int(d) for d in (deps or [])]
         broken = [d for d in deps if dep_states.get(d, "failed") in ("failed", "cancelled")]
         if broken:
-            _fail_queued(engine, job_id, f"job {broken[0]} that this job needs did not succeed "
-                         f"({dep_states.get(broken[0], 'missing')}); fix it and resubmit")
+            _fail_queued(
+                engine,
+                job_id,
+                f"job {broken[0]} that this job needs did not succeed "
+                f"({dep_states.get(broken[0], 'missing')}); fix it and resubmit",
+            )
             continue
         if any(dep_states.get(d) != "succeeded" for d in deps):
             continue
@@ -129,9 +133,7 @@ def report_progress(
         ).rowcount
         if n != 1:
             raise LostJobOwnership(job_id)
-        return bool(
-            conn.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one()
-        )
+        return bool(conn.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one())
 
 
 def heartbeat(engine: Engine, job_id: int, worker_id: str) -> bool:

@@ -248,8 +248,7 @@ def _validate_job(body: JobCreate, project: Project) -> None:
         method = p.get("method")
         if method not in PRUNING_METHODS:
             raise InvalidInput(
-                f"params.method must be one of {', '.join(sorted(PRUNING_METHODS))}, "
-                f"got {method!r}"
+                f"params.method must be one of {', '.join(sorted(PRUNING_METHODS))}, got {method!r}"
             )
         sparsity = p.get("sparsity")
         if not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
@@ -264,9 +263,7 @@ def _validate_job(body: JobCreate, project: Project) -> None:
             raise InvalidInput(f"params.{key} must be a positive integer")
 
 
-def submit_job(
-    project_id: int, body: JobCreate, settings: Settings | None = None
-) -> JobPublic:
+def submit_job(project_id: int, body: JobCreate, settings: Settings | None = None) -> JobPublic:
     settings = settings or get_settings()
     with session_scope(settings) as s:
         project = _get_or_404(s, Project, project_id, "project")

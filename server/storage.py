@@ -1,4 +1,4 @@
-"""Content-addressed artifact store: files are streamed to disk, named by sha256, never half-visible."""
+"""Content-addressed artifact store: streamed to disk, named by sha256, never half-visible."""
 
 from __future__ import annotations
 

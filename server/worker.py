@@ -204,7 +204,9 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     if state != "succeeded":
         try:
             with session_scope(settings) as session:
-                jobs.finish_job(session, job_id, worker_id, state=state, message=message, error=error)
+                jobs.finish_job(
+                    session, job_id, worker_id, state=state, message=message, error=error
+                )
         except jobs.LostJobOwnership:
             return "lost"
     log.info("job %s %s%s", job_id, state, f": {error}" if error else "")

@@ -1,4 +1,4 @@
-"""Figures of the project overview: accuracy versus sparsity, and per-layer CKA to the dense model."""
+"""Project overview figures: accuracy versus sparsity, and per-layer CKA to the dense model."""
 
 from __future__ import annotations
 

@@ -43,15 +43,15 @@ def jobs_panel(jobs) -> list:  # noqa: ANN001
             html.Div(
                 [
                     html.Span(_job_label(job)),
-                    html.Progress(value=f"{job.progress:.3f}", max="1", id=f"job-progress-{job.id}"),
+                    html.Progress(
+                        value=f"{job.progress:.3f}", max="1", id=f"job-progress-{job.id}"
+                    ),
                     html.Span(
                         [html.Span(job.state, className=f"state state-{job.state}"), " ", detail],
                         className="msg",
                         title=detail,
                     ),
-                    html.Button(
-                        "cancel", id={"type": "cancel-job", "index": job.id}, n_clicks=0
-                    )
+                    html.Button("cancel", id={"type": "cancel-job", "index": job.id}, n_clicks=0)
                     if job.state in ACTIVE
                     else html.Span(),
                 ],
@@ -126,7 +126,9 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                         [
                             html.H3("Linear CKA to the dense model, per layer"),
                             dcc.Graph(
-                                id="cka-heatmap", figure=empty_figure("loading…"), config=GRAPH_CONFIG
+                                id="cka-heatmap",
+                                figure=empty_figure("loading…"),
+                                config=GRAPH_CONFIG,
                             ),
                         ],
                         className="card",
@@ -143,16 +145,32 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                             {"name": "name", "id": "name"},
                             {"name": "role", "id": "role"},
                             {"name": "method", "id": "method"},
-                            {"name": "target sparsity", "id": "target_sparsity", "type": "numeric",
-                             "format": dash_table.FormatTemplate.percentage(1)},
-                            {"name": "measured sparsity", "id": "measured_sparsity",
-                             "type": "numeric", "format": dash_table.FormatTemplate.percentage(2)},
+                            {
+                                "name": "target sparsity",
+                                "id": "target_sparsity",
+                                "type": "numeric",
+                                "format": dash_table.FormatTemplate.percentage(1),
+                            },
+                            {
+                                "name": "measured sparsity",
+                                "id": "measured_sparsity",
+                                "type": "numeric",
+                                "format": dash_table.FormatTemplate.percentage(2),
+                            },
                             {"name": "prunable weights", "id": "num_params", "type": "numeric"},
                             {"name": "non-zero", "id": "num_nonzero", "type": "numeric"},
-                            {"name": "accuracy", "id": "accuracy", "type": "numeric",
-                             "format": dash_table.FormatTemplate.percentage(2)},
-                            {"name": "mean CKA", "id": "mean_cka", "type": "numeric",
-                             "format": {"specifier": ".3f"}},
+                            {
+                                "name": "accuracy",
+                                "id": "accuracy",
+                                "type": "numeric",
+                                "format": dash_table.FormatTemplate.percentage(2),
+                            },
+                            {
+                                "name": "mean CKA",
+                                "id": "mean_cka",
+                                "type": "numeric",
+                                "format": {"specifier": ".3f"},
+                            },
                             {"name": "format", "id": "format"},
                         ],
                         data=[],
@@ -304,8 +322,9 @@ def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN20
     State("project-id", "data"),
     prevent_initial_call=True,
 )
-def upload_checkpoint(contents: str | None, filename: str | None, name: str | None,
-                      role: str, project_id: int):  # noqa: ANN201
+def upload_checkpoint(
+    contents: str | None, filename: str | None, name: str | None, role: str, project_id: int
+):  # noqa: ANN201
     if not contents:
         return no_update
     try:

@@ -12,15 +12,41 @@ from dashboard.figures.overview import (
 from dashboard.state import parse_list, parse_query, project_view_query
 
 ROWS = [
-    {"name": "dense", "role": "dense", "method": "dense", "measured_sparsity": 0.0, "accuracy": 0.98},
-    {"name": "m-80", "role": "pruned", "method": "magnitude_global", "measured_sparsity": 0.8,
-     "accuracy": 0.95},
-    {"name": "m-50", "role": "pruned", "method": "magnitude_global", "measured_sparsity": 0.5,
-     "accuracy": 0.97},
-    {"name": "r-50", "role": "pruned", "method": "random", "measured_sparsity": 0.5,
-     "accuracy": 0.60},
-    {"name": "pending", "role": "pruned", "method": "random", "measured_sparsity": 0.9,
-     "accuracy": None},
+    {
+        "name": "dense",
+        "role": "dense",
+        "method": "dense",
+        "measured_sparsity": 0.0,
+        "accuracy": 0.98,
+    },
+    {
+        "name": "m-80",
+        "role": "pruned",
+        "method": "magnitude_global",
+        "measured_sparsity": 0.8,
+        "accuracy": 0.95,
+    },
+    {
+        "name": "m-50",
+        "role": "pruned",
+        "method": "magnitude_global",
+        "measured_sparsity": 0.5,
+        "accuracy": 0.97,
+    },
+    {
+        "name": "r-50",
+        "role": "pruned",
+        "method": "random",
+        "measured_sparsity": 0.5,
+        "accuracy": 0.60,
+    },
+    {
+        "name": "pending",
+        "role": "pruned",
+        "method": "random",
+        "measured_sparsity": 0.9,
+        "accuracy": None,
+    },
 ]
 
 
@@ -54,16 +80,45 @@ def test_heatmap_puts_layers_on_y_and_checkpoints_on_x():
 
 def test_checkpoint_rows_join_the_evaluation_by_id():
     checkpoints = [
-        {"id": 7, "name": "dense", "role": "dense", "method": "dense", "target_sparsity": None,
-         "measured_sparsity": 0.0, "num_params": 10, "num_nonzero": 10, "format": "safetensors"},
-        {"id": 9, "name": "m-50", "role": "pruned", "method": "magnitude_global",
-         "target_sparsity": 0.5, "measured_sparsity": 0.5, "num_params": 10, "num_nonzero": 5,
-         "format": "safetensors"},
-        {"id": 11, "name": "new", "role": "pruned", "method": "uploaded", "target_sparsity": None,
-         "measured_sparsity": 0.3, "num_params": 10, "num_nonzero": 7, "format": "torch"},
+        {
+            "id": 7,
+            "name": "dense",
+            "role": "dense",
+            "method": "dense",
+            "target_sparsity": None,
+            "measured_sparsity": 0.0,
+            "num_params": 10,
+            "num_nonzero": 10,
+            "format": "safetensors",
+        },
+        {
+            "id": 9,
+            "name": "m-50",
+            "role": "pruned",
+            "method": "magnitude_global",
+            "target_sparsity": 0.5,
+            "measured_sparsity": 0.5,
+            "num_params": 10,
+            "num_nonzero": 5,
+            "format": "safetensors",
+        },
+        {
+            "id": 11,
+            "name": "new",
+            "role": "pruned",
+            "method": "uploaded",
+            "target_sparsity": None,
+            "measured_sparsity": 0.3,
+            "num_params": 10,
+            "num_nonzero": 7,
+            "format": "torch",
+        },
     ]
-    evaluation = {"checkpoint_ids": [9, 7], "accuracy": [0.9, 0.99],
-                  "cka": np.array([[0.8, 0.6], [1.0, 1.0]])}
+    evaluation = {
+        "checkpoint_ids": [9, 7],
+        "accuracy": [0.9, 0.99],
+        "cka": np.array([[0.8, 0.6], [1.0, 1.0]]),
+    }
     rows = {r["id"]: r for r in checkpoint_rows(checkpoints, evaluation)}
     assert rows[9]["accuracy"] == 0.9 and rows[7]["accuracy"] == 0.99
     assert rows[9]["mean_cka"] == pytest.approx(0.7)

@@ -43,9 +43,22 @@ def demo_server(tmp_path_factory):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PRUNESCOPE_HEARTBEAT_SECONDS": "1"}
     log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "demo", "--port", str(port),
-         "--data-dir", str(data_dir), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -81,9 +94,17 @@ def _new_browser():  # noqa: ANN202
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--no-first-run",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -103,11 +124,18 @@ def _wait(driver, predicate, timeout=30, message="condition"):  # noqa: ANN001, 
     return WebDriverWait(driver, timeout).until(lambda d: predicate(d), message=message)
 
 
-PLOT_DATA = "var g = document.querySelector('#{id} .js-plotly-plot'); return g && g.data ? g.data : null;"
+PLOT_DATA = (
+    "var g = document.querySelector('#{id} .js-plotly-plot'); return g && g.data ? g.data : null;"
+)
 
 
 def _plot_data(driver, graph_id):  # noqa: ANN001, ANN202
     return driver.execute_script(PLOT_DATA.format(id=graph_id))
+
+
+# Figures ship numpy arrays as Plotly's compact typed arrays; read the decoded values instead.
+DECODED_Z = """var g = document.querySelector('#{id} .js-plotly-plot');
+return Array.from(g._fullData[0].z, function (row) {{ return Array.from(row); }});"""
 
 
 def _project_id(base: str) -> int:
@@ -122,21 +150,25 @@ def test_demo_project_renders_heatmap_accuracy_and_jobs(demo_server, browser):
     link[0].click()
     heatmap = _wait(
         browser,
-        lambda d: (data := _plot_data(d, "cka-heatmap")) and data[0].get("type") == "heatmap"
-        and data,
+        lambda d: (
+            (data := _plot_data(d, "cka-heatmap")) and data[0].get("type") == "heatmap" and data
+        ),
         message="CKA heatmap with data",
     )
     checkpoints = _get_json(f"{base}/api/v1/projects/{_project_id(base)}/checkpoints")["data"]
     assert len(checkpoints) == 7  # dense + 2 methods × 3 sparsities
-    z = heatmap[0]["z"]
+    z = browser.execute_script(DECODED_Z.format(id="cka-heatmap"))
     names = heatmap[0]["x"]
     assert len(names) == 7 and len(z) >= 3  # layers × checkpoints
     dense_col = names.index("dense")
     assert all(abs(row[dense_col] - 1.0) < 1e-6 for row in z)
     assert all(0.0 <= v <= 1.0 + 1e-9 for row in z for v in row)
 
-    accuracy = _wait(browser, lambda d: (data := _plot_data(d, "accuracy-graph")) and len(data) >= 2
-                     and data, message="accuracy lines")
+    accuracy = _wait(
+        browser,
+        lambda d: (data := _plot_data(d, "accuracy-graph")) and len(data) >= 2 and data,
+        message="accuracy lines",
+    )
     lines = {t["name"]: t for t in accuracy if t.get("mode") == "lines+markers"}
     assert set(lines) == {"magnitude_global", "random"}
     for trace in lines.values():
@@ -155,10 +187,16 @@ def test_demo_project_renders_heatmap_accuracy_and_jobs(demo_server, browser):
 def test_method_filter_lives_in_the_url_and_a_copied_link_restores_it(demo_server, browser):
     base = demo_server["base"]
     browser.get(f"{base}/projects/{_project_id(base)}")
-    _wait(browser, lambda d: _plot_data(d, "accuracy-graph") and len(_plot_data(d, "accuracy-graph")) >= 3,
-          message="accuracy lines")
-    box = _wait(browser, lambda d: d.find_elements(
-        "xpath", "//div[@id='method-filter']//input[@value='random']"), message="filter")
+    _wait(
+        browser,
+        lambda d: _plot_data(d, "accuracy-graph") and len(_plot_data(d, "accuracy-graph")) >= 3,
+        message="accuracy lines",
+    )
+    box = _wait(
+        browser,
+        lambda d: d.find_elements("xpath", "//div[@id='method-filter']//input[@value='random']"),
+        message="filter",
+    )
     box[0].click()
     _wait(browser, lambda d: "methods=magnitude_global" in d.current_url, message="URL updated")
     shared = browser.current_url
@@ -168,8 +206,11 @@ def test_method_filter_lives_in_the_url_and_a_copied_link_restores_it(demo_serve
         other.get(shared)
         data = _wait(
             other,
-            lambda d: (data := _plot_data(d, "accuracy-graph"))
-            and any(t.get("mode") == "lines+markers" for t in data) and data,
+            lambda d: (
+                (data := _plot_data(d, "accuracy-graph"))
+                and any(t.get("mode") == "lines+markers" for t in data)
+                and data
+            ),
             message="restored accuracy graph",
         )
         assert [t["name"] for t in data if t.get("mode") == "lines+markers"] == ["magnitude_global"]
@@ -185,16 +226,22 @@ def test_upload_through_the_browser_validates_and_stores(demo_server, browser, t
     before = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["count"]
 
     browser.get(f"{base}/projects/{pid}")
-    file_input = _wait(browser, lambda d: d.find_elements(
-        "css selector", "#checkpoint-upload input[type=file]"), message="upload input")
+    file_input = _wait(
+        browser,
+        lambda d: d.find_elements("css selector", "#checkpoint-upload input[type=file]"),
+        message="upload input",
+    )
     file_input[0].send_keys(str(bad))
     error = _wait(browser, lambda d: d.find_elements("id", "upload-error"), message="error")
     assert "not-a-checkpoint.pt" in error[0].text
     assert _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["count"] == before
 
     # A real checkpoint: the demo's dense one, downloaded and uploaded again under a new name.
-    dense = next(c for c in _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
-                 if c["role"] == "dense")
+    dense = next(
+        c
+        for c in _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
+        if c["role"] == "dense"
+    )
     good = tmp_path / "copy.safetensors"
     with urllib.request.urlopen(f"{base}/api/v1/checkpoints/{dense['id']}/download") as r:
         good.write_bytes(r.read())
@@ -206,5 +253,8 @@ def test_upload_through_the_browser_validates_and_stores(demo_server, browser, t
     after = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
     assert [c["name"] for c in after].count("dense-copy") == 1
     # The new checkpoint appears in the page's table without a reload.
-    _wait(browser, lambda d: "dense-copy" in d.find_element("id", "checkpoint-table").text,
-          message="table refreshed")
+    _wait(
+        browser,
+        lambda d: "dense-copy" in d.find_element("id", "checkpoint-table").text,
+        message="table refreshed",
+    )

@@ -1,4 +1,4 @@
-"""The REST API: resources, validation errors, and uploads that leave nothing behind when refused."""
+"""The REST API: resources, validation errors, and refused uploads that leave nothing behind."""
 
 from __future__ import annotations
 
@@ -79,8 +79,13 @@ def test_project_lifecycle_and_errors(client, project):
         json={"name": "y", "architecture": "mlp", "architecture_config": {"wings": 2}},
     )
     assert cfg.status_code == 422 and "wings" in cfg.json()["detail"]
-    for path in ("/api/v1/projects/999", "/api/v1/jobs/999", "/api/v1/checkpoints/999",
-                 "/api/v1/results/999", "/api/v1/projects/999/checkpoints"):
+    for path in (
+        "/api/v1/projects/999",
+        "/api/v1/jobs/999",
+        "/api/v1/checkpoints/999",
+        "/api/v1/results/999",
+        "/api/v1/projects/999/checkpoints",
+    ):
         r = client.get(path)
         assert r.status_code == 404 and "999" in r.json()["detail"], path
     assert client.get("/api/v1/projects/abc").status_code == 422
@@ -93,8 +98,14 @@ def test_upload_safetensors_and_torch_state_dict(client, settings, project):
     body = dense.json()
     assert body["role"] == "dense" and body["format"] == "safetensors" and body["name"] == "dense"
     assert body["measured_sparsity"] == 0.0 and body["num_nonzero"] == body["num_params"] > 0
-    pruned = _upload(client, pid, _torch_bytes(_mlp_state(sparsity_seed=1)), "half.pt",
-                     method="median", target_sparsity=0.5)
+    pruned = _upload(
+        client,
+        pid,
+        _torch_bytes(_mlp_state(sparsity_seed=1)),
+        "half.pt",
+        method="median",
+        target_sparsity=0.5,
+    )
     assert pruned.status_code == 201, pruned.text
     p = pruned.json()
     assert p["role"] == "pruned" and p["format"] == "torch_state_dict"
@@ -123,15 +134,27 @@ class _Exploit:
         ("exploit.pt", _torch_bytes({"w": _Exploit()}), "state_dict"),
         ("raw-pickle.pkl", pickle.dumps({"fc": _Exploit()}), ""),
         ("model.pt", _torch_bytes(torch.nn.Linear(2, 2)), "state_dict"),
-        ("wrong-shape.safetensors",
-         safetensors_bytes({**_mlp_state(), next(iter(_mlp_state())): torch.zeros(3, 3)}), "shape"),
-        ("missing.safetensors",
-         safetensors_bytes(dict(list(_mlp_state().items())[1:])), "missing"),
-        ("unexpected.safetensors",
-         safetensors_bytes({**_mlp_state(), "extra.weight": torch.zeros(2)}), "unexpected"),
-        ("nan.safetensors",
-         safetensors_bytes({k: v.fill_(float("nan")) if i == 0 else v
-                            for i, (k, v) in enumerate(_mlp_state().items())}), "nan"),
+        (
+            "wrong-shape.safetensors",
+            safetensors_bytes({**_mlp_state(), next(iter(_mlp_state())): torch.zeros(3, 3)}),
+            "shape",
+        ),
+        ("missing.safetensors", safetensors_bytes(dict(list(_mlp_state().items())[1:])), "missing"),
+        (
+            "unexpected.safetensors",
+            safetensors_bytes({**_mlp_state(), "extra.weight": torch.zeros(2)}),
+            "unexpected",
+        ),
+        (
+            "nan.safetensors",
+            safetensors_bytes(
+                {
+                    k: v.fill_(float("nan")) if i == 0 else v
+                    for i, (k, v) in enumerate(_mlp_state().items())
+                }
+            ),
+            "nan",
+        ),
     ],
 )
 def test_bad_uploads_get_4xx_and_leave_nothing(client, settings, project, name, content, expected):
@@ -163,7 +186,9 @@ def test_oversized_upload_is_refused_before_it_is_read(settings, monkeypatch):
 
 def test_job_submission_validates_parameters(client, project):
     pid = project["id"]
-    ok = client.post(f"/api/v1/projects/{pid}/jobs", json={"kind": "train", "params": {"epochs": 2}})
+    ok = client.post(
+        f"/api/v1/projects/{pid}/jobs", json={"kind": "train", "params": {"epochs": 2}}
+    )
     assert ok.status_code == 201 and ok.json()["state"] == "queued"
     cases = [
         ({"kind": "explode"}, 422, ""),

@@ -1,4 +1,4 @@
-"""Workers run real jobs end to end: train → prune → analyze, failures, and a worker killed mid-job."""
+"""Workers run real jobs: train → prune → analyze, failures, and a worker killed mid-job."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from server.worker import run_worker
 
 
 def _project(settings, name="cnn", architecture="cnn_small") -> int:
-    return services.create_project(
-        ProjectCreate(name=name, architecture=architecture), settings
-    ).id
+    return services.create_project(ProjectCreate(name=name, architecture=architecture), settings).id
 
 
 def _submit(settings, pid, kind, depends_on=(), **params):  # noqa: ANN001, ANN202
@@ -74,15 +72,20 @@ def _start_worker(settings, env_extra) -> subprocess.Popen:  # noqa: ANN001
     env = {**os.environ, "PRUNESCOPE_DATA_DIR": str(settings.resolved_data_dir), **env_extra}
     return subprocess.Popen(
         [sys.executable, "-m", "server.cli", "worker"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
     pid = _project(settings)
     job = _submit(settings, pid, "train", epochs=60, seed=3)
-    env = {"PRUNESCOPE_HEARTBEAT_SECONDS": "0.2", "PRUNESCOPE_STALE_AFTER_SECONDS": "2",
-           "PRUNESCOPE_POLL_SECONDS": "0.2"}
+    env = {
+        "PRUNESCOPE_HEARTBEAT_SECONDS": "0.2",
+        "PRUNESCOPE_STALE_AFTER_SECONDS": "2",
+        "PRUNESCOPE_POLL_SECONDS": "0.2",
+    }
     first = _start_worker(settings, env)
     try:
         deadline = time.monotonic() + 60
