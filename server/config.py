@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     poll_seconds: float = Field(default=0.5, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)
+    log_level: str = Field(default="WARNING", description="Log level of worker processes.")
 
     @field_validator("executor")
     @classmethod

@@ -252,8 +252,10 @@ def run_worker(
 
 def worker_process_main(name: str, stop_event: Any) -> None:
     """Entry point of a spawned local worker (settings come from the inherited environment)."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s"
+    )
     worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}"
     try:
         run_worker(settings, worker_id, stop_event)

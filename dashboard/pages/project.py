@@ -8,6 +8,7 @@ import json
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
+from dashboard.components import ACTIVE, jobs_panel
 from dashboard.figures.overview import (
     GRAPH_CONFIG,
     accuracy_vs_sparsity,
@@ -21,45 +22,8 @@ from server.schemas import JobCreate
 
 dash.register_page(__name__, path_template="/projects/<project_id>", title="PruneScope — project")
 
-ACTIVE = ("queued", "running")
 # Browser uploads travel base64-encoded inside one callback; larger files go through the API.
 DASHBOARD_UPLOAD_LIMIT = 200 * 1024 * 1024
-
-
-def _job_label(job) -> str:  # noqa: ANN001
-    p = job.params
-    if job.kind == "prune":
-        return f"#{job.id} prune {p.get('method')} {round(100 * float(p.get('sparsity', 0)))}%"
-    return f"#{job.id} {job.kind}"
-
-
-def jobs_panel(jobs) -> list:  # noqa: ANN001
-    if not jobs:
-        return [html.Div("No jobs yet.", className="muted")]
-    rows = []
-    for job in sorted(jobs, key=lambda j: j.id, reverse=True)[:40]:
-        detail = job.error if job.state == "failed" and job.error else job.message
-        rows.append(
-            html.Div(
-                [
-                    html.Span(_job_label(job)),
-                    html.Progress(
-                        value=f"{job.progress:.3f}", max="1", id=f"job-progress-{job.id}"
-                    ),
-                    html.Span(
-                        [html.Span(job.state, className=f"state state-{job.state}"), " ", detail],
-                        className="msg",
-                        title=detail,
-                    ),
-                    html.Button("cancel", id={"type": "cancel-job", "index": job.id}, n_clicks=0)
-                    if job.state in ACTIVE
-                    else html.Span(),
-                ],
-                className=f"job {job.state}",
-                id=f"job-{job.id}",
-            )
-        )
-    return rows
 
 
 def _version(project_id: int) -> str:

@@ -127,3 +127,16 @@ def test_demo_is_idempotent(settings):
     assert again_pid == pid and again == []
     assert len(services.list_projects(settings)) == 1
     assert len(services.list_jobs(pid, settings)) == len(queued)
+
+
+def test_a_failed_job_shows_its_error_in_the_dashboard_panel(settings):
+    from dashboard.components import jobs_panel
+
+    pid = _project(settings)
+    job = _submit(settings, pid, "prune", method="random", sparsity=0.5)  # nothing to prune
+    run_worker(settings, "w", max_jobs=1)
+    (row,) = jobs_panel(services.list_jobs(pid, settings))
+    text = str(row.to_plotly_json())
+    assert row.id == f"job-{job.id}" and "failed" in row.className
+    assert "no dense checkpoint" in text  # the worker's message, not a generic one
+    assert "cancel-job" not in text  # finished jobs offer no cancel button

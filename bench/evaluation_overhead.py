@@ -1,0 +1,103 @@
+"""Cost of the evaluation analysis (accuracy + exact per-layer linear CKA) over its floor.
+
+Floor: the bare forward passes the analysis cannot avoid — one pass of every checkpoint over
+the same examples, same batch size, no hooks, no CKA sums — measured in the same run on the
+same inputs (see ../shared/BENCH.md). The analysis itself recomputes the dense model's forward
+pass next to each pruned model (memory over speed, see workers/analyses/evaluation.py), so part
+of the ratio is that choice. Runs A and B alternate; the median ratio is the headline.
+
+    .venv/bin/python bench/evaluation_overhead.py [--repeats 5] [--scales 1 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoints import load_model, save_safetensors
+from models.pruning import PRUNING_METHODS
+from models.registry import default_config
+from workers.analyses.evaluation import evaluate_checkpoints
+from workers.datasets import as_model_input, load_dataset
+from workers.jobspec import CheckpointRef, DatasetRef
+from workers.training import init_model, train_classifier
+
+ARCH = "cnn_small"
+
+
+def build_checkpoints(folder: Path, data) -> tuple[dict, list[CheckpointRef]]:  # noqa: ANN001
+    model = init_model(ARCH, {}, seed=0)
+    train_classifier(model, data, epochs=10, seed=0)
+    config = default_config(ARCH)
+    refs = []
+    save_safetensors(model.state_dict(), folder / "dense.safetensors")
+    refs.append(
+        CheckpointRef(0, "dense", "dense", "dense", None, str(folder / "dense.safetensors"))
+    )
+    for i, (method, sparsity) in enumerate(
+        [("magnitude_global", 0.5), ("magnitude_global", 0.9), ("random", 0.5), ("random", 0.9)]
+    ):
+        pruned = load_model(ARCH, config, folder / "dense.safetensors")
+        PRUNING_METHODS[method](pruned, sparsity, seed=0)
+        path = folder / f"{method}-{sparsity}.safetensors"
+        save_safetensors(pruned.state_dict(), path)
+        refs.append(CheckpointRef(i + 1, path.stem, "pruned", method, sparsity, str(path)))
+    return config, refs
+
+
+def bare_forward_passes(config: dict, refs: list[CheckpointRef], data, batch_size: int) -> None:  # noqa: ANN001
+    x = torch.from_numpy(as_model_input(data.x_test, tuple(data.input_shape)))
+    with torch.inference_mode():
+        for ref in refs:
+            model = load_model(ARCH, config, ref.path)
+            for start in range(0, len(x), batch_size):
+                model(x[start : start + batch_size])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+
+    base = load_dataset(DatasetRef(name="digits", source="builtin", builtin_name="digits"))
+    everything = np.concatenate([base.x_train, base.x_test])
+    labels = np.concatenate([base.y_train, base.y_test])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    print(f"{'examples':>9} {'analysis s':>11} {'floor s':>9} {'ratio':>7}")
+    headline = None
+    with tempfile.TemporaryDirectory() as tmp:
+        config, refs = build_checkpoints(Path(tmp), base)
+        for scale in args.scales:
+            data = dataclasses.replace(
+                base, x_test=np.concatenate([everything] * scale), y_test=np.tile(labels, scale)
+            )
+            ratios, a_times, b_times = [], [], []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                evaluate_checkpoints(ARCH, config, refs, data, batch_size=args.batch_size)
+                a = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                bare_forward_passes(config, refs, data, args.batch_size)
+                b = time.perf_counter() - t0
+                a_times.append(a)
+                b_times.append(b)
+                ratios.append(a / b)
+            headline = statistics.median(ratios)
+            print(
+                f"{len(data.y_test):>9} {statistics.median(a_times):>11.3f} "
+                f"{statistics.median(b_times):>9.3f} {headline:>6.2f}x"
+            )
+    print(f"evaluation / bare forward passes (median, largest size): {headline:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
