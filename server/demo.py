@@ -99,11 +99,10 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
             prune_jobs.append(job.id)
 
     results = [r for r in services.list_results(project.id, settings) if r.kind == "evaluation"]
-    newest_ckpt = max((c.id for c in checkpoints.values()), default=0)
     evaluated = results and set(map(int, results[-1].summary.get("accuracy", {}))) >= {
         c.id for c in checkpoints.values()
     }
-    if (queued or not evaluated or newest_ckpt == 0) and active_job("analyze") is None:
+    if (queued or not evaluated) and active_job("analyze") is None:
         queued.append(
             services.submit_job(
                 project.id,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from server import jobs
 from server.config import Settings, get_settings
@@ -346,10 +346,3 @@ def project_overview(project_id: int, settings: Settings | None = None) -> dict[
         "evaluation": evaluation,
     }
 
-
-def count_rows(settings: Settings | None = None) -> dict[str, int]:
-    with session_scope(settings) as s:
-        return {
-            t.__tablename__: s.scalar(select(func.count()).select_from(t))
-            for t in (Project, Checkpoint, Job, AnalysisResult)
-        }
