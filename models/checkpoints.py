@@ -126,10 +126,56 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def _effective(weight: torch.Tensor, mask: torch.Tensor, names: str) -> torch.Tensor:
+    if weight.shape != mask.shape:
+        raise CheckpointError(
+            f"pruning mask {names} has shape {tuple(mask.shape)} but its weight has "
+            f"{tuple(weight.shape)}; the file is inconsistent — export it again"
+        )
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise CheckpointError(f"pruning mask {names} holds values other than 0 and 1")
+    return weight * mask.to(weight.dtype)
+
+
+def fold_pruning_masks(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Turn the state_dicts of mask-based pruning tools into plain (zero-filled) weights.
+
+    - `torch.nn.utils.prune` stores `<name>_orig` (the weights, NOT zeroed) and the buffer
+      `<name>_mask`; the effective parameter is `<name> = <name>_orig * <name>_mask`.
+    - ShrinkBench-style masking keeps `<name>` unzeroed beside a `<name>_mask` buffer; the
+      effective parameter is again their product.
+    Returns the folded state_dict and the conventions found ("torch_prune", "shrinkbench").
+    """
+    out = dict(state_dict)
+    found: set[str] = set()
+    for key in [k for k in state_dict if k.endswith("_mask")]:
+        name = key[: -len("_mask")]
+        if name + "_orig" in state_dict:
+            out[name] = _effective(state_dict[name + "_orig"], state_dict[key], key)
+            del out[name + "_orig"], out[key]
+            found.add("torch_prune")
+        elif name in state_dict:
+            out[name] = _effective(state_dict[name], state_dict[key], key)
+            del out[key]
+            found.add("shrinkbench")
+    return out, sorted(found)
+
+
+def _with_masks_folded(
+    state_dict: dict[str, torch.Tensor], fmt: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    folded, conventions = fold_pruning_masks(state_dict)
+    return folded, "+".join([fmt, *conventions])
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
     """Load a checkpoint file as a CPU state_dict; returns it and its format.
 
-    The format is "safetensors" or "torch_state_dict", detected from the file's first bytes.
+    The format is "safetensors" or "torch_state_dict", detected from the file's first bytes,
+    with "+torch_prune" / "+shrinkbench" appended when pruning masks were folded into the
+    weights (see `fold_pruning_masks`).
     Raises CheckpointError for anything else, for truncated or corrupt files, for pickles that
     hold more than tensors, and for objects that are not a flat dict of name → tensor (a dict
     with a "state_dict" key wrapping one is accepted).
@@ -139,9 +185,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.
     if not head:
         raise CheckpointError("the file is empty; upload a safetensors or torch state_dict file")
     if head.startswith(b"PK"):
-        return _as_state_dict(_load_torch(path)), "torch_state_dict"
+        return _with_masks_folded(_as_state_dict(_load_torch(path)), "torch_state_dict")
     if _looks_like_safetensors(path):
-        return _as_state_dict(_load_safetensors(path)), "safetensors"
+        return _with_masks_folded(_as_state_dict(_load_safetensors(path)), "safetensors")
     if head[:1] == b"\x80":
         # A bare pickle stream: Python's pickle.dump, or torch.save's pre-1.6 format. It is
         # refused unread rather than guessed at, since a pickle is code as much as data.

@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -193,3 +194,73 @@ def test_load_model_refuses_a_checkpoint_of_another_architecture(tmp_path):
     save_safetensors(create_model("cnn_small").state_dict(), tmp_path / "cnn.safetensors")
     with pytest.raises(CheckpointError, match="missing keys"):
         load_model("mlp", default_config("mlp"), tmp_path / "cnn.safetensors")
+
+
+# ---------------------------------------------------------------- pruning-tool conventions
+
+
+def _torch_pruned_mlp():  # noqa: ANN202
+    """A real torch.nn.utils.prune model: weight_orig (unzeroed) + weight_mask per layer."""
+    import torch.nn.utils.prune as tprune
+
+    from models.registry import create_model, default_config
+    from models.sparsity import prunable_modules
+
+    torch.manual_seed(0)
+    model = create_model("mlp", **default_config("mlp"))
+    for _, module in prunable_modules(model):
+        tprune.l1_unstructured(module, "weight", amount=0.6)
+    return model
+
+
+def test_torch_prune_state_dict_folds_to_orig_times_mask(tmp_path):
+    from models.checkpoints import load_state_dict_file, validate_for_architecture
+    from models.sparsity import prunable_modules
+
+    model = _torch_pruned_mlp()
+    raw = model.state_dict()
+    layers = prunable_modules(model)
+    first = layers[0][0]
+    assert f"{first}.weight_orig" in raw and f"{first}.weight_mask" in raw
+    assert bool((raw[f"{first}.weight_orig"] != 0).all())  # _orig is not zeroed
+    path = tmp_path / "pruned.pt"
+    torch.save(raw, path)
+    state, fmt = load_state_dict_file(path)
+    assert fmt == "torch_state_dict+torch_prune"
+    assert not any(k.endswith(("_orig", "_mask")) for k in state)
+    assert len(layers) == 3
+    for name, module in layers:
+        effective = module.weight  # what torch's forward pre-hook computes
+        assert torch.equal(state[f"{name}.weight"], effective)
+        zeros = (state[f"{name}.weight"] == 0).float().mean().item()
+        assert abs(zeros - 0.6) < 0.01
+    validate_for_architecture(state, "mlp", default_config("mlp"))
+
+
+def test_shrinkbench_weight_mask_buffers_fold_and_safetensors_too(tmp_path):
+    from safetensors.torch import save_file
+
+    from models.checkpoints import load_state_dict_file
+
+    torch.manual_seed(1)
+    weight = torch.randn(4, 6)
+    mask = (torch.rand(4, 6) > 0.5).float()
+    path = tmp_path / "sb.safetensors"
+    save_file({"fc.weight": weight, "fc.weight_mask": mask, "fc.bias": torch.ones(4)}, str(path))
+    state, fmt = load_state_dict_file(path)
+    assert fmt == "safetensors+shrinkbench"
+    assert set(state) == {"fc.weight", "fc.bias"}
+    np.testing.assert_array_equal(state["fc.weight"].numpy(), (weight * mask).numpy())
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [(torch.full((4, 6), 0.5), "other than 0 and 1"), (torch.ones(3, 6), "shape")],
+)
+def test_inconsistent_masks_are_refused(tmp_path, mask, message):
+    from models.checkpoints import CheckpointError, load_state_dict_file
+
+    path = tmp_path / "bad.pt"
+    torch.save({"fc.weight_orig": torch.randn(4, 6), "fc.weight_mask": mask}, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_state_dict_file(path)

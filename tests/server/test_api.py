@@ -205,3 +205,20 @@ def test_job_submission_validates_parameters(client, project):
     cancelled = client.post(f"/api/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"
     assert client.get(f"/api/v1/projects/{pid}/jobs").json()["count"] == 1
+
+
+def test_upload_of_a_torch_prune_state_dict_measures_the_masked_sparsity(client, project):
+    import torch.nn.utils.prune as tprune
+
+    from models.sparsity import prunable_modules
+
+    torch.manual_seed(0)
+    model = create_model("mlp", **default_config("mlp"))
+    modules = [(m, "weight") for _, m in prunable_modules(model)]
+    tprune.global_unstructured(modules, pruning_method=tprune.L1Unstructured, amount=0.7)
+    r = _upload(client, project["id"], _torch_bytes(model.state_dict()), "gmp70.pt", role="dense")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["format"] == "torch_state_dict+torch_prune"
+    n = body["num_params"]
+    assert abs(body["num_nonzero"] - round(0.3 * n)) <= 1  # within one weight of the target
