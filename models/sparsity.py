@@ -64,3 +64,85 @@ def checkpoint_stats(
         "total_params": sum(int(t.numel()) for t in state_dict.values()),
         "layers": layers,
     }
+
+
+TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+NM_PATTERNS: tuple[tuple[int, int], ...] = ((2, 4), (4, 8))
+
+
+def follows_n_m(weight: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of `m` consecutive input weights holds at most `n` non-zeros.
+
+    Groups run along the input dimension (dim 1), as NVIDIA's sparse tensor cores and
+    Wanda/SparseGPT's N:M variants define them: a linear weight (out, in) is grouped along
+    `in`; a conv weight (out, in, *k) is grouped along input channels at each kernel position.
+    A layer whose input dimension is not a multiple of `m` cannot follow the pattern.
+    """
+    if weight.dim() < 2 or weight.shape[1] % m:
+        return False
+    rows = weight.movedim(1, -1).reshape(-1, weight.shape[1] // m, m)
+    return bool((torch.count_nonzero(rows, dim=-1) <= n).all())
+
+
+def _multiply_accumulates(
+    model: nn.Module, input_shape: tuple[int, ...]
+) -> dict[str, tuple[int, int]]:
+    """(dense, non-zero) weight multiply-accumulates per example of each linear/conv layer.
+
+    One forward pass of a zero input through hooks gives each layer's output size: a linear
+    layer costs in×out per output row, a conv layer (in/groups·k) per output element, and the
+    non-zero count scales by the share of non-zero weights (ShrinkBench's definition; biases,
+    activations and normalisation are left out as there).
+    """
+    costs: dict[str, tuple[int, int]] = {}
+    hooks = []
+
+    def hook(name: str, module: nn.Module):  # noqa: ANN202
+        def record(_m: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            # Every output position (a token for linear, a pixel for conv) applies the whole
+            # weight once: out × in for linear, out × in/groups × k for conv.
+            channels = module.out_features if isinstance(module, nn.Linear) else output.shape[1]
+            positions = output[0].numel() // channels
+            nonzero = int(torch.count_nonzero(module.weight).item())
+            costs[name] = (positions * module.weight.numel(), positions * nonzero)
+
+        return record
+
+    for name, module in prunable_modules(model):
+        if not isinstance(module, TRANSPOSED_CONV_TYPES):  # they scatter; cost left unknown
+            hooks.append(module.register_forward_hook(hook(name, module)))
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros((1, *input_shape)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return costs
+
+
+def sparsity_report(model: nn.Module) -> dict[str, Any]:
+    """checkpoint_stats plus cost: per layer its N:M patterns and FLOPs, and the totals.
+
+    Adds, beside checkpoint_stats' keys: flops and flops_nonzero (conv/linear weight
+    multiply-accumulates per example), compression_ratio = all parameters / non-zero
+    parameters and theoretical_speedup = flops / flops_nonzero (ShrinkBench, Blalock et al.
+    2020). Needs `model.input_shape` for the cost; without it the cost keys are None.
+    """
+    state = model.state_dict()
+    stats = checkpoint_stats(state, prunable_parameter_names(model))
+    input_shape = getattr(model, "input_shape", None)
+    costs = _multiply_accumulates(model, tuple(input_shape)) if input_shape else {}
+    for name, module in prunable_modules(model):
+        layer = stats["layers"][f"{name}.weight"]
+        layer["n_m"] = [f"{n}:{m}" for n, m in NM_PATTERNS if follows_n_m(module.weight, n, m)]
+        layer["flops"], layer["flops_nonzero"] = costs.get(name, (None, None))
+    total_nonzero = sum(int(torch.count_nonzero(t).item()) for t in state.values())
+    stats["compression_ratio"] = stats["total_params"] / total_nonzero if total_nonzero else None
+    if costs:
+        flops = sum(c[0] for c in costs.values())
+        flops_nonzero = sum(c[1] for c in costs.values())
+        stats["flops"], stats["flops_nonzero"] = flops, flops_nonzero
+        stats["theoretical_speedup"] = flops / flops_nonzero if flops_nonzero else None
+    else:
+        stats["flops"] = stats["flops_nonzero"] = stats["theoretical_speedup"] = None
+    return stats

@@ -64,6 +64,10 @@ class CheckpointPublic(BaseModel):
     measured_sparsity: float
     num_params: int
     num_nonzero: int
+    flops: int | None = None
+    flops_nonzero: int | None = None
+    compression_ratio: float | None = None
+    theoretical_speedup: float | None = None
     format: str
     artifact_digest: str
     size_bytes: int

@@ -167,7 +167,7 @@ def add_checkpoint(
     """
     from models.checkpoints import CheckpointError, load_state_dict_file, validate_for_architecture
     from models.registry import create_model
-    from models.sparsity import checkpoint_stats, prunable_parameter_names
+    from models.sparsity import sparsity_report
 
     settings = settings or get_settings()
     project = get_project(project_id, settings)
@@ -198,7 +198,8 @@ def add_checkpoint(
         except CheckpointError as exc:
             raise InvalidInput(f"{filename}: {exc}") from exc
         model = create_model(project.architecture, **project.architecture_config)
-        stats = checkpoint_stats(state_dict, prunable_parameter_names(model))
+        model.load_state_dict(state_dict, strict=True)
+        stats = sparsity_report(model)
         store.adopt(staged, digest)
     finally:
         staged.unlink(missing_ok=True)
@@ -210,10 +211,7 @@ def add_checkpoint(
             source="upload",
             method=method or ("dense" if role == "dense" else "uploaded"),
             target_sparsity=target_sparsity,
-            measured_sparsity=float(stats["sparsity"]),
-            num_params=int(stats["num_params"]),
-            num_nonzero=int(stats["num_nonzero"]),
-            layer_stats=stats["layers"],
+            **Checkpoint.stat_columns(stats),
             format=fmt,
             artifact_digest=digest,
             size_bytes=size,

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -72,16 +73,35 @@ class Checkpoint(Base):
     method: Mapped[str | None] = mapped_column(String(100))
     target_sparsity: Mapped[float | None] = mapped_column(Float)
     measured_sparsity: Mapped[float] = mapped_column(Float, default=0.0)
-    num_params: Mapped[int] = mapped_column(Integer, default=0)
-    num_nonzero: Mapped[int] = mapped_column(Integer, default=0)
+    # 64-bit: a 7B-parameter model overflows a 32-bit integer on PostgreSQL.
+    num_params: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_nonzero: Mapped[int] = mapped_column(BigInteger, default=0)
+    flops: Mapped[int | None] = mapped_column(BigInteger)
+    flops_nonzero: Mapped[int | None] = mapped_column(BigInteger)
+    compression_ratio: Mapped[float | None] = mapped_column(Float)
+    theoretical_speedup: Mapped[float | None] = mapped_column(Float)
     layer_stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     format: Mapped[str] = mapped_column(String(40))
     artifact_digest: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="checkpoints")
+
+    @staticmethod
+    def stat_columns(stats: dict[str, Any]) -> dict[str, Any]:
+        """Column values from `models.sparsity.sparsity_report` (missing figures stay NULL)."""
+        return dict(
+            measured_sparsity=float(stats.get("sparsity", 0.0)),
+            num_params=int(stats.get("num_params", 0)),
+            num_nonzero=int(stats.get("num_nonzero", 0)),
+            flops=stats.get("flops"),
+            flops_nonzero=stats.get("flops_nonzero"),
+            compression_ratio=stats.get("compression_ratio"),
+            theoretical_speedup=stats.get("theoretical_speedup"),
+            layer_stats=stats.get("layers", {}),
+        )
 
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -20,7 +20,7 @@ from torch import nn
 from models.checkpoints import CheckpointError, load_model, save_safetensors
 from models.pruning import PRUNING_METHODS
 from models.registry import build_config
-from models.sparsity import checkpoint_stats, prunable_parameter_names
+from models.sparsity import sparsity_report
 from workers.analyses.evaluation import evaluate_checkpoints
 from workers.datasets import ClassificationData, load_dataset
 from workers.jobspec import (
@@ -134,7 +134,7 @@ def _load(spec: JobSpec, ref: CheckpointRef) -> nn.Module:
 def _write_checkpoint(model: nn.Module, path: Path) -> dict[str, Any]:
     state = model.state_dict()
     save_safetensors(state, path)
-    return checkpoint_stats(state, prunable_parameter_names(model))
+    return sparsity_report(model)
 
 
 def _run_train(spec: JobSpec, progress: ProgressFn) -> JobOutput:

@@ -163,6 +163,8 @@ def checkpoint_rows(
                 "num_nonzero": c["num_nonzero"],
                 "accuracy": accuracy.get(c["id"]),
                 "mean_cka": mean_cka.get(c["id"]),
+                "compression_ratio": c.get("compression_ratio"),
+                "theoretical_speedup": c.get("theoretical_speedup"),
                 "format": c["format"],
             }
         )

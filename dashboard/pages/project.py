@@ -135,6 +135,18 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                                 "type": "numeric",
                                 "format": {"specifier": ".3f"},
                             },
+                            {
+                                "name": "compression",
+                                "id": "compression_ratio",
+                                "type": "numeric",
+                                "format": {"specifier": ".2f"},
+                            },
+                            {
+                                "name": "theor. speedup",
+                                "id": "theoretical_speedup",
+                                "type": "numeric",
+                                "format": {"specifier": ".2f"},
+                            },
                             {"name": "format", "id": "format"},
                         ],
                         data=[],

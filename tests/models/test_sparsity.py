@@ -55,3 +55,52 @@ def test_dense_model_has_zero_sparsity():
 def test_a_prunable_name_missing_from_the_state_dict_is_an_error():
     with pytest.raises(ValueError, match="fc9.weight"):
         checkpoint_stats({"a.weight": torch.ones(2)}, ["fc9.weight"])
+
+
+# ---------------------------------------------------------------- N:M and cost (ShrinkBench)
+
+
+def test_n_m_patterns_on_hand_built_weights():
+    from models.sparsity import follows_n_m
+
+    two_four = torch.tensor([[1.0, 0, 2, 0, 0, 3, 4, 0], [0, 0, 5, 6, 7, 0, 0, 0]])
+    assert follows_n_m(two_four, 2, 4) and follows_n_m(two_four, 4, 8)
+    three_in_a_group = two_four.clone()
+    three_in_a_group[1, 1] = 1.0  # group [0, 1, 5, 6] now has three non-zeros
+    assert not follows_n_m(three_in_a_group, 2, 4) and follows_n_m(three_in_a_group, 4, 8)
+    assert not follows_n_m(torch.ones(2, 8), 2, 4)
+    assert not follows_n_m(torch.zeros(2, 6), 4, 8)  # 6 inputs cannot form groups of 8
+    # conv: groups run along input channels at each kernel position
+    conv = torch.zeros(1, 4, 1, 2)
+    conv[0, :2, 0, 0] = 1.0  # channels 0,1 at position (0,0): 2 of 4
+    conv[0, 1:, 0, 1] = 1.0  # channels 1,2,3 at position (0,1): 3 of 4
+    assert not follows_n_m(conv, 2, 4)
+    conv[0, 3, 0, 1] = 0.0
+    assert follows_n_m(conv, 2, 4)
+
+
+def test_cost_of_cnn_small_matches_a_hand_count_and_pruning_scales_it():
+    from models.pruning import PRUNING_METHODS
+    from models.registry import create_model
+    from models.sparsity import sparsity_report
+
+    model = create_model("cnn_small")
+    dense = sparsity_report(model)
+    # conv1: 8×8 outputs × (16·1·3·3); conv2: 4×4 × (32·16·3·3); fc: 512·64; classifier: 64·10
+    hand = 64 * 144 + 16 * 4608 + 512 * 64 + 64 * 10
+    assert dense["flops"] == dense["flops_nonzero"] == hand
+    assert dense["theoretical_speedup"] == 1.0
+    assert dense["compression_ratio"] == pytest.approx(1.0)
+    assert dense["layers"]["conv1.0.weight"]["flops"] == 64 * 144
+
+    PRUNING_METHODS["magnitude_global"](model, 0.75, seed=0)
+    pruned = sparsity_report(model)
+    layers = pruned["layers"].values()
+    assert pruned["flops"] == hand
+    assert pruned["flops_nonzero"] == sum(layer["flops_nonzero"] for layer in layers)
+    assert pruned["theoretical_speedup"] == pytest.approx(hand / pruned["flops_nonzero"])
+    assert pruned["theoretical_speedup"] > 1.0
+    # ShrinkBench: every parameter counts for the compression ratio, biases included
+    state = model.state_dict()
+    nonzero = sum(int(torch.count_nonzero(t)) for t in state.values())
+    assert pruned["compression_ratio"] == pytest.approx(pruned["total_params"] / nonzero)

@@ -222,3 +222,9 @@ def test_upload_of_a_torch_prune_state_dict_measures_the_masked_sparsity(client,
     assert body["format"] == "torch_state_dict+torch_prune"
     n = body["num_params"]
     assert abs(body["num_nonzero"] - round(0.3 * n)) <= 1  # within one weight of the target
+    assert body["flops"] == n  # an MLP applies each prunable weight once per example
+    assert body["flops_nonzero"] == body["num_nonzero"]
+    assert body["theoretical_speedup"] == pytest.approx(n / body["num_nonzero"])
+    assert 1.0 < body["compression_ratio"] < body["theoretical_speedup"]  # biases stay dense
+    layers = client.get(f"/api/v1/checkpoints/{body['id']}").json()["layer_stats"]
+    assert all(layer["n_m"] == [] for layer in layers.values())  # unstructured, not 2:4
