@@ -152,6 +152,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                         data=[],
                         sort_action="native",
                         export_format="csv",
+                        style_table={"overflowX": "auto"},
                         style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
                         style_header={"fontWeight": "600"},
                     ),
