@@ -11,6 +11,7 @@ from typing import Protocol
 from torch import nn
 
 from models.pruning.common import check_sparsity
+from models.pruning.layerwise import l1_structured_prune, layerwise_magnitude_prune
 from models.pruning.magnitude import global_magnitude_prune
 from models.pruning.random_unstructured import random_unstructured_prune
 
@@ -27,11 +28,23 @@ def _random(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module:
     return random_unstructured_prune(model, sparsity, seed)
 
 
+def _magnitude_layerwise(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module:
+    return layerwise_magnitude_prune(model, sparsity)
+
+
+def _l1_structured(model: nn.Module, sparsity: float, *, seed: int = 0) -> nn.Module:
+    return l1_structured_prune(model, sparsity)
+
+
 _magnitude_global.__doc__ = global_magnitude_prune.__doc__
+_magnitude_layerwise.__doc__ = layerwise_magnitude_prune.__doc__
+_l1_structured.__doc__ = l1_structured_prune.__doc__
 _random.__doc__ = random_unstructured_prune.__doc__
 
 PRUNING_METHODS: dict[str, PruningMethod] = {
     "magnitude_global": _magnitude_global,
+    "magnitude_layerwise": _magnitude_layerwise,
+    "l1_structured": _l1_structured,
     "random": _random,
 }
 
@@ -40,5 +53,7 @@ __all__ = [
     "PruningMethod",
     "check_sparsity",
     "global_magnitude_prune",
+    "l1_structured_prune",
+    "layerwise_magnitude_prune",
     "random_unstructured_prune",
 ]

@@ -21,7 +21,12 @@ def _masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: state[k] != 0 for k in prunable_parameter_names(model)}
 
 
-@pytest.mark.parametrize("method", sorted(PRUNING_METHODS))
+# Global methods rank all weights together, so the global count is exact; per-layer methods are
+# exact per tensor instead (tests/models/test_layerwise_pruning.py).
+GLOBAL_METHODS = ["magnitude_global", "random"]
+
+
+@pytest.mark.parametrize("method", GLOBAL_METHODS)
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9, 0.99])
 def test_measured_global_sparsity_is_the_target_within_one_weight(method, sparsity):
     model = PRUNING_METHODS[method](_model(), sparsity, seed=3)
