@@ -73,6 +73,42 @@ def list_architectures() -> dict[str, dict[str, Any]]:
     return {name: default_config(name) for name in list_architectures()}
 
 
+def list_pruning_methods() -> dict[str, str]:
+    """Method name → the first line of its docstring (scoring rule and paper)."""
+    from models.pruning import PRUNING_METHODS
+
+    return {
+        name: (fn.__doc__ or name).strip().splitlines()[0]
+        for name, fn in sorted(PRUNING_METHODS.items())
+    }
+
+
+def submit_pruning_sweep(
+    project_id: int,
+    methods: list[str],
+    sparsities: list[float],
+    settings: Settings | None = None,
+) -> tuple[list[JobPublic], list[str]]:
+    """Queue one prune job per method × sparsity, then an analysis that waits for them.
+
+    Returns the queued jobs and one message per combination that was refused (e.g. a
+    checkpoint of that name exists already), so a partly valid request still does its part.
+    """
+    queued: list[JobPublic] = []
+    refused: list[str] = []
+    for method in methods:
+        for sparsity in sparsities:
+            try:
+                body = JobCreate(kind="prune", params={"method": method, "sparsity": sparsity})
+                queued.append(submit_job(project_id, body, settings))
+            except ServiceError as exc:
+                refused.append(f"{method} at {sparsity:g}: {exc.detail}")
+    if queued:
+        analysis = JobCreate(kind="analyze", depends_on=[j.id for j in queued])
+        queued.append(submit_job(project_id, analysis, settings))
+    return queued, refused
+
+
 def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
     from models.registry import create_model, default_config, list_architectures
 
@@ -238,7 +274,12 @@ def get_job(job_id: int, settings: Settings | None = None) -> JobPublic:
         return JobPublic.model_validate(_get_or_404(s, Job, job_id, "job"))
 
 
-def _validate_job(body: JobCreate, project: Project) -> None:
+def _pruned_name(params: dict[str, Any]) -> str:
+    """The checkpoint name a prune job produces (the runner uses the same default)."""
+    return params.get("name") or f"{params.get('method')}-{round(float(params['sparsity']) * 100)}"
+
+
+def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> None:
     p = body.params
     if body.kind == "prune":
         from models.pruning import PRUNING_METHODS
@@ -251,9 +292,11 @@ def _validate_job(body: JobCreate, project: Project) -> None:
         sparsity = p.get("sparsity")
         if not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
             raise InvalidInput(f"params.sparsity must be a number in (0, 1), got {sparsity!r}")
-        name = p.get("name") or f"{method}-{round(float(sparsity) * 100)}"
+        name = _pruned_name(p)
         if any(c.name == name for c in project.checkpoints):
             raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")
+        if any(j.kind == "prune" and _pruned_name(j.params) == name for j in active_jobs):
+            raise Conflict(f"a queued or running job already produces {name!r}; pass params.name")
     if body.kind == "train" and any(c.role == "dense" for c in project.checkpoints):
         raise Conflict("this project already has a dense checkpoint")
     for key in ("epochs", "batch_size"):
@@ -265,7 +308,10 @@ def submit_job(project_id: int, body: JobCreate, settings: Settings | None = Non
     settings = settings or get_settings()
     with session_scope(settings) as s:
         project = _get_or_404(s, Project, project_id, "project")
-        _validate_job(body, project)
+        active = s.scalars(
+            select(Job).where(Job.project_id == project_id, Job.state.in_(("queued", "running")))
+        ).all()
+        _validate_job(body, project, list(active))
         for dep in body.depends_on:
             if s.get(Job, dep) is None:
                 raise InvalidInput(f"depends_on names job {dep}, which does not exist")
@@ -343,4 +389,3 @@ def project_overview(project_id: int, settings: Settings | None = None) -> dict[
         "jobs": list_jobs(project_id, settings),
         "evaluation": evaluation,
     }
-

@@ -16,7 +16,7 @@ from dashboard.figures.overview import (
     empty_figure,
     layer_cka_heatmap,
 )
-from dashboard.state import parse_list, project_view_query
+from dashboard.state import parse_list, parse_sparsities, project_view_query
 from server import services
 from server.schemas import JobCreate
 
@@ -68,6 +68,34 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                             html.Span(id="action-message", style={"marginLeft": "1rem"}),
                         ],
                         style={"marginTop": "0.6rem"},
+                    ),
+                ],
+                className="card",
+            ),
+            html.Div(
+                [
+                    html.H3("Prune the dense checkpoint"),
+                    dcc.Checklist(
+                        id="prune-methods",
+                        options=[
+                            {"label": html.Span(name, title=doc), "value": name}
+                            for name, doc in services.list_pruning_methods().items()
+                        ],
+                        value=[],
+                        inline=True,
+                    ),
+                    html.Div(
+                        [
+                            dcc.Input(
+                                id="prune-sparsities",
+                                value="0.5, 0.8, 0.95",
+                                placeholder="sparsities, e.g. 0.5, 0.8, 0.95",
+                                style={"width": "16rem"},
+                            ),
+                            html.Button("Queue pruning jobs", id="prune-submit", n_clicks=0),
+                            html.Span(id="prune-message"),
+                        ],
+                        style={"display": "flex", "gap": "0.6rem", "marginTop": "0.6rem"},
                     ),
                 ],
                 className="card",
@@ -317,3 +345,30 @@ def upload_checkpoint(
         className="ok",
         id="upload-ok",
     )
+
+
+@callback(
+    Output("prune-message", "children"),
+    Input("prune-submit", "n_clicks"),
+    State("prune-methods", "value"),
+    State("prune-sparsities", "value"),
+    State("project-id", "data"),
+    prevent_initial_call=True,
+)
+def queue_pruning(_n: int, methods: list[str], sparsities: str, project_id: int):  # noqa: ANN201
+    if not methods:
+        return html.Span("choose at least one method", className="error")
+    try:
+        values = parse_sparsities(sparsities)
+    except ValueError as exc:
+        return html.Span(str(exc), className="error")
+    queued, refused = services.submit_pruning_sweep(project_id, methods, values)
+    parts = []
+    if queued:
+        ids = ", ".join(f"#{j.id}" for j in queued)
+        parts.append(
+            html.Span(f"queued jobs {ids} (the last re-runs the analysis)", className="ok")
+        )
+    if refused:
+        parts.append(html.Div("; ".join(refused), className="error"))
+    return html.Div(parts, id="prune-result")

@@ -136,3 +136,12 @@ def test_view_state_round_trips_through_the_query_string():
 
 def test_empty_figure_says_why():
     assert empty_figure("nothing yet").layout.annotations[0].text == "nothing yet"
+
+
+def test_sparsity_lists_parse_percentages_and_name_bad_entries():
+    from dashboard.state import parse_sparsities
+
+    assert parse_sparsities("0.8, 50%;.95, 0.8") == [0.5, 0.8, 0.95]
+    for text, word in [("0.5, lots", "'lots'"), ("1.0", "outside"), ("", "at least one")]:
+        with pytest.raises(ValueError, match=word):
+            parse_sparsities(text)

@@ -258,3 +258,45 @@ def test_upload_through_the_browser_validates_and_stores(demo_server, browser, t
         lambda d: "dense-copy" in d.find_element("id", "checkpoint-table").text,
         message="table refreshed",
     )
+
+
+def test_pruning_form_queues_jobs_whose_results_reach_the_plot(demo_server, browser):
+    base = demo_server["base"]
+    pid = _project_id(base)
+    browser.get(f"{base}/projects/{pid}")
+    box = _wait(
+        browser,
+        lambda d: d.find_elements(
+            "xpath", "//div[@id='prune-methods']//input[@value='magnitude_layerwise']"
+        ),
+        message="method checkbox",
+    )
+    box[0].click()
+    from selenium.webdriver.common.keys import Keys
+
+    field = browser.find_element("id", "prune-sparsities")
+    # clear() bypasses React's change events; select-all + delete is what a person does.
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    field.send_keys("50%, 0.9")
+    browser.find_element("id", "prune-submit").click()
+    result = _wait(browser, lambda d: d.find_elements("id", "prune-result"), message="queued")
+    assert "queued jobs" in result[0].text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        jobs = _get_json(f"{base}/api/v1/projects/{pid}/jobs")["data"]
+        if all(j["state"] not in ("queued", "running") for j in jobs):
+            break
+        time.sleep(1)
+    assert all(j["state"] == "succeeded" for j in jobs), jobs
+    # The page notices the new analysis by itself and draws the new method's line.
+    lines = _wait(
+        browser,
+        lambda d: (data := _plot_data(d, "accuracy-graph"))
+        and {t["name"]: t for t in data if t.get("mode") == "lines+markers"}.get(
+            "magnitude_layerwise"
+        ),
+        timeout=30,
+        message="layer-wise line",
+    )
+    assert [round(x) for x in lines["x"]] == [0, 50, 90]

@@ -140,3 +140,27 @@ def test_a_failed_job_shows_its_error_in_the_dashboard_panel(settings):
     assert row.id == f"job-{job.id}" and "failed" in row.className
     assert "no dense checkpoint" in text  # the worker's message, not a generic one
     assert "cancel-job" not in text  # finished jobs offer no cancel button
+
+
+def test_a_pruning_sweep_queues_each_pair_then_an_analysis_and_reports_refusals(settings):
+    pid = _project(settings)
+    train = _submit(settings, pid, "train", epochs=4)
+    run_worker(settings, "w", max_jobs=1)
+    existing = _submit(settings, pid, "prune", method="random", sparsity=0.5)
+    queued, refused = services.submit_pruning_sweep(
+        pid, ["magnitude_layerwise", "l1_structured", "random"], [0.5], settings
+    )
+    assert [j.kind for j in queued] == ["prune", "prune", "analyze"]
+    assert queued[-1].depends_on == [queued[0].id, queued[1].id]
+    assert len(refused) == 1 and "already produces 'random-50'" in refused[0]
+    run_worker(settings, "w", max_jobs=4)
+    assert all(services.get_job(j.id, settings).state == "succeeded" for j in queued)
+    names = {c.name for c in services.list_checkpoints(pid, settings)}
+    assert {"magnitude_layerwise-50", "l1_structured-50", "random-50"} <= names
+    again, refused = services.submit_pruning_sweep(
+        pid, ["random", "random"], [0.5, 0.7], settings
+    )
+    assert [j.params.get("sparsity") for j in again] == [0.7, None]  # random-70, then analyze
+    assert sum("'random-50' already exists" in r for r in refused) == 2
+    assert sum("already produces 'random-70'" in r for r in refused) == 1 and len(refused) == 3
+    assert train.id and existing.id
