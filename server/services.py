@@ -282,7 +282,7 @@ def _pruned_name(params: dict[str, Any]) -> str:
 def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> None:
     p = body.params
     if body.kind == "prune":
-        from models.pruning import PRUNING_METHODS
+        from models.pruning import PRUNING_METHODS, sparsity_error
 
         method = p.get("method")
         if method not in PRUNING_METHODS:
@@ -292,6 +292,8 @@ def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> 
         sparsity = p.get("sparsity")
         if not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
             raise InvalidInput(f"params.sparsity must be a number in (0, 1), got {sparsity!r}")
+        if error := sparsity_error(method, float(sparsity)):
+            raise InvalidInput(f"params.sparsity: {error}")
         name = _pruned_name(p)
         if any(c.name == name for c in project.checkpoints):
             raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")

@@ -228,3 +228,15 @@ def test_upload_of_a_torch_prune_state_dict_measures_the_masked_sparsity(client,
     assert 1.0 < body["compression_ratio"] < body["theoretical_speedup"]  # biases stay dense
     layers = client.get(f"/api/v1/checkpoints/{body['id']}").json()["layer_stats"]
     assert all(layer["n_m"] == [] for layer in layers.values())  # unstructured, not 2:4
+
+
+def test_n_m_prune_jobs_refuse_a_sparsity_they_cannot_reach(client, project):
+    url = f"/api/v1/projects/{project['id']}/jobs"
+    bad = client.post(
+        url, json={"kind": "prune", "params": {"method": "magnitude_2of4", "sparsity": 0.8}}
+    )
+    assert bad.status_code == 422 and "sparsity 0.5" in bad.json()["detail"]
+    ok = client.post(
+        url, json={"kind": "prune", "params": {"method": "magnitude_2of4", "sparsity": 0.5}}
+    )
+    assert ok.status_code == 201
