@@ -77,6 +77,44 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_add(args: argparse.Namespace) -> int:
+    from server import services
+    from server.config import get_settings
+    from server.db import upgrade_database
+    from server.storage import CHUNK_BYTES
+
+    settings = get_settings()
+    upgrade_database(settings)
+    project = (
+        services.get_project(int(args.project), settings)
+        if args.project.isdigit()
+        else services.find_project(args.project, settings)
+    )
+    if project is None:
+        print(f"error: no project named {args.project!r}", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 2
+    with open(path, "rb") as f:
+        ckpt = services.add_checkpoint(
+            project.id,
+            iter(lambda: f.read(CHUNK_BYTES), b""),
+            filename=path.name,
+            name=args.name,
+            role=args.role,
+            method=args.method,
+            target_sparsity=args.target_sparsity,
+            settings=settings,
+        )
+    print(
+        f"stored checkpoint {ckpt.id} {ckpt.name!r} ({ckpt.format}): {ckpt.num_nonzero:,} of "
+        f"{ckpt.num_params:,} prunable weights non-zero, {100 * ckpt.measured_sparsity:.2f}% sparse"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunescope", description="See what pruning changes inside a neural network."
@@ -94,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--log-level", default="warning")
     w = sub.add_parser("worker", help="run one worker against the configured database")
     w.add_argument("--data-dir")
+    ck = sub.add_parser("checkpoint", help="checkpoints of a project")
+    ck_sub = ck.add_subparsers(dest="action", required=True)
+    add = ck_sub.add_parser("add", help="validate and store a checkpoint file")
+    add.add_argument("project", help="project id or name")
+    add.add_argument("file", help="safetensors or torch state_dict file")
+    add.add_argument("--name", help="default: the file name without extension")
+    add.add_argument("--role", choices=["dense", "pruned"])
+    add.add_argument("--method", help="how it was pruned, e.g. wanda")
+    add.add_argument("--target-sparsity", type=float)
+    add.add_argument("--data-dir")
     db = sub.add_parser("db", help="database administration")
     db.add_argument("action", choices=["upgrade"])
     db.add_argument("--data-dir")
@@ -112,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.command == "db":
         return _db_upgrade(args)
+    if args.command == "checkpoint":
+        from server.services import ServiceError
+
+        try:
+            return _checkpoint_add(args)
+        except ServiceError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
     return 2
 
 
