@@ -257,6 +257,25 @@ def add_checkpoint(
         return CheckpointPublic.model_validate(row)
 
 
+def layer_sparsity(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """Per-layer sparsity of every checkpoint: {"layers": [...], "checkpoints": [...],
+    "sparsity": [[layer × checkpoint]]} (None where a checkpoint lacks a layer)."""
+    with session_scope(settings) as s:
+        project = _get_or_404(s, Project, project_id, "project")
+        ckpts = [(c.name, c.layer_stats or {}) for c in project.checkpoints]
+    layers: list[str] = []
+    for _, stats in ckpts:
+        layers += [name for name in stats if name not in layers]
+    return {
+        "layers": layers,
+        "checkpoints": [name for name, _ in ckpts],
+        "sparsity": [
+            [stats[layer]["sparsity"] if layer in stats else None for _, stats in ckpts]
+            for layer in layers
+        ],
+    }
+
+
 # ---------------------------------------------------------------- jobs
 
 

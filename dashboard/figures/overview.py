@@ -137,6 +137,44 @@ def layer_cka_heatmap(
     return fig
 
 
+def layer_sparsity_heatmap(
+    layers: Sequence[str], checkpoint_names: Sequence[str], sparsity: Sequence[Sequence[Any]]
+) -> go.Figure:
+    """Layer × checkpoint heatmap of the share of zero weights, to compare how methods spread
+    the same overall sparsity over the layers. `sparsity` is indexed [layer][checkpoint]."""
+    if not layers or not checkpoint_names:
+        return empty_figure("No checkpoints yet.")
+    z = np.array(
+        [[np.nan if v is None else 100 * float(v) for v in row] for row in sparsity], dtype=float
+    )
+    if z.shape != (len(layers), len(checkpoint_names)):
+        raise ValueError(
+            f"sparsity has shape {z.shape}, expected ({len(layers)}, {len(checkpoint_names)})"
+        )
+    short = [name.removesuffix(".weight") for name in layers]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(checkpoint_names),
+            y=short,
+            zmin=0.0,
+            zmax=100.0,
+            colorscale="Blues",
+            colorbar={"title": "zeros (%)"},
+            texttemplate="%{z:.0f}",
+            hovertemplate="layer %{y}<br>%{x}<br>%{z:.2f}% zeros<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        template="plotly_white",
+        height=max(300, 60 * len(layers) + 120),
+        xaxis={"title": "checkpoint", "tickangle": -30},
+        yaxis={"title": "layer", "autorange": "reversed"},
+        margin={"l": 90, "r": 20, "t": 30, "b": 90},
+    )
+    return fig
+
+
 def checkpoint_rows(
     checkpoints: Sequence[Mapping[str, Any]], evaluation: Mapping[str, Any] | None
 ) -> list[dict[str, Any]]:

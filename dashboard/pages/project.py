@@ -15,6 +15,7 @@ from dashboard.figures.overview import (
     checkpoint_rows,
     empty_figure,
     layer_cka_heatmap,
+    layer_sparsity_heatmap,
 )
 from dashboard.state import parse_list, parse_sparsities, project_view_query
 from server import services
@@ -127,6 +128,15 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                     ),
                 ],
                 className="grid2",
+            ),
+            html.Div(
+                [
+                    html.H3("Where each method puts its zeros: sparsity per layer"),
+                    dcc.Graph(
+                        id="layer-sparsity", figure=empty_figure("loading…"), config=GRAPH_CONFIG
+                    ),
+                ],
+                className="card",
             ),
             html.Div(
                 [
@@ -247,6 +257,7 @@ def poll_project(_n: int, project_id: int, version: str | None):  # noqa: ANN201
 @callback(
     Output("checkpoint-table", "data"),
     Output("cka-heatmap", "figure"),
+    Output("layer-sparsity", "figure"),
     Output("checkpoint-rows", "data"),
     Output("method-filter", "options"),
     Output("method-filter", "value"),
@@ -256,7 +267,7 @@ def poll_project(_n: int, project_id: int, version: str | None):  # noqa: ANN201
 )
 def refresh_views(version: str | None, project_id: int, selection: list[str] | None):  # noqa: ANN201
     if version is None:
-        return no_update, no_update, no_update, no_update, no_update
+        return (no_update,) * 6
     overview = services.project_overview(project_id)
     evaluation = overview["evaluation"]
     rows = checkpoint_rows([c.model_dump() for c in overview["checkpoints"]], evaluation)
@@ -268,7 +279,12 @@ def refresh_views(version: str | None, project_id: int, selection: list[str] | N
         heatmap = empty_figure("No layer comparison yet — the analysis job fills this in.")
     methods = sorted({r["method"] for r in rows if r["role"] != "dense" and r["method"]})
     chosen = methods if selection is None else [m for m in methods if m in selection]
-    return rows, heatmap, rows, [{"label": m, "value": m} for m in methods], chosen
+    per_layer = services.layer_sparsity(project_id)
+    sparsity = layer_sparsity_heatmap(
+        per_layer["layers"], per_layer["checkpoints"], per_layer["sparsity"]
+    )
+    options = [{"label": m, "value": m} for m in methods]
+    return rows, heatmap, sparsity, rows, options, chosen
 
 
 @callback(

@@ -145,3 +145,18 @@ def test_sparsity_lists_parse_percentages_and_name_bad_entries():
     for text, word in [("0.5, lots", "'lots'"), ("1.0", "outside"), ("", "at least one")]:
         with pytest.raises(ValueError, match=word):
             parse_sparsities(text)
+
+
+def test_layer_sparsity_heatmap_shows_percent_zeros_and_gaps():
+    from dashboard.figures.overview import layer_sparsity_heatmap
+
+    fig = layer_sparsity_heatmap(
+        ["conv1.0.weight", "classifier.weight"], ["dense", "m-50"], [[0.0, 0.2], [0.0, None]]
+    )
+    (hm,) = fig.data
+    assert list(hm.y) == ["conv1.0", "classifier"]
+    z = np.asarray(hm.z, dtype=float)
+    assert z[0, 1] == 20.0 and np.isnan(z[1, 1])
+    with pytest.raises(ValueError, match="expected"):
+        layer_sparsity_heatmap(["a"], ["dense", "m-50"], [[0.0]])
+    assert "No checkpoints" in layer_sparsity_heatmap([], [], []).layout.annotations[0].text

@@ -177,6 +177,12 @@ def test_demo_project_renders_heatmap_accuracy_and_jobs(demo_server, browser):
     # Real behaviour, not a fixture: at 95 % magnitude pruning keeps more accuracy than random.
     assert lines["magnitude_global"]["y"][-1] > lines["random"]["y"][-1]
 
+    # Per-layer sparsity: global magnitude spreads its 95 % unevenly, random almost evenly.
+    layers = browser.execute_script(DECODED_Z.format(id="layer-sparsity"))
+    columns = _plot_data(browser, "layer-sparsity")[0]["x"]
+    mag, rnd = columns.index("magnitude_global-95"), columns.index("random-95")
+    spread = [max(row[c] for row in layers) - min(row[c] for row in layers) for c in (mag, rnd)]
+    assert spread[0] > spread[1]
     progress = browser.find_elements("css selector", "#jobs-panel progress")
     assert len(progress) == 8 and all(p.get_attribute("value") == "1" for p in progress)
     shot = os.environ.get("PRUNESCOPE_SCREENSHOT")
@@ -292,9 +298,11 @@ def test_pruning_form_queues_jobs_whose_results_reach_the_plot(demo_server, brow
     # The page notices the new analysis by itself and draws the new method's line.
     lines = _wait(
         browser,
-        lambda d: (data := _plot_data(d, "accuracy-graph"))
-        and {t["name"]: t for t in data if t.get("mode") == "lines+markers"}.get(
-            "magnitude_layerwise"
+        lambda d: (
+            (data := _plot_data(d, "accuracy-graph"))
+            and {t["name"]: t for t in data if t.get("mode") == "lines+markers"}.get(
+                "magnitude_layerwise"
+            )
         ),
         timeout=30,
         message="layer-wise line",
