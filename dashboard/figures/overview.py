@@ -98,6 +98,18 @@ def accuracy_vs_sparsity(
     return fig
 
 
+def _layer_by_checkpoint_layout(fig: go.Figure, n_layers: int) -> go.Figure:
+    """Shared layout of the layer × checkpoint heatmaps: layers top-down, one row each."""
+    fig.update_layout(
+        template="plotly_white",
+        height=max(300, 60 * n_layers + 120),
+        xaxis={"title": "checkpoint", "tickangle": -30},
+        yaxis={"title": "layer", "autorange": "reversed"},
+        margin={"l": 90, "r": 20, "t": 30, "b": 90},
+    )
+    return fig
+
+
 def layer_cka_heatmap(
     layers: Sequence[str], checkpoint_names: Sequence[str], cka: np.ndarray
 ) -> go.Figure:
@@ -127,14 +139,7 @@ def layer_cka_heatmap(
             hovertemplate="layer %{y}<br>%{x}<br>CKA to dense %{z:.4f}<extra></extra>",
         )
     )
-    fig.update_layout(
-        template="plotly_white",
-        height=max(300, 60 * len(layers) + 120),
-        xaxis={"title": "checkpoint", "tickangle": -30},
-        yaxis={"title": "layer", "autorange": "reversed"},
-        margin={"l": 90, "r": 20, "t": 30, "b": 90},
-    )
-    return fig
+    return _layer_by_checkpoint_layout(fig, len(layers))
 
 
 def layer_sparsity_heatmap(
@@ -165,14 +170,7 @@ def layer_sparsity_heatmap(
             hovertemplate="layer %{y}<br>%{x}<br>%{z:.2f}% zeros<extra></extra>",
         )
     )
-    fig.update_layout(
-        template="plotly_white",
-        height=max(300, 60 * len(layers) + 120),
-        xaxis={"title": "checkpoint", "tickangle": -30},
-        yaxis={"title": "layer", "autorange": "reversed"},
-        margin={"l": 90, "r": 20, "t": 30, "b": 90},
-    )
-    return fig
+    return _layer_by_checkpoint_layout(fig, len(layers))
 
 
 def checkpoint_rows(
