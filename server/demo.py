@@ -10,6 +10,7 @@ from typing import TextIO
 from server import services
 from server.config import Settings
 from server.schemas import DatasetChoice, JobCreate, JobPublic, ProjectCreate
+from workers.jobspec import default_pruned_name
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,6 @@ DIGITS = DemoProject(
 )
 
 DEMO_PROJECTS = (DIGITS,)
-
-
-def _pruned_name(method: str, sparsity: float) -> str:
-    return f"{method}-{round(sparsity * 100)}"
 
 
 def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, list[JobPublic]]:
@@ -82,7 +79,7 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
     prune_jobs = []
     for method in demo.methods:
         for sparsity in demo.sparsities:
-            if _pruned_name(method, sparsity) in checkpoints:
+            if default_pruned_name(method, sparsity) in checkpoints:
                 continue
             job = active_job("prune", method=method, sparsity=sparsity)
             if job is None:

@@ -25,6 +25,7 @@ from server.schemas import (
 )
 from server.storage import ArtifactStore, UploadTooLarge
 from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project
+from workers.jobspec import default_pruned_name
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ def get_job(job_id: int, settings: Settings | None = None) -> JobPublic:
 
 def _pruned_name(params: dict[str, Any]) -> str:
     """The checkpoint name a prune job produces (the runner uses the same default)."""
-    return params.get("name") or f"{params.get('method')}-{round(float(params['sparsity']) * 100)}"
+    return params.get("name") or default_pruned_name(params.get("method"), params["sparsity"])
 
 
 def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> None:

@@ -86,5 +86,10 @@ class JobOutput:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def default_pruned_name(method: str, sparsity: float) -> str:
+    """The name a prune job gives its checkpoint unless params.name says otherwise."""
+    return f"{method}-{round(float(sparsity) * 100)}"
+
+
 # progress(fraction in [0, 1], message). Raises JobCancelled when the job was cancelled.
 ProgressFn = Callable[[float, str], None]

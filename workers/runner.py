@@ -32,6 +32,7 @@ from workers.jobspec import (
     NewCheckpoint,
     NewResult,
     ProgressFn,
+    default_pruned_name,
 )
 from workers.training import init_model, train_classifier
 
@@ -191,7 +192,7 @@ def _run_prune(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     return JobOutput(
         checkpoints=[
             NewCheckpoint(
-                name=params["name"] or f"{method}-{round(sparsity * 100)}",
+                name=params["name"] or default_pruned_name(method, sparsity),
                 role="pruned",
                 path=str(path),
                 method=method,
