@@ -38,7 +38,6 @@ class LocalProcessPool:
         self._procs: dict[int, mp.process.BaseProcess] = {}
         self._supervisor: threading.Thread | None = None
         self._closing = threading.Event()
-        self._restarts = 0
 
     def _spawn(self, slot: int) -> None:
         name = f"{self.name_prefix}-{slot}"
@@ -60,16 +59,7 @@ class LocalProcessPool:
             for slot, proc in list(self._procs.items()):
                 if not proc.is_alive() and not self._closing.is_set():
                     log.warning("%s exited with code %s; restarting", proc.name, proc.exitcode)
-                    self._restarts += 1
                     self._spawn(slot)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs.values() if p.pid is not None]
-
-    @property
-    def restarts(self) -> int:
-        return self._restarts
 
     def stop(self, timeout: float = 10.0) -> None:
         self._closing.set()
