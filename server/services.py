@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from server.schemas import (
     ProjectPublic,
     ResultPublic,
 )
-from server.storage import ArtifactStore, UploadTooLarge
+from server.storage import ArtifactStore, UploadTooLarge, sha256_file
 from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project
 from workers.jobspec import default_pruned_name
 
@@ -202,12 +203,71 @@ def add_checkpoint(
     The file is streamed to a staging file first; it enters the store and the database only
     after it loaded safely and matched the architecture, so a bad upload leaves nothing behind.
     """
-    from models.checkpoints import CheckpointError, load_state_dict_file, validate_for_architecture
-    from models.registry import create_model
-    from models.sparsity import sparsity_report
-
     settings = settings or get_settings()
-    project = get_project(project_id, settings)
+    fields = _checkpoint_fields(project_id, filename, name, role, target_sparsity, settings)
+    try:
+        staged, digest, size = _store(settings).write_stream(
+            chunks, max_bytes=settings.max_upload_bytes
+        )
+    except UploadTooLarge as exc:
+        raise TooLarge(
+            f"{exc}; raise PRUNESCOPE_MAX_UPLOAD_BYTES if this checkpoint is expected"
+        ) from exc
+    return _adopt_checkpoint(
+        project_id, staged, digest, size, filename=filename, method=method,
+        target_sparsity=target_sparsity, settings=settings, **fields,
+    )
+
+
+def add_checkpoint_file(
+    project_id: int,
+    path: Path,
+    *,
+    digest: str | None = None,
+    filename: str = "checkpoint",
+    name: str | None = None,
+    role: str | None = None,
+    method: str | None = None,
+    target_sparsity: float | None = None,
+    settings: Settings | None = None,
+) -> CheckpointPublic:
+    """Like `add_checkpoint` for a file already on the store's filesystem (a finished upload).
+
+    The file is moved, not copied, into staging; it is consumed whether or not it is accepted.
+    `digest` may be passed when the caller already hashed the content.
+    """
+    settings = settings or get_settings()
+    store = _store(settings)
+    try:
+        fields = _checkpoint_fields(project_id, filename, name, role, target_sparsity, settings)
+        size = path.stat().st_size
+        if size > settings.max_upload_bytes:
+            raise TooLarge(
+                f"file exceeds the upload limit of {settings.max_upload_bytes} bytes; raise "
+                "PRUNESCOPE_MAX_UPLOAD_BYTES if this checkpoint is expected"
+            )
+        fd, staged = store.staging_file()
+        os.close(fd)
+        os.replace(path, staged)
+    finally:
+        path.unlink(missing_ok=True)
+    digest = digest or sha256_file(staged)
+    return _adopt_checkpoint(
+        project_id, staged, digest, size, filename=filename, method=method,
+        target_sparsity=target_sparsity, settings=settings, **fields,
+    )
+
+
+def _checkpoint_fields(
+    project_id: int,
+    filename: str,
+    name: str | None,
+    role: str | None,
+    target_sparsity: float | None,
+    settings: Settings,
+) -> dict[str, str]:
+    """The checks an upload passes before its bytes are read: the name and role it will get."""
+    get_project(project_id, settings)
     name = (name or Path(filename).stem or "checkpoint").strip()[:200]
     if role not in (None, "dense", "pruned"):
         raise InvalidInput("role must be 'dense' or 'pruned'")
@@ -220,14 +280,29 @@ def add_checkpoint(
     role = role or ("pruned" if has_dense else "dense")
     if role == "dense" and has_dense:
         raise Conflict("this project already has a dense checkpoint; upload this one as 'pruned'")
+    return {"name": name, "role": role}
 
+
+def _adopt_checkpoint(
+    project_id: int,
+    staged: Path,
+    digest: str,
+    size: int,
+    *,
+    name: str,
+    role: str,
+    filename: str,
+    method: str | None,
+    target_sparsity: float | None,
+    settings: Settings,
+) -> CheckpointPublic:
+    """Load and validate a staged file; only then adopt it into the store and add its row."""
+    from models.checkpoints import CheckpointError, load_state_dict_file, validate_for_architecture
+    from models.registry import create_model
+    from models.sparsity import sparsity_report
+
+    project = get_project(project_id, settings)
     store = _store(settings)
-    try:
-        staged, digest, size = store.write_stream(chunks, max_bytes=settings.max_upload_bytes)
-    except UploadTooLarge as exc:
-        raise TooLarge(
-            f"{exc}; raise PRUNESCOPE_MAX_UPLOAD_BYTES if this checkpoint is expected"
-        ) from exc
     try:
         try:
             state_dict, fmt = load_state_dict_file(staged)
