@@ -172,7 +172,8 @@ def _zip_members(path: Path, dest: Path, budget: _Budget) -> Iterator[str]:
             try:
                 with archive.open(info) as source:
                     _write_member(source, dest / name, budget, info.file_size)
-            except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, ValueError) as exc:
+            except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, ValueError,
+                    zlib.error) as exc:
                 if isinstance(exc, ArchiveError):
                     raise
                 raise ArchiveError(

@@ -5,6 +5,13 @@ the whole C×H×W map becomes one feature vector per example, as Kornblith et al
 they compare convolutional layers with CKA: it keeps the spatial layout, so two layers only
 count as similar if they agree *where* a feature fires, not merely on channel averages
 (pooling over space first would be the alternative, and would hide spatial changes).
+
+A layer that outputs a token sequence (batch, tokens, dim) would flatten the same way, to
+tokens × dim features in token order. Transformers choose their own summary instead: the
+ViT's analysis layers are identity taps on each block's CLS token (`blocks.{i}.cls_out`),
+so they arrive here as (batch, dim) already; see `models.vit`. Attention maps are captured
+unflattened (`flatten=False`) from the `attention_layers` a model lists, as
+(batch, heads, tokens, tokens).
 """
 
 from __future__ import annotations
@@ -17,23 +24,25 @@ import torch
 from torch import nn
 
 
-def _flatten(name: str, output: Any) -> torch.Tensor:
+def _detached(name: str, output: Any, flatten: bool) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise TypeError(
             f"layer {name!r} returned {type(output).__name__}, not a tensor; capture a submodule "
             "that returns a single tensor"
         )
-    return output.detach().reshape(output.shape[0], -1)
+    output = output.detach()
+    return output.reshape(output.shape[0], -1) if flatten else output
 
 
 @contextmanager
 def capture_layer_outputs(
-    model: nn.Module, layer_names: Sequence[str]
+    model: nn.Module, layer_names: Sequence[str], *, flatten: bool = True
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, every forward pass of `model` stores each named module's output.
 
     Yields a dict {layer name: tensor of shape (batch, features)} that each forward pass
-    overwrites, so read it after every batch:
+    overwrites (with `flatten=False`, the output's own shape, e.g. attention maps
+    (batch, heads, tokens, tokens)), so read it after every batch:
 
         with capture_layer_outputs(model, ["conv1", "fc"]) as outputs:
             for x in batches:
@@ -56,7 +65,7 @@ def capture_layer_outputs(
 
     def hook_for(name: str):  # noqa: ANN202
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            outputs[name] = _flatten(name, output)
+            outputs[name] = _detached(name, output, flatten)
 
         return hook
 
@@ -70,9 +79,12 @@ def capture_layer_outputs(
 
 
 def layer_outputs(
-    model: nn.Module, x: torch.Tensor, layer_names: Sequence[str]
+    model: nn.Module, x: torch.Tensor, layer_names: Sequence[str], *, flatten: bool = True
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One no-grad forward pass: (model output, {layer name: (batch, features) output})."""
-    with capture_layer_outputs(model, layer_names) as outputs, torch.no_grad():
+    """One no-grad forward pass: (model output, {layer name: (batch, features) output}).
+
+    `flatten=False` keeps each output's own shape, as in `capture_layer_outputs`.
+    """
+    with capture_layer_outputs(model, layer_names, flatten=flatten) as outputs, torch.no_grad():
         result = model(x)
     return result, dict(outputs)

@@ -8,7 +8,11 @@ Each architecture is one readable section below: a small frozen config dataclass
 - `analysis_layers`: the ordered names of the submodules whose outputs layer analyses
   (per-layer CKA, probes) compare. Each names a block that ends in its nonlinearity, so the
   captured output is the representation the next layer actually reads; the last one is the
-  classifier's logits.
+  classifier's logits and the one before it the features the `classifier` Linear reads.
+
+The small networks live here; the larger ones each have their own module (`models.resnet`:
+resnet20, resnet18; `models.vit`: vit_small), imported at the end of this file so that
+`create_model` knows every architecture whichever module is imported first.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from models import hf
 
 
 class UnknownArchitectureError(ValueError):
@@ -50,8 +56,8 @@ def register(name: str) -> Callable[[ModelClass], ModelClass]:
 
 
 def list_architectures() -> list[str]:
-    """Registered architecture names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered architecture names and `huggingface` (any model built from config.json)."""
+    return sorted([*_REGISTRY, hf.HF_ARCHITECTURE])
 
 
 def _model_class(name: str) -> type[nn.Module]:
@@ -67,8 +73,11 @@ def default_config(name: str) -> dict[str, Any]:
     """The architecture's default configuration as JSON-able values (tuples become lists).
 
     Lists rather than tuples so the dict compares equal after a round trip through JSON,
-    which is how projects store it.
+    which is how projects store it. A `huggingface` project's config is its config.json,
+    which the first uploaded folder provides, so its default is empty.
     """
+    if name == hf.HF_ARCHITECTURE:
+        return {}
     config = _model_class(name).config_class()
     return {
         f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
@@ -79,8 +88,11 @@ def default_config(name: str) -> dict[str, Any]:
 def build_config(name: str, **config: Any) -> Any:
     """The architecture's config dataclass from keyword values, validated.
 
-    Raises ValueError naming unknown keys or bad values.
+    Raises ValueError naming unknown keys or bad values. For `huggingface` it is the
+    transformers config object built from the config.json dict.
     """
+    if name == hf.HF_ARCHITECTURE:
+        return hf.pretrained_config(config)
     config_class = _model_class(name).config_class
     known = [f.name for f in dataclasses.fields(config_class)]
     unknown = sorted(set(config) - set(known))
@@ -94,6 +106,8 @@ def build_config(name: str, **config: Any) -> Any:
 
 def create_model(name: str, **config: Any) -> nn.Module:
     """Build a freshly initialised model; missing config keys take their defaults."""
+    if name == hf.HF_ARCHITECTURE:
+        return hf.build_model(config)
     return _model_class(name)(build_config(name, **config))
 
 
@@ -202,3 +216,11 @@ class CNNSmall(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.fc(self.conv2(self.conv1(x))))
+
+
+# ------------------------------------------------------------ architectures in their own module
+
+# Imported last: they register through `register` above. Plain `import` so that importing
+# models.resnet first (which imports this module) still works.
+import models.resnet  # noqa: E402, F401
+import models.vit  # noqa: E402, F401

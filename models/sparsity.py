@@ -84,8 +84,22 @@ def follows_n_m(weight: torch.Tensor, n: int, m: int) -> bool:
     return bool((torch.count_nonzero(rows, dim=-1) <= n).all())
 
 
+def _cost_example(model: nn.Module) -> tuple[tuple, dict[str, Any]] | None:
+    """(args, kwargs) for the one costing forward pass, or None when the cost is unknown.
+
+    Registry models take a zero tensor of `input_shape`; token models (Hugging Face) provide
+    `cost_inputs()` with a fixed sequence length, since their cost grows with it.
+    """
+    if callable(getattr(model, "cost_inputs", None)):
+        return (), model.cost_inputs()
+    input_shape = getattr(model, "input_shape", None)
+    if input_shape:
+        return (torch.zeros((1, *input_shape)),), {}
+    return None
+
+
 def _multiply_accumulates(
-    model: nn.Module, input_shape: tuple[int, ...]
+    model: nn.Module, example: tuple[tuple, dict[str, Any]]
 ) -> dict[str, tuple[int, int]]:
     """(dense, non-zero) weight multiply-accumulates per example of each linear/conv layer.
 
@@ -101,7 +115,9 @@ def _multiply_accumulates(
         def record(_m: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
             # Every output position (a token for linear, a pixel for conv) applies the whole
             # weight once: out × in for linear, out × in/groups × k for conv.
-            channels = module.out_features if isinstance(module, nn.Linear) else output.shape[1]
+            # From the weight, not `out_features`: structurally pruned layers may carry stale
+            # size attributes.
+            channels = module.weight.shape[0] if isinstance(module, nn.Linear) else output.shape[1]
             positions = output[0].numel() // channels
             nonzero = int(torch.count_nonzero(module.weight).item())
             costs[name] = (positions * module.weight.numel(), positions * nonzero)
@@ -113,7 +129,7 @@ def _multiply_accumulates(
             hooks.append(module.register_forward_hook(hook(name, module)))
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros((1, *input_shape)))
+            model.eval()(*example[0], **example[1])
     finally:
         for h in hooks:
             h.remove()
@@ -126,17 +142,19 @@ def sparsity_report(model: nn.Module) -> dict[str, Any]:
     Adds, beside checkpoint_stats' keys: flops and flops_nonzero (conv/linear weight
     multiply-accumulates per example), compression_ratio = all parameters / non-zero
     parameters and theoretical_speedup = flops / flops_nonzero (ShrinkBench, Blalock et al.
-    2020). Needs `model.input_shape` for the cost; without it the cost keys are None.
+    2020). Needs `model.input_shape` (or `model.cost_inputs()`) for the cost; without it the
+    cost keys are None.
     """
     state = model.state_dict()
     stats = checkpoint_stats(state, prunable_parameter_names(model))
-    input_shape = getattr(model, "input_shape", None)
-    costs = _multiply_accumulates(model, tuple(input_shape)) if input_shape else {}
+    example = _cost_example(model)
+    costs = _multiply_accumulates(model, example) if example is not None else {}
     for name, module in prunable_modules(model):
         layer = stats["layers"][f"{name}.weight"]
         layer["n_m"] = [f"{n}:{m}" for n, m in NM_PATTERNS if follows_n_m(module.weight, n, m)]
         layer["flops"], layer["flops_nonzero"] = costs.get(name, (None, None))
     total_nonzero = sum(int(torch.count_nonzero(t).item()) for t in state.values())
+    stats["total_nonzero"] = total_nonzero
     stats["compression_ratio"] = stats["total_params"] / total_nonzero if total_nonzero else None
     if costs:
         flops = sum(c[0] for c in costs.values())
@@ -146,3 +164,30 @@ def sparsity_report(model: nn.Module) -> dict[str, Any]:
     else:
         stats["flops"] = stats["flops_nonzero"] = stats["theoretical_speedup"] = None
     return stats
+
+
+def relative_to_dense(stats: dict[str, Any], dense: dict[str, Any]) -> dict[str, Any]:
+    """A structurally pruned checkpoint's `sparsity_report` restated against the dense model.
+
+    Torch-Pruning-style pruning removes whole units, so the pruned tensors are smaller rather
+    than zero-filled; ShrinkBench's figures still compare against the dense network: removed
+    weights count as pruned. Per layer (matched by name) `dense_numel` is added and sparsity is
+    1 − nonzero / dense_numel; overall sparsity = 1 − num_nonzero / dense num_params,
+    compression_ratio = dense total_params / non-zero parameters and theoretical_speedup =
+    dense flops / flops_nonzero. `structural` is set to True.
+    """
+    out = {**stats, "layers": {k: dict(v) for k, v in stats["layers"].items()}}
+    for name, layer in out["layers"].items():
+        dense_numel = dense["layers"].get(name, {}).get("numel", layer["numel"])
+        layer["dense_numel"] = dense_numel
+        layer["sparsity"] = 1.0 - layer["nonzero"] / dense_numel if dense_numel else 0.0
+    total_nonzero = stats["total_nonzero"]
+    out["num_params"] = dense["num_params"]
+    out["sparsity"] = 1.0 - stats["num_nonzero"] / dense["num_params"] if dense["num_params"] else 0
+    out["total_params"] = dense["total_params"]
+    out["compression_ratio"] = dense["total_params"] / total_nonzero if total_nonzero else None
+    if dense.get("flops") and stats.get("flops_nonzero"):
+        out["flops"] = dense["flops"]
+        out["theoretical_speedup"] = dense["flops"] / stats["flops_nonzero"]
+    out["structural"] = True
+    return out

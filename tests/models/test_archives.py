@@ -215,3 +215,13 @@ def test_mutated_archives_never_crash_or_escape(
             assert (out / name).resolve().is_relative_to(out.resolve())
     written = [p for p in base.rglob("*") if p.is_file() and p != src]
     assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
+
+
+def test_a_corrupt_deflate_stream_is_an_archive_error(tmp_path: Path) -> None:
+    src = _zip(tmp_path / "bad.zip", {"data.bin": os.urandom(2000) + b"a" * 20000})
+    raw = bytearray(src.read_bytes())
+    start = 30 + len("data.bin")  # the local header, then the compressed bytes
+    raw[start] = 0xFF  # deflate block type 3 is reserved: zlib raises "invalid block type"
+    src.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match="cannot be read"):
+        extract_archive(src, tmp_path / "out", max_total_bytes=LIMIT)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.capture import layer_outputs
 from models.registry import (
     UnknownArchitectureError,
     create_model,
@@ -15,27 +16,47 @@ from models.registry import (
     list_architectures,
     register,
 )
+from models.sparsity import prunable_modules
+
+ARCHITECTURES = ["mlp", "cnn_small", "resnet20", "resnet18", "vit_small"]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_small"])
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_default_model_maps_its_input_shape_to_class_scores(name):
-    model = create_model(name)
-    x = torch.rand(5, *model.input_shape)
-    assert model(x).shape == (5, default_config(name)["num_classes"])
+    model = create_model(name).eval()
+    x = torch.rand(2, *model.input_shape)
+    assert model(x).shape == (2, default_config(name)["num_classes"])
     modules = dict(model.named_modules())
     assert all(layer in modules for layer in model.analysis_layers)
     assert model.analysis_layers[-1] == "classifier"
     assert isinstance(model.classifier, nn.Linear)
+    # Structured pruning leaves the last prunable layer whole because it is the classifier.
+    assert prunable_modules(model)[-1][1] is model.classifier
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_layer_before_the_logits_is_what_the_classifier_reads(name):
+    model = create_model(name).eval()
+    logits, outputs = layer_outputs(model, torch.rand(2, *model.input_shape), model.analysis_layers)
+    features = outputs[model.analysis_layers[-2]]
+    assert features.shape[1] == model.classifier.in_features
+    torch.testing.assert_close(model.classifier(features), logits)
 
 
 def test_architectures_and_their_analysis_layers():
-    assert {"mlp", "cnn_small"} <= set(list_architectures())
+    assert set(ARCHITECTURES) <= set(list_architectures())
     assert create_model("mlp").analysis_layers == ("fc1", "fc2", "classifier")
     assert create_model("mlp", hidden=[32]).analysis_layers == ("fc1", "classifier")
     assert create_model("cnn_small").analysis_layers == ("conv1", "conv2", "fc", "classifier")
+    stages = ("layer1", "layer2", "layer3")
+    assert create_model("resnet20").analysis_layers == (*stages, "pool", "classifier")
+    assert create_model("resnet18").analysis_layers == (*stages, "layer4", "pool", "classifier")
+    vit = create_model("vit_small", depth=2)
+    assert vit.analysis_layers == ("blocks.0.cls_out", "blocks.1.cls_out", "norm", "classifier")
+    assert vit.attention_layers == ("blocks.0.attn.attn_probs", "blocks.1.attn.attn_probs")
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_small"])
+@pytest.mark.parametrize("name", ARCHITECTURES)
 def test_default_config_survives_a_json_round_trip(name):
     stored = json.loads(json.dumps(default_config(name)))
     assert stored == default_config(name)
