@@ -108,7 +108,9 @@ def _load_torch(path: Path) -> Any:
             "pickled model or code; PruneScope does not unpickle those because unpickling can "
             f"run arbitrary code. Instead, {EXPORT_HINT}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001
+        # Whatever else torch.load raises on a damaged archive (RuntimeError, EOFError,
+        # BadZipFile, even AssertionError from its persistent-id check) means a corrupt file.
         raise CheckpointError(
             f"the torch checkpoint is truncated or corrupt ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); upload the complete file"

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from models.checkpoints import CheckpointError, load_model, save_safetensors
-from models.pruning import PRUNING_METHODS
+from models.pruning import PRUNING_METHODS, method_flag, sparsity_error
+from models.pruning.attention_heads import attention_head_prune
+from models.pruning.synflow import synflow_prune
 from models.registry import build_config
 from models.sparsity import sparsity_report
 from workers.analyses.evaluation import evaluate_checkpoints
-from workers.datasets import ClassificationData, load_dataset
+from workers.datasets import ClassificationData, as_model_input, load_dataset
+from workers.imp import imp_rewind
 from workers.jobspec import (
     JOB_KINDS,
     CheckpointRef,
@@ -76,6 +80,27 @@ PRUNE_PARAMS: dict[str, Param] = {
     "name": Param(str, None, _NAME_RULE, _valid_name),
     # The server resolves which checkpoint to prune into spec.checkpoints; accepted, not used.
     "dense_checkpoint_id": Param(int, None, "a checkpoint id"),
+    # Data-dependent methods (snip, grasp, wanda, sparsegpt, …): training-split batches.
+    "calibration_batches": _positive_int(8),
+    "calibration_batch_size": _positive_int(64),
+    # synflow
+    "iterations": _positive_int(100),
+    # imp_rewind
+    "rounds": _positive_int(3),
+    "epochs_per_round": _positive_int(2),
+    "rewind_epoch": Param(int, 1, "a non-negative integer", lambda v: v >= 0),
+    "lr": Param(float, 1e-3, "a positive number", lambda v: math.isfinite(v) and v > 0),
+    "batch_size": _positive_int(64),
+}
+# Which methods read each method-specific parameter; giving one to another method is an error.
+_PRUNE_PARAM_USERS: dict[str, Callable[[str], bool]] = {
+    **dict.fromkeys(
+        ("calibration_batches", "calibration_batch_size"),
+        lambda m: method_flag(m, "needs_calibration") or method_flag(m, "uses_calibration"),
+    ),
+    "iterations": lambda m: m == "synflow",
+    **dict.fromkeys(("rounds", "epochs_per_round", "rewind_epoch", "lr", "batch_size"),
+                    lambda m: method_flag(m, "needs_training")),
 }
 ANALYZE_PARAMS: dict[str, Param] = {
     "batch_size": _positive_int(256),
@@ -127,7 +152,9 @@ def _dataset(spec: JobSpec) -> ClassificationData:
 
 def _load(spec: JobSpec, ref: CheckpointRef) -> nn.Module:
     try:
-        return load_model(spec.architecture, spec.architecture_config, ref.path)
+        return load_model(
+            spec.architecture, spec.architecture_config, ref.path, assets_path=ref.assets_path
+        )
     except CheckpointError as exc:
         raise JobInputError(f"checkpoint {ref.name!r} (id {ref.id}) cannot be used: {exc}") from exc
 
@@ -172,8 +199,84 @@ def _run_train(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     )
 
 
+def _calibration_batches(
+    spec: JobSpec, model: nn.Module, params: Mapping[str, Any], *, required: bool
+) -> list | None:
+    """`calibration_batches` batches of (inputs, labels) from the training split, drawn without
+    replacement in an order fixed by the job's seed (fewer when the split is smaller).
+
+    None when the method can do without and there is no dataset, or the model reads token ids
+    (Hugging Face), for which the builtin datasets have no inputs.
+    """
+    if getattr(model, "input_shape", None) is None:
+        if not required:
+            return None
+        raise JobInputError(
+            f"{params['method']} needs calibration data, and the builtin datasets have none "
+            f"for a {spec.architecture} model (it reads token ids); choose a data-free method "
+            "such as magnitude_global, magnitude_layerwise or attention_heads"
+        )
+    if spec.dataset is None and not required:
+        return None
+    data = _dataset(spec)
+    x = torch.from_numpy(as_model_input(data.x_train, model.input_shape))
+    y = torch.from_numpy(data.y_train)
+    size = params["calibration_batch_size"]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(params["seed"]))
+    chosen = order[: params["calibration_batches"] * size].split(size)
+    return [(x[i], y[i]) for i in chosen]
+
+
+def _prune_with(spec: JobSpec, model: nn.Module, params: Mapping[str, Any],
+                progress: ProgressFn) -> dict[str, Any]:
+    """Prune `model` in place with params.method; returns extra summary entries."""
+    method, sparsity = params["method"], params["sparsity"]
+    if method_flag(method, "needs_training"):
+        data = _dataset(spec)
+        history = imp_rewind(
+            model, data, sparsity, rounds=params["rounds"],
+            epochs_per_round=params["epochs_per_round"], rewind_epoch=params["rewind_epoch"],
+            lr=params["lr"], batch_size=params["batch_size"], seed=params["seed"],
+            progress=progress,
+        )
+        return {"imp_history": history}
+    calibration = None
+    if method_flag(method, "needs_calibration") or method_flag(method, "uses_calibration"):
+        calibration = _calibration_batches(
+            spec, model, params, required=method_flag(method, "needs_calibration")
+        )
+    extra: dict[str, Any] = {}
+    if method == "synflow":
+        synflow_prune(model, sparsity, iterations=params["iterations"], progress=progress)
+    elif method == "attention_heads":
+        removed = attention_head_prune(model, sparsity, calibration)
+        extra["removed_heads"] = removed
+        extra["head_score"] = "michel_importance" if calibration else "weight_l2_norm"
+    else:
+        PRUNING_METHODS[method](
+            model, sparsity, seed=params["seed"], calibration=calibration, progress=progress
+        )
+    if calibration:
+        extra["calibration_examples"] = sum(len(labels) for _, labels in calibration)
+    return extra
+
+
 def _run_prune(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     params = read_params("prune", spec.params, PRUNE_PARAMS)
+    method, sparsity = params["method"], params["sparsity"]
+    misplaced = [k for k, uses in _PRUNE_PARAM_USERS.items()
+                 if spec.params.get(k) is not None and not uses(method)]
+    if misplaced:
+        raise JobInputError(
+            f"params {', '.join(misplaced)} do not apply to method {method!r}; remove them"
+        )
+    if params["rewind_epoch"] >= params["epochs_per_round"]:
+        raise JobInputError(
+            f"params.rewind_epoch ({params['rewind_epoch']}) must be below "
+            f"params.epochs_per_round ({params['epochs_per_round']})"
+        )
+    if error := sparsity_error(method, sparsity):
+        raise JobInputError(f"params.sparsity: {error}")
     if len(spec.checkpoints) != 1 or spec.checkpoints[0].role != "dense":
         found = ", ".join(f"{c.name!r} ({c.role})" for c in spec.checkpoints) or "none"
         raise JobInputError(
@@ -181,11 +284,13 @@ def _run_prune(spec: JobSpec, progress: ProgressFn) -> JobOutput:
             "Upload or train the project's dense checkpoint first"
         )
     dense = spec.checkpoints[0]
-    method, sparsity = params["method"], params["sparsity"]
     progress(0.0, f"loading {dense.name!r}")
     model = _load(spec, dense)
-    progress(0.3, f"pruning with {method} to {sparsity:.0%} sparsity")
-    PRUNING_METHODS[method](model, sparsity, seed=params["seed"])
+    progress(0.1, f"pruning with {method} to {sparsity:.0%} sparsity")
+    try:
+        extra = _prune_with(spec, model, params, _scaled(progress, 0.1, 0.95))
+    except ValueError as exc:  # the method's own checks: what in the model or data does not fit
+        raise JobInputError(f"{method} cannot prune this model: {exc}") from exc
     path = Path(spec.scratch_dir) / "checkpoint.safetensors"
     stats = _write_checkpoint(model, path)
     progress(1.0, f"pruned: {stats['sparsity']:.2%} of prunable weights are zero")
@@ -205,6 +310,7 @@ def _run_prune(spec: JobSpec, progress: ProgressFn) -> JobOutput:
             "measured_sparsity": stats["sparsity"],
             "num_params": stats["num_params"],
             "num_nonzero": stats["num_nonzero"],
+            **extra,
         },
     )
 

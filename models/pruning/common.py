@@ -1,9 +1,10 @@
-"""What every global unstructured pruning method shares: the target check and prune-then-remove."""
+"""What the pruning methods share: the target check, global ranking of scores, prune-then-remove."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 from torch.nn.utils import prune
 
@@ -37,3 +38,39 @@ def global_unstructured_prune(
     for module, name in parameters:
         prune.remove(module, name)
     return model
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """`prunable_modules(model)`, or ValueError when the model has none."""
+    modules = prunable_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no linear or convolution weights to prune")
+    return modules
+
+
+def global_keep_masks(
+    scores: list[torch.Tensor], sparsity: float, *, remove_highest: bool = False
+) -> list[torch.Tensor]:
+    """Boolean keep-masks removing exactly round(sparsity × N) of the N scored weights, ranked
+    together across tensors: the lowest scores, or the highest with `remove_highest` (GraSP).
+
+    The count rounds as `torch.nn.utils.prune` does, so a method's measured sparsity is within
+    one weight of the target; ties at the threshold are broken by `torch.topk`.
+    """
+    flat = torch.cat([s.detach().flatten().to(torch.float64) for s in scores])
+    if flat.isnan().any():
+        raise ValueError("pruning scores contain NaN; the model's weights or inputs are not finite")
+    k = round(sparsity * flat.numel())
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if k:
+        keep[torch.topk(flat, k, largest=remove_highest, sorted=False).indices] = False
+    return [m.view_as(s) for m, s in zip(keep.split([s.numel() for s in scores]), scores,
+                                         strict=True)]
+
+
+def apply_keep_masks(modules: list[nn.Module], masks: list[torch.Tensor]) -> None:
+    """Zero each module's `weight` where its mask is False, via `prune.custom_from_mask` then
+    `prune.remove`, leaving a plain dense weight (the architecture's own state_dict keys)."""
+    for module, mask in zip(modules, masks, strict=True):
+        prune.custom_from_mask(module, "weight", mask.to(module.weight.device))
+        prune.remove(module, "weight")
