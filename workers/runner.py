@@ -23,8 +23,10 @@ from models.pruning import PRUNING_METHODS, method_flag, sparsity_error
 from models.pruning.attention_heads import attention_head_prune
 from models.pruning.synflow import synflow_prune
 from models.registry import build_config
-from models.sparsity import sparsity_report
-from workers.analyses.evaluation import evaluate_checkpoints
+from models.sparsity import prunable_parameter_names, sparsity_report
+from workers.analyses.evaluation import evaluate_checkpoints, evaluation_batches
+from workers.analyses.layers import CONV_POOLINGS, is_token_model
+from workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
 from workers.datasets import ClassificationData, as_model_input, load_dataset
 from workers.imp import imp_rewind
 from workers.jobspec import (
@@ -104,6 +106,10 @@ _PRUNE_PARAM_USERS: dict[str, Callable[[str], bool]] = {
 }
 ANALYZE_PARAMS: dict[str, Param] = {
     "batch_size": _positive_int(256),
+    "conv_pooling": Param(str, "mean", f"one of {', '.join(CONV_POOLINGS)}",
+                          lambda v: v in CONV_POOLINGS),
+    # Wasserstein neurons cost one extra pass per checkpoint; registry models only.
+    "neurons": Param(bool, True, "true or false"),
     # The server resolves these into spec.checkpoints; accepted, not used.
     "checkpoint_ids": Param(list, None, "a list of checkpoint ids"),
 }
@@ -315,6 +321,11 @@ def _run_prune(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     )
 
 
+def _finite_or_none(values: np.ndarray) -> list[float | None]:
+    """JSON has no NaN: a value that does not exist (no classifier head) becomes null."""
+    return [float(v) if np.isfinite(v) else None for v in values.tolist()]
+
+
 def _run_analyze(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     params = read_params("analyze", spec.params, ANALYZE_PARAMS)
     data = _dataset(spec)
@@ -325,20 +336,66 @@ def _run_analyze(spec: JobSpec, progress: ProgressFn) -> JobOutput:
         spec.checkpoints,
         data,
         batch_size=params["batch_size"],
-        progress=_scaled(progress, 0.0, 0.98),
+        conv_pooling=params["conv_pooling"],
+        progress=_scaled(progress, 0.0, 0.8),
     )
-    path = Path(spec.scratch_dir) / "evaluation.npz"
-    np.savez(path, **arrays)
+    scratch = Path(spec.scratch_dir)
+    np.savez(scratch / "evaluation.npz", **arrays)
     ids = [str(i) for i in arrays["checkpoint_ids"].tolist()]
     summary = {
-        "accuracy": dict(zip(ids, arrays["accuracy"].tolist(), strict=True)),
+        "accuracy": dict(zip(ids, _finite_or_none(arrays["accuracy"]), strict=True)),
         "mean_cka": dict(zip(ids, arrays["cka"].mean(axis=1).tolist(), strict=True)),
         "layers": arrays["layers"].tolist(),
         "num_examples": int(arrays["labels"].shape[0]),
     }
-    progress(1.0, "evaluation written")
-    return JobOutput(results=[NewResult(kind="evaluation", path=str(path), summary=summary)],
-                     summary=summary)
+    results = [NewResult(kind="evaluation", path=str(scratch / "evaluation.npz"),
+                         summary=summary)]
+    results += _masks_and_neurons(spec, data, params, _scaled(progress, 0.8, 0.99))
+    progress(1.0, "analysis written")
+    return JobOutput(results=results, summary=summary)
+
+
+def _masks_and_neurons(
+    spec: JobSpec, data: ClassificationData, params: dict[str, Any], progress: ProgressFn
+) -> list[NewResult]:
+    """Mask overlap between the pruned checkpoints and, for registry models, Wasserstein
+    neurons; each a result of its own (skipped where there is nothing to compare)."""
+    dense_ref = next(c for c in spec.checkpoints if c.role == "dense")
+    pruned_refs = [c for c in spec.checkpoints if c.role != "dense"]
+    if not pruned_refs:
+        return []
+    dense = _load(spec, dense_ref)
+    pruned = {c.name: _load(spec, c) for c in pruned_refs}
+    results = []
+    scratch = Path(spec.scratch_dir)
+    progress(0.0, "comparing pruning masks")
+    try:
+        masks = mask_analysis(
+            dense.state_dict(), {n: m.state_dict() for n, m in pruned.items()},
+            prunable_parameter_names(dense), skip_shape_mismatch=True,
+        )
+    except ValueError:
+        masks = None  # every layer changed shape: structurally pruned, no masks exist
+    if masks is not None:
+        np.savez(scratch / "masks.npz", **masks)
+        results.append(NewResult(kind="masks", path=str(scratch / "masks.npz"), summary={
+            "top_magnitude_overlap": dict(zip(
+                [str(c.id) for c in pruned_refs],
+                masks["top_magnitude_overlap_overall"].tolist(), strict=True)),
+        }))
+    if params["neurons"] and not is_token_model(dense):
+        batches = evaluation_batches(dense, data, dense_ref, batch_size=params["batch_size"])
+        comparable = [c for c in pruned_refs if not getattr(pruned[c.name],
+                                                            "structural_changes", [])]
+        if comparable:
+            neurons = wasserstein_analysis(
+                dense, {c.name: pruned[c.name] for c in comparable},
+                [b.inputs for b in batches], progress=_scaled(progress, 0.1, 1.0),
+            )
+            np.savez(scratch / "neurons.npz", **neurons)
+            results.append(NewResult(kind="neurons", path=str(scratch / "neurons.npz"),
+                                     summary={"layers": neurons["layers"].tolist()}))
+    return results
 
 
 _HANDLERS: dict[str, Callable[[JobSpec, ProgressFn], JobOutput]] = {

@@ -98,8 +98,14 @@ def test_train_prune_analyze_end_to_end(trained, tmp_path):
     progress = Recorder()
     output = run_job(_spec(tmp_path, "analyze", {}, refs), progress)
     progress.check()
-    [result] = output.results
-    assert result.kind == "evaluation"
+    result, masks, neurons = output.results
+    assert (result.kind, masks.kind, neurons.kind) == ("evaluation", "masks", "neurons")
+    with np.load(masks.path, allow_pickle=False) as npz:
+        # magnitude_global keeps the dense model's largest weights by construction.
+        assert npz["top_magnitude_overlap_global"][0] == 1.0
+        assert npz["iou_kept_overall"].shape == (3, 3)
+    with np.load(neurons.path, allow_pickle=False) as npz:
+        assert npz["layers"].tolist() == ["conv1.0", "conv2.0", "fc.1", "classifier"]
     with np.load(result.path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     assert arrays["layers"].tolist() == ["conv1", "conv2", "fc", "classifier"]
@@ -108,7 +114,7 @@ def test_train_prune_analyze_end_to_end(trained, tmp_path):
     ]
     cka = arrays["cka"]
     accuracy = dict(zip(arrays["checkpoint_names"], arrays["accuracy"], strict=True))
-    np.testing.assert_array_equal(cka[0], 1.0)
+    np.testing.assert_allclose(cka[0], 1.0, atol=1e-12)
     assert np.all((cka >= 0) & (cka <= 1 + 1e-9))
     assert all(0.0 <= a <= 1.0 for a in accuracy.values())
     assert accuracy["magnitude_global-50"] > accuracy["random-90"]

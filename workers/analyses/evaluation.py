@@ -1,31 +1,35 @@
-"""Evaluate checkpoints: test accuracy, predictions and per-layer CKA to the dense model.
+"""Evaluate checkpoints: accuracy, predictions and every layer statistic, in one pass.
 
-One pass over the test split per checkpoint feeds everything: the logits give predictions
-and accuracy, forward hooks give the analysis layers' activations, and those fold into exact
-streaming linear CKA (Kornblith et al. 2019) against the dense model's activations of the same
-batch.
+All checkpoints are loaded together and every evaluation batch goes through each of them
+once (`workers.analyses.layers.compare_layers`): the logits give predictions and accuracy,
+the pooled layer outputs fold into exact streaming moments against the dense model, from
+which come per-layer CKA (the full layer × layer matrix and its diagonal), SVCCA, PWCCA,
+Procrustes distance and representation complexity. Image and tabular datasets feed registry
+models; text datasets feed Hugging Face models through their own tokenizer, in
+length-bucketed batches.
 
-Memory over speed: the dense model's activations are recomputed batch by batch next to each
-pruned model instead of cached for the whole test split. Only two models and one batch of
-activations are alive at a time, whatever the size of the test set, at the cost of one extra
-dense forward pass per pruned checkpoint (cheap next to the CKA sums themselves).
+Keeping every checkpoint in memory at once is what makes one pass possible; at the sizes a
+single worker compares (up to a few hundred million parameters in all) that is the cheaper
+side of the trade.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.capture import capture_layer_outputs
+from models import hf
 from models.checkpoints import CheckpointError, load_model
 from models.sparsity import checkpoint_stats, prunable_parameter_names
+from workers.analyses.layers import compare_layers, is_token_model, tensor_batches, text_batches
 from workers.datasets import ClassificationData, as_model_input, check_model_fits
 from workers.jobspec import CheckpointRef, JobInputError
-from workers.metrics.cka import LinearCKAAccumulator
 
 ProgressFn = Callable[[float, str], None]
 
@@ -36,7 +40,7 @@ def _no_progress(fraction: float, message: str) -> None:
 
 def _load(architecture: str, config: Mapping[str, Any], ref: CheckpointRef) -> nn.Module:
     try:
-        return load_model(architecture, config, ref.path)
+        return load_model(architecture, config, ref.path, assets_path=ref.assets_path)
     except CheckpointError as exc:
         raise JobInputError(f"checkpoint {ref.name!r} (id {ref.id}) cannot be used: {exc}") from exc
 
@@ -55,6 +59,48 @@ def _dense_checkpoint(checkpoints: Sequence[CheckpointRef]) -> CheckpointRef:
     return dense[0]
 
 
+def _tokenizer(dense: CheckpointRef) -> Any:
+    from transformers import AutoTokenizer
+
+    if dense.assets_path is None:
+        raise JobInputError(
+            f"checkpoint {dense.name!r} has no tokenizer files; upload the dense model as a "
+            "folder archive with its tokenizer"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        hf.extract_assets(dense.assets_path, Path(folder))
+        if not hf.has_tokenizer(Path(folder)):
+            raise JobInputError(f"checkpoint {dense.name!r} was uploaded without tokenizer files")
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def evaluation_batches(
+    model: nn.Module,
+    data: ClassificationData,
+    dense: CheckpointRef,
+    *,
+    batch_size: int,
+    max_length: int = 128,
+) -> list[Any]:
+    """The test split as model batches: token batches for text models, tensors otherwise."""
+    if is_token_model(model):
+        if data.texts_test is None:
+            raise JobInputError(
+                f"dataset {data.name!r} has no text; a Transformer project needs a text dataset "
+                "(the builtin english_sentences, or an upload with a text column)"
+            )
+        return text_batches(list(data.texts_test), data.y_test, _tokenizer(dense),
+                            batch_size=batch_size, max_length=max_length)
+    if data.texts_test is not None:
+        raise JobInputError(
+            f"dataset {data.name!r} holds text, which {type(model).__name__} cannot read; "
+            "choose an image or tabular dataset for this project"
+        )
+    check_model_fits(model, data)
+    return tensor_batches(as_model_input(data.x_test, model.input_shape), data.y_test,
+                          batch_size)
+
+
 def evaluate_checkpoints(
     architecture: str,
     config: Mapping[str, Any],
@@ -62,69 +108,55 @@ def evaluate_checkpoints(
     data: ClassificationData,
     *,
     batch_size: int = 256,
+    conv_pooling: str = "mean",
     progress: ProgressFn | None = None,
 ) -> dict[str, np.ndarray]:
-    """Accuracy, predictions and per-layer linear CKA to the dense model, for every checkpoint.
+    """Accuracy, predictions and the layer statistics of every checkpoint against the dense one.
 
-    Exactly one checkpoint must have role "dense" (else JobInputError). Its CKA row is 1.0 by
-    definition and not computed. Returns arrays ready for `np.savez` (no object arrays),
-    rows in the order of `checkpoints`:
+    Exactly one checkpoint must have role "dense" (else JobInputError); it is the reference.
+    Returns arrays ready for `np.savez` (no object arrays), rows in the order of `checkpoints`:
 
-    - checkpoint_ids int64 [C], checkpoint_names str [C], checkpoint_roles str [C]
+    - checkpoint_ids int64 [C], checkpoint_names, checkpoint_roles, checkpoint_methods str [C]
     - sparsity float64 [C]: measured sparsity over the prunable weights
-    - accuracy float64 [C]: top-1 test accuracy
-    - layers str [L]: the architecture's analysis layers
-    - cka float64 [C, L]: exact full-test-set linear CKA with the dense model, per layer
-    - predictions int64 [C, N]: top-1 class per test example; labels int64 [N]
+    - accuracy float64 [C]: top-1 test accuracy (NaN for models without a classifier head)
+    - predictions int64 [C, N] (−1 without logits); labels int64 [N]
+    - layers str [L]; cka float64 [C, L]: linear CKA with the dense model, same layer
+    - everything `compare_layers` returns, under its names (cka_layers is its full
+      [C, L, L] matrix, stored under "cka_layers" since "cka" keeps the diagonal)
     """
     progress = progress or _no_progress
     dense_ref = _dense_checkpoint(checkpoints)
-    dense_model = _load(architecture, config, dense_ref)
-    check_model_fits(dense_model, data)
-    layers = list(dense_model.analysis_layers)
-    batches = torch.from_numpy(as_model_input(data.x_test, dense_model.input_shape)).split(
-        batch_size
-    )
-    num_steps = len(checkpoints) * len(batches)
-
-    predictions = np.empty((len(checkpoints), len(data.y_test)), dtype=np.int64)
-    cka = np.ones((len(checkpoints), len(layers)), dtype=np.float64)
-    sparsity = np.empty(len(checkpoints), dtype=np.float64)
+    models = []
     for i, ref in enumerate(checkpoints):
-        is_dense = ref is dense_ref
-        model = dense_model if is_dense else _load(architecture, config, ref)
-        state = model.state_dict()
-        sparsity[i] = checkpoint_stats(state, prunable_parameter_names(model))["sparsity"]
-        accumulators = {layer: LinearCKAAccumulator() for layer in layers}
-        batch_predictions = []
-        with (
-            capture_layer_outputs(dense_model, [] if is_dense else layers) as dense_outputs,
-            capture_layer_outputs(model, [] if is_dense else layers) as outputs,
-            torch.inference_mode(),
-        ):
-            for b, x in enumerate(batches):
-                batch_predictions.append(model(x).argmax(1))
-                if not is_dense:
-                    dense_model(x)
-                    for layer in layers:
-                        accumulators[layer].update(
-                            dense_outputs[layer].numpy(), outputs[layer].numpy()
-                        )
-                step = i * len(batches) + b + 1
-                progress(step / num_steps, f"evaluating {ref.name!r} ({i + 1}/{len(checkpoints)})")
-        predictions[i] = torch.cat(batch_predictions).numpy()
-        if not is_dense:
-            cka[i] = [accumulators[layer].value() for layer in layers]
-        del model, state  # let the previous model go before the next one loads
-
+        progress(0.05 * i / len(checkpoints), f"loading {ref.name!r}")
+        models.append(_load(architecture, config, ref))
+    reference = checkpoints.index(dense_ref)
+    batches = evaluation_batches(models[reference], data, dense_ref, batch_size=batch_size)
+    sparsity = np.array([
+        checkpoint_stats(m.state_dict(), prunable_parameter_names(m))["sparsity"] for m in models
+    ])
+    try:
+        out = compare_layers(
+            models, batches, data.num_test, reference=reference,
+            names=[c.name for c in checkpoints], conv_pooling=conv_pooling,
+            progress=lambda f, msg: progress(0.05 + 0.95 * f, msg),
+        )
+    except ValueError as exc:
+        raise JobInputError(f"the checkpoints cannot be compared layer by layer: {exc}") from exc
+    finally:
+        del models
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    has_logits = (out["predictions"] >= 0).all(axis=1)
+    accuracy = np.where(has_logits, (out["predictions"] == out["labels"][None, :]).mean(1), np.nan)
+    out["cka_layers"] = out.pop("cka")
     return {
         "checkpoint_ids": np.array([c.id for c in checkpoints], dtype=np.int64),
         "checkpoint_names": np.array([c.name for c in checkpoints], dtype=np.str_),
         "checkpoint_roles": np.array([c.role for c in checkpoints], dtype=np.str_),
-        "sparsity": sparsity,
-        "accuracy": (predictions == data.y_test[None, :]).mean(axis=1).astype(np.float64),
-        "layers": np.array(layers, dtype=np.str_),
-        "cka": cka,
-        "predictions": predictions,
-        "labels": data.y_test.astype(np.int64),
+        "checkpoint_methods": np.array([c.method or "" for c in checkpoints], dtype=np.str_),
+        "sparsity": sparsity.astype(np.float64),
+        "accuracy": accuracy.astype(np.float64),
+        "cka": out["cka_diag"],
+        **out,
     }

@@ -227,7 +227,8 @@ def linear_cka_from_scatter(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -
     """
     if _degenerate(sxx) or _degenerate(syy):
         return 0.0
-    return float((sxy**2).sum() / (np.linalg.norm(sxx) * np.linalg.norm(syy)))
+    value = float((sxy**2).sum() / (np.linalg.norm(sxx) * np.linalg.norm(syy)))
+    return min(value, 1.0)  # identical inputs can round a hair above 1
 
 
 def procrustes_from_scatter(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -> float:
