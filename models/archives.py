@@ -152,7 +152,7 @@ def _write_member(source: BinaryIO, target: Path, budget: _Budget, declared: int
 def _zip_members(path: Path, dest: Path, budget: _Budget) -> Iterator[str]:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise ArchiveError(f"the zip archive is corrupt or truncated ({exc})") from None
     with archive:
         for info in archive.infolist():

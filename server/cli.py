@@ -115,6 +115,45 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_add(args: argparse.Namespace) -> int:
+    from server import dataset_service, services
+    from server.config import get_settings
+    from server.db import upgrade_database
+    from server.storage import CHUNK_BYTES
+    from workers.dataset_formats import ColumnNames
+
+    settings = get_settings()
+    upgrade_database(settings)
+    project = (
+        services.get_project(int(args.project), settings)
+        if args.project.isdigit()
+        else services.find_project(args.project, settings)
+    )
+    if project is None:
+        print(f"error: no project named {args.project!r}", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"error: {path} is not a file", file=sys.stderr)
+        return 2
+    with open(path, "rb") as f:
+        dataset = dataset_service.add_dataset(
+            project.id,
+            iter(lambda: f.read(CHUNK_BYTES), b""),
+            filename=path.name,
+            name=args.name,
+            active=args.activate,
+            columns=ColumnNames(label=args.label_column, text=args.text_column),
+            settings=settings,
+        )
+    print(
+        f"stored dataset {dataset.id} {dataset.name!r} ({dataset.format}, {dataset.kind}): "
+        f"{dataset.num_train:,} train + {dataset.num_test:,} test examples, "
+        f"{dataset.num_classes} classes{' — active' if dataset.active else ''}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunescope", description="See what pruning changes inside a neural network."
@@ -142,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--method", help="how it was pruned, e.g. wanda")
     add.add_argument("--target-sparsity", type=float)
     add.add_argument("--data-dir")
+    ds = sub.add_parser("dataset", help="evaluation datasets of a project")
+    ds_sub = ds.add_subparsers(dest="action", required=True)
+    ds_add = ds_sub.add_parser("add", help="validate and store a dataset file")
+    ds_add.add_argument("project", help="project id or name")
+    ds_add.add_argument("file", help=".npz, .zip of image folders, .csv, .jsonl or .parquet")
+    ds_add.add_argument("--name", help="default: the file name without extension")
+    ds_add.add_argument("--activate", action="store_true", help="make the project's jobs use it")
+    ds_add.add_argument("--label-column", default="label", help="tables: the class column")
+    ds_add.add_argument("--text-column", default="text", help="tables: the text column")
+    ds_add.add_argument("--data-dir")
     db = sub.add_parser("db", help="database administration")
     db.add_argument("action", choices=["upgrade"])
     db.add_argument("--data-dir")
@@ -160,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.command == "db":
         return _db_upgrade(args)
+    if args.command == "dataset":
+        from server.services import ServiceError
+
+        try:
+            return _dataset_add(args)
+        except ServiceError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
     if args.command == "checkpoint":
         from server.services import ServiceError
 

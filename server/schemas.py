@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Health(BaseModel):
@@ -14,9 +14,13 @@ class Health(BaseModel):
     database: str
 
 
+BuiltinDatasetName = Literal["digits", "english_sentences"]
+
+
 class DatasetChoice(BaseModel):
-    builtin: Literal["digits"] = Field(
-        description="Name of a built-in dataset (uploads arrive with a later release)."
+    builtin: BuiltinDatasetName = Field(
+        description="Name of a built-in dataset; upload others with POST "
+        "/api/v1/projects/{id}/datasets."
     )
 
 
@@ -34,6 +38,44 @@ class DatasetPublic(BaseModel):
     name: str
     source: str
     builtin_name: str | None
+    active: bool = Field(True, description="Jobs of the project use its active dataset.")
+    format: str = "builtin"
+    filename: str | None = None
+    size_bytes: int | None = None
+    kind: str | None = Field(None, description="'image', 'tabular' or 'text'.")
+    num_train: int | None = None
+    num_test: int | None = None
+    num_classes: int | None = None
+    input_shape: list[int] | None = None
+    artifact_digest: str | None = None
+    created_at: datetime | None = None
+
+
+class DatasetDetail(DatasetPublic):
+    preview: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Class counts per split and a few examples (thumbnails or rows).",
+    )
+
+    @field_validator("preview", mode="before")
+    @classmethod
+    def _no_preview_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class BuiltinDatasetCreate(BaseModel):
+    builtin: BuiltinDatasetName
+    name: str | None = Field(None, min_length=1, max_length=200)
+    active: bool = Field(False, description="Make it the dataset the project's jobs use.")
+
+
+class ActiveDatasetChoice(BaseModel):
+    dataset_id: int
 
 
 class ProjectPublic(BaseModel):

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -55,7 +56,22 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(20))  # "builtin" | "upload"
     builtin_name: Mapped[str | None] = mapped_column(String(100))
+    # The canonical npz (workers.datasets.save_canonical) of an upload; None for builtins.
     artifact_digest: Mapped[str | None] = mapped_column(String(64))
+    # The dataset jobs of the project use; exactly one per project (services keep it so).
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # "builtin" | "npz" | "image_zip" | "csv" | "jsonl" | "parquet": what the upload was.
+    format: Mapped[str] = mapped_column(String(20), default="builtin", server_default="builtin")
+    filename: Mapped[str | None] = mapped_column(String(255))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Filled when the dataset is added (builtins from before these columns: on first read).
+    kind: Mapped[str | None] = mapped_column(String(20))  # "image" | "tabular" | "text"
+    num_train: Mapped[int | None] = mapped_column(Integer)
+    num_test: Mapped[int | None] = mapped_column(Integer)
+    num_classes: Mapped[int | None] = mapped_column(Integer)
+    input_shape: Mapped[list[Any] | None] = mapped_column()
+    # Class counts and a few examples (thumbnails or rows): workers.dataset_formats.preview.
+    preview: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     project: Mapped[Project] = relationship(back_populates="datasets")
@@ -83,6 +99,8 @@ class Checkpoint(Base):
     layer_stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     format: Mapped[str] = mapped_column(String(40))
     artifact_digest: Mapped[str] = mapped_column(String(64))
+    # Hugging Face checkpoints: a zip of config.json and the tokenizer files.
+    assets_digest: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

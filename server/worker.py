@@ -51,7 +51,9 @@ def _checkpoints_for(job: Job, project: Project) -> list[Checkpoint]:
 
 def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) -> JobSpec:  # noqa: ANN001
     project = session.get(Project, job.project_id)
-    dataset = project.datasets[0] if project.datasets else None
+    # The active dataset at the time the job starts (one per project; see dataset_service).
+    dataset = next((d for d in project.datasets if d.active), None)
+    dataset = dataset or (project.datasets[0] if project.datasets else None)
     dataset_ref = None
     if dataset is not None:
         dataset_ref = DatasetRef(
@@ -68,6 +70,7 @@ def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) ->
             method=c.method,
             target_sparsity=c.target_sparsity,
             path=str(store.open_path(c.artifact_digest)),
+            assets_path=str(store.open_path(c.assets_digest)) if c.assets_digest else None,
         )
         for c in _checkpoints_for(job, project)
     ]

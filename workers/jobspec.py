@@ -33,16 +33,19 @@ class CheckpointRef:
     method: str | None
     target_sparsity: float | None
     path: str  # local path of the stored file (safetensors or torch state_dict)
+    # Hugging Face checkpoints: zip of their config.json and tokenizer files.
+    assets_path: str | None = None
 
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """The project's evaluation dataset."""
+    """The project's active evaluation dataset."""
 
     name: str
-    source: str  # "builtin" (later: "upload")
-    builtin_name: str | None = None  # e.g. "digits"
-    path: str | None = None  # stored file for uploaded datasets
+    source: str  # "builtin" | "upload"
+    builtin_name: str | None = None  # e.g. "digits", "english_sentences"
+    # Uploads: the stored canonical npz (workers.datasets.save_canonical / load_canonical).
+    path: str | None = None
 
 
 @dataclass(frozen=True)

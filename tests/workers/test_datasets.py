@@ -55,7 +55,9 @@ def test_a_model_with_the_wrong_number_of_classes_is_refused(digits):
     [
         (DatasetRef(name="x", source="builtin", builtin_name="imagenet"), "digits"),
         (DatasetRef(name="x", source="builtin"), "digits"),
-        (DatasetRef(name="mine", source="upload", path="/tmp/x.npz"), "builtin"),
+        (DatasetRef(name="mine", source="upload", path="/nonexistent/x.npz"), "cannot be read"),
+        (DatasetRef(name="mine", source="upload"), "no stored file"),
+        (DatasetRef(name="x", source="ftp"), "'upload'"),
     ],
 )
 def test_unknown_datasets_are_refused(ref, word):

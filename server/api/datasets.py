@@ -1,0 +1,104 @@
+"""Datasets: multipart upload, builtins, listing with previews, the project's active dataset."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from server import dataset_service
+from server.api.deps import SettingsDep
+from server.schemas import (
+    ActiveDatasetChoice,
+    BuiltinDatasetCreate,
+    DatasetDetail,
+    DatasetPublic,
+    DatasetsPublic,
+)
+from server.storage import CHUNK_BYTES
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.get("/projects/{project_id}/datasets", response_model=DatasetsPublic)
+def list_datasets(project_id: int, settings: SettingsDep) -> DatasetsPublic:
+    data = dataset_service.list_datasets(project_id, settings)
+    return DatasetsPublic(data=data, count=len(data))
+
+
+@router.post(
+    "/projects/{project_id}/datasets",
+    response_model=DatasetDetail,
+    status_code=status.HTTP_201_CREATED,
+)
+async def upload_dataset(
+    project_id: int,
+    settings: SettingsDep,
+    file: Annotated[
+        UploadFile,
+        File(description=".npz (x, y[, ids, group, split, class_names]), a .zip of one folder "
+             "of PNG/JPEG images per class, or .csv / .jsonl / .parquet"),
+    ],
+    name: Annotated[str | None, Form(description="default: the file name")] = None,
+    active: Annotated[bool, Form(description="make it the dataset jobs use")] = False,
+    label_column: Annotated[str, Form()] = "label",
+    text_column: Annotated[str, Form()] = "text",
+    id_column: Annotated[str, Form()] = "id",
+    group_column: Annotated[str, Form()] = "group",
+    split_column: Annotated[str, Form(description="values 'train' or 'test'")] = "split",
+) -> DatasetDetail:
+    """Upload an evaluation dataset; it is validated against the project's model first."""
+    from workers.dataset_formats import ColumnNames
+
+    def chunks():  # noqa: ANN202
+        file.file.seek(0)
+        while chunk := file.file.read(CHUNK_BYTES):
+            yield chunk
+
+    return await run_in_threadpool(
+        dataset_service.add_dataset,
+        project_id,
+        chunks(),
+        filename=file.filename or "dataset",
+        name=name,
+        active=active,
+        columns=ColumnNames(
+            label=label_column, text=text_column, id=id_column, group=group_column,
+            split=split_column,
+        ),
+        settings=settings,
+    )
+
+
+@router.post(
+    "/projects/{project_id}/datasets/builtin",
+    response_model=DatasetDetail,
+    status_code=status.HTTP_201_CREATED,
+)
+def add_builtin_dataset(
+    project_id: int, body: BuiltinDatasetCreate, settings: SettingsDep
+) -> DatasetDetail:
+    """Add a builtin dataset (digits, english_sentences) to the project."""
+    return dataset_service.add_builtin_dataset(
+        project_id, body.builtin, name=body.name, active=body.active, settings=settings
+    )
+
+
+@router.put("/projects/{project_id}/datasets/active", response_model=DatasetPublic)
+def set_active_dataset(
+    project_id: int, body: ActiveDatasetChoice, settings: SettingsDep
+) -> DatasetPublic:
+    """Choose the dataset the project's jobs use from now on."""
+    return dataset_service.set_active_dataset(project_id, body.dataset_id, settings)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
+def get_dataset(dataset_id: int, settings: SettingsDep) -> DatasetDetail:
+    return dataset_service.get_dataset(dataset_id, settings)
+
+
+@router.get("/datasets/{dataset_id}/download", response_class=FileResponse)
+def download_dataset(dataset_id: int, settings: SettingsDep) -> FileResponse:
+    """The canonical npz of an uploaded dataset: `numpy.load(f, allow_pickle=False)`."""
+    path, filename = dataset_service.dataset_file(dataset_id, settings)
+    return FileResponse(path, filename=filename, media_type="application/octet-stream")
