@@ -347,6 +347,7 @@ def _run_analyze(spec: JobSpec, progress: ProgressFn) -> JobOutput:
         "mean_cka": dict(zip(ids, arrays["cka"].mean(axis=1).tolist(), strict=True)),
         "layers": arrays["layers"].tolist(),
         "num_examples": int(arrays["labels"].shape[0]),
+        "dataset": data.name,  # results stay attributable when the active dataset changes
     }
     results = [NewResult(kind="evaluation", path=str(scratch / "evaluation.npz"),
                          summary=summary)]
