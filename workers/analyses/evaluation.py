@@ -60,7 +60,8 @@ def _dense_checkpoint(checkpoints: Sequence[CheckpointRef]) -> CheckpointRef:
     return dense[0]
 
 
-def _tokenizer(dense: CheckpointRef) -> Any:
+def tokenizer_of(dense: CheckpointRef) -> Any:
+    """The tokenizer stored with a Hugging Face checkpoint (its assets zip)."""
     from transformers import AutoTokenizer
 
     if dense.assets_path is None:
@@ -92,7 +93,7 @@ def evaluation_batches(
             )
         # Length bucketing pays off with batches of tens of sentences: a batch of 256 mixes
         # lengths again and pads them to its longest.
-        return text_batches(list(data.texts_test), data.y_test, _tokenizer(dense),
+        return text_batches(list(data.texts_test), data.y_test, tokenizer_of(dense),
                             batch_size=min(batch_size, TEXT_BATCH_SIZE), max_length=max_length)
     if data.texts_test is not None:
         raise JobInputError(
