@@ -50,6 +50,10 @@ def accuracy_vs_sparsity(
     `rows`: dicts with name, role, method, measured_sparsity, accuracy (None when not evaluated).
     """
     evaluated = [r for r in rows if r.get("accuracy") is not None]
+    if not evaluated and any(r.get("mean_cka") is not None for r in rows):
+        return empty_figure(
+            "No accuracy: the model has no classifier head. The Layers page compares its layers."
+        )
     if not evaluated:
         return empty_figure("No evaluated checkpoints yet — the analysis job fills this in.")
     dense = next((r for r in evaluated if r["role"] == "dense"), None)
@@ -143,10 +147,18 @@ def layer_cka_heatmap(
 
 
 def layer_sparsity_heatmap(
-    layers: Sequence[str], checkpoint_names: Sequence[str], sparsity: Sequence[Sequence[Any]]
+    layers: Sequence[str],
+    checkpoint_names: Sequence[str],
+    sparsity: Sequence[Sequence[Any]],
+    n_m: Sequence[Sequence[Any]] | None = None,
 ) -> go.Figure:
     """Layer × checkpoint heatmap of the share of zero weights, to compare how methods spread
-    the same overall sparsity over the layers. `sparsity` is indexed [layer][checkpoint]."""
+    the same overall sparsity over the layers. `sparsity` is indexed [layer][checkpoint].
+
+    `n_m` (same indexing) lists the N:M patterns each layer follows; a sparse layer that
+    follows one is labelled with it (e.g. "50 · 2:4"), since only those run faster on sparse
+    tensor cores. Dense layers follow every pattern trivially and are not labelled.
+    """
     if not layers or not checkpoint_names:
         return empty_figure("No checkpoints yet.")
     z = np.array(
@@ -157,6 +169,20 @@ def layer_sparsity_heatmap(
             f"sparsity has shape {z.shape}, expected ({len(layers)}, {len(checkpoint_names)})"
         )
     short = [name.removesuffix(".weight") for name in layers]
+    patterns = [
+        [
+            ", ".join(n_m[i][j] or []) if n_m is not None and z[i, j] > 0 else ""
+            for j in range(z.shape[1])
+        ]
+        for i in range(z.shape[0])
+    ]
+    text = [
+        [
+            "" if np.isnan(v) else f"{v:.0f}" + (f" · {p}" if p else "")
+            for v, p in zip(row, prow, strict=True)
+        ]
+        for row, prow in zip(z, patterns, strict=True)
+    ]
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -166,8 +192,13 @@ def layer_sparsity_heatmap(
             zmax=100.0,
             colorscale="Blues",
             colorbar={"title": "zeros (%)"},
-            texttemplate="%{z:.0f}",
-            hovertemplate="layer %{y}<br>%{x}<br>%{z:.2f}% zeros<extra></extra>",
+            text=text,
+            customdata=[[p or "none" for p in prow] for prow in patterns],
+            texttemplate="%{text}",
+            hovertemplate=(
+                "layer %{y}<br>%{x}<br>%{z:.2f}% zeros<br>N:M pattern: %{customdata}"
+                "<extra></extra>"
+            ),
         )
     )
     return _layer_by_checkpoint_layout(fig, len(layers))
@@ -182,7 +213,9 @@ def checkpoint_rows(
     if evaluation:
         cka = np.asarray(evaluation["cka"], dtype=float)
         for i, cid in enumerate(evaluation["checkpoint_ids"]):
-            accuracy[int(cid)] = float(evaluation["accuracy"][i])
+            value = float(evaluation["accuracy"][i])
+            if np.isfinite(value):  # NaN: a model without a classifier head
+                accuracy[int(cid)] = value
             if cka.size:
                 mean_cka[int(cid)] = float(np.mean(cka[i]))
     rows = []

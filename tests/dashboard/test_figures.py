@@ -159,4 +159,37 @@ def test_layer_sparsity_heatmap_shows_percent_zeros_and_gaps():
     assert z[0, 1] == 20.0 and np.isnan(z[1, 1])
     with pytest.raises(ValueError, match="expected"):
         layer_sparsity_heatmap(["a"], ["dense", "m-50"], [[0.0]])
+
+
+def test_layer_sparsity_heatmap_labels_sparse_layers_that_follow_an_n_m_pattern():
+    from dashboard.figures.overview import layer_sparsity_heatmap
+
+    fig = layer_sparsity_heatmap(
+        ["fc.weight", "out.weight"],
+        ["dense", "2of4", "random"],
+        [[0.0, 0.5, 0.5], [0.0, 0.0, 0.5]],
+        [[["2:4", "4:8"], ["2:4", "4:8"], []], [["2:4", "4:8"], ["2:4", "4:8"], []]],
+    )
+    (hm,) = fig.data
+    # Dense cells are not labelled (every dense layer trivially follows the patterns).
+    assert [list(r) for r in hm.text] == [["0", "50 · 2:4, 4:8", "50"], ["0", "0", "50"]]
+    assert hm.customdata[0][2] == "none" and hm.customdata[0][1] == "2:4, 4:8"
     assert "No checkpoints" in layer_sparsity_heatmap([], [], []).layout.annotations[0].text
+
+
+def test_models_without_a_classifier_head_get_no_accuracy_and_say_why():
+    from dashboard.figures.overview import accuracy_vs_sparsity, checkpoint_rows
+
+    checkpoints = [
+        {"id": 1, "name": "dense", "role": "dense", "method": "dense", "measured_sparsity": 0.0,
+         "num_params": 10, "num_nonzero": 10, "format": "safetensors"},
+        {"id": 2, "name": "m-50", "role": "pruned", "method": "m", "measured_sparsity": 0.5,
+         "num_params": 10, "num_nonzero": 5, "format": "safetensors"},
+    ]
+    evaluation = {"checkpoint_ids": [1, 2], "accuracy": [float("nan")] * 2,
+                  "cka": np.array([[1.0, 1.0], [0.9, 0.5]])}
+    rows = checkpoint_rows(checkpoints, evaluation)
+    assert [r["accuracy"] for r in rows] == [None, None]
+    assert rows[1]["mean_cka"] == 0.7
+    fig = accuracy_vs_sparsity(rows)
+    assert "no classifier head" in fig.layout.annotations[0].text
