@@ -35,4 +35,8 @@ def create_dash(server: FastAPI) -> Dash:
             html.Main(dash.page_container, className="content"),
         ]
     )
+    # Dash collects assets/ (stylesheet, upload script) in a hook that its FastAPI backend
+    # runs only on requests to "/" or its own routes, so a first visit straight to a project
+    # page would arrive without them. Run that one-time setup now; it is idempotent.
+    app._setup_server()
     return app

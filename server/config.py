@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     executor: str = Field(default="local", description="'local' (spawned worker processes).")
     workers: int = Field(default=1, ge=0, description="Local worker processes started by serve.")
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    upload_expiry_seconds: float = Field(
+        default=24 * 3600.0, gt=0, description="Unfinished uploads idle this long are removed."
+    )
+    # A chunk request that receives nothing for this long is ended, keeping what arrived, so a
+    # client that vanished without closing its connection cannot hold the upload's lock.
+    upload_idle_timeout_seconds: float = Field(default=60.0, gt=0)
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     # A running job whose heartbeat is older than this is considered orphaned.
     stale_after_seconds: float = Field(default=30.0, gt=0)
@@ -41,6 +47,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.resolved_data_dir / "artifacts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        # Inside the artifact root, so a finished upload enters the store by a rename.
+        return self.artifacts_dir / "uploads"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -24,7 +24,8 @@ class UploadSizeLimit:
         self.max_bytes = max_bytes + 1024 * 1024
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
+        # PATCH carries the chunks of resumable uploads (server/api/uploads.py).
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_bytes:
                 response = JSONResponse(

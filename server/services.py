@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -119,6 +121,8 @@ def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
             f"unknown architecture {name!r}; choose one of {', '.join(list_architectures())}"
         )
     full = {**default_config(name), **config}
+    if name == "huggingface" and not full:
+        return full  # the first uploaded model folder provides config.json
     try:
         create_model(name, **full)
     except (TypeError, ValueError) as exc:
@@ -182,9 +186,36 @@ def get_checkpoint(checkpoint_id: int, settings: Settings | None = None) -> Chec
 
 
 def checkpoint_file(checkpoint_id: int, settings: Settings | None = None) -> tuple[Path, str]:
+    """The file to download: the weights, or for Hugging Face checkpoints a folder zip.
+
+    The zip holds config.json, the tokenizer files and model.safetensors, so
+    `from_pretrained` opens it unpacked. It is built once per content and cached.
+    """
     settings = settings or get_settings()
     ckpt = get_checkpoint(checkpoint_id, settings)
-    return _store(settings).open_path(ckpt.artifact_digest), f"{ckpt.name}.safetensors"
+    store = _store(settings)
+    weights = store.open_path(ckpt.artifact_digest)
+    with session_scope(settings) as s:
+        assets_digest = s.get(Checkpoint, checkpoint_id).assets_digest
+    if not assets_digest:
+        return weights, f"{ckpt.name}.safetensors"
+    cached = store.root / "downloads" / f"{ckpt.artifact_digest[:16]}-{assets_digest[:16]}.zip"
+    if not cached.is_file():
+        import zipfile
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = store.staging_file(".zip")
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(partial, "w") as out:
+                with zipfile.ZipFile(store.open_path(assets_digest)) as assets:
+                    for name in assets.namelist():
+                        out.writestr(name, assets.read(name), zipfile.ZIP_DEFLATED)
+                out.write(weights, "model.safetensors")  # stored: weights do not compress
+            os.replace(partial, cached)
+        finally:
+            partial.unlink(missing_ok=True)
+    return cached, f"{ckpt.name}.zip"
 
 
 def add_checkpoint(
@@ -296,26 +327,70 @@ def _adopt_checkpoint(
     target_sparsity: float | None,
     settings: Settings,
 ) -> CheckpointPublic:
-    """Load and validate a staged file; only then adopt it into the store and add its row."""
-    from models.checkpoints import CheckpointError, load_state_dict_file, validate_for_architecture
+    """Load and validate a staged file; only then adopt it into the store and add its row.
+
+    A Hugging Face folder archive is stored as two artifacts: its weights as one canonical
+    safetensors file (the checkpoint) and its config + tokenizer files as a small zip (the
+    checkpoint's assets). The first folder uploaded to a `huggingface` project without a
+    configuration gives the project its config.json.
+    """
+    from models.checkpoints import (
+        CheckpointError,
+        model_from_state_dict,
+        read_checkpoint_upload,
+        save_safetensors,
+    )
+    from models.hf import HF_ARCHITECTURE, write_assets_zip
     from models.registry import create_model
-    from models.sparsity import sparsity_report
+    from models.sparsity import relative_to_dense, sparsity_report
 
     project = get_project(project_id, settings)
     store = _store(settings)
+    work_dir = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="unpack-"))
+    staged_files = [staged]
+    adopt_config: dict[str, Any] | None = None
+    assets_digest = None
     try:
         try:
-            state_dict, fmt = load_state_dict_file(staged)
-            validate_for_architecture(state_dict, project.architecture, project.architecture_config)
+            loaded = read_checkpoint_upload(
+                staged, work_dir, max_expanded_bytes=settings.max_upload_bytes
+            )
+            config = project.architecture_config
+            if project.architecture == HF_ARCHITECTURE:
+                config, adopt_config = _hf_config(project, loaded, role)
+            model = model_from_state_dict(
+                project.architecture, config, loaded.state_dict,
+                allow_shape_changes=role == "pruned",
+            )
         except CheckpointError as exc:
             raise InvalidInput(f"{filename}: {exc}") from exc
-        model = create_model(project.architecture, **project.architecture_config)
-        model.load_state_dict(state_dict, strict=True)
         stats = sparsity_report(model)
-        store.adopt(staged, digest)
+        fmt = loaded.format
+        if model.structural_changes:
+            dense = create_model(project.architecture, **config)
+            stats = relative_to_dense(stats, sparsity_report(dense))
+            fmt += "+structural"
+        if loaded.hf_folder is not None:
+            fd, weights = store.staging_file(".safetensors")
+            os.close(fd)
+            staged_files.append(weights)
+            save_safetensors(loaded.state_dict, weights)
+            size = weights.stat().st_size
+            digest = store.adopt(weights)
+            fd, assets = store.staging_file(".zip")
+            os.close(fd)
+            staged_files.append(assets)
+            write_assets_zip(loaded.hf_folder, assets)
+            assets_digest = store.adopt(assets)
+        else:
+            store.adopt(staged, digest)
     finally:
-        staged.unlink(missing_ok=True)
+        for path in staged_files:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
     with session_scope(settings) as s:
+        if adopt_config is not None:
+            s.get(Project, project_id).architecture_config = adopt_config
         row = Checkpoint(
             project_id=project_id,
             name=name,
@@ -326,6 +401,7 @@ def _adopt_checkpoint(
             **Checkpoint.stat_columns(stats),
             format=fmt,
             artifact_digest=digest,
+            assets_digest=assets_digest,
             size_bytes=size,
         )
         s.add(row)
@@ -333,9 +409,48 @@ def _adopt_checkpoint(
         return CheckpointPublic.model_validate(row)
 
 
+def _hf_config(
+    project: ProjectPublic, loaded: Any, role: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(config to validate the upload with, config the project should adopt or None).
+
+    A folder's own config.json describes its weights; it must agree with the project's on
+    everything but `pruned_heads` (head pruning with `model.prune_heads` records it there and
+    shrinks the attention tensors to match).
+    """
+    from models.checkpoints import CheckpointError
+    from models.hf import architecture_summary
+
+    folder = loaded.hf_folder
+    if not project.architecture_config:
+        if folder is None:
+            raise CheckpointError(
+                "this Hugging Face project has no configuration yet: upload the dense model as "
+                "a folder archive (.zip or .tar.gz with config.json and model.safetensors) first"
+            )
+        if role != "dense":
+            raise CheckpointError("upload the dense model first; it sets the project's config")
+        return folder.config, folder.config
+    if folder is None:
+        return project.architecture_config, None
+    ours = architecture_summary(project.architecture_config)
+    theirs = architecture_summary(folder.config)
+    differing = sorted(
+        k for k in set(ours) | set(theirs) if k != "pruned_heads" and ours.get(k) != theirs.get(k)
+    )
+    if differing:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in differing[:5])
+        raise CheckpointError(
+            f"config.json differs from the project's model in {len(differing)} setting(s) "
+            f"({shown}); upload a checkpoint of the same model"
+        )
+    return folder.config, None
+
+
 def layer_sparsity(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """Per-layer sparsity of every checkpoint: {"layers": [...], "checkpoints": [...],
-    "sparsity": [[layer × checkpoint]]} (None where a checkpoint lacks a layer)."""
+    "sparsity": [[layer × checkpoint]], "n_m": [[layer × checkpoint]]} (None where a
+    checkpoint lacks a layer); n_m lists the N:M patterns ("2:4", "4:8") a layer follows."""
     with session_scope(settings) as s:
         project = _get_or_404(s, Project, project_id, "project")
         ckpts = [(c.name, c.layer_stats or {}) for c in project.checkpoints]
@@ -347,6 +462,10 @@ def layer_sparsity(project_id: int, settings: Settings | None = None) -> dict[st
         "checkpoints": [name for name, _ in ckpts],
         "sparsity": [
             [stats[layer]["sparsity"] if layer in stats else None for _, stats in ckpts]
+            for layer in layers
+        ],
+        "n_m": [
+            [stats[layer].get("n_m", []) if layer in stats else None for _, stats in ckpts]
             for layer in layers
         ],
     }
@@ -486,3 +605,52 @@ def project_overview(project_id: int, settings: Settings | None = None) -> dict[
         "jobs": list_jobs(project_id, settings),
         "evaluation": evaluation,
     }
+
+
+# ---------------------------------------------------------------- layer analysis (Layers page)
+
+LAYER_RESULT_KINDS = ("evaluation", "masks", "neurons")
+
+
+def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # `_load_npz` shares its cached arrays between callers; read-only views keep one caller's
+    # in-place edit from changing what every later page sees.
+    views = {}
+    for key, array in arrays.items():
+        view = array.view()
+        view.flags.writeable = False
+        views[key] = view
+    return views
+
+
+def layer_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The newest "evaluation", "masks" and "neurons" results of a project, as arrays.
+
+    Returns {kind: {array name: read-only ndarray} or None, ..., "result_ids": {kind: id or
+    None}} for the three kinds; the arrays are those the analyze job wrote
+    (`workers.analyses.evaluation.evaluate_checkpoints`, `workers.analyses.masks_and_neurons`).
+    Loads are cached per artifact (artifacts are content-addressed and immutable). A result
+    whose artifact has gone from the store counts as missing and is logged.
+    """
+    from server.storage import ArtifactNotFound
+
+    settings = settings or get_settings()
+    newest: dict[str, ResultPublic] = {}
+    for result in list_results(project_id, settings):  # ordered by id: the last one wins
+        if result.kind in LAYER_RESULT_KINDS:
+            newest[result.kind] = result
+    out: dict[str, Any] = {"result_ids": {}}
+    for kind in LAYER_RESULT_KINDS:
+        result = newest.get(kind)
+        arrays = None
+        if result is not None:
+            try:
+                path = _store(settings).open_path(result.artifact_digest)
+            except ArtifactNotFound:
+                log.warning("result %d (%s): artifact %s is missing from the store",
+                            result.id, kind, result.artifact_digest)
+            else:
+                arrays = _read_only(_load_npz(str(path)))
+        out[kind] = arrays
+        out["result_ids"][kind] = result.id if arrays is not None else None
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import dash
@@ -18,13 +17,10 @@ from dashboard.figures.overview import (
     layer_sparsity_heatmap,
 )
 from dashboard.state import parse_list, parse_sparsities, project_view_query
-from server import services
+from server import services, uploads
 from server.schemas import JobCreate
 
 dash.register_page(__name__, path_template="/projects/<project_id>", title="PruneScope — project")
-
-# Browser uploads travel base64-encoded inside one callback; larger files go through the API.
-DASHBOARD_UPLOAD_LIMIT = 200 * 1024 * 1024
 
 
 def _version(project_id: int) -> str:
@@ -42,7 +38,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
             [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
             id="project-missing",
         )
-    dataset = project.datasets[0].name if project.datasets else "none"
+    dataset = next((d.name for d in project.datasets if d.active), "none")
     return html.Div(
         [
             dcc.Location(id="project-url", refresh=False),
@@ -53,8 +49,13 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
             dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
             html.H2(project.name, id="project-title"),
             html.Div(
-                f"architecture {project.architecture} · dataset {dataset}"
-                + (f" · {project.description}" if project.description else ""),
+                [
+                    f"architecture {project.architecture} · dataset {dataset} (",
+                    dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
+                    ") · ",
+                    dcc.Link("layers", href=f"/projects/{pid}/layers", id="layers-link"),
+                    f" · {project.description}" if project.description else "",
+                ],
                 className="muted",
             ),
             html.Div(
@@ -202,7 +203,9 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                     html.H3("Add a checkpoint"),
                     html.P(
                         f"A safetensors file or a PyTorch state_dict for {project.architecture}. "
-                        "It is checked against the architecture before it is kept.",
+                        "It is sent in resumable chunks (an interrupted upload continues when "
+                        "the same file is chosen again) and checked against the architecture "
+                        "before it is kept.",
                         className="muted",
                     ),
                     html.Div(
@@ -221,12 +224,30 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                         ],
                         style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem"},
                     ),
-                    dcc.Upload(
+                    # assets/checkpoint_upload.js puts a file input into the empty slot and
+                    # streams the chosen file to /api/v1/uploads; `upload-event` gets the result.
+                    html.Label(
+                        [
+                            html.Span(id="checkpoint-upload-input"),
+                            "Drag and drop or ",
+                            html.Span("choose a file", style={"textDecoration": "underline"}),
+                        ],
                         id="checkpoint-upload",
-                        children=html.Div(["Drag and drop or ", html.A("choose a file")]),
                         className="upload",
-                        max_size=DASHBOARD_UPLOAD_LIMIT,
+                        style={"display": "block"},
                     ),
+                    html.Div(
+                        [
+                            html.Progress(
+                                id="upload-progress", value=0, max=100, style={"flex": "1"}
+                            ),
+                            html.Span(id="upload-progress-text"),
+                            html.Button("Cancel", id="upload-cancel", style={"display": "none"}),
+                        ],
+                        id="upload-progress-box",
+                        style={"display": "none"},  # the script shows it while uploading
+                    ),
+                    dcc.Store(id="upload-event"),
                     html.Div(id="upload-message", style={"marginTop": "0.6rem"}),
                 ],
                 className="card",
@@ -281,7 +302,7 @@ def refresh_views(version: str | None, project_id: int, selection: list[str] | N
     chosen = methods if selection is None else [m for m in methods if m in selection]
     per_layer = services.layer_sparsity(project_id)
     sparsity = layer_sparsity_heatmap(
-        per_layer["layers"], per_layer["checkpoints"], per_layer["sparsity"]
+        per_layer["layers"], per_layer["checkpoints"], per_layer["sparsity"], per_layer["n_m"]
     )
     options = [{"label": m, "value": m} for m in methods]
     return rows, heatmap, sparsity, rows, options, chosen
@@ -336,31 +357,34 @@ def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN20
 
 @callback(
     Output("upload-message", "children"),
-    Input("checkpoint-upload", "contents"),
-    State("checkpoint-upload", "filename"),
+    Output("project-version", "data", allow_duplicate=True),
+    Input("upload-event", "data"),
     State("upload-name", "value"),
     State("upload-role", "value"),
     State("project-id", "data"),
     prevent_initial_call=True,
 )
-def upload_checkpoint(
-    contents: str | None, filename: str | None, name: str | None, role: str, project_id: int
-):  # noqa: ANN201
-    if not contents:
-        return no_update
+def finish_upload(event: dict | None, name: str | None, role: str, project_id: int):  # noqa: ANN201
+    """Turn the upload that the page's script finished into a checkpoint, or show its error."""
+    if not event:
+        return no_update, no_update
+    if event.get("error") or not event.get("upload_id"):
+        message = f"{event.get('filename', 'upload')}: {event.get('error', 'upload failed')}"
+        return html.Div(message, className="error", id="upload-error"), no_update
     try:
-        payload = base64.b64decode(contents.split(",", 1)[1], validate=False)
-        ckpt = services.add_checkpoint(
-            project_id, [payload], filename=filename or "checkpoint", name=name or None, role=role
+        ckpt = uploads.checkpoint_from_upload(
+            project_id, str(event["upload_id"]), name=name or None, role=role
         )
     except services.ServiceError as exc:
-        return html.Div(exc.detail, className="error", id="upload-error")
-    return html.Div(
+        return html.Div(exc.detail, className="error", id="upload-error"), no_update
+    message = html.Div(
         f"stored {ckpt.name}: {ckpt.num_nonzero:,} of {ckpt.num_params:,} weights non-zero "
         f"({100 * ckpt.measured_sparsity:.1f}% sparse). Run the analysis to compare it.",
         className="ok",
         id="upload-ok",
     )
+    # A new version makes the checkpoint table and figures refresh now, not at the next poll.
+    return message, _version(project_id)
 
 
 @callback(

@@ -2,12 +2,14 @@
 
 from fastapi import APIRouter
 
-from server.api import checkpoints, health, jobs, projects, results
+from server.api import checkpoints, datasets, health, jobs, projects, results, uploads
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(projects.architectures_router)
 api_router.include_router(projects.router)
 api_router.include_router(checkpoints.router)
+api_router.include_router(datasets.router)
 api_router.include_router(jobs.router)
 api_router.include_router(results.router)
+api_router.include_router(uploads.router)

@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from server import services
+from server import services, uploads
 from server.api.deps import SettingsDep
 from server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
 from server.storage import CHUNK_BYTES
@@ -50,6 +51,37 @@ async def upload_checkpoint(
         role=role,
         method=method,
         target_sparsity=target_sparsity,
+        settings=settings,
+    )
+
+
+class CheckpointFromUpload(BaseModel):
+    upload_id: str = Field(description="a complete upload from POST /uploads")
+    name: str | None = None
+    role: str | None = Field(default=None, description="'dense' or 'pruned'")
+    method: str | None = None
+    target_sparsity: float | None = None
+
+
+@router.post(
+    "/projects/{project_id}/checkpoints/from-upload",
+    response_model=CheckpointPublic,
+    status_code=status.HTTP_201_CREATED,
+)
+def add_checkpoint_from_upload(
+    project_id: int, body: CheckpointFromUpload, settings: SettingsDep
+) -> CheckpointPublic:
+    """Turn a finished resumable upload into a checkpoint, validated like a direct upload.
+
+    The upload is used up either way; an incomplete upload (409) is left to be continued.
+    """
+    return uploads.checkpoint_from_upload(
+        project_id,
+        body.upload_id,
+        name=body.name,
+        role=body.role,
+        method=body.method,
+        target_sparsity=body.target_sparsity,
         settings=settings,
     )
 

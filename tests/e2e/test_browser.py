@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,14 +34,16 @@ def _get_json(url: str):  # noqa: ANN202
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
+def run_demo(tmp_path_factory, projects: str, timeout_s: float = DEMO_TIMEOUT_S):  # noqa: ANN001, ANN201
+    """Start the real `prunescope demo` limited to `projects` (comma-separated names), wait
+    until every job has finished, yield its address and paths, and stop it afterwards."""
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         pytest.fail("chromium and chromedriver are required: run scripts/install-system-deps.sh")
     data_dir = tmp_path_factory.mktemp("demo-data")
     port = _free_port()
     log_path = data_dir / "server.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PRUNESCOPE_HEARTBEAT_SECONDS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PRUNESCOPE_HEARTBEAT_SECONDS": "1",
+           "PRUNESCOPE_DEMO_PROJECTS": projects}
     log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
         [
@@ -62,7 +65,7 @@ def demo_server(tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + DEMO_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         jobs = []
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"demo exited early:\n{log_path.read_text()[-3000:]}"
@@ -86,6 +89,12 @@ def demo_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    # The digits demo only: the MiniLM project has its own test (test_layers_page.py).
+    yield from run_demo(tmp_path_factory, "digits-cnn")
 
 
 def _new_browser():  # noqa: ANN202
@@ -138,9 +147,9 @@ DECODED_Z = """var g = document.querySelector('#{id} .js-plotly-plot');
 return Array.from(g._fullData[0].z, function (row) {{ return Array.from(row); }});"""
 
 
-def _project_id(base: str) -> int:
+def _project_id(base: str, name: str = "digits-cnn") -> int:
     projects = _get_json(f"{base}/api/v1/projects")["data"]
-    return next(p["id"] for p in projects if p["name"] == "digits-cnn")
+    return next(p["id"] for p in projects if p["name"] == name)
 
 
 def test_demo_project_renders_heatmap_accuracy_and_jobs(demo_server, browser):
@@ -231,16 +240,12 @@ def test_upload_through_the_browser_validates_and_stores(demo_server, browser, t
     bad.write_bytes(b"this is not a checkpoint")
     before = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["count"]
 
-    browser.get(f"{base}/projects/{pid}")
-    file_input = _wait(
-        browser,
-        lambda d: d.find_elements("css selector", "#checkpoint-upload input[type=file]"),
-        message="upload input",
-    )
+    file_input = _open_upload_form(browser, base, pid)
     file_input[0].send_keys(str(bad))
     error = _wait(browser, lambda d: d.find_elements("id", "upload-error"), message="error")
     assert "not-a-checkpoint.pt" in error[0].text
     assert _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["count"] == before
+    assert _staged_uploads(demo_server) == []  # the refused upload left no bytes behind
 
     # A real checkpoint: the demo's dense one, downloaded and uploaded again under a new name.
     dense = next(
@@ -256,6 +261,8 @@ def test_upload_through_the_browser_validates_and_stores(demo_server, browser, t
     file_input[0].send_keys(str(good))
     ok = _wait(browser, lambda d: d.find_elements("id", "upload-ok"), message="stored")
     assert "dense-copy" in ok[0].text
+    assert browser.find_element("id", "upload-progress").get_attribute("value") == "100"
+    assert "100 %" in browser.find_element("id", "upload-progress-text").text
     after = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
     assert [c["name"] for c in after].count("dense-copy") == 1
     # The new checkpoint appears in the page's table without a reload.
@@ -264,6 +271,93 @@ def test_upload_through_the_browser_validates_and_stores(demo_server, browser, t
         lambda d: "dense-copy" in d.find_element("id", "checkpoint-table").text,
         message="table refreshed",
     )
+    assert _staged_uploads(demo_server) == []
+
+
+def _open_upload_form(browser, base: str, pid: int):  # noqa: ANN001, ANN202
+    # Dash's FastAPI backend registers the assets (the upload script among them) on its first
+    # request to "/" or "/_dash-*"; a server whose first visit is a project page serves that
+    # page without them, so these tests, when run alone, open the home page first.
+    browser.get(f"{base}/")
+    _wait(browser, lambda d: d.find_elements("link text", "digits-cnn"), message="home page")
+    browser.get(f"{base}/projects/{pid}")
+    return _wait(
+        browser,
+        lambda d: d.find_elements("css selector", "#checkpoint-upload input[type=file]"),
+        message="upload input",
+    )
+
+
+def _staged_uploads(demo_server) -> list[str]:  # noqa: ANN001
+    root = demo_server["data_dir"] / "artifacts" / "uploads"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+# Every PATCH's Upload-Offset is recorded, and the response to the first one is lost as if the
+# connection dropped after the server stored the chunk: the client must ask where to go on.
+LOSE_FIRST_CHUNK_RESPONSE = """
+window.__patchOffsets = [];
+var open = XMLHttpRequest.prototype.open, send = XMLHttpRequest.prototype.send,
+    setHeader = XMLHttpRequest.prototype.setRequestHeader;
+XMLHttpRequest.prototype.open = function (method) {
+  this.__method = method; return open.apply(this, arguments);
+};
+XMLHttpRequest.prototype.setRequestHeader = function (name, value) {
+  if (this.__method === "PATCH" && name === "Upload-Offset") window.__patchOffsets.push(+value);
+  return setHeader.apply(this, arguments);
+};
+XMLHttpRequest.prototype.send = function () {
+  if (this.__method === "PATCH" && window.__patchOffsets.length === 1) {
+    var fail = this.onerror;
+    this.onload = function () { fail(new ProgressEvent("error")); };
+  }
+  return send.apply(this, arguments);
+};
+"""
+
+
+def test_browser_upload_of_several_chunks_resumes_after_a_lost_response(
+    demo_server, browser, tmp_path
+):
+    from safetensors.torch import save_file
+
+    from models.registry import create_model
+
+    base = demo_server["base"]
+    wide = {"in_features": 64, "hidden": [2048, 2048], "num_classes": 10}
+    request = urllib.request.Request(
+        f"{base}/api/v1/projects",
+        data=json.dumps(
+            {"name": "wide-mlp", "architecture": "mlp", "architecture_config": wide}
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as r:
+        pid = json.loads(r.read())["id"]
+    model = create_model("mlp", **wide)
+    path = tmp_path / "wide.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    size = path.stat().st_size
+    chunk = 16 * 1024 * 1024  # CHUNK_BYTES in dashboard/assets/checkpoint_upload.js
+    assert size > chunk  # two requests at least
+
+    file_input = _open_upload_form(browser, base, pid)
+    browser.execute_script(LOSE_FIRST_CHUNK_RESPONSE)
+    file_input[0].send_keys(str(path))
+    ok = _wait(browser, lambda d: d.find_elements("id", "upload-ok"), timeout=60, message="stored")
+    assert "wide" in ok[0].text
+    # After the lost response the client asked for the offset and went on from there: the
+    # second request starts where the first ended, nothing is sent twice.
+    assert browser.execute_script("return window.__patchOffsets;") == [0, chunk]
+    assert browser.find_element("id", "upload-progress").get_attribute("value") == "100"
+    stored = _get_json(f"{base}/api/v1/projects/{pid}/checkpoints")["data"]
+    assert [c["artifact_digest"] for c in stored] == [hashlib.sha256(path.read_bytes()).hexdigest()]
+    _wait(
+        browser,
+        lambda d: "wide" in d.find_element("id", "checkpoint-table").text,
+        message="table refreshed",
+    )
+    assert _staged_uploads(demo_server) == []
 
 
 def test_pruning_form_queues_jobs_whose_results_reach_the_plot(demo_server, browser):

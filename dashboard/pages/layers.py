@@ -1,0 +1,421 @@
+"""Layers page: which layers of the pruned networks drift from the dense model, and how.
+
+Every control's value is in the query string (`dashboard.figures.layers.VIEW_KEYS`), so a
+copied link reopens the same view. The page only reads the analyze job's stored results
+through `services.layer_analysis`; it computes nothing the job already stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import dash
+import plotly.graph_objects as go
+from dash import Input, Output, State, callback, dcc, html, no_update
+
+from dashboard.figures.layers import (
+    VIEW_KEYS,
+    complexity_by_layer,
+    complexity_table,
+    layer_by_layer_heatmap,
+    layer_by_layer_table,
+    layers_view_options,
+    layers_view_query,
+    mask_iou_heatmap,
+    mask_iou_table,
+    metric_vs_sparsity,
+    metric_vs_sparsity_table,
+    resolve_layers_view,
+    rows_to_csv,
+    wasserstein_neurons_scatter,
+    wasserstein_neurons_table,
+)
+from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from server import services
+
+dash.register_page(
+    __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers"
+)
+
+# View key → the id of the control holding it.
+CONTROL_IDS = {
+    "metric": "layers-metric",
+    "checkpoint": "layers-checkpoint",
+    "matrix": "layers-matrix",
+    "complexity": "layers-complexity",
+    "iou_layer": "layers-iou-layer",
+    "neuron_layer": "layers-neuron-layer",
+    "neuron_checkpoint": "layers-neuron-checkpoint",
+}
+# Controls whose choices come from the stored results and change when a new analysis lands.
+DATA_CONTROLS = ("checkpoint", "iou_layer", "neuron_layer", "neuron_checkpoint")
+POLL_MS = 5000
+
+
+def layers_href(project_id: int) -> str:
+    return f"/projects/{project_id}/layers"
+
+
+def _version(data: dict[str, Any]) -> str:
+    return json.dumps(data["result_ids"], sort_keys=True)
+
+
+def _dropdown(key: str, options: list[dict], value: str | None, width: str = "16rem") -> Any:
+    return dcc.Dropdown(
+        id=CONTROL_IDS[key],
+        options=options,
+        value=value,
+        clearable=False,
+        searchable=True,
+        style={"width": width},
+    )
+
+
+def _control(label: str, component: Any) -> html.Div:
+    # A Div, not a Label: a label forwards clicks inside the dropdown's open list to the
+    # dropdown's button, which would close the list before the choice registers.
+    return html.Div(
+        [html.Span(label, className="muted"), component],
+        style={"display": "flex", "gap": "0.5rem", "alignItems": "center"},
+    )
+
+
+def _card(
+    title: str, note: str, controls: list, graph_id: str, csv_id: str, download_id: str
+) -> html.Div:
+    return html.Div(
+        [
+            html.H3(title),
+            html.P(note, className="muted"),
+            html.Div(
+                [
+                    *controls,
+                    html.Button("CSV", id=csv_id, n_clicks=0, title="download the figure's data"),
+                    dcc.Download(id=download_id),
+                ],
+                style={"display": "flex", "gap": "1rem", "alignItems": "center",
+                       "flexWrap": "wrap"},
+            ),
+            dcc.Graph(id=graph_id, figure=empty_figure("loading…"), config=GRAPH_CONFIG),
+        ],
+        className="card",
+    )
+
+
+def layout(project_id: str | None = None, **query: str) -> html.Div:
+    try:
+        pid = int(project_id or "")
+        project = services.get_project(pid)
+    except (ValueError, services.NotFound):
+        return html.Div(
+            [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
+            id="project-missing",
+        )
+    data = services.layer_analysis(pid)
+    options = layers_view_options(data)
+    view = resolve_layers_view(query, options, data)
+    return html.Div(
+        [
+            dcc.Location(id="layers-url", refresh=False),
+            dcc.Store(id="layers-project-id", data=pid),
+            dcc.Store(id="layers-version", data=_version(data)),
+            dcc.Interval(id="layers-poll", interval=POLL_MS, n_intervals=0),
+            html.H2(f"{project.name}: layers", id="layers-title"),
+            html.Div(
+                [
+                    dcc.Link("← back to the project", href=f"/projects/{pid}",
+                             id="layers-back-link"),
+                    f" · architecture {project.architecture}",
+                ],
+                className="muted",
+            ),
+            html.Div(id="layers-status", children=_status(pid, data)),
+            _card(
+                "Similarity to the dense model versus sparsity",
+                "Each panel is one layer; each line one pruning method, from the dense model "
+                "(sparsity 0) to its sparsest checkpoint. Layers whose line falls first drift "
+                "first.",
+                [_control("metric", _dropdown("metric", options["metric"], view["metric"],
+                                              width="22rem"))],
+                "metric-vs-sparsity", "metric-csv", "metric-download",
+            ),
+            html.Div(
+                [
+                    _card(
+                        "Dense layer versus checkpoint layer",
+                        "CKA between every dense layer (rows) and every layer of one "
+                        "checkpoint (columns): off-diagonal weight means a layer now resembles "
+                        "another dense layer.",
+                        [
+                            _control("checkpoint", _dropdown(
+                                "checkpoint", options["checkpoint"], view["checkpoint"])),
+                            dcc.RadioItems(
+                                id=CONTROL_IDS["matrix"],
+                                options=options["matrix"],
+                                value=view["matrix"],
+                                inline=True,
+                            ),
+                        ],
+                        "layer-heatmap", "heatmap-csv", "heatmap-download",
+                    ),
+                    _card(
+                        "Complexity per layer",
+                        "Does pruning make a layer's representation simpler? One line per "
+                        "checkpoint; the dense model in black.",
+                        [_control("measure", _dropdown(
+                            "complexity", options["complexity"], view["complexity"],
+                            width="22rem"))],
+                        "complexity-graph", "complexity-csv", "complexity-download",
+                    ),
+                ],
+                className="grid2",
+            ),
+            html.Div(
+                [
+                    _card(
+                        "Which weights the methods keep",
+                        "IoU of the kept weights of every pair of pruned checkpoints; the "
+                        "hover gives the IoU that independent random masks would reach.",
+                        [_control("layer", _dropdown(
+                            "iou_layer", options["iou_layer"], view["iou_layer"]))],
+                        "mask-iou", "iou-csv", "iou-download",
+                    ),
+                    _card(
+                        "Wasserstein neurons",
+                        "Per neuron: how far the dense model's outputs are from a Gaussian "
+                        "(W1/σ) against the share of its incoming weights a method pruned.",
+                        [
+                            _control("layer", _dropdown(
+                                "neuron_layer", options["neuron_layer"], view["neuron_layer"],
+                                width="10rem")),
+                            _control("checkpoint", _dropdown(
+                                "neuron_checkpoint", options["neuron_checkpoint"],
+                                view["neuron_checkpoint"])),
+                        ],
+                        "neuron-scatter", "neuron-csv", "neuron-download",
+                    ),
+                ],
+                className="grid2",
+            ),
+        ]
+    )
+
+
+def _status(project_id: int, data: dict[str, Any]) -> Any:
+    """What the page can show, and which job to run when something is missing."""
+    evaluation = data["evaluation"]
+    running = [
+        j for j in services.list_jobs(project_id)
+        if j.kind == "analyze" and j.state in ("queued", "running")
+    ]
+    if running:
+        job = running[-1]
+        return html.Div(
+            f"The analysis job #{job.id} is {job.state}; this page fills in when it finishes.",
+            className="card muted", id="layers-running",
+        )
+    if evaluation is None:
+        return html.Div(
+            [
+                html.Strong("No evaluation yet. "),
+                "Run the analysis job: the “Run analysis” button on the ",
+                dcc.Link("project page", href=f"/projects/{project_id}"),
+                ", or ",
+                html.Code(f'POST /api/v1/projects/{project_id}/jobs {{"kind": "analyze"}}'),
+                ". It compares every checkpoint with the dense one, layer by layer.",
+            ],
+            className="card", id="layers-no-evaluation",
+        )
+    evaluated = {int(i) for i in evaluation["checkpoint_ids"].tolist()}
+    newer = [c.name for c in services.list_checkpoints(project_id) if c.id not in evaluated]
+    if newer:
+        return html.Div(
+            f"{len(newer)} checkpoint(s) came after this evaluation ({', '.join(newer[:5])}"
+            f"{', …' if len(newer) > 5 else ''}); run the analysis job again to include them.",
+            className="card muted", id="layers-stale",
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+@callback(
+    Output("layers-version", "data"),
+    Output("layers-status", "children"),
+    Input("layers-poll", "n_intervals"),
+    State("layers-project-id", "data"),
+    State("layers-version", "data"),
+    prevent_initial_call=True,
+)
+def poll_results(_n: int, project_id: int, version: str | None):  # noqa: ANN201
+    data = services.layer_analysis(project_id)
+    new_version = _version(data)
+    return (new_version if new_version != version else no_update), _status(project_id, data)
+
+
+@callback(
+    *[Output(CONTROL_IDS[k], "options") for k in DATA_CONTROLS],
+    *[Output(CONTROL_IDS[k], "value") for k in DATA_CONTROLS],
+    Input("layers-version", "data"),
+    *[State(CONTROL_IDS[k], "value") for k in DATA_CONTROLS],
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def refresh_choices(_version: str, *state: Any):  # noqa: ANN201
+    """A new analysis can bring new checkpoints and layers; keep each choice that still exists."""
+    *current, project_id = state
+    data = services.layer_analysis(project_id)
+    options = layers_view_options(data)
+    view = resolve_layers_view(dict(zip(DATA_CONTROLS, current, strict=True)), options, data)
+    return (*[options[k] for k in DATA_CONTROLS], *[view[k] for k in DATA_CONTROLS])
+
+
+@callback(
+    Output("layers-url", "search"),
+    *[Input(CONTROL_IDS[k], "value") for k in VIEW_KEYS],
+    State("layers-url", "search"),
+    # Only a change writes the URL: writing it on first render would push a history entry
+    # that the browser's Back button returns to, which writes it again.
+    prevent_initial_call=True,
+)
+def write_url(*values: Any):  # noqa: ANN201
+    *chosen, search = values
+    query = layers_view_query(dict(zip(VIEW_KEYS, chosen, strict=True)))
+    return no_update if query == (search or "") else query
+
+
+def _drawn(builder: Callable[..., go.Figure], *args: Any) -> go.Figure:
+    try:
+        return builder(*args)
+    except ValueError as exc:  # a malformed result: say so instead of a stuck "loading…"
+        return empty_figure(f"This result cannot be drawn: {exc}")
+
+
+def _csv(rows: list[dict], filename: str) -> Any:
+    if not rows:
+        return no_update
+    return {"content": rows_to_csv(rows), "filename": filename, "type": "text/csv"}
+
+
+@callback(
+    Output("metric-vs-sparsity", "figure"),
+    Input(CONTROL_IDS["metric"], "value"),
+    Input("layers-version", "data"),
+    State("layers-project-id", "data"),
+)
+def draw_metric(metric: str, _version: str, project_id: int):  # noqa: ANN201
+    data = services.layer_analysis(project_id)
+    return _drawn(metric_vs_sparsity, data["evaluation"], metric or "cka")
+
+
+@callback(
+    Output("layer-heatmap", "figure"),
+    Input(CONTROL_IDS["checkpoint"], "value"),
+    Input(CONTROL_IDS["matrix"], "value"),
+    Input("layers-version", "data"),
+    State("layers-project-id", "data"),
+)
+def draw_heatmap(checkpoint: str | None, matrix: str, _version: str, project_id: int):  # noqa: ANN201
+    data = services.layer_analysis(project_id)
+    return _drawn(layer_by_layer_heatmap, data["evaluation"], checkpoint, matrix or "cka")
+
+
+@callback(
+    Output("complexity-graph", "figure"),
+    Input(CONTROL_IDS["complexity"], "value"),
+    Input("layers-version", "data"),
+    State("layers-project-id", "data"),
+)
+def draw_complexity(measure: str, _version: str, project_id: int):  # noqa: ANN201
+    data = services.layer_analysis(project_id)
+    return _drawn(complexity_by_layer, data["evaluation"], measure or "effective_rank")
+
+
+@callback(
+    Output("mask-iou", "figure"),
+    Input(CONTROL_IDS["iou_layer"], "value"),
+    Input("layers-version", "data"),
+    State("layers-project-id", "data"),
+)
+def draw_iou(layer: str | None, _version: str, project_id: int):  # noqa: ANN201
+    data = services.layer_analysis(project_id)
+    return _drawn(mask_iou_heatmap, data["masks"], layer)
+
+
+@callback(
+    Output("neuron-scatter", "figure"),
+    Input(CONTROL_IDS["neuron_layer"], "value"),
+    Input(CONTROL_IDS["neuron_checkpoint"], "value"),
+    Input("layers-version", "data"),
+    State("layers-project-id", "data"),
+)
+def draw_neurons(layer: str | None, checkpoint: str | None, _version: str, project_id: int):  # noqa: ANN201
+    data = services.layer_analysis(project_id)
+    return _drawn(wasserstein_neurons_scatter, data["neurons"], layer, checkpoint)
+
+
+@callback(
+    Output("metric-download", "data"),
+    Input("metric-csv", "n_clicks"),
+    State(CONTROL_IDS["metric"], "value"),
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_metric(_n: int, metric: str, project_id: int):  # noqa: ANN201
+    rows = metric_vs_sparsity_table(services.layer_analysis(project_id)["evaluation"], metric)
+    return _csv(rows, f"project{project_id}-{metric}-vs-sparsity.csv")
+
+
+@callback(
+    Output("heatmap-download", "data"),
+    Input("heatmap-csv", "n_clicks"),
+    State(CONTROL_IDS["checkpoint"], "value"),
+    State(CONTROL_IDS["matrix"], "value"),
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_heatmap(_n: int, checkpoint: str | None, matrix: str, project_id: int):  # noqa: ANN201
+    evaluation = services.layer_analysis(project_id)["evaluation"]
+    rows = layer_by_layer_table(evaluation, checkpoint, matrix)
+    return _csv(rows, f"project{project_id}-{matrix}-layers-{checkpoint}.csv")
+
+
+@callback(
+    Output("complexity-download", "data"),
+    Input("complexity-csv", "n_clicks"),
+    State(CONTROL_IDS["complexity"], "value"),
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_complexity(_n: int, measure: str, project_id: int):  # noqa: ANN201
+    rows = complexity_table(services.layer_analysis(project_id)["evaluation"], measure)
+    return _csv(rows, f"project{project_id}-{measure}-by-layer.csv")
+
+
+@callback(
+    Output("iou-download", "data"),
+    Input("iou-csv", "n_clicks"),
+    State(CONTROL_IDS["iou_layer"], "value"),
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_iou(_n: int, layer: str | None, project_id: int):  # noqa: ANN201
+    rows = mask_iou_table(services.layer_analysis(project_id)["masks"], layer)
+    return _csv(rows, f"project{project_id}-mask-iou-{layer or 'all'}.csv")
+
+
+@callback(
+    Output("neuron-download", "data"),
+    Input("neuron-csv", "n_clicks"),
+    State(CONTROL_IDS["neuron_layer"], "value"),
+    State(CONTROL_IDS["neuron_checkpoint"], "value"),
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_neurons(_n: int, layer: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
+    rows = wasserstein_neurons_table(services.layer_analysis(project_id)["neurons"], layer,
+                                     checkpoint)
+    return _csv(rows, f"project{project_id}-neurons-{layer}-{checkpoint}.csv")

@@ -1,0 +1,131 @@
+"""End to end: the Layers page of the digits demo in a real Chromium, its view kept in the URL."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_browser import (  # noqa: F401 - fixtures are used by name
+    DECODED_Z,
+    _new_browser,
+    _plot_data,
+    _project_id,
+    _wait,
+    browser,
+    demo_server,
+    run_demo,
+)
+
+pytestmark = pytest.mark.e2e
+
+Y_TITLE = (
+    "var g = document.querySelector('#{id} .js-plotly-plot');"
+    "return g && g.layout && g.layout.yaxis.title ? g.layout.yaxis.title.text : null;"
+)
+
+
+def _lines_by_panel(driver, graph_id: str) -> dict[str, dict[str, dict]]:  # noqa: ANN001
+    panels: dict[str, dict[str, dict]] = {}
+    for trace in _plot_data(driver, graph_id) or []:
+        panels.setdefault(trace.get("xaxis", "x"), {})[trace["name"]] = trace
+    return panels
+
+
+def _choose(driver, dropdown_id: str, value: str) -> None:  # noqa: ANN001
+    """Pick an option the way a person does: open the dropdown, click the entry."""
+    driver.find_element("id", dropdown_id).click()
+    option = _wait(
+        driver,
+        lambda d: d.find_elements(
+            "xpath",
+            f"//label[contains(@class, 'dash-dropdown-option')][.//input[@value='{value}']]",
+        ),
+        message=f"option {value} of {dropdown_id}",
+    )
+    option[0].click()
+
+
+def _y_title(driver, graph_id: str) -> str:  # noqa: ANN001
+    return driver.execute_script(Y_TITLE.format(id=graph_id)) or ""
+
+
+def test_layers_page_draws_every_layer_and_a_copied_link_reopens_the_metric(
+    demo_server, browser  # noqa: F811 - the imported fixtures
+):
+    base = demo_server["base"]
+    pid = _project_id(base)
+    browser.get(f"{base}/")  # Dash registers its assets on the first visit to "/"
+    _wait(browser, lambda d: d.find_elements("link text", "digits-cnn"), message="home page")
+    browser.get(f"{base}/projects/{pid}")
+    _wait(browser, lambda d: d.find_elements("id", "layers-link"), message="link")[0].click()
+    _wait(browser, lambda d: d.current_url.endswith(f"/projects/{pid}/layers"), message="page")
+
+    panels = _wait(
+        browser,
+        lambda d: (p := _lines_by_panel(d, "metric-vs-sparsity")) and len(p) == 4 and p,
+        message="4 layer panels",
+    )
+    for lines in panels.values():
+        assert set(lines) == {"magnitude_global", "random"}
+        for trace in lines.values():
+            assert trace["x"] == [0, 50, 80, 95]  # the dense model, then the demo's sparsities
+            assert abs(trace["y"][0] - 1.0) < 1e-6  # the dense model's CKA with itself
+            assert all(-1e-9 <= y <= 1 + 1e-9 for y in trace["y"])
+    assert _y_title(browser, "metric-vs-sparsity") == "linear CKA to dense"
+    # Real behaviour: at 95 % sparsity magnitude pruning stays closer to the dense model.
+    mean_at_95 = {m: sum(p[m]["y"][-1] for p in panels.values()) / 4 for m in panels["x"]}
+    assert mean_at_95["magnitude_global"] > mean_at_95["random"]
+
+    _wait(browser, lambda d: _plot_data(d, "layer-heatmap") and
+          _plot_data(d, "layer-heatmap")[0].get("type") == "heatmap", message="heatmap")
+    z = browser.execute_script(DECODED_Z.format(id="layer-heatmap"))
+    assert len(z) == 4 and all(len(row) == 4 for row in z)
+    assert all(0.0 <= v <= 1.0 + 1e-9 for row in z for v in row)
+    assert len(browser.find_elements("xpath", "//button[text()='CSV']")) == 5
+
+    _choose(browser, "layers-metric", "procrustes")
+    _wait(browser, lambda d: "metric=procrustes" in d.current_url, message="URL updated")
+    _wait(browser, lambda d: _y_title(d, "metric-vs-sparsity").startswith("Procrustes"),
+          message="Procrustes drawn")
+    shared = browser.current_url
+
+    other = _new_browser()  # a collaborator's fresh browser
+    try:
+        other.get(shared)
+        restored = _wait(
+            other,
+            lambda d: (_y_title(d, "metric-vs-sparsity").startswith("Procrustes")
+                       and _lines_by_panel(d, "metric-vs-sparsity")),
+            message="restored Procrustes view",
+        )
+        assert len(restored) == 4
+        assert all(abs(t["y"][0]) < 1e-6 for p in restored.values() for t in p.values())
+        assert "Procrustes" in other.find_element("id", "layers-metric").text
+    finally:
+        other.quit()
+
+
+@pytest.fixture(scope="module")
+def minilm_server(tmp_path_factory):
+    # Nine MiniLM checkpoints: about two minutes of jobs on an idle 2-core machine.
+    yield from run_demo(tmp_path_factory, "minilm-sentences", timeout_s=900)
+
+
+def test_the_real_minilm_drifts_most_in_its_top_layer(minilm_server, browser):  # noqa: F811
+    """Movva & Zhao's first claim, on the real all-MiniLM-L6-v2 pruned by global magnitude."""
+    base = minilm_server["base"]
+    pid = _project_id(base, "minilm-sentences")
+    browser.get(f"{base}/")
+    browser.get(f"{base}/projects/{pid}/layers")
+    panels = _wait(
+        browser,
+        lambda d: (p := _lines_by_panel(d, "metric-vs-sparsity")) and len(p) == 7 and p,
+        message="7 layer panels (embeddings and 6 blocks)",
+    )
+    order = sorted(panels, key=lambda axis: int(axis[1:] or 1))  # x, x2, …, x7: layer order
+    for axis in order:
+        assert set(panels[axis]) == {"magnitude_global", "magnitude_layerwise"}
+        assert [round(x) for x in panels[axis]["magnitude_global"]["x"]] == [0, 30, 50, 70, 90]
+    at_90 = [panels[axis]["magnitude_global"]["y"][-1] for axis in order]
+    assert at_90[0] > 0.999  # embeddings are not pruned (only linear layers are)
+    blocks = at_90[1:]
+    assert blocks[-1] == min(blocks), f"CKA to dense per block at 90 %: {blocks}"
