@@ -103,3 +103,37 @@ def test_an_unreadable_checkpoint_is_named(digits, refs, tmp_path):
     bad = CheckpointRef(9, "broken-one", "pruned", None, None, str(broken))
     with pytest.raises(JobInputError, match="'broken-one' \\(id 9\\)"):
         evaluate_checkpoints("mlp", CONFIG, [refs[0], bad], digits)
+
+
+def test_a_structurally_pruned_checkpoint_is_compared_through_its_activations(
+    digits, refs, tmp_path
+):
+    import torch_pruning as tp
+
+    model = _model(refs[0])
+    pruner = tp.pruner.MagnitudePruner(
+        model, torch.zeros(1, 64), importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=0.5, ignored_layers=[model.classifier],
+    )
+    pruner.step()
+    path = tmp_path / "tp.safetensors"
+    save_safetensors(model.state_dict(), path)
+    shrunk = CheckpointRef(9, "tp-50", "pruned", "torch_pruning", 0.5, str(path))
+    result = evaluate_checkpoints("mlp", CONFIG, [refs[0], shrunk], digits, batch_size=150)
+    # fc1 and fc2 lost half their units; the classifier keeps its 10 outputs.
+    assert result["widths"].tolist() == [[128, 64, 10], [64, 32, 10]]
+    x = torch.from_numpy(digits.x_test.reshape(450, 64))
+    _, dense_out = layer_outputs(_model(refs[0]), x, ["fc1", "fc2", "classifier"])
+    with torch.inference_mode():
+        pruned_out = {}
+        h = x
+        for name in ("fc1", "fc2"):
+            h = getattr(model, name)(h)
+            pruned_out[name] = h
+        pruned_out["classifier"] = model.classifier(h)
+    for j, name in enumerate(["fc1", "fc2", "classifier"]):
+        expected = linear_cka(dense_out[name].numpy(), pruned_out[name].numpy())
+        assert result["cka"][1, j] == pytest.approx(expected, abs=1e-9)
+    assert result["accuracy"][1] == np.mean(
+        pruned_out["classifier"].argmax(1).numpy() == digits.y_test
+    )
