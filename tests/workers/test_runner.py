@@ -121,7 +121,8 @@ def test_train_prune_analyze_end_to_end(trained, tmp_path):
     assert arrays["predictions"].shape == (4, 450) and arrays["labels"].shape == (450,)
 
     summary = result.summary
-    assert set(summary) == {"accuracy", "mean_cka", "layers", "num_examples"}
+    assert set(summary) == {"accuracy", "mean_cka", "layers", "num_examples", "dataset"}
+    assert summary["dataset"] == "digits"
     assert summary["accuracy"]["1"] == pytest.approx(accuracy["dense"])
     assert summary["mean_cka"] == {
         str(r.id): pytest.approx(float(row.mean())) for r, row in zip(refs, cka, strict=True)
