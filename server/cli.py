@@ -77,11 +77,11 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_add(args: argparse.Namespace) -> int:
+def _project_and_file(args: argparse.Namespace):  # noqa: ANN202
+    """(settings, project, path, chunks) for the `add` commands, or an exit code on bad input."""
     from server import services
     from server.config import get_settings
     from server.db import upgrade_database
-    from server.storage import CHUNK_BYTES
 
     settings = get_settings()
     upgrade_database(settings)
@@ -97,10 +97,26 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"error: {path} is not a file", file=sys.stderr)
         return 2
+    return settings, project, path
+
+
+def _chunks(f):  # noqa: ANN001, ANN202
+    from server.storage import CHUNK_BYTES
+
+    return iter(lambda: f.read(CHUNK_BYTES), b"")
+
+
+def _checkpoint_add(args: argparse.Namespace) -> int:
+    from server import services
+
+    found = _project_and_file(args)
+    if isinstance(found, int):
+        return found
+    settings, project, path = found
     with open(path, "rb") as f:
         ckpt = services.add_checkpoint(
             project.id,
-            iter(lambda: f.read(CHUNK_BYTES), b""),
+            _chunks(f),
             filename=path.name,
             name=args.name,
             role=args.role,
@@ -116,30 +132,17 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
 
 
 def _dataset_add(args: argparse.Namespace) -> int:
-    from server import dataset_service, services
-    from server.config import get_settings
-    from server.db import upgrade_database
-    from server.storage import CHUNK_BYTES
+    from server import dataset_service
     from workers.dataset_formats import ColumnNames
 
-    settings = get_settings()
-    upgrade_database(settings)
-    project = (
-        services.get_project(int(args.project), settings)
-        if args.project.isdigit()
-        else services.find_project(args.project, settings)
-    )
-    if project is None:
-        print(f"error: no project named {args.project!r}", file=sys.stderr)
-        return 2
-    path = Path(args.file)
-    if not path.is_file():
-        print(f"error: {path} is not a file", file=sys.stderr)
-        return 2
+    found = _project_and_file(args)
+    if isinstance(found, int):
+        return found
+    settings, project, path = found
     with open(path, "rb") as f:
         dataset = dataset_service.add_dataset(
             project.id,
-            iter(lambda: f.read(CHUNK_BYTES), b""),
+            _chunks(f),
             filename=path.name,
             name=args.name,
             active=args.activate,
