@@ -1,25 +1,36 @@
-"""Cost of the evaluation analysis (accuracy + exact per-layer linear CKA) over its floor.
+"""Cost of the evaluation job (loading, accuracy, every layer statistic) over its floor.
 
-Floor: the bare forward passes the analysis cannot avoid — one pass of every checkpoint over
-the same examples, same batch size, no hooks, no CKA sums — measured in the same run on the
-same inputs (see ../shared/BENCH.md). The analysis itself recomputes the dense model's forward
-pass next to each pruned model (memory over speed, see workers/analyses/evaluation.py), so part
-of the ratio is that choice. Runs A and B alternate; the median ratio is the headline.
+`workers.analyses.evaluation.evaluate_checkpoints` loads every checkpoint, measures its
+sparsity and runs `compare_layers`: one pass of all checkpoints over the test data, pooled
+layer features folded into float64 moments, then CKA, SVCCA, PWCCA, Procrustes and complexity.
+Floor: loading the same checkpoints and their bare forward passes over the same examples, same
+batch size, no hooks, no sums — measured in the same run on the same inputs (see
+../shared/BENCH.md). Runs A and B alternate in order; the median ratio is the headline.
+`bench/layer_divergence.py` takes `compare_layers` itself apart (where the time goes, MiniLM,
+torch_cka, memory); this script keeps the job-level figure (14.9-22x for the earlier
+per-checkpoint implementation).
 
-    .venv/bin/python bench/evaluation_overhead.py [--repeats 5] [--scales 1 4]
+On a shared 2-core machine two threads with the other core busy slow small operations many
+times over; `--threads 1` (the default) gives steadier figures, `--threads 2` the 2-core ones.
+
+    .venv/bin/python bench/evaluation_overhead.py [--repeats 5] [--scales 1 4] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from models.checkpoints import load_model, save_safetensors
 from models.pruning import PRUNING_METHODS
@@ -61,17 +72,32 @@ def bare_forward_passes(config: dict, refs: list[CheckpointRef], data, batch_siz
                 model(x[start : start + batch_size])
 
 
+def timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
 
     base = load_dataset(DatasetRef(name="digits", source="builtin", builtin_name="digits"))
     everything = np.concatenate([base.x_train, base.x_test])
     labels = np.concatenate([base.y_train, base.y_test])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"load average {load} on {os.cpu_count()} cores")
     print(f"{'examples':>9} {'analysis s':>11} {'floor s':>9} {'ratio':>7}")
     headline = None
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,13 +107,15 @@ def main() -> None:
                 base, x_test=np.concatenate([everything] * scale), y_test=np.tile(labels, scale)
             )
             ratios, a_times, b_times = [], [], []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                evaluate_checkpoints(ARCH, config, refs, data, batch_size=args.batch_size)
-                a = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                bare_forward_passes(config, refs, data, args.batch_size)
-                b = time.perf_counter() - t0
+            analysis = functools.partial(evaluate_checkpoints, ARCH, config, refs, data,
+                                         batch_size=args.batch_size)
+            floor = functools.partial(bare_forward_passes, config, refs, data, args.batch_size)
+            for r in range(args.repeats):
+                # Alternate which runs first, so neither always gets the warmer caches.
+                if r % 2:
+                    b, a = timed(floor), timed(analysis)
+                else:
+                    a, b = timed(analysis), timed(floor)
                 a_times.append(a)
                 b_times.append(b)
                 ratios.append(a / b)

@@ -88,9 +88,11 @@ class MomentAccumulator:
         z = z - self.shift[index]
         norms = torch.stack([(z[:, b.start : b.stop] ** 2).sum(1) for b in layer_blocks], 1)
         self.sum[index] += z.sum(0)
-        self.gram[index] += z.T @ z
-        self.norm_z[index] += norms.T @ z
-        self.norm_norm[index] += norms.T @ norms
+        # In place: `+= a @ b` allocates a p × p temporary per batch, and on wide layers that
+        # memory traffic, not the arithmetic, dominated the update (4.6× slower on MiniLM).
+        self.gram[index].addmm_(z.T, z)
+        self.norm_z[index].addmm_(norms.T, z)
+        self.norm_norm[index].addmm_(norms.T, norms)
         self.norm_sum[index] += norms.sum(0)
         return z, norms
 
@@ -102,10 +104,10 @@ class MomentAccumulator:
             if y.shape[0] != x.shape[0]:
                 raise ValueError("every model must see the same examples in a batch")
             y, y_norms = self._prepare(m + 1, y, self.other_blocks[m])
-            self.cross[m] += x.T @ y
-            self.xnorm_y[m] += x_norms.T @ y
-            self.ynorm_x[m] += y_norms.T @ x
-            self.xnorm_ynorm[m] += x_norms.T @ y_norms
+            self.cross[m].addmm_(x.T, y)
+            self.xnorm_y[m].addmm_(x_norms.T, y)
+            self.ynorm_x[m].addmm_(y_norms.T, x)
+            self.xnorm_ynorm[m].addmm_(x_norms.T, y_norms)
         self.n += x.shape[0]
 
     # ---------------------------------------------------------------- read-out
