@@ -269,27 +269,28 @@ def metric_vs_sparsity_table(evaluation: Arrays | None, metric: str = "cka") -> 
 # ------------------------------------------------------------------ layer × layer
 
 
-def layer_by_layer_heatmap(
-    evaluation: Arrays | None, checkpoint: str, matrix: str = "cka"
+def layer_pair_heatmap(
+    values: np.ndarray | None, layers: Sequence[str], rows: str, columns: str,
+    matrix: str = "cka", missing: str = "",
 ) -> go.Figure:
-    """CKA between every dense layer (y) and every layer of one checkpoint (x), annotated.
+    """CKA between every layer of checkpoint `rows` (y) and every layer of `columns` (x).
 
-    A bright diagonal means each layer still does what the same dense layer did; weight off
-    the diagonal shows a layer now resembling an earlier or later dense layer.
+    A bright diagonal means each layer still does what the same layer of `rows` did; weight
+    off the diagonal shows a layer now resembling an earlier or later one. `values` None draws
+    the `missing` message instead.
     """
     measure = _choose(LAYER_MATRICES, matrix, "layer matrix")
-    try:
-        ev = _evaluation(evaluation, measure.key, square=True)
-        c = _index(ev.names, checkpoint, "checkpoint")
-    except _Missing as exc:
-        return empty_figure(str(exc))
-    z = ev.values[c]
+    if values is None:
+        return empty_figure(missing or f"No layer × layer matrix for {rows} × {columns} yet.")
+    z = np.asarray(values, dtype=float)
+    if z.shape != (len(layers), len(layers)):
+        raise ValueError(f"a {len(layers)}-layer matrix has shape {z.shape}")
     low = 0.0 if matrix == "cka" or not np.isfinite(z).any() else min(0.0, float(np.nanmin(z)))
     fig = go.Figure(
         go.Heatmap(
             z=z,
-            x=ev.layers,
-            y=ev.layers,
+            x=list(layers),
+            y=list(layers),
             zmin=low,
             zmax=1.0,
             colorscale="Viridis",
@@ -297,19 +298,70 @@ def layer_by_layer_heatmap(
             text=[[f"{v:.2f}" for v in row] for row in z],
             texttemplate="%{text}",
             hovertemplate=(
-                f"dense %{{y}} vs {checkpoint} %{{x}}<br>{measure.label} %{{z:.4f}}<extra></extra>"
+                f"{rows} %{{y}} vs {columns} %{{x}}<br>{measure.label} %{{z:.4f}}<extra></extra>"
             ),
         )
     )
-    n = len(ev.layers)
     fig.update_layout(
         template="plotly_white",
-        height=max(340, 55 * n + 160),
-        xaxis={"title": f"layer of {checkpoint}", "tickangle": -30},
-        yaxis={"title": "layer of the dense model", "autorange": "reversed"},
+        height=max(340, 55 * len(layers) + 160),
+        xaxis={"title": f"layer of {columns}", "tickangle": -30},
+        yaxis={"title": f"layer of {rows}", "autorange": "reversed"},
         margin={"l": 100, "r": 20, "t": 30, "b": 90},
     )
     return fig
+
+
+def layer_pair_table(
+    values: np.ndarray | None, layers: Sequence[str], rows: str, columns: str,
+    matrix: str = "cka",
+) -> list[dict]:
+    """Rows (rows_checkpoint, rows_layer, columns_checkpoint, columns_layer, value)."""
+    measure = _choose(LAYER_MATRICES, matrix, "layer matrix")
+    if values is None:
+        return []
+    return [
+        {"rows_checkpoint": rows, "rows_layer": a, "columns_checkpoint": columns,
+         "columns_layer": b, measure.key: float(values[i, j])}
+        for i, a in enumerate(layers)
+        for j, b in enumerate(layers)
+    ]
+
+
+def dense_name(evaluation: Arrays | None) -> str | None:
+    """The name of the checkpoint an evaluation compares everything with."""
+    if evaluation is None or "checkpoint_names" not in evaluation:
+        return None
+    names = _strings(np.asarray(evaluation["checkpoint_names"]))
+    if "reference_id" in evaluation:
+        ids = np.asarray(evaluation["checkpoint_ids"]).tolist()
+        reference = int(np.asarray(evaluation["reference_id"]))
+        return names[ids.index(reference)] if reference in ids else None
+    roles = _strings(np.asarray(evaluation.get("checkpoint_roles", np.array([]))))
+    return names[roles.index("dense")] if "dense" in roles else None
+
+
+def checkpoint_id(evaluation: Arrays | None, name: str | None) -> int | None:
+    """The id of a checkpoint of an evaluation, by name."""
+    if evaluation is None or name is None or "checkpoint_names" not in evaluation:
+        return None
+    names = _strings(np.asarray(evaluation["checkpoint_names"]))
+    return int(np.asarray(evaluation["checkpoint_ids"])[names.index(name)]) if name in names \
+        else None
+
+
+def layer_by_layer_heatmap(
+    evaluation: Arrays | None, checkpoint: str, matrix: str = "cka"
+) -> go.Figure:
+    """CKA between every dense layer (y) and every layer of one checkpoint (x), annotated."""
+    measure = _choose(LAYER_MATRICES, matrix, "layer matrix")
+    try:
+        ev = _evaluation(evaluation, measure.key, square=True)
+        c = _index(ev.names, checkpoint, "checkpoint")
+    except _Missing as exc:
+        return empty_figure(str(exc))
+    return layer_pair_heatmap(ev.values[c], ev.layers, dense_name(evaluation) or "dense",
+                              checkpoint, matrix)
 
 
 def layer_by_layer_table(
@@ -625,7 +677,7 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 VIEW_KEYS = (
-    "metric", "checkpoint", "matrix", "complexity", "iou_layer", "neuron_layer",
+    "metric", "rows", "checkpoint", "matrix", "complexity", "iou_layer", "neuron_layer",
     "neuron_checkpoint",
 )
 
@@ -645,6 +697,7 @@ def layers_view_options(data: Mapping[str, Any]) -> dict[str, list[dict[str, str
         "metric": [_option(k, m.label.replace(" to dense", "")) for k, m in
                    SIMILARITY_METRICS.items()],
         "checkpoint": [_option(n) for n in names(evaluation, "checkpoint_names")],
+        "rows": [_option(n) for n in names(evaluation, "checkpoint_names")],
         "matrix": [_option(k, m.label) for k, m in LAYER_MATRICES.items()],
         "complexity": [_option(k, m.label) for k, m in COMPLEXITY_MEASURES.items()],
         "iou_layer": [_option(ALL_LAYERS, "all layers")]
@@ -684,6 +737,7 @@ def resolve_layers_view(
         "complexity": "effective_rank",
         "iou_layer": ALL_LAYERS,
         "checkpoint": sparsest,
+        "rows": dense_name((data or {}).get("evaluation")),
         "neuron_checkpoint": sparsest,
     }
     view: dict[str, str | None] = {}

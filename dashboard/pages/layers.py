@@ -17,10 +17,14 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from dashboard.figures.layers import (
     VIEW_KEYS,
+    checkpoint_id,
     complexity_by_layer,
     complexity_table,
+    dense_name,
     layer_by_layer_heatmap,
     layer_by_layer_table,
+    layer_pair_heatmap,
+    layer_pair_table,
     layers_view_options,
     layers_view_query,
     mask_iou_heatmap,
@@ -42,6 +46,7 @@ dash.register_page(
 # View key → the id of the control holding it.
 CONTROL_IDS = {
     "metric": "layers-metric",
+    "rows": "layers-rows",
     "checkpoint": "layers-checkpoint",
     "matrix": "layers-matrix",
     "complexity": "layers-complexity",
@@ -50,7 +55,7 @@ CONTROL_IDS = {
     "neuron_checkpoint": "layers-neuron-checkpoint",
 }
 # Controls whose choices come from the stored results and change when a new analysis lands.
-DATA_CONTROLS = ("checkpoint", "iou_layer", "neuron_layer", "neuron_checkpoint")
+DATA_CONTROLS = ("rows", "checkpoint", "iou_layer", "neuron_layer", "neuron_checkpoint")
 POLL_MS = 5000
 
 
@@ -144,19 +149,26 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
             html.Div(
                 [
                     _card(
-                        "Dense layer versus checkpoint layer",
-                        "CKA between every dense layer (rows) and every layer of one "
-                        "checkpoint (columns): off-diagonal weight means a layer now resembles "
-                        "another dense layer.",
+                        "Layer versus layer, any two checkpoints",
+                        "CKA between every layer of one checkpoint (rows, the dense model by "
+                        "default) and every layer of another (columns): off-diagonal weight "
+                        "means a layer now resembles another one. A pair without the dense "
+                        "model is computed on request.",
                         [
-                            _control("checkpoint", _dropdown(
-                                "checkpoint", options["checkpoint"], view["checkpoint"])),
+                            _control("rows", _dropdown(
+                                "rows", options["rows"], view["rows"], width="12rem")),
+                            _control("×", _dropdown(
+                                "checkpoint", options["checkpoint"], view["checkpoint"],
+                                width="12rem")),
                             dcc.RadioItems(
                                 id=CONTROL_IDS["matrix"],
                                 options=options["matrix"],
                                 value=view["matrix"],
                                 inline=True,
                             ),
+                            html.Button("Compute this pair", id="layers-compute-pair",
+                                        n_clicks=0, style={"display": "none"}),
+                            html.Span(id="layers-pair-message", className="muted"),
                         ],
                         "layer-heatmap", "heatmap-csv", "heatmap-download",
                     ),
@@ -311,16 +323,63 @@ def draw_metric(metric: str, _version: str, project_id: int):  # noqa: ANN201
     return _drawn(metric_vs_sparsity, data["evaluation"], metric or "cka")
 
 
+def _pair(project_id: int, rows: str | None, checkpoint: str | None,
+          matrix: str) -> tuple[Any, dict[str, Any] | None, bool]:
+    """(evaluation, the rows × checkpoint matrix if rows is not the evaluation's reference,
+    whether that pair still has to be computed)."""
+    evaluation = services.layer_analysis(project_id)["evaluation"]
+    if rows is None or rows == dense_name(evaluation) or checkpoint is None:
+        return evaluation, None, False
+    row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
+    if row_id is None or column_id is None:
+        return evaluation, None, False
+    found = services.layer_matrix(project_id, row_id, column_id, matrix)
+    return evaluation, found, found is None
+
+
 @callback(
     Output("layer-heatmap", "figure"),
+    Output("layers-compute-pair", "style"),
+    Input(CONTROL_IDS["rows"], "value"),
     Input(CONTROL_IDS["checkpoint"], "value"),
     Input(CONTROL_IDS["matrix"], "value"),
     Input("layers-version", "data"),
     State("layers-project-id", "data"),
 )
-def draw_heatmap(checkpoint: str | None, matrix: str, _version: str, project_id: int):  # noqa: ANN201
-    data = services.layer_analysis(project_id)
-    return _drawn(layer_by_layer_heatmap, data["evaluation"], checkpoint, matrix or "cka")
+def draw_heatmap(rows: str | None, checkpoint: str | None, matrix: str, _version: str,  # noqa: ANN201
+                 project_id: int):
+    matrix = matrix or "cka"
+    evaluation, found, missing = _pair(project_id, rows, checkpoint, matrix)
+    hidden, shown = {"display": "none"}, {"display": "inline-block"}
+    if found is None and not missing:
+        return _drawn(layer_by_layer_heatmap, evaluation, checkpoint, matrix), hidden
+    if missing:
+        layers = [str(v) for v in evaluation["layers"].tolist()]
+        message = (f"{rows} × {checkpoint} has not been computed yet: press “Compute this "
+                   "pair” (an analysis job over the two checkpoints).")
+        return _drawn(layer_pair_heatmap, None, layers, rows, checkpoint, matrix, message), shown
+    return _drawn(layer_pair_heatmap, found["values"], found["layers"], rows, checkpoint,
+                  matrix), hidden
+
+
+@callback(
+    Output("layers-pair-message", "children"),
+    Input("layers-compute-pair", "n_clicks"),
+    State(CONTROL_IDS["rows"], "value"),
+    State(CONTROL_IDS["checkpoint"], "value"),
+    State("layers-project-id", "data"),
+    prevent_initial_call=True,
+)
+def compute_pair(_n: int, rows: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
+    evaluation = services.layer_analysis(project_id)["evaluation"]
+    row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
+    if row_id is None or column_id is None:
+        return "Choose two checkpoints of the evaluation."
+    try:
+        job = services.request_layer_comparison(project_id, row_id, column_id)
+    except (services.InvalidInput, services.Conflict) as exc:
+        return f"Not queued: {exc}"
+    return f"Job #{job.id} queued; the heatmap appears when it finishes."
 
 
 @callback(
@@ -372,15 +431,20 @@ def download_metric(_n: int, metric: str, project_id: int):  # noqa: ANN201
 @callback(
     Output("heatmap-download", "data"),
     Input("heatmap-csv", "n_clicks"),
+    State(CONTROL_IDS["rows"], "value"),
     State(CONTROL_IDS["checkpoint"], "value"),
     State(CONTROL_IDS["matrix"], "value"),
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_heatmap(_n: int, checkpoint: str | None, matrix: str, project_id: int):  # noqa: ANN201
-    evaluation = services.layer_analysis(project_id)["evaluation"]
-    rows = layer_by_layer_table(evaluation, checkpoint, matrix)
-    return _csv(rows, f"project{project_id}-{matrix}-layers-{checkpoint}.csv")
+def download_heatmap(_n: int, rows: str | None, checkpoint: str | None, matrix: str,  # noqa: ANN201
+                     project_id: int):
+    evaluation, found, _missing = _pair(project_id, rows, checkpoint, matrix)
+    if found is not None:
+        table = layer_pair_table(found["values"], found["layers"], rows, checkpoint, matrix)
+        return _csv(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}.csv")
+    table = layer_by_layer_table(evaluation, checkpoint, matrix)
+    return _csv(table, f"project{project_id}-{matrix}-layers-{checkpoint}.csv")
 
 
 @callback(

@@ -14,10 +14,14 @@ from dashboard.figures.layers import (
     NO_MASKS,
     NO_NEURONS,
     SIMILARITY_METRICS,
+    checkpoint_id,
     complexity_by_layer,
     complexity_table,
+    dense_name,
     layer_by_layer_heatmap,
     layer_by_layer_table,
+    layer_pair_heatmap,
+    layer_pair_table,
     layers_view_options,
     layers_view_query,
     mask_iou_heatmap,
@@ -149,7 +153,7 @@ def test_layer_heatmap_puts_dense_layers_on_y_and_annotates_values():
     # z[i][j] is dense layer i (row, y) against the checkpoint's layer j (column, x).
     assert heatmap.text[0][2] == f"{ev['cka_layers'][1, 0, 2]:.2f}"
     assert heatmap.texttemplate == "%{text}"
-    assert fig.layout.yaxis.title.text == "layer of the dense model"
+    assert fig.layout.yaxis.title.text == "layer of dense"
     assert fig.layout.xaxis.title.text == "layer of mag-90"
     debiased = layer_by_layer_heatmap(ev, "dense", "cka_debiased").data[0]
     assert np.array_equal(np.asarray(debiased.z), ev["cka_debiased"][0])
@@ -320,7 +324,7 @@ def test_the_view_comes_from_the_url_with_defaults_for_what_it_lacks_or_gets_wro
     assert [o["label"] for o in options["iou_layer"]] == ["all layers", "conv", "fc"]
     default = resolve_layers_view({}, options, data)
     assert default == {
-        "metric": "cka", "checkpoint": "mag-90", "matrix": "cka",
+        "metric": "cka", "rows": "dense", "checkpoint": "mag-90", "matrix": "cka",
         "complexity": "effective_rank", "iou_layer": "all", "neuron_layer": "conv",
         "neuron_checkpoint": "mag-50",  # the sparsest (mag-90) has no neuron result here
     }
@@ -348,8 +352,9 @@ def test_layer_analysis_returns_the_newest_result_of_each_kind_read_only(setting
 
     pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
     assert services.layer_analysis(pid, settings) == {
-        "evaluation": None, "masks": None, "neurons": None,
-        "result_ids": {"evaluation": None, "masks": None, "neurons": None},
+        "evaluation": None, "masks": None, "neurons": None, "layer_comparison": None,
+        "result_ids": {"evaluation": None, "masks": None, "neurons": None,
+                       "layer_comparison": None},
     }
     store = services._store(settings)
 
@@ -370,8 +375,78 @@ def test_layer_analysis_returns_the_newest_result_of_each_kind_read_only(setting
     with session_scope(settings) as s:  # a result whose file has gone from the store
         s.add(AnalysisResult(project_id=pid, kind="neurons", artifact_digest="0" * 64))
     data = services.layer_analysis(pid, settings)
-    assert data["result_ids"] == {"evaluation": newest, "masks": masks, "neurons": None}
+    assert data["result_ids"] == {"evaluation": newest, "masks": masks, "neurons": None,
+                                  "layer_comparison": None}
     assert np.array_equal(data["evaluation"]["cka"], old["cka"]) and data["neurons"] is None
     with pytest.raises(ValueError, match="read-only"):
         data["evaluation"]["cka"][0, 0] = 5.0
     assert services.layer_analysis(pid, settings)["evaluation"]["cka"][0, 0] == old["cka"][0, 0]
+
+
+def test_a_layer_pair_heatmap_names_both_checkpoints_and_says_what_is_missing():
+    values = np.arange(9, dtype=float).reshape(3, 3) / 10
+    fig = layer_pair_heatmap(values, LAYERS, "mag-50", "rnd-50", "cka")
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), values)
+    assert fig.layout.yaxis.title.text == "layer of mag-50"
+    assert fig.layout.xaxis.title.text == "layer of rnd-50"
+    rows = layer_pair_table(values, LAYERS, "mag-50", "rnd-50")
+    assert len(rows) == 9 and rows[5] == {
+        "rows_checkpoint": "mag-50", "rows_layer": LAYERS[1], "columns_checkpoint": "rnd-50",
+        "columns_layer": LAYERS[2], "cka_layers": 0.5,
+    }
+    missing = layer_pair_heatmap(None, LAYERS, "a", "b", missing="press Compute")
+    assert missing.layout.annotations[0].text == "press Compute"
+    assert layer_pair_table(None, LAYERS, "a", "b") == []
+    with pytest.raises(ValueError, match="shape"):
+        layer_pair_heatmap(np.zeros((2, 2)), LAYERS, "a", "b")
+    ev = _evaluation()
+    assert dense_name(ev) == "dense" and checkpoint_id(ev, "mag-50") == 3
+    assert dense_name({**ev, "reference_id": np.array(2)}) == "mag-90"
+    assert checkpoint_id(ev, "nope") is None and dense_name(None) is None
+
+
+def test_layer_matrix_finds_a_pair_from_either_side_and_requests_missing_ones(settings, tmp_path):
+    from server import services
+    from server.db import session_scope
+    from server.schemas import ProjectCreate
+    from server.tables import AnalysisResult, Checkpoint
+
+    pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
+    store = services._store(settings)
+    with session_scope(settings) as s:
+        for i, role in enumerate(["dense", "pruned", "pruned"]):
+            s.add(Checkpoint(project_id=pid, name=f"c{i}", role=role, source="upload",
+                             artifact_digest="0" * 64, format="safetensors"))
+        s.flush()
+        ids = [c.id for c in s.query(Checkpoint).filter_by(project_id=pid).order_by(Checkpoint.id)]
+    matrix = np.arange(9, dtype=float).reshape(3, 3)
+
+    def add(kind: str, reference: int, members: list[int]) -> int:
+        path = tmp_path / f"{kind}-{reference}-{len(list(tmp_path.iterdir()))}.npz"
+        layers = np.stack([np.eye(3), matrix])
+        np.savez(path, checkpoint_ids=np.array(members), layers=np.array(LAYERS),
+                 reference_id=np.array(reference), cka_layers=layers, cka_debiased=layers / 2)
+        with session_scope(settings) as s:
+            row = AnalysisResult(project_id=pid, kind=kind, artifact_digest=store.put_file(path),
+                                 summary={"reference_id": reference})
+            s.add(row)
+            s.flush()
+            return row.id
+
+    assert services.layer_matrix(pid, ids[1], ids[2], "cka", settings) is None
+    result = add("layer_comparison", ids[1], [ids[1], ids[2]])
+    found = services.layer_matrix(pid, ids[1], ids[2], "cka", settings)
+    assert found["result_id"] == result and found["layers"] == LAYERS
+    np.testing.assert_array_equal(found["values"], matrix)
+    # Asked from the other side: CKA(A_i, B_j) = CKA(B_j, A_i), the transpose.
+    np.testing.assert_array_equal(
+        services.layer_matrix(pid, ids[2], ids[1], "cka_debiased", settings)["values"],
+        matrix.T / 2)
+    assert services.layer_matrix(pid, ids[0], ids[2], "cka", settings) is None
+    with pytest.raises(services.InvalidInput, match="matrix"):
+        services.layer_matrix(pid, ids[1], ids[2], "rbf", settings)
+    job = services.request_layer_comparison(pid, ids[2], ids[0], settings)
+    assert job.kind == "analyze" and job.params == {
+        "checkpoint_ids": [ids[2], ids[0]], "reference_checkpoint_id": ids[2], "neurons": False}
+    with pytest.raises(services.InvalidInput, match="do not belong"):
+        services.request_layer_comparison(pid, ids[2], 9999, settings)

@@ -103,6 +103,22 @@ def test_layers_page_draws_every_layer_and_a_copied_link_reopens_the_metric(
     finally:
         other.quit()
 
+    # Two pruned checkpoints against each other: not in the evaluation, computed on request.
+    # Pruned at 50 % and 95 % by the same method, some layers differ, each matches itself.
+    _choose(browser, "layers-rows", "magnitude_global-50")
+    _choose(browser, "layers-checkpoint", "magnitude_global-95")
+    _wait(browser, lambda d: "rows=magnitude_global-50" in d.current_url, message="rows in URL")
+    button = _wait(browser, lambda d: [b for b in d.find_elements("id", "layers-compute-pair")
+                                       if b.is_displayed()], message="compute button")[0]
+    button.click()
+    _wait(browser, lambda d: "queued" in d.find_element("id", "layers-pair-message").text,
+          message="job queued")
+    _wait(browser, lambda d: _y_title(d, "layer-heatmap") == "layer of magnitude_global-50",
+          timeout=180, message="the pair's heatmap")
+    pair = browser.execute_script(DECODED_Z.format(id="layer-heatmap"))
+    assert len(pair) == 4 and all(0.0 <= v <= 1.0 + 1e-9 for row in pair for v in row)
+    assert not browser.find_element("id", "layers-compute-pair").is_displayed()
+
 
 @pytest.fixture(scope="module")
 def minilm_server(tmp_path_factory):

@@ -54,8 +54,9 @@ def test_every_layer_pair_equals_the_full_data_metrics(digits_models) -> None:
             a, b = full[0][i], full[c][i]
             assert out["svcca"][c, i] == pytest.approx(svcca(a, b), abs=1e-6)
             # PWCCA weights single canonical directions, which are ill-determined where
-            # correlations nearly tie; the two routes agree to about 1e-6 there.
-            assert out["pwcca"][c, i] == pytest.approx(pwcca(a, b), abs=1e-5)
+            # correlations nearly tie: on the pruned conv1 the data-based route itself moves by
+            # up to 4.4e-5 when the rows are merely permuted, so the routes agree to 1e-4 there.
+            assert out["pwcca"][c, i] == pytest.approx(pwcca(a, b), abs=1e-4)
             assert out["procrustes"][c, i] == pytest.approx(procrustes_distance(a, b), abs=1e-8)
             spectrum = spectral_complexity(full[c][i])
             assert out["effective_rank"][c, i] == pytest.approx(spectrum.effective_rank)
@@ -137,3 +138,29 @@ def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> 
         first_len = int(enc["attention_mask"][0].sum())
         _, feats = layer_features(dense, Batch(dict(enc), torch.arange(len(texts))))
     torch.testing.assert_close(feats[-1][0], hidden[0, :first_len].mean(0))
+
+
+def test_minibatch_cka_is_offered_beside_the_exact_values(digits_models) -> None:
+    from workers.analyses.layers import minibatch_layer_cka
+    from workers.metrics.cka import hsic_unbiased
+
+    dense, pruned, x, y = digits_models
+    x = x[:300]
+    out = compare_layers([dense, pruned], tensor_batches(x, y[:300], 64), len(x),
+                         subsample=100, minibatch_cka=True)
+    alone = minibatch_layer_cka([dense, pruned], tensor_batches(x, None, 64))
+    np.testing.assert_allclose(out["cka_minibatch"], alone, rtol=1e-12)
+    full = [_full_features(dense, x), _full_features(pruned, x)]
+    for c in range(2):
+        for i in range(4):
+            for j in range(4):
+                terms = np.zeros(3)
+                for s in range(0, len(x), 64):
+                    k = full[0][i][s : s + 64] @ full[0][i][s : s + 64].T
+                    m = full[c][j][s : s + 64] @ full[c][j][s : s + 64].T
+                    terms += [hsic_unbiased(k, m), hsic_unbiased(k, k), hsic_unbiased(m, m)]
+                expected = terms[0] / np.sqrt(terms[1] * terms[2])
+                assert out["cka_minibatch"][c, i, j] == pytest.approx(expected, rel=1e-8)
+    # An estimate, not the exact value: close to it on these 300 digits, not equal.
+    assert np.abs(out["cka_minibatch"] - out["cka_debiased"]).max() < 0.1
+    assert not np.allclose(out["cka_minibatch"], out["cka_debiased"], atol=1e-6)

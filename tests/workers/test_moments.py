@@ -31,8 +31,9 @@ def _representations() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     return ref, others
 
 
-def _accumulate(ref, others, batch: int = 64) -> MomentAccumulator:  # noqa: ANN001
-    acc = MomentAccumulator([a.shape[1] for a in ref], [[a.shape[1] for a in o] for o in others])
+def _accumulate(ref, others, batch: int = 64, fold_rows: int = 256) -> MomentAccumulator:  # noqa: ANN001
+    acc = MomentAccumulator([a.shape[1] for a in ref], [[a.shape[1] for a in o] for o in others],
+                            fold_rows=fold_rows)
     x = torch.from_numpy(np.concatenate(ref, 1))
     ys = [torch.from_numpy(np.concatenate(o, 1)) for o in others]
     for start in range(0, N, batch):
@@ -160,3 +161,20 @@ def test_layers_of_the_reference_compare_with_each_other(streamed) -> None:
         linear_cka(ref[0], ref[1], debiased=True), abs=1e-9
     )
     assert acc.self_debiased_cka(1, 1) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("fold_rows", [1, 100, 10_000])
+def test_folding_buffered_batches_changes_no_sum(streamed, fold_rows: int) -> None:
+    """Batches wait in a buffer and fold `fold_rows` at a time; every read-out folds what is
+    left, so the sums are the same whether a fold follows each batch or one holds them all."""
+    ref, others, acc = streamed
+    other = _accumulate(ref, others, batch=37, fold_rows=fold_rows)
+    for layer in range(len(ref)):
+        np.testing.assert_allclose(other.scatter(0, layer), acc.scatter(0, layer), rtol=1e-10,
+                                   atol=1e-8)
+        for j in range(len(others[0])):
+            np.testing.assert_allclose(other.cross_scatter(1, layer, j),
+                                       acc.cross_scatter(1, layer, j), rtol=1e-10, atol=1e-8)
+            assert other.debiased_cka(1, layer, j) == pytest.approx(acc.debiased_cka(1, layer, j),
+                                                                    abs=1e-10)
+    assert other.n == acc.n == N

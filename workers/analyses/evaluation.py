@@ -113,14 +113,18 @@ def evaluate_checkpoints(
     *,
     batch_size: int = 256,
     conv_pooling: str = "mean",
+    reference_id: int | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, np.ndarray]:
-    """Accuracy, predictions and the layer statistics of every checkpoint against the dense one.
+    """Accuracy, predictions and the layer statistics of every checkpoint against a reference.
 
-    Exactly one checkpoint must have role "dense" (else JobInputError); it is the reference.
+    The reference is the checkpoint with id `reference_id` when given (layer × layer matrices
+    between any two checkpoints), else the one checkpoint with role "dense" (JobInputError
+    if there is not exactly one).
     Returns arrays ready for `np.savez` (no object arrays), rows in the order of `checkpoints`:
 
     - checkpoint_ids int64 [C], checkpoint_names, checkpoint_roles, checkpoint_methods str [C]
+    - reference_id int64 (0-d): the id of the checkpoint the layer statistics compare with
     - sparsity float64 [C]: measured sparsity over the prunable weights
     - accuracy float64 [C]: top-1 test accuracy (NaN for models without a classifier head)
     - predictions int64 [C, N] (−1 without logits); labels int64 [N]
@@ -129,7 +133,16 @@ def evaluate_checkpoints(
       [C, L, L] matrix, stored under "cka_layers" since "cka" keeps the diagonal)
     """
     progress = progress or _no_progress
-    dense_ref = _dense_checkpoint(checkpoints)
+    if reference_id is None:
+        dense_ref = _dense_checkpoint(checkpoints)
+    else:
+        found = [c for c in checkpoints if c.id == reference_id]
+        if not found:
+            raise JobInputError(
+                f"reference checkpoint {reference_id} is not among the checkpoints analysed "
+                f"({[c.id for c in checkpoints]}); include it in checkpoint_ids"
+            )
+        dense_ref = found[0]
     models = []
     for i, ref in enumerate(checkpoints):
         progress(0.05 * i / len(checkpoints), f"loading {ref.name!r}")
@@ -156,6 +169,7 @@ def evaluate_checkpoints(
     out["cka_layers"] = out.pop("cka")
     return {
         "checkpoint_ids": np.array([c.id for c in checkpoints], dtype=np.int64),
+        "reference_id": np.array(dense_ref.id, dtype=np.int64),
         "checkpoint_names": np.array([c.name for c in checkpoints], dtype=np.str_),
         "checkpoint_roles": np.array([c.role for c in checkpoints], dtype=np.str_),
         "checkpoint_methods": np.array([c.method or "" for c in checkpoints], dtype=np.str_),

@@ -36,8 +36,10 @@ import torch
 from torch import nn
 
 from models.capture import capture_layer_outputs
+from workers.metrics.cka import MinibatchCKAAccumulator
 from workers.metrics.moments import (
     MomentAccumulator,
+    eigen_decomposition,
     linear_cka_from_scatter,
     procrustes_from_scatter,
     pwcca_from_scatter,
@@ -157,6 +159,7 @@ def compare_layers(
     names: Sequence[str] | None = None,
     conv_pooling: str = "mean",
     subsample: int = 2000,
+    minibatch_cka: bool = False,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, np.ndarray]:
@@ -170,6 +173,9 @@ def compare_layers(
     - cka_diag, cka_debiased_diag, svcca, pwcca, procrustes float64 [C, L]: same layer
     - effective_rank, participation_ratio, dims_99, twonn float64 [C, L]
     - predictions int64 [C, N] (−1 where a model has no logits), labels int64 [N] (−1 if none)
+    - with `minibatch_cka`: cka_minibatch float64 [C, L, L], Nguyen et al.'s minibatch
+      estimate over the given batches (`cka.MinibatchCKAAccumulator`), an estimate labelled as
+      such beside the exact values, for comparison with tools that report it
     All models must expose the same layer names (one architecture).
     """
     from workers.metrics.complexity import (
@@ -197,11 +203,12 @@ def compare_layers(
     in_sample = np.zeros(num_examples, dtype=bool)
     in_sample[subsample_indices(num_examples, subsample)] = True
     accumulator: MomentAccumulator | None = None
+    minibatch = MinibatchCKAAccumulator(len(layers), [len(layers)] * len(models))
     with torch.inference_mode():
         for b, batch in enumerate(batches):
             inputs = _to(batch.inputs, device)
             rows = torch.from_numpy(in_sample[batch.index.numpy()]).to(device)
-            feats = []
+            feats, per_model = [], []
             for i in order:
                 logits, per_layer = layer_features(
                     models[i], Batch(inputs, batch.index), conv_pooling=conv_pooling
@@ -210,6 +217,7 @@ def compare_layers(
                     predictions[i, batch.index.numpy()] = logits.argmax(-1).cpu().numpy()
                 widths[i] = [f.shape[1] for f in per_layer]
                 feats.append(torch.cat(per_layer, 1))
+                per_model.append(per_layer)
                 for j, f in enumerate(per_layer):
                     samples[i][j].append(f[rows].double().cpu())
             if batch.labels is not None:
@@ -219,20 +227,30 @@ def compare_layers(
                     widths[reference].tolist(), [widths[i].tolist() for i in order[1:]], device
                 )
             accumulator.update(feats[0], feats[1:])
+            if minibatch_cka:
+                minibatch.update(per_model[0], [per_model[order.index(i)]
+                                                for i in range(len(models))])
             progress((b + 1) / len(batches), f"batch {b + 1}/{len(batches)} through "
                      f"{len(models)} models")
     if accumulator is None:
         raise ValueError("the evaluation set is empty")
+    accumulator.finish()
 
     c, n_layers = len(models), len(layers)
     out = {key: np.zeros((c, n_layers, n_layers)) for key in ("cka", "cka_debiased")}
     diag_keys = ("svcca", "pwcca", "procrustes", "effective_rank", "participation_ratio",
                  "dims_99", "twonn")
     out.update({key: np.zeros((c, n_layers)) for key in diag_keys})
+    n = accumulator.n
+    # One eigen-decomposition per (model, layer) feeds its complexity, SVCCA and PWCCA.
+    ref_scatter = [accumulator.scatter(0, j) for j in range(n_layers)]
+    ref_eig = [eigen_decomposition(s) for s in ref_scatter]
     for slot, i in enumerate(order):
+        scatters = ref_scatter if slot == 0 else [accumulator.scatter(slot, j)
+                                                  for j in range(n_layers)]
+        eigs = ref_eig if slot == 0 else [eigen_decomposition(s) for s in scatters]
         for j in range(n_layers):
-            scatter = accumulator.scatter(slot, j)
-            stats = complexity_from_covariance(scatter / accumulator.n, accumulator.n)
+            stats = complexity_from_covariance(scatters[j] / n, n, eigenvalues=eigs[j][0] / n)
             out["effective_rank"][i, j] = stats.effective_rank
             out["participation_ratio"][i, j] = stats.participation_ratio
             out["dims_99"][i, j] = stats.variance_directions
@@ -243,24 +261,61 @@ def compare_layers(
             except ValueError:
                 out["twonn"][i, j] = np.nan
         for ref_layer in range(n_layers):
-            sxx = accumulator.scatter(0, ref_layer)
+            sxx = ref_scatter[ref_layer]
             for j in range(n_layers):
                 if slot == 0:
                     sxy = accumulator.self_cross_scatter(ref_layer, j)
-                    syy = accumulator.scatter(0, j)
                     debiased = accumulator.self_debiased_cka(ref_layer, j)
                 else:
                     sxy = accumulator.cross_scatter(slot, ref_layer, j)
-                    syy = accumulator.scatter(slot, j)
                     debiased = accumulator.debiased_cka(slot, ref_layer, j)
-                out["cka"][i, ref_layer, j] = linear_cka_from_scatter(sxy, sxx, syy)
+                out["cka"][i, ref_layer, j] = linear_cka_from_scatter(sxy, sxx, scatters[j])
                 out["cka_debiased"][i, ref_layer, j] = debiased
-                if ref_layer == j:
-                    out["svcca"][i, j] = svcca_from_scatter(sxy, sxx, syy)
-                    out["pwcca"][i, j] = pwcca_from_scatter(sxy, sxx, syy)
-                    out["procrustes"][i, j] = procrustes_from_scatter(sxy, sxx, syy)
+                if ref_layer != j:
+                    continue
+                if slot == 0:
+                    # The reference against itself: identical representations, by definition.
+                    # SVCCA, PWCCA = 1 and Procrustes = 0 where the layer varies at all
+                    # (a layer without variance gets 0 and 2, as the metrics define).
+                    varies = float(np.trace(sxx)) > 0
+                    out["svcca"][i, j] = out["pwcca"][i, j] = 1.0 if varies else 0.0
+                    out["procrustes"][i, j] = 0.0 if varies else 2.0
+                    continue
+                eig = {"eig_x": ref_eig[j], "eig_y": eigs[j]}
+                out["svcca"][i, j] = svcca_from_scatter(sxy, sxx, scatters[j], **eig)
+                out["pwcca"][i, j] = pwcca_from_scatter(sxy, sxx, scatters[j], **eig)
+                out["procrustes"][i, j] = procrustes_from_scatter(sxy, sxx, scatters[j])
     out["cka_diag"] = np.einsum("cii->ci", out["cka"]).copy()
     out["cka_debiased_diag"] = np.einsum("cii->ci", out["cka_debiased"]).copy()
+    if minibatch_cka:
+        out["cka_minibatch"] = np.stack(minibatch.values())
     out.update(layers=np.array(layers, dtype=np.str_), widths=widths,
                predictions=predictions, labels=labels)
     return out
+
+
+def minibatch_layer_cka(
+    models: Sequence[nn.Module],
+    batches: Sequence[Batch],
+    *,
+    reference: int = 0,
+    conv_pooling: str = "mean",
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Only the minibatch CKA matrices [C, L, L] of `compare_layers(minibatch_cka=True)`: every
+    model on every batch, each batch's Grams folded at once (the cost a minibatch-CKA tool
+    pays, measured like for like in bench/layer_divergence.py)."""
+    if conv_pooling not in CONV_POOLINGS:
+        raise ValueError(f"conv_pooling must be one of {CONV_POOLINGS}, got {conv_pooling!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    layers = layer_names(models[reference])
+    for model in models:
+        model.to(device).eval()
+    minibatch = MinibatchCKAAccumulator(len(layers), [len(layers)] * len(models))
+    with torch.inference_mode():
+        for batch in batches:
+            inputs = _to(batch.inputs, device)
+            per_model = [layer_features(m, Batch(inputs, batch.index),
+                                        conv_pooling=conv_pooling)[1] for m in models]
+            minibatch.update(per_model[reference], per_model)
+    return np.stack(minibatch.values())

@@ -156,7 +156,8 @@ def spectral_complexity(
 
 
 def complexity_from_covariance(
-    cov: Any, n: int | None = None, *, fraction: float = 0.99, mean: Any = None
+    cov: Any, n: int | None = None, *, fraction: float = 0.99, mean: Any = None,
+    eigenvalues: Any = None,
 ) -> SpectralComplexity:
     """The spectral measures from a p × p covariance (or second-moment) matrix of n examples.
 
@@ -165,7 +166,7 @@ def complexity_from_covariance(
     values, and RankMe's ε counts each; n=None keeps all p (the same when n ≥ p). Pass the
     feature means as `mean` to let a covariance
     whose trace is rounding noise next to ‖mean‖² count as "no variance"; without it only a
-    trace ≤ 0 does.
+    trace ≤ 0 does. `eigenvalues`: those of cov (any order) when already computed.
     """
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
@@ -179,7 +180,9 @@ def complexity_from_covariance(
     raw = trace if mean is None else trace + float(np.sum(np.square(mean)))
     if not trace > _CONSTANT_RTOL * raw or trace <= 0:
         return _summary(np.zeros(keep), fraction)
-    return _summary(_clean_spectrum(np.linalg.eigvalsh((cov + cov.T) / 2), keep), fraction)
+    if eigenvalues is None:
+        eigenvalues = np.linalg.eigvalsh((cov + cov.T) / 2)
+    return _summary(_clean_spectrum(np.sort(np.asarray(eigenvalues, np.float64)), keep), fraction)
 
 
 def complexity_from_gram(gram: Any, p: int, *, fraction: float = 0.99) -> SpectralComplexity:

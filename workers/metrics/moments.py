@@ -52,6 +52,16 @@ class MomentAccumulator:
     `update(reference, others)` takes, for one batch, a (batch, P) tensor of the reference
     model's concatenated layer features and a list of (batch, Q_m) tensors, one per other
     model. Widths are fixed by `reference_widths` and `other_widths` (per layer).
+
+    Two choices keep the cost near the arithmetic it cannot avoid:
+    - batches are buffered (in their own dtype) and folded `fold_rows` examples at a time: a
+      p × p sum updated from a batch of b rows moves 16·p² bytes for 2·b·p² flops, so small
+      batches (32 sentences through MiniLM's 7 × 384 hidden states) leave the update bound by
+      memory traffic; folding ≥ 256 rows at once makes it bound by arithmetic. Exactness is
+      unchanged (the same sums, in float64).
+    - only the reference keeps Σ z zᵀ across all its layers (the reference-vs-itself layer ×
+      layer matrix needs it); another model keeps one block per layer, since only its
+      same-layer covariances are ever read, with its cross products against the reference.
     """
 
     def __init__(
@@ -59,17 +69,27 @@ class MomentAccumulator:
         reference_widths: Sequence[int],
         other_widths: Sequence[Sequence[int]],
         device: torch.device | str = "cpu",
+        *,
+        fold_rows: int = 256,
     ) -> None:
         self.device = torch.device(device)
+        self.fold_rows = max(1, int(fold_rows))
         self.ref_blocks = blocks(reference_widths)
         self.other_blocks = [blocks(w) for w in other_widths]
         widths = [sum(reference_widths), *[sum(w) for w in other_widths]]
         layer_counts = [len(reference_widths), *[len(w) for w in other_widths]]
         f64 = {"dtype": torch.float64, "device": self.device}
         self.n = 0
+        self._pending: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        self._pending_rows = 0
         self.shift: list[torch.Tensor | None] = [None] * len(widths)
         self.sum = [torch.zeros(p, **f64) for p in widths]
-        self.gram = [torch.zeros(p, p, **f64) for p in widths]  # Σ z zᵀ per model
+        # Σ z zᵀ: the reference's whole matrix, one block per layer for the others
+        self.gram_ref = torch.zeros(widths[0], widths[0], **f64)
+        self.gram_blocks = [
+            [torch.zeros(b.stop - b.start, b.stop - b.start, **f64) for b in model_blocks]
+            for model_blocks in self.other_blocks
+        ]
         # Σ ‖z_ℓ‖² z and Σ ‖z_ℓ‖² ‖z_ℓ'‖² per model (for debiased CKA's normalisers)
         self.norm_z = [torch.zeros(k, p, **f64) for k, p in zip(layer_counts, widths, strict=True)]
         self.norm_norm = [torch.zeros(k, k, **f64) for k in layer_counts]
@@ -88,9 +108,13 @@ class MomentAccumulator:
         z = z - self.shift[index]
         norms = torch.stack([(z[:, b.start : b.stop] ** 2).sum(1) for b in layer_blocks], 1)
         self.sum[index] += z.sum(0)
-        # In place: `+= a @ b` allocates a p × p temporary per batch, and on wide layers that
-        # memory traffic, not the arithmetic, dominated the update (4.6× slower on MiniLM).
-        self.gram[index].addmm_(z.T, z)
+        # In place: `+= a @ b` allocates a p × p temporary per fold.
+        if index == 0:
+            self.gram_ref.addmm_(z.T, z)
+        else:
+            for gram, b in zip(self.gram_blocks[index - 1], layer_blocks, strict=True):
+                zb = z[:, b.start : b.stop]
+                gram.addmm_(zb.T, zb)
         self.norm_z[index].addmm_(norms.T, z)
         self.norm_norm[index].addmm_(norms.T, norms)
         self.norm_sum[index] += norms.sum(0)
@@ -99,10 +123,24 @@ class MomentAccumulator:
     def update(self, reference: torch.Tensor, others: Sequence[torch.Tensor]) -> None:
         if len(others) != len(self.other_blocks):
             raise ValueError(f"expected {len(self.other_blocks)} other models, got {len(others)}")
+        rows = reference.shape[0]
+        if any(y.shape[0] != rows for y in others):
+            raise ValueError("every model must see the same examples in a batch")
+        flat = lambda t: t.detach().reshape(rows, -1)  # noqa: E731
+        self._pending.append((flat(reference), [flat(y) for y in others]))
+        self._pending_rows += rows
+        if self._pending_rows >= self.fold_rows:
+            self._fold()
+
+    @torch.inference_mode()
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        reference = torch.cat([r for r, _ in self._pending])
+        others = [torch.cat([o[m] for _, o in self._pending]) for m in range(len(self.cross))]
+        self._pending, self._pending_rows = [], 0
         x, x_norms = self._prepare(0, reference, self.ref_blocks)
         for m, y in enumerate(others):
-            if y.shape[0] != x.shape[0]:
-                raise ValueError("every model must see the same examples in a batch")
             y, y_norms = self._prepare(m + 1, y, self.other_blocks[m])
             self.cross[m].addmm_(x.T, y)
             self.xnorm_y[m].addmm_(x_norms.T, y)
@@ -110,21 +148,34 @@ class MomentAccumulator:
             self.xnorm_ynorm[m].addmm_(x_norms.T, y_norms)
         self.n += x.shape[0]
 
+    def finish(self) -> MomentAccumulator:
+        """Fold what is still buffered; read-outs call it, so calling it is optional."""
+        self._fold()
+        return self
+
     # ---------------------------------------------------------------- read-out
 
     def _model_blocks(self, model: int) -> list[Block]:
         return self.ref_blocks if model == 0 else self.other_blocks[model - 1]
 
+    def _gram_block(self, model: int, layer: int) -> torch.Tensor:
+        self._fold()
+        if model == 0:
+            b = self.ref_blocks[layer]
+            return self.gram_ref[b.start : b.stop, b.start : b.stop]
+        return self.gram_blocks[model - 1][layer]
+
     def scatter(self, model: int, layer: int) -> np.ndarray:
         """Centred scatter Σ (z−μ)(z−μ)ᵀ of one model's layer (model 0 is the reference)."""
         b = self._model_blocks(model)[layer]
+        g = self._gram_block(model, layer)
         s = self.sum[model][b.start : b.stop]
-        g = self.gram[model][b.start : b.stop, b.start : b.stop]
         return (g - torch.outer(s, s) / self.n).cpu().numpy()
 
     def cross_scatter(self, other: int, ref_layer: int, other_layer: int) -> np.ndarray:
         """Centred Σ (x−μx)(y−μy)ᵀ between a reference layer and a layer of other model `other`
         (1-based, as in `scatter`)."""
+        self._fold()
         bx, by = self.ref_blocks[ref_layer], self.other_blocks[other - 1][other_layer]
         sx = self.sum[0][bx.start : bx.stop]
         sy = self.sum[other][by.start : by.stop]
@@ -133,16 +184,17 @@ class MomentAccumulator:
 
     def self_cross_scatter(self, layer_i: int, layer_j: int) -> np.ndarray:
         """Centred cross scatter between two layers of the reference model itself."""
+        self._fold()
         bi, bj = self.ref_blocks[layer_i], self.ref_blocks[layer_j]
-        s, g = self.sum[0], self.gram[0]
+        s, g = self.sum[0], self.gram_ref
         block = g[bi.start : bi.stop, bj.start : bj.stop]
         outer = torch.outer(s[bi.start : bi.stop], s[bj.start : bj.stop])
         return (block - outer / self.n).cpu().numpy()
 
     def _self_hsic_terms(self, model: int, layer: int) -> tuple[float, float, float]:
         b = self._model_blocks(model)[layer]
+        g = self._gram_block(model, layer)
         s = self.sum[model][b.start : b.stop]
-        g = self.gram[model][b.start : b.stop, b.start : b.stop]
         nz = self.norm_z[model][layer, b.start : b.stop]
         norm = float(self.norm_sum[model][layer])
         return _hsic_terms(
@@ -162,6 +214,7 @@ class MomentAccumulator:
 
     def debiased_cka(self, other: int, ref_layer: int, other_layer: int) -> float:
         """Debiased linear CKA (unbiased HSIC, Song et al. 2012) from the streamed sums."""
+        self._fold()
         bx, by = self.ref_blocks[ref_layer], self.other_blocks[other - 1][other_layer]
         sx = self.sum[0][bx.start : bx.stop]
         sy = self.sum[other][by.start : by.stop]
@@ -177,10 +230,11 @@ class MomentAccumulator:
 
     def self_debiased_cka(self, layer_i: int, layer_j: int) -> float:
         """Debiased CKA between two layers of the reference model itself."""
+        self._fold()
         bi, bj = self.ref_blocks[layer_i], self.ref_blocks[layer_j]
         si = self.sum[0][bi.start : bi.stop]
         sj = self.sum[0][bj.start : bj.stop]
-        c = self.gram[0][bi.start : bi.stop, bj.start : bj.stop]
+        c = self.gram_ref[bi.start : bi.stop, bj.start : bj.stop]
         xy = _hsic_terms(
             float((c**2).sum()), float(self.norm_norm[0][layer_i, layer_j]), float(si @ si),
             float(sj @ sj), float(self.norm_sum[0][layer_i]), float(self.norm_sum[0][layer_j]),
@@ -248,11 +302,25 @@ def procrustes_from_scatter(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -
     return float(max(value, 0.0))  # rounding can dip a hair below 0 for identical inputs
 
 
-def _principal(scatter: np.ndarray, keep_variance: float | None) -> tuple[np.ndarray, np.ndarray]:
+Eigen = tuple[np.ndarray, np.ndarray]
+
+
+def eigen_decomposition(scatter: np.ndarray) -> Eigen:
+    """(values, vectors) of a symmetric scatter matrix, largest first.
+
+    SVCCA, PWCCA and the complexity measures of one layer all start from it; an analysis
+    computes it once per (model, layer) and passes it on as `eig_x` / `eig_y`.
+    """
+    values, vectors = np.linalg.eigh((scatter + scatter.T) / 2)
+    return values[::-1], vectors[:, ::-1]
+
+
+def _principal(
+    scatter: np.ndarray, keep_variance: float | None, eig: Eigen | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of a scatter matrix, largest first, trimmed to the numerical rank
     and (if given) to the fewest directions explaining `keep_variance` of the variance."""
-    values, vectors = np.linalg.eigh((scatter + scatter.T) / 2)
-    values, vectors = values[::-1], vectors[:, ::-1]
+    values, vectors = eig if eig is not None else eigen_decomposition(scatter)
     keep = values > _RANK_RTOL * max(values[0], 0.0) if values.size and values[0] > 0 else []
     values, vectors = values[keep], vectors[:, keep]
     if keep_variance is not None and values.size:
@@ -263,7 +331,8 @@ def _principal(scatter: np.ndarray, keep_variance: float | None) -> tuple[np.nda
 
 
 def canonical_correlations_from_scatter(
-    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float | None = None
+    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float | None = None,
+    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ρ, A, B): canonical correlations, largest first, and both sides' directions.
 
@@ -271,10 +340,11 @@ def canonical_correlations_from_scatter(
     directions explaining `keep_variance`, as SVCCA's first step), the correlations are the
     singular values of Λx^{-1/2} Uxᵀ Sxy Uy Λy^{-1/2}. A (p × kx) and B (q × ky) map centred
     x and y to their unit-norm canonical variates (the first len(ρ) columns pair up). Empty
-    arrays when either side has no variance.
+    arrays when either side has no variance. `eig_x`/`eig_y`: `eigen_decomposition` of Sxx
+    and Syy when already computed.
     """
-    lx, ux = _principal(sxx, keep_variance)
-    ly, uy = _principal(syy, keep_variance)
+    lx, ux = _principal(sxx, keep_variance, eig_x)
+    ly, uy = _principal(syy, keep_variance, eig_y)
     if lx.size == 0 or ly.size == 0:
         return np.zeros(0), np.zeros((sxx.shape[0], 0)), np.zeros((syy.shape[0], 0))
     wx = ux / np.sqrt(lx)
@@ -284,16 +354,22 @@ def canonical_correlations_from_scatter(
 
 
 def svcca_from_scatter(
-    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float = 0.99
+    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float = 0.99,
+    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
 ) -> float:
     """SVCCA (Raghu et al. 2017): keep each side's top principal directions explaining 99 % of
     the variance, then the mean canonical correlation between the two subspaces. 0.0 when
     either side has no variance."""
-    rho, _, _ = canonical_correlations_from_scatter(sxy, sxx, syy, keep_variance=keep_variance)
+    rho, _, _ = canonical_correlations_from_scatter(
+        sxy, sxx, syy, keep_variance=keep_variance, eig_x=eig_x, eig_y=eig_y
+    )
     return float(rho.mean()) if rho.size else 0.0
 
 
-def pwcca_from_scatter(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -> float:
+def pwcca_from_scatter(
+    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *,
+    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
+) -> float:
     """PWCCA (Morcos, Raghu & Bengio 2018): canonical correlations weighted by how much of a
     representation each canonical variate accounts for.
 
@@ -304,7 +380,7 @@ def pwcca_from_scatter(sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray) -> flo
     directions inside the tie are ill-determined and |⟨h_i, x_j⟩| is not rotation invariant,
     so equivalent computations (other batching, data vs moments) agree to about 1e-4 there.
     """
-    rho, a, b = canonical_correlations_from_scatter(sxy, sxx, syy)
+    rho, a, b = canonical_correlations_from_scatter(sxy, sxx, syy, eig_x=eig_x, eig_y=eig_y)
     if rho.size == 0:
         return 0.0
     k = rho.size
