@@ -43,3 +43,66 @@ def parse_sparsities(text: str | None) -> list[float]:
     if not values:
         raise ValueError("give at least one sparsity, e.g. 0.5, 0.8, 0.95")
     return sorted(set(values))
+
+
+def encode_selection(indices: list[int] | None, n: int) -> str:
+    """Selected example positions as a short URL-safe text.
+
+    Runs of consecutive positions as ranges ("3-7.10.15-20", '.' between parts) when that is
+    short; otherwise "z" + URL-safe base64 of the zlib-compressed bitset of the n examples,
+    whose length stays near n/8 bytes at worst (a lasso over 27,000 points fits in a URL).
+    Empty or None → "".
+    """
+    import base64
+    import zlib
+
+    import numpy as np
+
+    if not indices:
+        return ""
+    values = np.unique(np.asarray(indices, dtype=np.int64))
+    values = values[(values >= 0) & (values < n)]
+    if values.size == 0:
+        return ""
+    breaks = np.flatnonzero(np.diff(values) != 1)
+    starts = np.concatenate([[values[0]], values[breaks + 1]])
+    stops = np.concatenate([values[breaks], [values[-1]]])
+    ranges = ".".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, stops, strict=True))
+    bits = np.zeros(n, dtype=bool)
+    bits[values] = True
+    packed = "z" + base64.urlsafe_b64encode(zlib.compress(np.packbits(bits).tobytes(), 9)) \
+        .decode("ascii").rstrip("=")
+    return ranges if len(ranges) <= len(packed) else packed
+
+
+def decode_selection(text: str | None, n: int) -> list[int]:
+    """The positions `encode_selection` wrote; anything unreadable or out of range is dropped
+    (a hand-edited link gives a smaller selection, never an error)."""
+    import base64
+    import binascii
+    import zlib
+
+    import numpy as np
+
+    text = (text or "").strip()
+    if not text or n <= 0:
+        return []
+    if text.startswith("z"):
+        body = text[1:] + "=" * (-len(text[1:]) % 4)
+        try:
+            raw = zlib.decompressobj().decompress(base64.urlsafe_b64decode(body), (n + 7) // 8)
+        except (binascii.Error, ValueError, zlib.error):
+            return []
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:n]
+        return np.flatnonzero(bits).tolist()
+    out: set[int] = set()
+    for part in text.split("."):
+        low, _, high = part.partition("-")
+        try:
+            a, b = int(low), int(high or low)
+        except ValueError:
+            continue
+        a, b = max(a, 0), min(b, n - 1)
+        if b >= a:
+            out.update(range(a, b + 1))
+    return sorted(out)

@@ -31,6 +31,8 @@ class DemoProject:
     # Where the dense checkpoint comes from: a train job (train_params), or a folder on disk
     # packed and uploaded like a user's archive.
     dense_folder: Callable[[], Path] | None = None
+    # Whether the demo also computes the Geometry page's result (classifiers only).
+    geometry: bool = False
 
 
 def _minilm_folder() -> Path:
@@ -48,6 +50,19 @@ DIGITS = DemoProject(
     train_params={"epochs": 30, "seed": 0, "name": "dense"},
     methods=("magnitude_global", "random"),
     sparsities=(0.5, 0.8, 0.95),
+    geometry=True,
+)
+
+DIGITS_AUGMENTED = DemoProject(
+    name="digits-augmented",
+    description="The digits CNN at scale: 27,000 shifted, noisy copies of the test digits "
+    "(the noise level is each example's group), pruned by global magnitude and at random.",
+    architecture="cnn_small",
+    dataset="digits_augmented",
+    train_params={"epochs": 6, "seed": 0, "name": "dense"},
+    methods=("magnitude_global", "random"),
+    sparsities=(0.5, 0.8),
+    geometry=True,
 )
 
 MINILM = DemoProject(
@@ -63,7 +78,7 @@ MINILM = DemoProject(
     dense_folder=_minilm_folder,
 )
 
-DEMO_PROJECTS = (DIGITS, MINILM)
+DEMO_PROJECTS = (DIGITS, DIGITS_AUGMENTED, MINILM)
 # `PRUNESCOPE_DEMO_PROJECTS=digits-cnn` limits the demo to the named projects (tests use it).
 DEMO_SELECTION_ENV = "PRUNESCOPE_DEMO_PROJECTS"
 
@@ -157,6 +172,16 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
                 settings,
             )
         )
+    if demo.geometry:
+        done = [r for r in services.list_results(project.id, settings) if r.kind == "geometry"]
+        current = done and set(map(int, done[-1].summary.get("accuracy", {}))) >= {
+            c.id for c in checkpoints.values()
+        }
+        if (queued or not current) and active_job("geometry") is None:
+            queued.append(services.submit_job(
+                project.id, JobCreate(kind="geometry", depends_on=upstream + prune_jobs),
+                settings,
+            ))
     return project.id, queued
 
 

@@ -14,7 +14,7 @@ class Health(BaseModel):
     database: str
 
 
-BuiltinDatasetName = Literal["digits", "english_sentences"]
+BuiltinDatasetName = Literal["digits", "digits_augmented", "english_sentences"]
 
 
 class DatasetChoice(BaseModel):
@@ -126,7 +126,7 @@ class CheckpointsPublic(BaseModel):
     count: int
 
 
-JobKind = Literal["train", "prune", "analyze"]
+JobKind = Literal["train", "prune", "analyze", "geometry"]
 
 
 class JobCreate(BaseModel):

@@ -513,6 +513,15 @@ def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> 
             raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")
         if any(j.kind == "prune" and _pruned_name(j.params) == name for j in active_jobs):
             raise Conflict(f"a queued or running job already produces {name!r}; pass params.name")
+    if body.kind in ("analyze", "geometry"):
+        ids = {c.id for c in project.checkpoints}
+        wanted = [*(p.get("checkpoint_ids") or []), p.get("reference_checkpoint_id")]
+        unknown = [i for i in wanted if i is not None and i not in ids]
+        if unknown:
+            raise InvalidInput(
+                f"checkpoint(s) {unknown} do not belong to project {project.id}; "
+                f"its checkpoints are {sorted(ids)}"
+            )
     if body.kind == "train" and any(c.role == "dense" for c in project.checkpoints):
         raise Conflict("this project already has a dense checkpoint")
     for key in ("epochs", "batch_size"):
@@ -609,7 +618,9 @@ def project_overview(project_id: int, settings: Settings | None = None) -> dict[
 
 # ---------------------------------------------------------------- layer analysis (Layers page)
 
-LAYER_RESULT_KINDS = ("evaluation", "masks", "neurons")
+# layer_comparison: matrices between two checkpoints (read by `layer_matrix`); listed so the
+# page's version changes when one lands.
+LAYER_RESULT_KINDS = ("evaluation", "masks", "neurons", "layer_comparison")
 
 
 def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -654,3 +665,91 @@ def layer_analysis(project_id: int, settings: Settings | None = None) -> dict[st
         out[kind] = arrays
         out["result_ids"][kind] = result.id if arrays is not None else None
     return out
+
+
+def layer_matrix(
+    project_id: int, rows: int, columns: int, matrix: str = "cka",
+    settings: Settings | None = None,
+) -> dict[str, Any] | None:
+    """The layer × layer matrix between two checkpoints (ids), wherever it was computed.
+
+    Rows are `rows`' layers. Looks in the newest "evaluation" whose reference is `rows` and in
+    "layer_comparison" results (analyze jobs with `reference_checkpoint_id`); CKA is symmetric,
+    so a result referenced on `columns` serves too, transposed. `matrix` is "cka" or
+    "cka_debiased". Returns {"values" [L, L], "layers", "result_id"} or None when no result
+    holds the pair yet (`request_layer_comparison` computes it).
+    """
+    if matrix not in ("cka", "cka_debiased"):
+        raise InvalidInput(f"matrix must be 'cka' or 'cka_debiased', got {matrix!r}")
+    from server.storage import ArtifactNotFound
+
+    settings = settings or get_settings()
+    key = "cka_layers" if matrix == "cka" else "cka_debiased"
+    for result in reversed(list_results(project_id, settings)):
+        if result.kind not in ("evaluation", "layer_comparison"):
+            continue
+        reference = (result.summary or {}).get("reference_id")
+        if reference is not None and reference not in (rows, columns):
+            continue
+        try:
+            arrays = _load_npz(str(_store(settings).open_path(result.artifact_digest)))
+        except ArtifactNotFound:
+            continue
+        ids = arrays["checkpoint_ids"].tolist()
+        if reference is None:  # evaluations written before reference_id was recorded
+            roles = arrays["checkpoint_roles"].tolist()
+            reference = ids[roles.index("dense")] if "dense" in roles else None
+        if reference not in (rows, columns):
+            continue
+        other = columns if reference == rows else rows
+        if other not in ids or key not in arrays:
+            continue
+        values = np.asarray(arrays[key][ids.index(other)])
+        return {
+            "values": values if reference == rows else values.T,
+            "layers": [str(v) for v in arrays["layers"].tolist()],
+            "result_id": result.id,
+        }
+    return None
+
+
+def request_layer_comparison(
+    project_id: int, rows: int, columns: int, settings: Settings | None = None
+) -> JobPublic:
+    """Queue the analyze job that computes the layer × layer matrices between two checkpoints."""
+    body = JobCreate(kind="analyze", params={
+        "checkpoint_ids": [rows, columns], "reference_checkpoint_id": rows, "neurons": False,
+    })
+    return submit_job(project_id, body, settings)
+
+
+# ---------------------------------------------------------------- geometry (Geometry page)
+
+
+def geometry_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The newest "geometry" result of a project: {"geometry": read-only arrays or None,
+    "result_id": id or None, "summary": its summary or None}. The arrays are those the
+    geometry job wrote (`workers.analyses.geometry.geometry_of_checkpoints`)."""
+    from server.storage import ArtifactNotFound
+
+    settings = settings or get_settings()
+    for result in reversed(list_results(project_id, settings)):
+        if result.kind != "geometry":
+            continue
+        try:
+            path = _store(settings).open_path(result.artifact_digest)
+        except ArtifactNotFound:
+            log.warning("result %d (geometry): artifact %s is missing from the store",
+                        result.id, result.artifact_digest)
+            continue
+        return {"geometry": _read_only(_load_npz(str(path))), "result_id": result.id,
+                "summary": result.summary}
+    return {"geometry": None, "result_id": None, "summary": None}
+
+
+def request_geometry(
+    project_id: int, projection: str = "umap", settings: Settings | None = None
+) -> JobPublic:
+    """Queue the geometry job over all of a project's checkpoints."""
+    return submit_job(project_id, JobCreate(kind="geometry", params={"projection": projection}),
+                      settings)

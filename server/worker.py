@@ -46,7 +46,8 @@ def _checkpoints_for(job: Job, project: Project) -> list[Checkpoint]:
             )
         return dense[:1]
     ids = job.params.get("checkpoint_ids")
-    return [c for c in ckpts if ids is None or c.id in ids]
+    reference = job.params.get("reference_checkpoint_id")
+    return [c for c in ckpts if ids is None or c.id in ids or c.id == reference]
 
 
 def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) -> JobSpec:  # noqa: ANN001
@@ -83,6 +84,7 @@ def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) ->
         dataset=dataset_ref,
         checkpoints=refs,
         scratch_dir=scratch_dir,
+        cache_dir=str(store.root / "cache"),
     )
 
 
@@ -250,8 +252,28 @@ def run_worker(
     return ran
 
 
+def exit_when_orphaned(parent_pid: int, poll_seconds: float = 1.0) -> threading.Thread:
+    """Leave the process as soon as `parent_pid` is gone.
+
+    A local pool worker belongs to its server: if the server dies without stopping it (killed,
+    or stopped by a signal it does not handle), the worker must not go on claiming jobs. A job
+    it was running keeps its last heartbeat and is re-queued like any dead worker's.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                log.warning("the server (pid %d) is gone; this worker exits", parent_pid)
+                os._exit(0)
+
+    thread = threading.Thread(target=watch, name="orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def worker_process_main(name: str, stop_event: Any) -> None:
     """Entry point of a spawned local worker (settings come from the inherited environment)."""
+    exit_when_orphaned(os.getppid())
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s"

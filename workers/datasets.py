@@ -1,9 +1,11 @@
 """Evaluation datasets as in-memory numpy arrays with a fixed train/test split.
 
-Two builtins ship with PruneScope, so nothing is downloaded:
+Three builtins ship with PruneScope, so nothing is downloaded:
 
 - `digits`: scikit-learn's handwritten digits (1,797 real 8×8 grey images, bundled with
   scikit-learn), split 75/25 stratified by label;
+- `digits_augmented`: the same images at scale, in shifted and noisy copies (13,470 train,
+  27,000 test; the noise level is each example's group), for views that need many examples;
 - `english_sentences`: English prose sentences split from the Python standard library's own
   documentation (`pydoc_data.topics`, the text `help()` shows), for text models. Each
   sentence's label is the index of the help topic it comes from (`class_names` are the topic
@@ -128,6 +130,57 @@ def _digits() -> ClassificationData:
     )
 
 
+AUGMENTED_TRAIN_COPIES = 10
+AUGMENTED_TEST_COPIES = 60
+AUGMENTED_NOISE = (0.0, 0.1, 0.25)
+
+
+def _augmented(images: np.ndarray, copies: int, rng: np.random.Generator,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`copies` versions of every image, each shifted by up to one pixel in each direction
+    (zeros shifted in) and given Gaussian pixel noise of one of AUGMENTED_NOISE's levels;
+    returns (images, index of the source image, noise level index)."""
+    n = images.shape[0]
+    source = np.repeat(np.arange(n), copies)
+    shifts = rng.integers(-1, 2, size=(source.size, 2))
+    noise = rng.integers(0, len(AUGMENTED_NOISE), size=source.size)
+    padded = np.pad(images[source], ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.empty_like(images[source])
+    for dy in (-1, 0, 1):  # 9 vectorised crops, one per shift
+        for dx in (-1, 0, 1):
+            rows = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
+            out[rows] = padded[rows, :, 1 + dy : 9 + dy, 1 + dx : 9 + dx]
+    sigma = np.asarray(AUGMENTED_NOISE, dtype=np.float32)[noise][:, None, None, None]
+    out = np.clip(out + sigma * rng.standard_normal(out.shape).astype(np.float32), 0.0, 1.0)
+    return out.astype(np.float32), source, noise
+
+
+def _digits_augmented() -> ClassificationData:
+    """Real digits at scale: every image of the digits split in shifted, noisy copies.
+
+    10 copies of each training image (13,470) and 60 of each test image (27,000), each moved
+    by up to one pixel and given pixel noise σ ∈ {0, 0.1, 0.25}; the noise level is the
+    example's group, so slices compare clean and noisy inputs. Copies of one image stay in
+    one split, so no test image was seen in training.
+    """
+    base = _digits()
+    rng = np.random.default_rng(SPLIT_SEED)
+    x_train, src_train, _ = _augmented(base.x_train, AUGMENTED_TRAIN_COPIES, rng)
+    x_test, src_test, noise = _augmented(base.x_test, AUGMENTED_TEST_COPIES, rng)
+    copy = np.tile(np.arange(AUGMENTED_TEST_COPIES), base.num_test)
+    return dataclasses.replace(
+        base,
+        name="digits_augmented",
+        x_train=x_train,
+        y_train=base.y_train[src_train],
+        x_test=x_test,
+        y_test=base.y_test[src_test],
+        ids_test=np.array([f"test{s}-copy{c}" for s, c in zip(src_test, copy, strict=True)],
+                          dtype=np.str_),
+        groups_test=np.array([f"noise {AUGMENTED_NOISE[k]}" for k in noise], dtype=np.str_),
+    )
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"])")
 _UNDERLINE = re.compile(r"^[*=\-~^]{3,}$")
 _PLAIN_WORD = re.compile(r"^[A-Za-z][A-Za-z'\-]*$")
@@ -219,6 +272,7 @@ def _english_sentences() -> ClassificationData:
 
 BUILTIN_DATASETS: dict[str, Callable[[], ClassificationData]] = {
     "digits": _digits,
+    "digits_augmented": _digits_augmented,
     "english_sentences": _english_sentences,
 }
 

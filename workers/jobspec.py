@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-JOB_KINDS = ("train", "prune", "analyze")
+JOB_KINDS = ("train", "prune", "analyze", "geometry")
 
 
 class JobCancelled(Exception):
@@ -58,6 +58,8 @@ class JobSpec:
     dataset: DatasetRef | None
     checkpoints: list[CheckpointRef]
     scratch_dir: str  # the job may write its output files here; the server moves them into storage
+    # A folder kept between jobs for content-addressed caches (e.g. 2-D projections); None: none.
+    cache_dir: str | None = None
 
 
 @dataclass

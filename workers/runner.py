@@ -112,6 +112,22 @@ ANALYZE_PARAMS: dict[str, Param] = {
     "neurons": Param(bool, True, "true or false"),
     # The server resolves these into spec.checkpoints; accepted, not used.
     "checkpoint_ids": Param(list, None, "a list of checkpoint ids"),
+    # Rows of the layer × layer matrices: a checkpoint other than the dense one gives a
+    # "layer_comparison" result (the project's dense-referenced "evaluation" stays as it is).
+    "reference_checkpoint_id": Param(int, None, "a checkpoint id of this project"),
+}
+
+
+GEOMETRY_PARAMS: dict[str, Param] = {
+    "batch_size": _positive_int(1024),
+    "projection": Param(str, "umap", "one of umap, pca", lambda v: v in ("umap", "pca")),
+    "alignment": Param(str, "reference", "one of reference, aligned",
+                       lambda v: v in ("reference", "aligned")),
+    "seed": _SEED,
+    "n_neighbors": Param(int, 15, "an integer of at least 2", lambda v: v >= 2),
+    "min_dist": Param(float, 0.1, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+    # The server resolves these into spec.checkpoints; accepted, not used.
+    "checkpoint_ids": Param(list, None, "a list of checkpoint ids"),
 }
 
 
@@ -132,9 +148,12 @@ def read_params(kind: str, params: Mapping[str, Any], table: Mapping[str, Param]
             values[key] = param.default
             continue
         # bool is an int subclass, but `epochs: true` is a mistake, not 1 epoch.
-        ok_type = not isinstance(value, bool) and (
-            isinstance(value, param.type) or (param.type is float and isinstance(value, int))
-        )
+        if param.type is bool:
+            ok_type = isinstance(value, bool)
+        else:
+            ok_type = not isinstance(value, bool) and (
+                isinstance(value, param.type) or (param.type is float and isinstance(value, int))
+            )
         if not ok_type or not param.valid(value):
             raise JobInputError(f"params.{key} must be {param.rule}, got {value!r}")
         values[key] = float(value) if param.type is float else value
@@ -346,6 +365,9 @@ def _finite_or_none(values: np.ndarray) -> list[float | None]:
 def _run_analyze(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     params = read_params("analyze", spec.params, ANALYZE_PARAMS)
     data = _dataset(spec)
+    reference_id = params["reference_checkpoint_id"]
+    reference = next((c for c in spec.checkpoints if c.id == reference_id), None)
+    comparison = reference is not None and reference.role != "dense"
     progress(0.0, f"evaluating {len(spec.checkpoints)} checkpoints on {data.name}")
     arrays = evaluate_checkpoints(
         spec.architecture,
@@ -354,10 +376,12 @@ def _run_analyze(spec: JobSpec, progress: ProgressFn) -> JobOutput:
         data,
         batch_size=params["batch_size"],
         conv_pooling=params["conv_pooling"],
-        progress=_scaled(progress, 0.0, 0.8),
+        reference_id=reference_id,
+        progress=_scaled(progress, 0.0, 1.0 if comparison else 0.8),
     )
     scratch = Path(spec.scratch_dir)
-    np.savez(scratch / "evaluation.npz", **arrays)
+    kind = "layer_comparison" if comparison else "evaluation"
+    np.savez(scratch / f"{kind}.npz", **arrays)
     ids = [str(i) for i in arrays["checkpoint_ids"].tolist()]
     summary = {
         "accuracy": dict(zip(ids, _finite_or_none(arrays["accuracy"]), strict=True)),
@@ -365,10 +389,11 @@ def _run_analyze(spec: JobSpec, progress: ProgressFn) -> JobOutput:
         "layers": arrays["layers"].tolist(),
         "num_examples": int(arrays["labels"].shape[0]),
         "dataset": data.name,  # results stay attributable when the active dataset changes
+        "reference_id": int(arrays["reference_id"]),
     }
-    results = [NewResult(kind="evaluation", path=str(scratch / "evaluation.npz"),
-                         summary=summary)]
-    results += _masks_and_neurons(spec, data, params, _scaled(progress, 0.8, 0.99))
+    results = [NewResult(kind=kind, path=str(scratch / f"{kind}.npz"), summary=summary)]
+    if not comparison:
+        results += _masks_and_neurons(spec, data, params, _scaled(progress, 0.8, 0.99))
     progress(1.0, "analysis written")
     return JobOutput(results=results, summary=summary)
 
@@ -416,10 +441,40 @@ def _masks_and_neurons(
     return results
 
 
+def _run_geometry(spec: JobSpec, progress: ProgressFn) -> JobOutput:
+    from workers.analyses.geometry import geometry_of_checkpoints
+
+    params = read_params("geometry", spec.params, GEOMETRY_PARAMS)
+    data = _dataset(spec)
+    progress(0.0, f"geometry of {len(spec.checkpoints)} checkpoints on {data.name}")
+    arrays = geometry_of_checkpoints(
+        spec.architecture, spec.architecture_config, spec.checkpoints, data,
+        batch_size=params["batch_size"], method=params["projection"],
+        alignment=params["alignment"], seed=params["seed"], n_neighbors=params["n_neighbors"],
+        min_dist=params["min_dist"], cache_dir=spec.cache_dir,
+        progress=_scaled(progress, 0.0, 0.99),
+    )
+    path = Path(spec.scratch_dir) / "geometry.npz"
+    np.savez(path, **arrays)
+    ids = [str(i) for i in arrays["checkpoint_ids"].tolist()]
+    accuracy = (arrays["predictions"] == arrays["labels"][None, :]).mean(axis=1)
+    summary = {
+        "dataset": data.name,
+        "num_examples": int(arrays["labels"].shape[0]),
+        "embedding_method": str(arrays["embedding_method"]),
+        "accuracy": dict(zip(ids, accuracy.tolist(), strict=True)),
+        "ece": dict(zip(ids, arrays["ece"].tolist(), strict=True)),
+    }
+    progress(1.0, "geometry written")
+    return JobOutput(results=[NewResult(kind="geometry", path=str(path), summary=summary)],
+                     summary=summary)
+
+
 _HANDLERS: dict[str, Callable[[JobSpec, ProgressFn], JobOutput]] = {
     "train": _run_train,
     "prune": _run_prune,
     "analyze": _run_analyze,
+    "geometry": _run_geometry,
 }
 
 

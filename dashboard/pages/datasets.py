@@ -21,7 +21,7 @@ dash.register_page(
 # Browser uploads travel base64-encoded inside one callback; larger files go through the API
 # (`POST /api/v1/projects/{id}/datasets`) or `prunescope dataset add`.
 DASHBOARD_UPLOAD_LIMIT = 200 * 1024 * 1024
-BUILTINS = ("digits", "english_sentences")
+BUILTINS = ("digits", "digits_augmented", "english_sentences")
 SPLIT_RULES = {
     "given": "split as the file marks it",
     "stratified": "fixed stratified 75/25 split",

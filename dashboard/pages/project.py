@@ -54,6 +54,8 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                     dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
                     ") · ",
                     dcc.Link("layers", href=f"/projects/{pid}/layers", id="layers-link"),
+                    " · ",
+                    dcc.Link("geometry", href=f"/projects/{pid}/geometry", id="geometry-link"),
                     f" · {project.description}" if project.description else "",
                 ],
                 className="muted",

@@ -122,7 +122,7 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
 def test_demo_is_idempotent(settings):
     pid, queued = ensure_demo_project(DIGITS, settings)
     n_prunes = len(DIGITS.methods) * len(DIGITS.sparsities)
-    assert [j.kind for j in queued] == ["train"] + ["prune"] * n_prunes + ["analyze"]
+    assert [j.kind for j in queued] == ["train"] + ["prune"] * n_prunes + ["analyze", "geometry"]
     again_pid, again = ensure_demo_project(DIGITS, settings)
     assert again_pid == pid and again == []
     assert len(services.list_projects(settings)) == 1
@@ -164,3 +164,46 @@ def test_a_pruning_sweep_queues_each_pair_then_an_analysis_and_reports_refusals(
     assert sum("'random-50' already exists" in r for r in refused) == 2
     assert sum("already produces 'random-70'" in r for r in refused) == 1 and len(refused) == 3
     assert train.id and existing.id
+
+
+def test_a_pool_worker_leaves_when_its_server_is_killed(tmp_path):
+    """A server killed outright (SIGKILL: no cleanup runs) must not leave workers claiming jobs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from server.worker import worker_process_main\n"
+        "from workers.executors import LocalProcessPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = LocalProcessPool(1, worker_process_main)\n"
+        "    pool.start()\n"
+        "    print(pool._procs[0].pid, flush=True)\n"
+        "    time.sleep(4)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    (tmp_path / "server_like.py").write_text(script)
+    env = {**os.environ, "PRUNESCOPE_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "server_like.py")], env=env,
+                            stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    worker_pid = int(proc.stdout.readline())
+    assert proc.wait(30) == -signal.SIGKILL
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            break
+        # A zombie (exited, parent gone) is reaped by init; /proc shows its state.
+        try:
+            if open(f"/proc/{worker_pid}/stat").read().split()[2] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker_pid, 9)
+        raise AssertionError("the worker outlived its server")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.registry import create_model
-from workers.datasets import as_model_input, check_model_fits, load_dataset
+from workers.datasets import as_model_input, check_model_fits, load_builtin, load_dataset
 from workers.jobspec import DatasetRef, JobInputError
 
 DIGITS = DatasetRef(name="digits", source="builtin", builtin_name="digits")
@@ -63,3 +63,25 @@ def test_a_model_with_the_wrong_number_of_classes_is_refused(digits):
 def test_unknown_datasets_are_refused(ref, word):
     with pytest.raises(JobInputError, match=word):
         load_dataset(ref)
+
+
+def test_augmented_digits_are_shifted_noisy_copies_of_their_own_split() -> None:
+    from workers.datasets import AUGMENTED_NOISE, AUGMENTED_TEST_COPIES
+
+    base, big = load_builtin("digits"), load_builtin("digits_augmented")
+    assert big.num_test == AUGMENTED_TEST_COPIES * base.num_test >= 20_000
+    assert big.x_test.dtype == np.float32 and big.x_test.min() >= 0 and big.x_test.max() <= 1
+    # Every noise-free copy is its source test image moved by at most one pixel.
+    clean = np.flatnonzero(big.groups_test == "noise 0.0")
+    assert clean.size > 0.25 * big.num_test
+    for row in clean[:200]:
+        source = int(big.ids_test[row].split("-")[0].removeprefix("test"))
+        assert big.y_test[row] == base.y_test[source]
+        padded = np.pad(base.x_test[source, 0], 1)
+        crops = [padded[1 + dy : 9 + dy, 1 + dx : 9 + dx] for dy in (-1, 0, 1)
+                 for dx in (-1, 0, 1)]
+        assert any(np.array_equal(big.x_test[row, 0], c) for c in crops)
+    assert set(np.unique(big.groups_test)) == {f"noise {s}" for s in AUGMENTED_NOISE}
+    # No test image leaks into training: training copies come from training images only.
+    assert np.bincount(big.y_train).tolist() == (10 * np.bincount(base.y_train)).tolist()
+    assert len(set(big.ids_test)) == big.num_test

@@ -121,13 +121,35 @@ def test_train_prune_analyze_end_to_end(trained, tmp_path):
     assert arrays["predictions"].shape == (4, 450) and arrays["labels"].shape == (450,)
 
     summary = result.summary
-    assert set(summary) == {"accuracy", "mean_cka", "layers", "num_examples", "dataset"}
+    assert set(summary) == {"accuracy", "mean_cka", "layers", "num_examples", "dataset",
+                            "reference_id"}
     assert summary["dataset"] == "digits"
+    assert summary["reference_id"] == refs[0].id == int(arrays["reference_id"])
     assert summary["accuracy"]["1"] == pytest.approx(accuracy["dense"])
     assert summary["mean_cka"] == {
         str(r.id): pytest.approx(float(row.mean())) for r, row in zip(refs, cka, strict=True)
     }
     assert summary["num_examples"] == 450
+
+    # Layer × layer between two pruned checkpoints: rows are the given reference's layers, a
+    # result of its own kind; the dense-referenced evaluation is not replaced.
+    pair = [refs[3], refs[1]]
+    output = run_job(_spec(tmp_path, "analyze", {"reference_checkpoint_id": refs[3].id,
+                                                 "neurons": False}, pair), lambda f, m: None)
+    assert [r.kind for r in output.results] == ["layer_comparison"]
+    with np.load(output.results[0].path, allow_pickle=False) as npz:
+        assert int(npz["reference_id"]) == refs[3].id
+        assert npz["checkpoint_ids"].tolist() == [refs[3].id, refs[1].id]
+        np.testing.assert_allclose(npz["cka"][0], 1.0, atol=1e-12)
+        versus = npz["cka_layers"][1]
+    # CKA is symmetric: the matrix from the other side is its transpose.
+    output = run_job(_spec(tmp_path, "analyze", {"reference_checkpoint_id": refs[1].id,
+                                                 "neurons": False}, pair), lambda f, m: None)
+    with np.load(output.results[0].path, allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["cka_layers"][0], versus.T, atol=1e-9)
+    with pytest.raises(JobInputError, match="include it in checkpoint_ids"):
+        run_job(_spec(tmp_path, "analyze", {"reference_checkpoint_id": 999}, pair),
+                lambda f, m: None)
 
 
 def test_random_pruning_job_is_reproducible_per_seed(trained, tmp_path):
@@ -155,7 +177,8 @@ def test_cancellation_from_progress_propagates(tmp_path):
 @pytest.mark.parametrize(
     ("kind", "params", "word"),
     [
-        ("explode", {}, "train, prune, analyze"),
+        ("explode", {}, "train, prune, analyze, geometry"),
+        ("geometry", {"projection": "tsne"}, "params.projection must be one of umap, pca"),
         ("train", {"epochs": 0}, "params.epochs must be a positive integer"),
         ("train", {"epochs": True}, "params.epochs"),
         ("train", {"lr": -1}, "params.lr"),
@@ -167,6 +190,8 @@ def test_cancellation_from_progress_propagates(tmp_path):
         ("prune", {"method": "random", "sparsity": 0}, "params.sparsity"),
         ("prune", {"method": "random", "sparsity": "0.5"}, "params.sparsity"),
         ("analyze", {"batch_size": -3}, "params.batch_size"),
+        ("analyze", {"neurons": 1}, "params.neurons must be true or false"),
+        ("analyze", {"reference_checkpoint_id": "dense"}, "params.reference_checkpoint_id"),
     ],
 )
 def test_bad_parameters_are_named(tmp_path, kind, params, word):

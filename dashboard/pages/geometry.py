@@ -1,0 +1,487 @@
+"""Geometry page: where each example sits and moves when the network is pruned, in linked views.
+
+The dense model's map and a chosen checkpoint's map share their axes; a lasso or box in
+either selects the same examples in both (the selection travels as a list of example
+positions and reaches the figures as a `Patch` of `selectedpoints`, so no coordinates are
+sent again), fills the example gallery, and is written to the URL with every other control
+(`dashboard.state.encode_selection`), so a copied link reopens the same view, selection
+included. Everything drawn comes from the geometry job's stored result.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
+
+from dashboard.figures.geometry import (
+    angle_norm_figure,
+    class_accuracy_figure,
+    confusion_difference_figure,
+    disagreement_figure,
+    embedding_scatter,
+    example_rows,
+    geometry_view_options,
+    group_accuracy_figure,
+    movement_figure,
+    reliability_figure,
+)
+from dashboard.figures.layers import rows_to_csv
+from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.state import decode_selection, encode_selection, parse_query
+from server import services
+
+dash.register_page(
+    __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry"
+)
+
+VIEW_KEYS = ("checkpoint", "color", "view", "cls")
+VIEWS = [{"label": "side by side", "value": "side"},
+         {"label": "moves from the dense map", "value": "movement"}]
+GALLERY_SIZE = 48
+POLL_MS = 4000
+
+
+def geometry_href(project_id: int) -> str:
+    return f"/projects/{project_id}/geometry"
+
+
+def _names(geom: Any) -> list[str]:
+    return [str(v) for v in geom["checkpoint_names"].tolist()] if geom is not None else []
+
+
+def _reference_name(geom: Any) -> str | None:
+    names = _names(geom)
+    return names[int(geom["reference"])] if names else None
+
+
+def _default_checkpoint(geom: Any) -> str | None:
+    """The sparsest pruned checkpoint: the one that moves examples most."""
+    names = _names(geom)
+    if not names:
+        return None
+    reference = int(geom["reference"])
+    others = [i for i in range(len(names)) if i != reference]
+    if not others:
+        return names[reference]
+    sparsity = np.asarray(geom["sparsity"], dtype=float)
+    return names[max(others, key=lambda i: (sparsity[i], -i))]
+
+
+def resolve_geometry_view(query: dict[str, str], geom: Any) -> dict[str, str | None]:
+    """The view a URL asks for, each value checked against what the result offers."""
+    options = geometry_view_options(geom)
+    names = [o["value"] for o in options["checkpoints"]]
+    colours = [o["value"] for o in options["color_by"]]
+    classes = [o["value"] for o in options["classes"]]
+    return {
+        "checkpoint": query.get("checkpoint") if query.get("checkpoint") in names
+        else _default_checkpoint(geom),
+        "color": query.get("color") if query.get("color") in colours else "class",
+        "view": query.get("view") if query.get("view") in ("side", "movement") else "side",
+        "cls": query.get("cls") if query.get("cls") in classes else (classes[0] if classes
+                                                                      else None),
+    }
+
+
+def geometry_view_query(view: dict[str, Any], selection: list[int], n: int) -> str:
+    from urllib.parse import urlencode
+
+    pairs = [(k, view[k]) for k in VIEW_KEYS if view.get(k) is not None]
+    if selection and (text := encode_selection(selection, n)):
+        pairs.append(("sel", text))
+    return "?" + urlencode(pairs) if pairs else ""
+
+
+def _dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
+    return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
+                        style={"width": width})
+
+
+def _control(label: str, component: Any) -> html.Div:
+    return html.Div([html.Span(label, className="muted"), component],
+                    style={"display": "flex", "gap": "0.5rem", "alignItems": "center"})
+
+
+def _graph(id_: str, height: str | None = None) -> dcc.Graph:
+    style = {"height": height} if height else None
+    return dcc.Graph(id=id_, figure=empty_figure("loading…"), config=GRAPH_CONFIG, style=style)
+
+
+def _card(title: str, note: str, body: list) -> html.Div:
+    return html.Div([html.H3(title), html.P(note, className="muted"), *body], className="card")
+
+
+def _status(project_id: int, data: dict[str, Any]) -> Any:
+    running = [j for j in services.list_jobs(project_id)
+               if j.kind == "geometry" and j.state in ("queued", "running")]
+    if running:
+        job = running[-1]
+        return html.Div(
+            [html.Progress(value=str(job.progress), max="1", style={"width": "12rem"}),
+             f" geometry job #{job.id} {job.state}: {job.message or 'waiting for a worker'}"],
+            className="card muted", id="geometry-running",
+        )
+    if data["geometry"] is None:
+        return html.Div(
+            [html.Strong("No geometry yet. "),
+             "It needs one pass of every checkpoint over the evaluation set and a 2-D map "
+             "(UMAP: about a minute the first time a worker runs it).",
+             html.Button("Compute geometry", id="geometry-compute", n_clicks=0,
+                         style={"marginLeft": "1rem"})],
+            className="card", id="geometry-none",
+        )
+    summary = data["summary"] or {}
+    return html.Div(
+        f"{summary.get('num_examples', '?')} examples of {summary.get('dataset', '?')}, "
+        f"map: {summary.get('embedding_method', '?')}.",
+        className="muted", id="geometry-about",
+    )
+
+
+def layout(project_id: str | None = None, **query: str) -> html.Div:
+    try:
+        pid = int(project_id or "")
+        project = services.get_project(pid)
+    except (ValueError, services.NotFound):
+        return html.Div([html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
+                        id="project-missing")
+    data = services.geometry_analysis(pid)
+    geom = data["geometry"]
+    view = resolve_geometry_view(query, geom)
+    n = int(geom["labels"].shape[0]) if geom is not None else 0
+    selection = decode_selection(query.get("sel"), n)
+    options = geometry_view_options(geom)
+    checkpoints = [o for o in options["checkpoints"] if o["value"] != _reference_name(geom)]
+    return html.Div([
+        dcc.Location(id="geometry-url", refresh=False),
+        dcc.Store(id="geometry-project-id", data=pid),
+        dcc.Store(id="geometry-version", data=data["result_id"]),
+        dcc.Store(id="geometry-selection", data=selection),
+        dcc.Interval(id="geometry-poll", interval=POLL_MS, n_intervals=0),
+        html.H2(f"{project.name}: geometry", id="geometry-title"),
+        html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
+                  f" · architecture {project.architecture}"], className="muted"),
+        html.Div(id="geometry-status", children=_status(pid, data)),
+        html.Div(id="geometry-compute-message", className="muted"),
+        html.Div([
+            _control("checkpoint", _dropdown("geometry-checkpoint", checkpoints,
+                                             view["checkpoint"])),
+            _control("colour", _dropdown("geometry-color", options["color_by"], view["color"])),
+            _control("view", dcc.RadioItems(id="geometry-view", options=VIEWS, value=view["view"],
+                                            inline=True)),
+            html.Span(f"{len(selection)} selected" if selection else "no selection",
+                      id="geometry-selection-count", className="muted"),
+            html.Button("Clear selection", id="geometry-clear", n_clicks=0),
+        ], style={"display": "flex", "gap": "1rem", "alignItems": "center", "flexWrap": "wrap"},
+            className="card"),
+        html.Div([
+            _card("Dense model", "Each point is one evaluation example; lasso or box to select.",
+                  [_graph("geometry-dense", "520px")]),
+            _card("Pruned checkpoint", "The same examples on the same axes.",
+                  [_graph("geometry-pruned", "520px")]),
+        ], className="grid2"),
+        _card("Selected examples",
+              "The selection's inputs and how each checkpoint sees them (the first "
+              f"{GALLERY_SIZE}; the exports hold all).",
+              [html.Div([html.Button("CSV", id="geometry-csv", n_clicks=0),
+                         html.Button("Parquet", id="geometry-parquet", n_clicks=0),
+                         dcc.Download(id="geometry-download")],
+                        style={"display": "flex", "gap": "1rem"}),
+               html.Div(id="geometry-gallery")]),
+        html.Div([
+            _card("Angle and length per class",
+                  "Feature length against the angle to the true class's weight vector, dense "
+                  "and pruned (Li et al. 2024); crosses are misclassified.",
+                  [_control("class", _dropdown("geometry-class", options["classes"],
+                                               view["cls"], width="10rem")),
+                   _graph("geometry-angle-norm")]),
+            _card("Accuracy per class",
+                  "Classes sorted by how much accuracy pruning takes from them (Hooker et al. "
+                  "2019).", [_graph("geometry-class-accuracy")]),
+        ], className="grid2"),
+        html.Div([
+            _card("Confusion change", "Row-normalised confusion, checkpoint minus dense.",
+                  [_graph("geometry-confusion")]),
+            _card("Calibration", "Reliability diagram of the dense model and the checkpoint.",
+                  [_graph("geometry-reliability")]),
+        ], className="grid2"),
+        html.Div([
+            _card("Disagreement", "Share of examples on which two checkpoints predict differently.",
+                  [_graph("geometry-disagreement")]),
+            _card("Slices", "Accuracy per group of the dataset, and the gap between groups.",
+                  [_graph("geometry-groups")]),
+        ], className="grid2"),
+    ])
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _geometry(project_id: int) -> Any:
+    return services.geometry_analysis(project_id)["geometry"]
+
+
+@callback(
+    Output("geometry-version", "data"),
+    Output("geometry-status", "children"),
+    Input("geometry-poll", "n_intervals"),
+    State("geometry-project-id", "data"),
+    State("geometry-version", "data"),
+    prevent_initial_call=True,
+)
+def poll(_n: int, project_id: int, version: int | None):  # noqa: ANN201
+    data = services.geometry_analysis(project_id)
+    changed = data["result_id"] != version
+    return (data["result_id"] if changed else no_update), _status(project_id, data)
+
+
+@callback(
+    Output("geometry-compute-message", "children"),
+    Input("geometry-compute", "n_clicks"),
+    State("geometry-project-id", "data"),
+    prevent_initial_call=True,
+)
+def compute(n_clicks: int, project_id: int):  # noqa: ANN201
+    if not n_clicks:
+        return no_update
+    try:
+        job = services.request_geometry(project_id)
+    except (services.InvalidInput, services.Conflict) as exc:
+        return f"Not queued: {exc}"
+    return f"Geometry job #{job.id} queued."
+
+
+@callback(
+    Output("geometry-checkpoint", "options"),
+    Output("geometry-checkpoint", "value"),
+    Output("geometry-color", "options"),
+    Output("geometry-class", "options"),
+    Input("geometry-version", "data"),
+    State("geometry-checkpoint", "value"),
+    State("geometry-project-id", "data"),
+    prevent_initial_call=True,
+)
+def refresh_choices(_version: int, checkpoint: str | None, project_id: int):  # noqa: ANN201
+    geom = _geometry(project_id)
+    options = geometry_view_options(geom)
+    names = [o for o in options["checkpoints"] if o["value"] != _reference_name(geom)]
+    value = checkpoint if checkpoint in [o["value"] for o in names] else _default_checkpoint(geom)
+    return names, value, options["color_by"], options["classes"]
+
+
+def _pruned_figure(geom: Any, checkpoint: str | None, color: str, view: str,
+                   selection: list[int]) -> Any:
+    if checkpoint is None:
+        return empty_figure("No pruned checkpoint in this result.")
+    if view == "movement":
+        return movement_figure(geom, checkpoint, selection or None)
+    return embedding_scatter(geom, checkpoint, color, selection or None)
+
+
+@callback(
+    Output("geometry-dense", "figure"),
+    Output("geometry-pruned", "figure"),
+    Input("geometry-checkpoint", "value"),
+    Input("geometry-color", "value"),
+    Input("geometry-view", "value"),
+    Input("geometry-version", "data"),
+    State("geometry-selection", "data"),
+    State("geometry-project-id", "data"),
+)
+def draw_maps(checkpoint: str | None, color: str, view: str, _version: int,  # noqa: ANN201
+              selection: list[int], project_id: int):
+    geom = _geometry(project_id)
+    if geom is None:
+        message = "No geometry result yet: press “Compute geometry”."
+        return empty_figure(message), empty_figure(message)
+    dense = embedding_scatter(geom, _reference_name(geom), color or "class", selection or None)
+    return dense, _pruned_figure(geom, checkpoint, color or "class", view, selection)
+
+
+@callback(
+    Output("geometry-selection", "data"),
+    Input("geometry-dense", "selectedData"),
+    Input("geometry-pruned", "selectedData"),
+    Input("geometry-clear", "n_clicks"),
+    State("geometry-view", "value"),
+    prevent_initial_call=True,
+)
+def select(dense: dict | None, pruned: dict | None, _clear: int, view: str):  # noqa: ANN201
+    trigger = ctx.triggered_id
+    if trigger == "geometry-clear":
+        return []
+    chosen = dense if trigger == "geometry-dense" else pruned
+    if chosen is None:  # a double click clears a selection
+        return []
+    # In the movement view, the checkpoint's own points are the last trace.
+    wanted_curve = None if trigger == "geometry-dense" or view != "movement" else 2
+    points = chosen.get("points", [])
+    return sorted({int(p["pointIndex"]) for p in points
+                   if wanted_curve is None or p.get("curveNumber") == wanted_curve})
+
+
+@callback(
+    Output("geometry-dense", "figure", allow_duplicate=True),
+    Output("geometry-pruned", "figure", allow_duplicate=True),
+    Output("geometry-selection-count", "children"),
+    Input("geometry-selection", "data"),
+    State("geometry-checkpoint", "value"),
+    State("geometry-color", "value"),
+    State("geometry-view", "value"),
+    State("geometry-project-id", "data"),
+    prevent_initial_call=True,
+)
+def show_selection(selection: list[int], checkpoint: str | None, color: str, view: str,  # noqa: ANN201
+                   project_id: int):
+    """Highlight the selection everywhere: only `selectedpoints` travels, not the points."""
+    chosen = selection or None
+    dense = Patch()
+    dense["data"][0]["selectedpoints"] = chosen
+    if view == "movement":  # its lines follow the selection, so it is drawn again
+        pruned = _pruned_figure(_geometry(project_id), checkpoint, color, view, selection or [])
+    else:
+        pruned = Patch()
+        pruned["data"][0]["selectedpoints"] = chosen
+    count = f"{len(selection)} selected" if selection else "no selection"
+    return dense, pruned, count
+
+
+@callback(
+    Output("geometry-url", "search"),
+    Input("geometry-checkpoint", "value"),
+    Input("geometry-color", "value"),
+    Input("geometry-view", "value"),
+    Input("geometry-class", "value"),
+    Input("geometry-selection", "data"),
+    State("geometry-url", "search"),
+    State("geometry-project-id", "data"),
+    prevent_initial_call=True,
+)
+def write_url(checkpoint, color, view, cls, selection, search, project_id):  # noqa: ANN001, ANN201
+    geom = _geometry(project_id)
+    n = int(geom["labels"].shape[0]) if geom is not None else 0
+    view_state = {"checkpoint": checkpoint, "color": color, "view": view, "cls": cls}
+    query = geometry_view_query(view_state, selection or [], n)
+    if parse_query(query) == parse_query(search):
+        return no_update
+    return query
+
+
+def _thumbnail(image: np.ndarray, scale: int = 6) -> str:
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def gallery(geom: Any, selection: list[int], checkpoint: str | None) -> Any:
+    """A table of the first GALLERY_SIZE selected examples: input, label, both predictions."""
+    if geom is None or not selection or checkpoint is None:
+        return html.P("Select examples in either map to see them here.", className="muted")
+    rows = example_rows(geom, selection, checkpoint, limit=GALLERY_SIZE)
+    has_images = "thumbnails" in geom
+    reference = _reference_name(geom)
+    head = ["example", *(["input"] if has_images else []), "label",
+            f"{reference}: prediction (confidence)", f"{checkpoint}: prediction (confidence)",
+            "margin dense → pruned"]
+
+    def cell(row: dict) -> list:
+        ident = str(geom["example_ids"][row["index"]]) if "example_ids" in geom else row["index"]
+        image = ([html.Td(html.Img(src=_thumbnail(np.asarray(geom["thumbnails"][row["index"]])),
+                                   alt=f"example {row['index']}"))] if has_images else [])
+
+        def shown(value: float | None) -> str:
+            return "–" if value is None else f"{value:.2f}"
+
+        changed = row["dense_prediction"] != row["pruned_prediction"]
+        return [
+            html.Td(ident), *image, html.Td(row["label"]),
+            html.Td(f"{row['dense_prediction']} ({shown(row['dense_confidence'])})"),
+            html.Td(f"{row['pruned_prediction']} ({shown(row['pruned_confidence'])})",
+                    style={"color": "#e45756"} if changed else None),
+            html.Td(f"{shown(row['dense_margin'])} → {shown(row['pruned_margin'])}"),
+        ]
+
+    return html.Table(
+        [html.Thead(html.Tr([html.Th(h) for h in head])),
+         html.Tbody([html.Tr(cell(r), className="gallery-row") for r in rows])],
+        id="geometry-gallery-table",
+    )
+
+
+@callback(
+    Output("geometry-gallery", "children"),
+    Input("geometry-selection", "data"),
+    Input("geometry-checkpoint", "value"),
+    Input("geometry-version", "data"),
+    State("geometry-project-id", "data"),
+)
+def draw_gallery(selection: list[int], checkpoint: str | None, _version: int,  # noqa: ANN201
+                 project_id: int):
+    return gallery(_geometry(project_id), selection or [], checkpoint)
+
+
+@callback(
+    Output("geometry-download", "data"),
+    Input("geometry-csv", "n_clicks"),
+    Input("geometry-parquet", "n_clicks"),
+    State("geometry-selection", "data"),
+    State("geometry-checkpoint", "value"),
+    State("geometry-project-id", "data"),
+    prevent_initial_call=True,
+)
+def export_selection(_csv: int, _parquet: int, selection: list[int], checkpoint: str | None,  # noqa: ANN201
+                     project_id: int):
+    geom = _geometry(project_id)
+    if geom is None or checkpoint is None:
+        return no_update
+    chosen = selection or list(range(int(geom["labels"].shape[0])))
+    rows = example_rows(geom, chosen, checkpoint, limit=len(chosen))
+    if not rows:
+        return no_update
+    stem = f"project{project_id}-geometry-{checkpoint}"
+    if ctx.triggered_id == "geometry-parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        return dcc.send_bytes(buffer.getvalue(), f"{stem}.parquet")
+    return {"content": rows_to_csv(rows), "filename": f"{stem}.csv", "type": "text/csv"}
+
+
+@callback(
+    Output("geometry-angle-norm", "figure"),
+    Output("geometry-class-accuracy", "figure"),
+    Output("geometry-confusion", "figure"),
+    Output("geometry-reliability", "figure"),
+    Output("geometry-disagreement", "figure"),
+    Output("geometry-groups", "figure"),
+    Input("geometry-checkpoint", "value"),
+    Input("geometry-class", "value"),
+    Input("geometry-version", "data"),
+    State("geometry-project-id", "data"),
+)
+def draw_class_views(checkpoint: str | None, cls: str | None, _version: int,  # noqa: ANN201
+                     project_id: int):
+    geom = _geometry(project_id)
+    if geom is None or checkpoint is None:
+        empty = empty_figure("No geometry result yet.")
+        return (empty,) * 6
+    reference = _reference_name(geom)
+    return (
+        angle_norm_figure(geom, int(cls or 0), reference, checkpoint),
+        class_accuracy_figure(geom, checkpoint),
+        confusion_difference_figure(geom, checkpoint),
+        reliability_figure(geom, [reference, checkpoint]),
+        disagreement_figure(geom),
+        group_accuracy_figure(geom),
+    )
