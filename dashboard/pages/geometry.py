@@ -10,12 +10,10 @@ included. Everything drawn comes from the geometry job's stored result.
 
 from __future__ import annotations
 
-import base64
 import io
 from typing import Any
 
 import dash
-import numpy as np
 from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
 
 from dashboard.figures.geometry import (
@@ -32,69 +30,29 @@ from dashboard.figures.geometry import (
 )
 from dashboard.figures.layers import rows_to_csv
 from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
-from dashboard.state import decode_selection, encode_selection, parse_query
+from dashboard.geometry_view import (
+    GALLERY_SIZE,
+    default_checkpoint,
+    failures,
+    gallery,
+    geometry_view_query,
+    reference_name,
+    resolve_geometry_view,
+)
+from dashboard.state import decode_selection, parse_query
 from server import services
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry"
 )
 
-VIEW_KEYS = ("checkpoint", "color", "view", "cls")
 VIEWS = [{"label": "side by side", "value": "side"},
          {"label": "moves from the dense map", "value": "movement"}]
-GALLERY_SIZE = 48
 POLL_MS = 4000
 
 
 def geometry_href(project_id: int) -> str:
     return f"/projects/{project_id}/geometry"
-
-
-def _names(geom: Any) -> list[str]:
-    return [str(v) for v in geom["checkpoint_names"].tolist()] if geom is not None else []
-
-
-def _reference_name(geom: Any) -> str | None:
-    names = _names(geom)
-    return names[int(geom["reference"])] if names else None
-
-
-def _default_checkpoint(geom: Any) -> str | None:
-    """The sparsest pruned checkpoint: the one that moves examples most."""
-    names = _names(geom)
-    if not names:
-        return None
-    reference = int(geom["reference"])
-    others = [i for i in range(len(names)) if i != reference]
-    if not others:
-        return names[reference]
-    sparsity = np.asarray(geom["sparsity"], dtype=float)
-    return names[max(others, key=lambda i: (sparsity[i], -i))]
-
-
-def resolve_geometry_view(query: dict[str, str], geom: Any) -> dict[str, str | None]:
-    """The view a URL asks for, each value checked against what the result offers."""
-    options = geometry_view_options(geom)
-    names = [o["value"] for o in options["checkpoints"]]
-    colours = [o["value"] for o in options["color_by"]]
-    classes = [o["value"] for o in options["classes"]]
-    return {
-        "checkpoint": query.get("checkpoint") if query.get("checkpoint") in names
-        else _default_checkpoint(geom),
-        "color": query.get("color") if query.get("color") in colours else "class",
-        "view": query.get("view") if query.get("view") in ("side", "movement") else "side",
-        "cls": query.get("cls") if query.get("cls") in classes else (classes[0] if classes
-                                                                      else None),
-    }
-
-
-def geometry_view_query(view: dict[str, Any], selection: list[int], n: int) -> str:
-    from urllib.parse import urlencode
-
-    pairs = [(k, view[k]) for k in VIEW_KEYS if view.get(k) is not None]
-    if selection and (text := encode_selection(selection, n)):
-        pairs.append(("sel", text))
-    return "?" + urlencode(pairs) if pairs else ""
 
 
 def _dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
@@ -156,12 +114,14 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     n = int(geom["labels"].shape[0]) if geom is not None else 0
     selection = decode_selection(query.get("sel"), n)
     options = geometry_view_options(geom)
-    checkpoints = [o for o in options["checkpoints"] if o["value"] != _reference_name(geom)]
+    checkpoints = [o for o in options["checkpoints"] if o["value"] != reference_name(geom)]
     return html.Div([
         dcc.Location(id="geometry-url", refresh=False),
         dcc.Store(id="geometry-project-id", data=pid),
         dcc.Store(id="geometry-version", data=data["result_id"]),
         dcc.Store(id="geometry-selection", data=selection),
+        # The map whose own lasso made the selection (None: a button or a link made it).
+        dcc.Store(id="geometry-origin", data=None),
         dcc.Interval(id="geometry-poll", interval=POLL_MS, n_intervals=0),
         html.H2(f"{project.name}: geometry", id="geometry-title"),
         html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
@@ -177,6 +137,12 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
             html.Span(f"{len(selection)} selected" if selection else "no selection",
                       id="geometry-selection-count", className="muted"),
             html.Button("Clear selection", id="geometry-clear", n_clicks=0),
+            html.Button("Select: every checkpoint wrong", id="geometry-select-systemic",
+                        n_clicks=0, title="systemic failures: no checkpoint, dense included, "
+                        "gets these right"),
+            html.Button("Select: only pruned wrong", id="geometry-select-pruned-only",
+                        n_clicks=0, title="the dense model is right and at least one pruned "
+                        "checkpoint is wrong"),
         ], style={"display": "flex", "gap": "1rem", "alignItems": "center", "flexWrap": "wrap"},
             className="card"),
         html.Div([
@@ -197,8 +163,12 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
             _card("Angle and length per class",
                   "Feature length against the angle to the true class's weight vector, dense "
                   "and pruned (Li et al. 2024); crosses are misclassified.",
-                  [_control("class", _dropdown("geometry-class", options["classes"],
-                                               view["cls"], width="10rem")),
+                  [html.Div([
+                      _control("class", _dropdown("geometry-class", options["classes"],
+                                                  view["cls"], width="8rem")),
+                      _control("against", _dropdown("geometry-compare", options["checkpoints"],
+                                                    view["cmp"], width="12rem")),
+                  ], style={"display": "flex", "gap": "1rem", "flexWrap": "wrap"}),
                    _graph("geometry-angle-norm")]),
             _card("Accuracy per class",
                   "Classes sorted by how much accuracy pruning takes from them (Hooker et al. "
@@ -261,6 +231,7 @@ def compute(n_clicks: int, project_id: int):  # noqa: ANN201
     Output("geometry-checkpoint", "value"),
     Output("geometry-color", "options"),
     Output("geometry-class", "options"),
+    Output("geometry-compare", "options"),
     Input("geometry-version", "data"),
     State("geometry-checkpoint", "value"),
     State("geometry-project-id", "data"),
@@ -269,9 +240,16 @@ def compute(n_clicks: int, project_id: int):  # noqa: ANN201
 def refresh_choices(_version: int, checkpoint: str | None, project_id: int):  # noqa: ANN201
     geom = _geometry(project_id)
     options = geometry_view_options(geom)
-    names = [o for o in options["checkpoints"] if o["value"] != _reference_name(geom)]
-    value = checkpoint if checkpoint in [o["value"] for o in names] else _default_checkpoint(geom)
-    return names, value, options["color_by"], options["classes"]
+    names = [o for o in options["checkpoints"] if o["value"] != reference_name(geom)]
+    value = checkpoint if checkpoint in [o["value"] for o in names] else default_checkpoint(geom)
+    return names, value, options["color_by"], options["classes"], options["checkpoints"]
+
+
+def selection_revision(selection: list[int] | None) -> str:
+    """Plotly keeps a user's own lasso selection across redraws unless `selectionrevision`
+    changes; tying it to the selection makes every map show exactly the selection stored."""
+    chosen = tuple(selection or ())
+    return f"{len(chosen)}:{hash(chosen) & 0xFFFFFFFF:x}"
 
 
 def _pruned_figure(geom: Any, checkpoint: str | None, color: str, view: str,
@@ -299,30 +277,57 @@ def draw_maps(checkpoint: str | None, color: str, view: str, _version: int,  # n
     if geom is None:
         message = "No geometry result yet: press “Compute geometry”."
         return empty_figure(message), empty_figure(message)
-    dense = embedding_scatter(geom, _reference_name(geom), color or "class", selection or None)
-    return dense, _pruned_figure(geom, checkpoint, color or "class", view, selection)
+    dense = embedding_scatter(geom, reference_name(geom), color or "class", selection or None)
+    pruned = _pruned_figure(geom, checkpoint, color or "class", view, selection)
+    for fig in (dense, pruned):
+        fig.update_layout(selectionrevision=selection_revision(selection))
+    return dense, pruned
 
 
 @callback(
     Output("geometry-selection", "data"),
+    Output("geometry-origin", "data"),
     Input("geometry-dense", "selectedData"),
     Input("geometry-pruned", "selectedData"),
     Input("geometry-clear", "n_clicks"),
+    Input("geometry-select-systemic", "n_clicks"),
+    Input("geometry-select-pruned-only", "n_clicks"),
     State("geometry-view", "value"),
+    State("geometry-origin", "data"),
+    State("geometry-project-id", "data"),
     prevent_initial_call=True,
 )
-def select(dense: dict | None, pruned: dict | None, _clear: int, view: str):  # noqa: ANN201
+def select(dense: dict | None, pruned: dict | None, _clear: int, _systemic: int,  # noqa: ANN201
+           _pruned_only: int, view: str, origin: str | None, project_id: int):
     trigger = ctx.triggered_id
     if trigger == "geometry-clear":
-        return []
+        return [], None
+    if trigger in ("geometry-select-systemic", "geometry-select-pruned-only"):
+        geom = _geometry(project_id)
+        if geom is None:
+            return no_update, no_update
+        kind = "systemic" if trigger.endswith("systemic") else "pruned_only"
+        return failures(geom, kind), None
     chosen = dense if trigger == "geometry-dense" else pruned
-    if chosen is None:  # a double click clears a selection
-        return []
+    points = (chosen or {}).get("points", [])
+    if not points:
+        # A double click clears the lasso of the map that made the selection. An empty
+        # event from another map is that map dropping its old outline for this selection.
+        return ([], None) if trigger == origin else (no_update, no_update)
     # In the movement view, the checkpoint's own points are the last trace.
     wanted_curve = None if trigger == "geometry-dense" or view != "movement" else 2
-    points = chosen.get("points", [])
     return sorted({int(p["pointIndex"]) for p in points
-                   if wanted_curve is None or p.get("curveNumber") == wanted_curve})
+                   if wanted_curve is None or p.get("curveNumber") == wanted_curve}), trigger
+
+
+def _selection_patch(selection: list[int]) -> Patch:
+    """Highlight `selection` in a map: only `selectedpoints` travels, not the points. An old
+    lasso outline goes with it (Plotly would otherwise keep deriving its points from it)."""
+    patch = Patch()
+    patch["data"][0]["selectedpoints"] = selection or None
+    patch["layout"]["selections"] = []
+    patch["layout"]["selectionrevision"] = selection_revision(selection)
+    return patch
 
 
 @callback(
@@ -330,23 +335,26 @@ def select(dense: dict | None, pruned: dict | None, _clear: int, view: str):  # 
     Output("geometry-pruned", "figure", allow_duplicate=True),
     Output("geometry-selection-count", "children"),
     Input("geometry-selection", "data"),
+    State("geometry-origin", "data"),
     State("geometry-checkpoint", "value"),
     State("geometry-color", "value"),
     State("geometry-view", "value"),
     State("geometry-project-id", "data"),
     prevent_initial_call=True,
 )
-def show_selection(selection: list[int], checkpoint: str | None, color: str, view: str,  # noqa: ANN201
-                   project_id: int):
-    """Highlight the selection everywhere: only `selectedpoints` travels, not the points."""
-    chosen = selection or None
-    dense = Patch()
-    dense["data"][0]["selectedpoints"] = chosen
+def show_selection(selection: list[int], origin: str | None, checkpoint: str | None,  # noqa: ANN201
+                   color: str, view: str, project_id: int):
+    """Highlight the selection in every map but the one whose lasso made it (that one shows
+    it already, with the lasso's outline)."""
+    selection = selection or []
+    dense = no_update if origin == "geometry-dense" else _selection_patch(selection)
     if view == "movement":  # its lines follow the selection, so it is drawn again
-        pruned = _pruned_figure(_geometry(project_id), checkpoint, color, view, selection or [])
+        pruned = _pruned_figure(_geometry(project_id), checkpoint, color, view, selection)
+        pruned.update_layout(selectionrevision=selection_revision(selection))
+    elif origin == "geometry-pruned":
+        pruned = no_update
     else:
-        pruned = Patch()
-        pruned["data"][0]["selectedpoints"] = chosen
+        pruned = _selection_patch(selection)
     count = f"{len(selection)} selected" if selection else "no selection"
     return dense, pruned, count
 
@@ -357,64 +365,20 @@ def show_selection(selection: list[int], checkpoint: str | None, color: str, vie
     Input("geometry-color", "value"),
     Input("geometry-view", "value"),
     Input("geometry-class", "value"),
+    Input("geometry-compare", "value"),
     Input("geometry-selection", "data"),
     State("geometry-url", "search"),
     State("geometry-project-id", "data"),
     prevent_initial_call=True,
 )
-def write_url(checkpoint, color, view, cls, selection, search, project_id):  # noqa: ANN001, ANN201
+def write_url(checkpoint, color, view, cls, cmp, selection, search, project_id):  # noqa: ANN001, ANN201
     geom = _geometry(project_id)
     n = int(geom["labels"].shape[0]) if geom is not None else 0
-    view_state = {"checkpoint": checkpoint, "color": color, "view": view, "cls": cls}
+    view_state = {"checkpoint": checkpoint, "color": color, "view": view, "cls": cls, "cmp": cmp}
     query = geometry_view_query(view_state, selection or [], n)
     if parse_query(query) == parse_query(search):
         return no_update
     return query
-
-
-def _thumbnail(image: np.ndarray, scale: int = 6) -> str:
-    from PIL import Image
-
-    picture = Image.fromarray(image)
-    picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def gallery(geom: Any, selection: list[int], checkpoint: str | None) -> Any:
-    """A table of the first GALLERY_SIZE selected examples: input, label, both predictions."""
-    if geom is None or not selection or checkpoint is None:
-        return html.P("Select examples in either map to see them here.", className="muted")
-    rows = example_rows(geom, selection, checkpoint, limit=GALLERY_SIZE)
-    has_images = "thumbnails" in geom
-    reference = _reference_name(geom)
-    head = ["example", *(["input"] if has_images else []), "label",
-            f"{reference}: prediction (confidence)", f"{checkpoint}: prediction (confidence)",
-            "margin dense → pruned"]
-
-    def cell(row: dict) -> list:
-        ident = str(geom["example_ids"][row["index"]]) if "example_ids" in geom else row["index"]
-        image = ([html.Td(html.Img(src=_thumbnail(np.asarray(geom["thumbnails"][row["index"]])),
-                                   alt=f"example {row['index']}"))] if has_images else [])
-
-        def shown(value: float | None) -> str:
-            return "–" if value is None else f"{value:.2f}"
-
-        changed = row["dense_prediction"] != row["pruned_prediction"]
-        return [
-            html.Td(ident), *image, html.Td(row["label"]),
-            html.Td(f"{row['dense_prediction']} ({shown(row['dense_confidence'])})"),
-            html.Td(f"{row['pruned_prediction']} ({shown(row['pruned_confidence'])})",
-                    style={"color": "#e45756"} if changed else None),
-            html.Td(f"{shown(row['dense_margin'])} → {shown(row['pruned_margin'])}"),
-        ]
-
-    return html.Table(
-        [html.Thead(html.Tr([html.Th(h) for h in head])),
-         html.Tbody([html.Tr(cell(r), className="gallery-row") for r in rows])],
-        id="geometry-gallery-table",
-    )
 
 
 @callback(
@@ -467,18 +431,19 @@ def export_selection(_csv: int, _parquet: int, selection: list[int], checkpoint:
     Output("geometry-groups", "figure"),
     Input("geometry-checkpoint", "value"),
     Input("geometry-class", "value"),
+    Input("geometry-compare", "value"),
     Input("geometry-version", "data"),
     State("geometry-project-id", "data"),
 )
-def draw_class_views(checkpoint: str | None, cls: str | None, _version: int,  # noqa: ANN201
-                     project_id: int):
+def draw_class_views(checkpoint: str | None, cls: str | None, cmp: str | None,  # noqa: ANN201
+                     _version: int, project_id: int):
     geom = _geometry(project_id)
     if geom is None or checkpoint is None:
         empty = empty_figure("No geometry result yet.")
         return (empty,) * 6
-    reference = _reference_name(geom)
+    reference = reference_name(geom)
     return (
-        angle_norm_figure(geom, int(cls or 0), reference, checkpoint),
+        angle_norm_figure(geom, int(cls or 0), cmp or reference, checkpoint),
         class_accuracy_figure(geom, checkpoint),
         confusion_difference_figure(geom, checkpoint),
         reliability_figure(geom, [reference, checkpoint]),

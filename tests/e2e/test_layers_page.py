@@ -110,6 +110,7 @@ def test_layers_page_draws_every_layer_and_a_copied_link_reopens_the_metric(
     _wait(browser, lambda d: "rows=magnitude_global-50" in d.current_url, message="rows in URL")
     button = _wait(browser, lambda d: [b for b in d.find_elements("id", "layers-compute-pair")
                                        if b.is_displayed()], message="compute button")[0]
+    browser.find_element("id", "layers-title").click()  # a click outside closes the open list
     button.click()
     _wait(browser, lambda d: "queued" in d.find_element("id", "layers-pair-message").text,
           message="job queued")

@@ -115,6 +115,17 @@ def test_pca_degenerate_references_give_zero_axes_not_nan():
     np.testing.assert_array_equal(out, 0.0)
 
 
+def test_pca_ignores_umap_only_parameters():
+    features = [_clustered(), _clustered(seed=1)]
+    expected = project_features(features, method="pca")
+    np.testing.assert_array_equal(
+        project_features(
+            features, method="pca", alignment="aligned", seed=9, n_neighbors=50, min_dist=0.9
+        ),
+        expected,
+    )
+
+
 def test_accepts_a_stacked_array_and_integers():
     stacked = np.stack([_clustered(), _clustered(seed=1)])
     np.testing.assert_array_equal(
@@ -145,7 +156,6 @@ def test_progress_reaches_one():
         ([np.ones((2, 3))], {"method": "pca"}, "at least 3 examples"),
         ([np.ones((5, 3))], {"method": "tsne"}, "method must be one of"),
         ([np.ones((5, 3))], {"alignment": "joint"}, "alignment must be one of"),
-        ([np.ones((5, 3))], {"method": "pca", "alignment": "aligned"}, "applies to method='umap'"),
         ([np.ones((5, 3))], {"method": "pca", "reference": 1}, "reference=1 is not a checkpoint"),
         ([np.ones((5, 3))], {"method": "pca", "reference": -1}, "is not a checkpoint"),
         ([np.ones((5, 3))], {"method": "pca", "reference": 0.0}, "checkpoint index"),

@@ -16,6 +16,7 @@ Methods:
   An axis along which the reference has no variance (eigenvalue below 1e-12 of the largest,
   i.e. rounding, or a reference whose centred sum of squares is below 1e-20 of its raw one)
   is set to zero, so e.g. d = 1, or a constant reference, gives zero coordinates there.
+  PCA ignores `alignment` (its axes are shared by construction), `seed` and UMAP's settings.
 - "umap" with alignment "reference" (the default): `umap.UMAP` fitted on the reference
   checkpoint, every other checkpoint placed into that map with `.transform`. A pruned
   example's position says where its features land among the dense model's examples; a
@@ -44,7 +45,7 @@ the lines between panels say nothing about how far an example's features moved (
 ≈ 0: the joint optimisation lays every checkpoint out afresh and only pulls the maps together),
 an unchanged checkpoint still moves by 1.3 % of the map's scale, and it costs 10–12× the time
 (AlignedUMAP fits a full UMAP per checkpoint, discards those layouts, then optimises all of
-them jointly; 178 s against 17.5 s for five checkpoints of 10,000 × 384). The reference map
+them jointly; 203 s against 17.7 s for five checkpoints of 10,000 × 384). The reference map
 shows each pruned checkpoint in the dense model's terms — what "where did pruning move this
 example" asks — so a heavily pruned checkpoint's own neighbourhoods are kept less well
 (trustworthiness .76 at 95 %), and displacement ranks with the feature change. An unchanged
@@ -68,12 +69,13 @@ UMAP settings and why:
   NN-descent (pynndescent), which umap uses above 4,096 anyway, makes one code path and one JIT
   warm-up for every size (trustworthiness within 1e-3).
 - Deterministic for a seed: `random_state=seed`, `transform_seed=seed`, which makes umap run
-  single-threaded. On 2 cores an unseeded parallel fit of 10,000 × 384 took 3.9 s against
-  6.4 s on a quiet machine, but 2.5× longer than the seeded one while other work loaded the
-  machine (threads waiting on each other), and its maps differ run to run, which a cache keyed
-  by seed must not store. So every map is seeded; the fit is ~6 of a five-checkpoint map's
-  17.5 s, the rest the four transforms. umap sets numba's thread count as a side effect; it is
-  restored afterwards.
+  single-threaded. On 2 cores an unseeded parallel fit of 10,000 × 384 took 4.9 s against
+  6.6 s on a quiet machine (1.3×; 1.9× at 2,500), but 2.5× longer than the seeded one while
+  other work loaded the machine (threads waiting on each other), and its maps differ run to
+  run, which a cache keyed by seed must not store. So every map is seeded; the fit is 6.6 s of
+  a five-checkpoint map's 17.7 s, the rest the four transforms. Maps are reproducible on one
+  machine with the same BLAS thread count (PCA initialisation's rounding depends on it).
+  umap sets numba's thread count as a side effect; it is restored afterwards.
 - umap is imported on first use (1–15 s, depending on the disk cache) and its and pynndescent's
   numba code compiles on the first fit and first transform (~30–60 s at 10,000 examples); both
   persist in a long-lived worker, and `warm_up_umap()` pays them at start-up.
@@ -184,11 +186,6 @@ def _check_parameters(
             f"(indices 0 to {n_checkpoints - 1})"
         )
     if method == "pca":
-        if alignment != "reference":
-            raise ValueError(
-                "alignment='aligned' applies to method='umap'; PCA always projects every "
-                "checkpoint onto the reference's axes (pass alignment='reference')"
-            )
         if n_examples < 3:
             raise ValueError(f"a PCA map needs at least 3 examples, got {n_examples}")
         return
@@ -435,11 +432,13 @@ def project_features(
 
     `features[c]` is checkpoint c's (N × d) features of the same examples; `reference` the
     checkpoint whose geometry defines the map (the dense model). See the module docstring for
-    the methods. UMAP coordinates are deterministic for a given seed on one machine; PCA's are
-    exact. umap marks an example disconnected from its neighbour graph with NaN coordinates
-    (not seen with Euclidean features; they stay NaN here). Raises ValueError for mismatched
-    shapes, NaN/Inf, too few examples (3 for PCA, n_neighbors + 1 for UMAP), and a map of
-    features that are the same for every example (UMAP's layout of them is noise).
+    the methods. UMAP coordinates are deterministic for a given seed on one machine (and BLAS
+    thread count); PCA's are exact. umap marks an example disconnected from its neighbour
+    graph with NaN coordinates (not seen with Euclidean features; they stay NaN here).
+    PCA ignores alignment, seed, n_neighbors and min_dist (its axes are always the reference's).
+    Raises ValueError for mismatched shapes, NaN/Inf, too few examples (3 for PCA,
+    n_neighbors + 1 for UMAP), and a UMAP of features that are the same for every example
+    (its layout of them would be noise).
     """
     progress = progress or _no_progress
     arrays = _as_feature_arrays(features)
