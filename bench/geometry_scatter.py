@@ -98,6 +98,7 @@ def selection_body(project_id: int, selection: list[int]) -> dict:
         "inputs": [{"id": "geometry-selection", "property": "data", "value": selection}],
         "changedPropIds": ["geometry-selection.data"],
         "state": [
+            {"id": "geometry-origin", "property": "data", "value": None},
             {"id": "geometry-checkpoint", "property": "value", "value": "random-95"},
             {"id": "geometry-color", "property": "value", "value": "class"},
             {"id": "geometry-view", "property": "value", "value": "side"},

@@ -136,8 +136,11 @@ class MomentAccumulator:
     def _fold(self) -> None:
         if not self._pending:
             return
-        reference = torch.cat([r for r, _ in self._pending])
-        others = [torch.cat([o[m] for _, o in self._pending]) for m in range(len(self.cross))]
+        if len(self._pending) == 1:  # a batch of fold_rows or more: no copy
+            reference, others = self._pending[0]
+        else:
+            reference = torch.cat([r for r, _ in self._pending])
+            others = [torch.cat([o[m] for _, o in self._pending]) for m in range(len(self.cross))]
         self._pending, self._pending_rows = [], 0
         x, x_norms = self._prepare(0, reference, self.ref_blocks)
         for m, y in enumerate(others):
