@@ -193,7 +193,8 @@ def test_demo_project_renders_heatmap_accuracy_and_jobs(demo_server, browser):
     spread = [max(row[c] for row in layers) - min(row[c] for row in layers) for c in (mag, rnd)]
     assert spread[0] > spread[1]
     progress = browser.find_elements("css selector", "#jobs-panel progress")
-    assert len(progress) == 8 and all(p.get_attribute("value") == "1" for p in progress)
+    # train, 6 prunes, the analysis and the geometry job
+    assert len(progress) == 9 and all(p.get_attribute("value") == "1" for p in progress)
     shot = os.environ.get("PRUNESCOPE_SCREENSHOT")
     if shot:
         browser.save_screenshot(shot)
