@@ -146,3 +146,15 @@ def test_the_real_minilm_drifts_most_in_its_top_layer(minilm_server, browser):  
     assert at_90[0] > 0.999  # embeddings are not pruned (only linear layers are)
     blocks = at_90[1:]
     assert blocks[-1] == min(blocks), f"CKA to dense per block at 90 %: {blocks}"
+
+    # The same analysis measured attention: heads drift further as sparsity grows.
+    browser.get(f"{base}/projects/{pid}/attention?measure=js&checkpoint=magnitude_global-90")
+    lines = _wait(browser, lambda d: (data := _plot_data(d, "attention-lines")) and len(data) == 8
+                  and data, message="8 attention lines (2 methods × 4 sparsities)")
+    mean_js = {t["name"].split(" ")[0]: sum(t["y"]) / len(t["y"]) for t in lines}
+    assert all(0.0 < v < 1.0 for v in mean_js.values())
+    assert mean_js["magnitude_global-90"] > mean_js["magnitude_global-30"]
+    _wait(browser, lambda d: (data := _plot_data(d, "attention-heads"))
+          and data[0].get("type") == "heatmap" and data, message="head heatmap")
+    z = browser.execute_script(DECODED_Z.format(id="attention-heads"))
+    assert len(z) == 6 and all(len(row) == 12 for row in z)
