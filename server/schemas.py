@@ -126,7 +126,7 @@ class CheckpointsPublic(BaseModel):
     count: int
 
 
-JobKind = Literal["train", "prune", "analyze", "geometry"]
+JobKind = Literal["train", "prune", "analyze", "geometry", "probe"]
 
 
 class JobCreate(BaseModel):

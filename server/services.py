@@ -513,7 +513,7 @@ def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> 
             raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")
         if any(j.kind == "prune" and _pruned_name(j.params) == name for j in active_jobs):
             raise Conflict(f"a queued or running job already produces {name!r}; pass params.name")
-    if body.kind in ("analyze", "geometry"):
+    if body.kind in ("analyze", "geometry", "probe"):
         ids = {c.id for c in project.checkpoints}
         wanted = [*(p.get("checkpoint_ids") or []), p.get("reference_checkpoint_id")]
         unknown = [i for i in wanted if i is not None and i not in ids]
@@ -753,3 +753,27 @@ def request_geometry(
     """Queue the geometry job over all of a project's checkpoints."""
     return submit_job(project_id, JobCreate(kind="geometry", params={"projection": projection}),
                       settings)
+
+
+# ---------------------------------------------------------------- probing (Attention page)
+
+
+def probing_results(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The newest "probing" result: {"probing": read-only arrays or None, "result_id"}."""
+    from server.storage import ArtifactNotFound
+
+    settings = settings or get_settings()
+    for result in reversed(list_results(project_id, settings)):
+        if result.kind != "probing":
+            continue
+        try:
+            path = _store(settings).open_path(result.artifact_digest)
+        except ArtifactNotFound:
+            continue
+        return {"probing": _read_only(_load_npz(str(path))), "result_id": result.id}
+    return {"probing": None, "result_id": None}
+
+
+def request_probing(project_id: int, settings: Settings | None = None) -> JobPublic:
+    """Queue the probe job (every checkpoint, every probing task)."""
+    return submit_job(project_id, JobCreate(kind="probe"), settings)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-JOB_KINDS = ("train", "prune", "analyze", "geometry")
+JOB_KINDS = ("train", "prune", "analyze", "geometry", "probe")
 
 
 class JobCancelled(Exception):

@@ -131,6 +131,15 @@ GEOMETRY_PARAMS: dict[str, Param] = {
 }
 
 
+PROBE_PARAMS: dict[str, Param] = {
+    "max_examples": Param(int, 400, "an integer of at least 20", lambda v: v >= 20),
+    "tasks": Param(list, None, "a list of probing task names"),
+    "seed": _SEED,
+    # The server resolves these into spec.checkpoints; accepted, not used.
+    "checkpoint_ids": Param(list, None, "a list of checkpoint ids"),
+}
+
+
 def read_params(kind: str, params: Mapping[str, Any], table: Mapping[str, Param]) -> dict[str, Any]:
     """Validated parameters with defaults filled in; JobInputError names the first bad one."""
     unknown = sorted(set(params) - set(table))
@@ -470,11 +479,47 @@ def _run_geometry(spec: JobSpec, progress: ProgressFn) -> JobOutput:
                      summary=summary)
 
 
+def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
+    from workers.analyses.evaluation import _dense_checkpoint, tokenizer_of
+    from workers.analyses.layers import is_token_model
+    from workers.analyses.probing import probe_checkpoints
+    from workers.analyses.probing_tasks import PROBING_TASKS
+
+    params = read_params("probe", spec.params, PROBE_PARAMS)
+    data = _dataset(spec)
+    if data.texts_test is None:
+        raise JobInputError(f"dataset {data.name!r} has no text; probing needs sentences")
+    dense = _dense_checkpoint(spec.checkpoints)
+    models = [_load(spec, ref) for ref in spec.checkpoints]
+    if not is_token_model(models[0]):
+        raise JobInputError("probing reads a Transformer's hidden states; this project's "
+                            "architecture is not a Hugging Face model")
+    texts = [*data.texts_train.tolist(), *data.texts_test.tolist()]
+    try:
+        arrays = probe_checkpoints(
+            models, [c.name for c in spec.checkpoints], tokenizer_of(dense), texts,
+            tasks=params["tasks"] or tuple(PROBING_TASKS), max_examples=params["max_examples"],
+            seed=params["seed"], progress=_scaled(progress, 0.0, 0.99),
+        )
+    except ValueError as exc:
+        raise JobInputError(f"the probing tasks cannot be built from {data.name!r}: {exc}") \
+            from exc
+    arrays["checkpoint_ids"] = np.array([c.id for c in spec.checkpoints], dtype=np.int64)
+    path = Path(spec.scratch_dir) / "probing.npz"
+    np.savez(path, **arrays)
+    summary = {"dataset": data.name, "tasks": arrays["tasks"].tolist(),
+               "examples": arrays["examples"].tolist()}
+    progress(1.0, "probes written")
+    return JobOutput(results=[NewResult(kind="probing", path=str(path), summary=summary)],
+                     summary=summary)
+
+
 _HANDLERS: dict[str, Callable[[JobSpec, ProgressFn], JobOutput]] = {
     "train": _run_train,
     "prune": _run_prune,
     "analyze": _run_analyze,
     "geometry": _run_geometry,
+    "probe": _run_probe,
 }
 
 

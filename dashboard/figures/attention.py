@@ -132,3 +132,48 @@ def attention_rows(evaluation: Arrays | None, measure: str = "js") -> list[dict[
     return [{"checkpoint": names[c], "layer": layer, "head": h, key: float(values[c, layer, h])}
             for c in range(len(names)) for layer in range(values.shape[1])
             for h in range(values.shape[2])]
+
+
+NO_PROBES = ("No probing result yet: press “Run probes” (linear probes on every layer of every "
+             "checkpoint, for tasks generated from the project's sentences).")
+
+
+def probe_tasks(probing: Arrays | None) -> list[str]:
+    return [] if probing is None or "tasks" not in probing else _strings(probing["tasks"])
+
+
+def probe_lines(probing: Arrays | None, task: str | None,
+                methods: Mapping[str, str] | None = None) -> go.Figure:
+    """Probe test accuracy per layer for one task, one line per checkpoint, with the task's
+    majority-class accuracy as a dashed floor."""
+    tasks = probe_tasks(probing)
+    if not tasks:
+        return empty_figure(NO_PROBES)
+    if task not in tasks:
+        return empty_figure(f"no probing task {task!r}; choose one of {', '.join(tasks)}")
+    t = tasks.index(task)
+    accuracy = np.asarray(probing["accuracy"], dtype=float)
+    layers = _strings(probing["layers"])
+    names = _strings(probing["checkpoint_names"])
+    fig = go.Figure()
+    for c, name in enumerate(names):
+        method = (methods or {}).get(name, "dense" if c == 0 else name)
+        fig.add_trace(go.Scatter(
+            x=layers, y=accuracy[c, t].tolist(), mode="lines+markers", name=name,
+            line={"color": "#222222" if method == "dense" else method_colour(method),
+                  "width": 3 if method == "dense" else 2},
+            hovertemplate=f"{name}<br>%{{x}}<br>accuracy %{{y:.1%}}<extra></extra>",
+        ))
+    majority = float(np.asarray(probing["majority"])[t])
+    fig.add_trace(go.Scatter(x=layers, y=[majority] * len(layers), mode="lines",
+                             name="majority class", line={"dash": "dash", "color": "#999999"},
+                             hovertemplate="majority class %{y:.1%}<extra></extra>"))
+    examples = int(np.asarray(probing["examples"])[t]) if "examples" in probing else None
+    fig.update_layout(template="plotly_white", height=400,
+                      title={"text": f"{task}" + (f" ({examples} sentences, 25 % held out)"
+                                                  if examples else ""), "x": 0.02,
+                             "font": {"size": 14}},
+                      yaxis={"title": "probe test accuracy", "tickformat": ".0%",
+                             "range": [0, 1.02]},
+                      xaxis={"title": "layer"}, margin={"l": 70, "r": 20, "t": 60, "b": 60})
+    return fig

@@ -18,6 +18,8 @@ from dashboard.figures.attention import (
     attention_rows,
     head_heatmap,
     per_layer_lines,
+    probe_lines,
+    probe_tasks,
 )
 from dashboard.figures.layers import rows_to_csv
 from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
@@ -47,6 +49,9 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     checkpoint = query.get("checkpoint") if query.get("checkpoint") in checkpoints else (
         checkpoints[-1] if checkpoints else None)
     measure = query.get("measure") if query.get("measure") in ATTENTION_MEASURES else "js"
+    probing = services.probing_results(pid)["probing"]
+    tasks = probe_tasks(probing)
+    task = query.get("task") if query.get("task") in tasks else (tasks[0] if tasks else None)
     return html.Div([
         dcc.Location(id="attention-url", refresh=False),
         dcc.Store(id="attention-project-id", data=pid),
@@ -79,6 +84,23 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                       dcc.Graph(id="attention-heads", figure=empty_figure("loading…"),
                                 config=GRAPH_CONFIG)], className="card"),
         ], className="grid2"),
+        html.Div([
+            html.H3("Linear probes per layer"),
+            html.P("What each layer still encodes: a logistic regression per layer and "
+                   "checkpoint on tasks generated from the project's sentences (length, word "
+                   "content, bigram shift, odd-man-out, coordination inversion; Conneau et al. "
+                   "2018), scored on held-out sentences against the majority class.",
+                   className="muted"),
+            html.Div([
+                dcc.Dropdown(id="attention-task", options=[{"label": t, "value": t}
+                                                           for t in tasks],
+                             value=task, clearable=False, style={"width": "16rem"}),
+                html.Button("Run probes", id="attention-run-probes", n_clicks=0),
+                html.Span(id="attention-probe-message", className="muted"),
+            ], style={"display": "flex", "gap": "1rem", "alignItems": "center"}),
+            dcc.Graph(id="attention-probes", figure=empty_figure("loading…"),
+                      config=GRAPH_CONFIG),
+        ], className="card"),
     ])
 
 
@@ -95,14 +117,49 @@ def draw(measure: str, checkpoint: str | None, project_id: int):  # noqa: ANN201
 
 
 @callback(
+    Output("attention-probes", "figure"),
+    Input("attention-task", "value"),
+    State("attention-project-id", "data"),
+)
+def draw_probes(task: str | None, project_id: int):  # noqa: ANN201
+    probing = services.probing_results(project_id)["probing"]
+    evaluation = _evaluation(project_id)
+    methods = {}
+    if evaluation is not None and "checkpoint_methods" in evaluation:
+        methods = dict(zip([str(n) for n in evaluation["checkpoint_names"].tolist()],
+                           [str(m) for m in evaluation["checkpoint_methods"].tolist()],
+                           strict=True))
+    return probe_lines(probing, task, methods)
+
+
+@callback(
+    Output("attention-probe-message", "children"),
+    Input("attention-run-probes", "n_clicks"),
+    State("attention-project-id", "data"),
+    prevent_initial_call=True,
+)
+def run_probes(n_clicks: int, project_id: int):  # noqa: ANN201
+    if not n_clicks:
+        return no_update
+    try:
+        job = services.request_probing(project_id)
+    except (services.InvalidInput, services.Conflict) as exc:
+        return f"Not queued: {exc}"
+    return f"Probe job #{job.id} queued; reload the page when it has finished."
+
+
+@callback(
     Output("attention-url", "search"),
     Input("attention-measure", "value"),
     Input("attention-checkpoint", "value"),
+    Input("attention-task", "value"),
     State("attention-url", "search"),
     prevent_initial_call=True,
 )
-def write_url(measure: str, checkpoint: str | None, search: str | None):  # noqa: ANN201
-    pairs = [("measure", measure)] + ([("checkpoint", checkpoint)] if checkpoint else [])
+def write_url(measure: str, checkpoint: str | None, task: str | None,  # noqa: ANN201
+              search: str | None):
+    pairs = [("measure", measure)] + ([("checkpoint", checkpoint)] if checkpoint else []) + \
+        ([("task", task)] if task else [])
     query = "?" + urlencode(pairs)
     return no_update if parse_query(query) == parse_query(search) else query
 

@@ -60,3 +60,26 @@ def test_missing_attention_says_what_to_do_and_rows_export_every_head() -> None:
                         "attention_topk_overlap": float(1.0 - _evaluation()["attention_js"][2,
                                                                                             3, 4])}
     assert attention_rows(None) == []
+
+
+def test_probe_lines_draw_each_checkpoint_and_the_majority_floor() -> None:
+    from dashboard.figures.attention import NO_PROBES, probe_lines, probe_tasks
+
+    rng = np.random.default_rng(1)
+    probing = {
+        "checkpoint_names": np.array(["dense", "mag-90"]),
+        "tasks": np.array(["sentence_length", "bigram_shift"]),
+        "layers": np.array(["embeddings", "block 1", "block 2"]),
+        "accuracy": rng.random((2, 2, 3)),
+        "majority": np.array([0.2, 0.5]),
+        "examples": np.array([400, 380]),
+    }
+    fig = probe_lines(probing, "bigram_shift", {"mag-90": "magnitude_global"})
+    lines = {t.name: t for t in fig.data}
+    assert set(lines) == {"dense", "mag-90", "majority class"}
+    np.testing.assert_allclose(lines["mag-90"].y, probing["accuracy"][1, 1])
+    assert list(lines["majority class"].y) == [0.5] * 3
+    assert "380 sentences" in fig.layout.title.text
+    assert probe_tasks(probing) == ["sentence_length", "bigram_shift"]
+    assert probe_lines(None, "x").layout.annotations[0].text == NO_PROBES
+    assert "no probing task" in probe_lines(probing, "parsing").layout.annotations[0].text

@@ -158,3 +158,7 @@ def test_the_real_minilm_drifts_most_in_its_top_layer(minilm_server, browser):  
           and data[0].get("type") == "heatmap" and data, message="head heatmap")
     z = browser.execute_script(DECODED_Z.format(id="attention-heads"))
     assert len(z) == 6 and all(len(row) == 12 for row in z)
+    # Probes are run on request: the button queues the job.
+    browser.find_element("id", "attention-run-probes").click()
+    _wait(browser, lambda d: "queued" in d.find_element("id", "attention-probe-message").text,
+          message="probe job queued")

@@ -177,7 +177,8 @@ def test_cancellation_from_progress_propagates(tmp_path):
 @pytest.mark.parametrize(
     ("kind", "params", "word"),
     [
-        ("explode", {}, "train, prune, analyze, geometry"),
+        ("explode", {}, "train, prune, analyze, geometry, probe"),
+        ("probe", {"max_examples": 5}, "params.max_examples"),
         ("geometry", {"projection": "tsne"}, "params.projection must be one of umap, pca"),
         ("train", {"epochs": 0}, "params.epochs must be a positive integer"),
         ("train", {"epochs": True}, "params.epochs"),

@@ -1,0 +1,133 @@
+"""Linear probes per layer: which linguistic information each checkpoint's layers still encode.
+
+For every probing task (`workers.analyses.probing_tasks`), every checkpoint and every layer
+(the embedding output and each block's, mean-pooled over real tokens as the layer analysis
+pools them), a multinomial logistic regression is trained on 75 % of the task's sentences and
+scored on the other 25 % (a fixed stratified split, the same for every checkpoint). Features
+are standardised on the training part. Reported: test accuracy [checkpoints, tasks, layers]
+and each task's majority-class accuracy on the same test part, the floor a probe must beat.
+
+One forward pass per checkpoint and task feeds all layers; features live for one checkpoint
+at a time ([sentences, layers, width] float32: 400 × 7 × 384 is 4 MB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.analyses.layers import _pool, text_batches
+from workers.analyses.probing_tasks import PROBING_TASKS, ProbingTask
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _subsample(task: ProbingTask, max_examples: int, seed: int) -> ProbingTask:
+    """At most `max_examples` sentences, stratified by label (classes kept in proportion)."""
+    n = len(task.texts)
+    if n <= max_examples:
+        return task
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(n), train_size=max_examples, random_state=seed,
+                               stratify=_stratifiable(task.labels))
+    keep = np.sort(keep)
+    return ProbingTask(task.name, tuple(task.texts[i] for i in keep), task.labels[keep],
+                       task.class_names)
+
+
+def _stratifiable(labels: np.ndarray) -> np.ndarray | None:
+    counts = np.bincount(labels)
+    return labels if counts[counts > 0].min() >= 2 else None
+
+
+def pooled_layers(model: nn.Module, batches: Sequence[Any], n: int) -> np.ndarray:
+    """[n, layers, width] float32: mean-pooled hidden states of every sentence."""
+    out: np.ndarray | None = None
+    with torch.inference_mode():
+        for batch in batches:
+            hidden = model(**batch.inputs, output_hidden_states=True).hidden_states
+            mask = batch.inputs.get("attention_mask")
+            pooled = torch.stack([_pool(h, mask, "mean") for h in hidden], 1).float().numpy()
+            if out is None:
+                out = np.zeros((n, *pooled.shape[1:]), dtype=np.float32)
+            out[batch.index.numpy()] = pooled
+    if out is None:
+        raise ValueError("no sentences to probe")
+    return out
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, train: np.ndarray,
+                   test: np.ndarray) -> float:
+    """Test accuracy of a standardised multinomial logistic regression (L2, C = 1)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if np.unique(labels[train]).size < 2:
+        return float("nan")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(features[train], labels[train])
+    return float((probe.predict(features[test]) == labels[test]).mean())
+
+
+def probe_checkpoints(
+    models: Sequence[nn.Module],
+    names: Sequence[str],
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    tasks: Sequence[str] = tuple(PROBING_TASKS),
+    max_examples: int = 400,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict[str, np.ndarray]:
+    """Probe accuracy of every checkpoint's layers on every task, npz-ready.
+
+    Returns checkpoint_names [C], tasks [T], layers [L] ("embeddings", "block 1", …),
+    accuracy float64 [C, T, L], majority float64 [T] (on each task's test part),
+    examples int64 [T] (sentences used per task).
+    """
+    from sklearn.model_selection import train_test_split
+
+    progress = progress or (lambda f, m: None)
+    unknown = [t for t in tasks if t not in PROBING_TASKS]
+    if unknown:
+        raise ValueError(f"unknown probing task(s) {unknown}; choose from {list(PROBING_TASKS)}")
+    built = [_subsample(PROBING_TASKS[t](list(texts)), max_examples, seed) for t in tasks]
+    accuracy: np.ndarray | None = None
+    majority, examples = np.zeros(len(built)), np.zeros(len(built), dtype=np.int64)
+    steps, done = len(built) * len(models), 0
+    for t, task in enumerate(built):
+        n = len(task.texts)
+        if n < 8:
+            raise ValueError(f"the {task.name} task found only {n} usable sentences")
+        examples[t] = n
+        train, test = train_test_split(np.arange(n), test_size=0.25, random_state=seed,
+                                       stratify=_stratifiable(task.labels))
+        majority[t] = np.bincount(task.labels[test]).max() / test.size
+        batches = text_batches(list(task.texts), None, tokenizer, batch_size=batch_size)
+        for c, model in enumerate(models):
+            feats = pooled_layers(model.eval(), batches, n)
+            if accuracy is None:
+                accuracy = np.zeros((len(models), len(built), feats.shape[1]))
+            for layer in range(feats.shape[1]):
+                accuracy[c, t, layer] = probe_accuracy(feats[:, layer], task.labels, train,
+                                                       test)
+            done += 1
+            progress(done / steps, f"{task.name}: probed {names[c]}")
+    assert accuracy is not None
+    layers = ["embeddings", *[f"block {i}" for i in range(1, accuracy.shape[2])]]
+    return {
+        "checkpoint_names": np.array(list(names), dtype=np.str_),
+        "tasks": np.array([task.name for task in built], dtype=np.str_),
+        "layers": np.array(layers, dtype=np.str_),
+        "accuracy": accuracy,
+        "majority": majority,
+        "examples": examples,
+    }
