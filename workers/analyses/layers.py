@@ -163,15 +163,17 @@ def _token_outputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tupl
 
 def _fold_attention(consistency: dict[int, Any], model: int, reference: Sequence[torch.Tensor],
                     attentions: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor],
-                    special: torch.Tensor | None) -> None:
+                    special: torch.Tensor | None, reference_terms: dict) -> None:
     from workers.metrics.attention import AttentionConsistencyAccumulator
 
     if model not in consistency:
         consistency[model] = AttentionConsistencyAccumulator(len(reference),
                                                              int(reference[0].shape[1]))
     mask = inputs["attention_mask"]
+    # The dense side's terms of this batch are computed once for every pruned model.
     consistency[model].update(reference, attentions, mask,
-                              None if special is None else special.to(mask.device))
+                              None if special is None else special.to(mask.device),
+                              reference_terms=reference_terms)
 
 
 def _attention_arrays(consistency: dict[int, Any], reference: int,
@@ -262,7 +264,7 @@ def compare_layers(
             inputs = _to(batch.inputs, device)
             rows = torch.from_numpy(in_sample[batch.index.numpy()]).to(device)
             feats, per_model = [], []
-            reference_attention = None
+            reference_attention, reference_terms = None, {}
             for i in order:
                 if attention:
                     logits, per_layer, attentions = _token_outputs(models[i], inputs)
@@ -270,7 +272,7 @@ def compare_layers(
                         reference_attention = attentions
                     else:
                         _fold_attention(consistency, i, reference_attention, attentions,
-                                        inputs, batch.special_tokens)
+                                        inputs, batch.special_tokens, reference_terms)
                     del attentions
                 else:
                     logits, per_layer = layer_features(
