@@ -41,3 +41,15 @@ def jobs_panel(jobs) -> list:  # noqa: ANN001
             )
         )
     return rows
+
+
+def queued_message(submit, what: str, then: str = "") -> str:  # noqa: ANN001
+    """Submit a job through `submit()` (a service call) and say what happened: the job's
+    number, or why the server refused it."""
+    from server import services
+
+    try:
+        job = submit()
+    except (services.InvalidInput, services.Conflict) as exc:
+        return f"Not queued: {exc}"
+    return f"{what} job #{job.id} queued{then}."

@@ -68,15 +68,10 @@ def geometry_view_query(view: dict[str, Any], selection: list[int], n: int) -> s
 
 
 def failures(geom: Any, kind: str) -> list[int]:
-    """Examples every checkpoint gets wrong ("systemic", Toups et al. 2023), or that the dense
-    model gets right and some pruned checkpoint wrong ("pruned_only")."""
-    predictions, labels = np.asarray(geom["predictions"]), np.asarray(geom["labels"])
-    wrong = predictions != labels[None, :]
-    if kind == "systemic":
-        return np.flatnonzero(wrong.all(axis=0)).tolist()
-    reference = int(geom["reference"])
-    others = np.delete(wrong, reference, axis=0)
-    return np.flatnonzero(~wrong[reference] & others.any(axis=0)).tolist()
+    """The examples a failure button selects (`services.geometry_failures`)."""
+    from server import services
+
+    return services.geometry_failures(geom, kind)
 
 
 def _thumbnail(image: np.ndarray, scale: int = 6) -> str:

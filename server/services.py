@@ -726,25 +726,48 @@ def request_layer_comparison(
 # ---------------------------------------------------------------- geometry (Geometry page)
 
 
-def geometry_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
-    """The newest "geometry" result of a project: {"geometry": read-only arrays or None,
-    "result_id": id or None, "summary": its summary or None}. The arrays are those the
-    geometry job wrote (`workers.analyses.geometry.geometry_of_checkpoints`)."""
+def _newest_arrays(
+    project_id: int, kind: str, settings: Settings
+) -> tuple[ResultPublic | None, dict[str, np.ndarray] | None]:
+    """The newest result of `kind` whose artifact is still in the store, and its read-only
+    arrays; (None, None) when there is none."""
     from server.storage import ArtifactNotFound
 
-    settings = settings or get_settings()
     for result in reversed(list_results(project_id, settings)):
-        if result.kind != "geometry":
+        if result.kind != kind:
             continue
         try:
             path = _store(settings).open_path(result.artifact_digest)
         except ArtifactNotFound:
-            log.warning("result %d (geometry): artifact %s is missing from the store",
-                        result.id, result.artifact_digest)
+            log.warning("result %d (%s): artifact %s is missing from the store",
+                        result.id, kind, result.artifact_digest)
             continue
-        return {"geometry": _read_only(_load_npz(str(path))), "result_id": result.id,
-                "summary": result.summary}
-    return {"geometry": None, "result_id": None, "summary": None}
+        return result, _read_only(_load_npz(str(path)))
+    return None, None
+
+
+def geometry_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The newest "geometry" result of a project: {"geometry": read-only arrays or None,
+    "result_id": id or None, "summary": its summary or None}. The arrays are those the
+    geometry job wrote (`workers.analyses.geometry.geometry_of_checkpoints`)."""
+    result, arrays = _newest_arrays(project_id, "geometry", settings or get_settings())
+    return {"geometry": arrays, "result_id": result.id if result else None,
+            "summary": result.summary if result else None}
+
+
+def geometry_failures(geometry: dict[str, np.ndarray], kind: str) -> list[int]:
+    """Examples every checkpoint gets wrong ("systemic", Toups et al. 2023) or that the dense
+    model gets right and some pruned checkpoint wrong ("pruned_only"), by position."""
+    from workers.metrics.geometry import pruning_only_failures, systemic_failures
+
+    predictions, labels = geometry["predictions"], geometry["labels"]
+    if kind == "systemic":
+        mask = systemic_failures(predictions, labels)
+    elif kind == "pruned_only":
+        mask = pruning_only_failures(predictions, labels, int(geometry["reference"]))
+    else:
+        raise InvalidInput(f"kind must be 'systemic' or 'pruned_only', got {kind!r}")
+    return np.flatnonzero(mask).tolist()
 
 
 def request_geometry(
@@ -760,18 +783,8 @@ def request_geometry(
 
 def probing_results(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """The newest "probing" result: {"probing": read-only arrays or None, "result_id"}."""
-    from server.storage import ArtifactNotFound
-
-    settings = settings or get_settings()
-    for result in reversed(list_results(project_id, settings)):
-        if result.kind != "probing":
-            continue
-        try:
-            path = _store(settings).open_path(result.artifact_digest)
-        except ArtifactNotFound:
-            continue
-        return {"probing": _read_only(_load_npz(str(path))), "result_id": result.id}
-    return {"probing": None, "result_id": None}
+    result, arrays = _newest_arrays(project_id, "probing", settings or get_settings())
+    return {"probing": arrays, "result_id": result.id if result else None}
 
 
 def request_probing(project_id: int, settings: Settings | None = None) -> JobPublic:

@@ -480,7 +480,7 @@ def _run_geometry(spec: JobSpec, progress: ProgressFn) -> JobOutput:
 
 
 def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
-    from workers.analyses.evaluation import _dense_checkpoint, tokenizer_of
+    from workers.analyses.evaluation import dense_checkpoint, tokenizer_of
     from workers.analyses.layers import is_token_model
     from workers.analyses.probing import probe_checkpoints
     from workers.analyses.probing_tasks import PROBING_TASKS
@@ -489,7 +489,7 @@ def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     data = _dataset(spec)
     if data.texts_test is None:
         raise JobInputError(f"dataset {data.name!r} has no text; probing needs sentences")
-    dense = _dense_checkpoint(spec.checkpoints)
+    dense = dense_checkpoint(spec.checkpoints)
     models = [_load(spec, ref) for ref in spec.checkpoints]
     if not is_token_model(models[0]):
         raise JobInputError("probing reads a Transformer's hidden states; this project's "

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from dashboard.components import queued_message
 from dashboard.figures.attention import (
     ATTENTION_MEASURES,
     attention_checkpoints,
@@ -141,11 +142,8 @@ def draw_probes(task: str | None, project_id: int):  # noqa: ANN201
 def run_probes(n_clicks: int, project_id: int):  # noqa: ANN201
     if not n_clicks:
         return no_update
-    try:
-        job = services.request_probing(project_id)
-    except (services.InvalidInput, services.Conflict) as exc:
-        return f"Not queued: {exc}"
-    return f"Probe job #{job.id} queued; reload the page when it has finished."
+    return queued_message(lambda: services.request_probing(project_id), "Probe",
+                          "; reload the page when it has finished")
 
 
 @callback(

@@ -16,6 +16,7 @@ from typing import Any
 import dash
 from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
 
+from dashboard.components import queued_message
 from dashboard.figures.geometry import (
     angle_norm_figure,
     class_accuracy_figure,
@@ -219,11 +220,7 @@ def poll(_n: int, project_id: int, version: int | None):  # noqa: ANN201
 def compute(n_clicks: int, project_id: int):  # noqa: ANN201
     if not n_clicks:
         return no_update
-    try:
-        job = services.request_geometry(project_id)
-    except (services.InvalidInput, services.Conflict) as exc:
-        return f"Not queued: {exc}"
-    return f"Geometry job #{job.id} queued."
+    return queued_message(lambda: services.request_geometry(project_id), "Geometry")
 
 
 @callback(

@@ -15,6 +15,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
+from dashboard.components import queued_message
 from dashboard.figures.layers import (
     VIEW_KEYS,
     checkpoint_id,
@@ -375,11 +376,9 @@ def compute_pair(_n: int, rows: str | None, checkpoint: str | None, project_id: 
     row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
     if row_id is None or column_id is None:
         return "Choose two checkpoints of the evaluation."
-    try:
-        job = services.request_layer_comparison(project_id, row_id, column_id)
-    except (services.InvalidInput, services.Conflict) as exc:
-        return f"Not queued: {exc}"
-    return f"Job #{job.id} queued; the heatmap appears when it finishes."
+    return queued_message(
+        lambda: services.request_layer_comparison(project_id, row_id, column_id), "Analysis",
+        "; the heatmap appears when it finishes")
 
 
 @callback(

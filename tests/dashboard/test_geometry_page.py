@@ -61,3 +61,17 @@ def test_the_gallery_shows_inputs_and_both_predictions() -> None:
     assert "ex5" in text and "ex1" in text and "data:image/png;base64," in text
     assert "two (0.50)" in text and "zero (0.50)" in text  # dense right, a-90 wrong on 5
     assert "Select examples" in str(gallery(geom, [], "a-90").to_plotly_json())
+
+
+def test_a_queue_button_reports_the_job_or_the_servers_refusal() -> None:
+    from types import SimpleNamespace
+
+    from dashboard.components import queued_message
+    from server import services
+
+    assert queued_message(lambda: SimpleNamespace(id=7), "Geometry") == "Geometry job #7 queued."
+
+    def refused():  # noqa: ANN202
+        raise services.Conflict("a geometry job is already queued")
+
+    assert queued_message(refused, "Geometry") == "Not queued: a geometry job is already queued"

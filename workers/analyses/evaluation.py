@@ -39,14 +39,16 @@ def _no_progress(fraction: float, message: str) -> None:
     pass
 
 
-def _load(architecture: str, config: Mapping[str, Any], ref: CheckpointRef) -> nn.Module:
+def load_checkpoint(architecture: str, config: Mapping[str, Any], ref: CheckpointRef) -> nn.Module:
+    """A job's checkpoint as a model; an unusable file becomes a JobInputError naming it."""
     try:
         return load_model(architecture, config, ref.path, assets_path=ref.assets_path)
     except CheckpointError as exc:
         raise JobInputError(f"checkpoint {ref.name!r} (id {ref.id}) cannot be used: {exc}") from exc
 
 
-def _dense_checkpoint(checkpoints: Sequence[CheckpointRef]) -> CheckpointRef:
+def dense_checkpoint(checkpoints: Sequence[CheckpointRef]) -> CheckpointRef:
+    """The one checkpoint with role "dense" (JobInputError otherwise; ids must not repeat)."""
     dense = [c for c in checkpoints if c.role == "dense"]
     if len(dense) != 1:
         found = ", ".join(repr(c.name) for c in dense) or "none"
@@ -134,7 +136,7 @@ def evaluate_checkpoints(
     """
     progress = progress or _no_progress
     if reference_id is None:
-        dense_ref = _dense_checkpoint(checkpoints)
+        dense_ref = dense_checkpoint(checkpoints)
     else:
         found = [c for c in checkpoints if c.id == reference_id]
         if not found:
@@ -146,7 +148,7 @@ def evaluate_checkpoints(
     models = []
     for i, ref in enumerate(checkpoints):
         progress(0.05 * i / len(checkpoints), f"loading {ref.name!r}")
-        models.append(_load(architecture, config, ref))
+        models.append(load_checkpoint(architecture, config, ref))
     reference = checkpoints.index(dense_ref)
     batches = evaluation_batches(models[reference], data, dense_ref, batch_size=batch_size)
     sparsity = np.array([

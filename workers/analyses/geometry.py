@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from workers.analyses.embeddings import ProjectionCache, project_features
-from workers.analyses.evaluation import _dense_checkpoint, _load
+from workers.analyses.evaluation import dense_checkpoint, load_checkpoint
 from workers.analyses.layers import is_token_model, tensor_batches
 from workers.datasets import ClassificationData, as_model_input, check_model_fits
 from workers.jobspec import CheckpointRef, JobInputError
@@ -144,12 +144,12 @@ def geometry_of_checkpoints(
     from models.sparsity import checkpoint_stats, prunable_parameter_names
 
     progress = progress or _no_progress
-    dense_ref = _dense_checkpoint(checkpoints)
+    dense_ref = dense_checkpoint(checkpoints)
     reference = list(checkpoints).index(dense_ref)
     models = []
     for i, ref in enumerate(checkpoints):
         progress(0.05 * i / len(checkpoints), f"loading {ref.name!r}")
-        models.append(_load(architecture, config, ref).eval())
+        models.append(load_checkpoint(architecture, config, ref).eval())
     if is_token_model(models[0]) or data.texts_test is not None:
         raise JobInputError(
             "the geometry view needs a classifier over image or tabular examples; "

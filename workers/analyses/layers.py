@@ -116,7 +116,9 @@ def layer_names(model: nn.Module) -> list[str]:
     return list(model.analysis_layers)
 
 
-def _pool(output: torch.Tensor, mask: torch.Tensor | None, conv_pooling: str) -> torch.Tensor:
+def pool_output(output: torch.Tensor, mask: torch.Tensor | None, conv_pooling: str) -> torch.Tensor:
+    """One vector per example: conv maps averaged (or flattened), tokens averaged over the
+    attention mask, anything else flattened (the module docstring says why)."""
     if output.dim() == 4:
         return output.flatten(1) if conv_pooling == "flatten" else output.mean(dim=(2, 3))
     if output.dim() == 3:
@@ -136,11 +138,11 @@ def layer_features(
         out = model(**inputs, output_hidden_states=True)
         mask = inputs.get("attention_mask")
         logits = getattr(out, "logits", None)
-        return logits, [_pool(h, mask, conv_pooling) for h in out.hidden_states]
+        return logits, [pool_output(h, mask, conv_pooling) for h in out.hidden_states]
     names = layer_names(model)
     with capture_layer_outputs(model, names, flatten=False) as captured:
         logits = model(batch.inputs)
-    return logits, [_pool(captured[name], None, conv_pooling) for name in names]
+    return logits, [pool_output(captured[name], None, conv_pooling) for name in names]
 
 
 def _to(inputs: Any, device: torch.device) -> Any:
@@ -157,7 +159,7 @@ def _token_outputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tupl
     """(logits or None, mean-pooled hidden states, attention probabilities per layer)."""
     out = model(**inputs, output_hidden_states=True, output_attentions=True)
     mask = inputs.get("attention_mask")
-    pooled = [_pool(h, mask, "mean") for h in out.hidden_states]
+    pooled = [pool_output(h, mask, "mean") for h in out.hidden_states]
     return getattr(out, "logits", None), pooled, out.attentions
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.analyses.layers import _pool, text_batches
+from workers.analyses.layers import pool_output, text_batches
 from workers.analyses.probing_tasks import PROBING_TASKS, ProbingTask
 
 ProgressFn = Callable[[float, str], None]
@@ -52,7 +52,7 @@ def pooled_layers(model: nn.Module, batches: Sequence[Any], n: int) -> np.ndarra
         for batch in batches:
             hidden = model(**batch.inputs, output_hidden_states=True).hidden_states
             mask = batch.inputs.get("attention_mask")
-            pooled = torch.stack([_pool(h, mask, "mean") for h in hidden], 1).float().numpy()
+            pooled = torch.stack([pool_output(h, mask, "mean") for h in hidden], 1).float().numpy()
             if out is None:
                 out = np.zeros((n, *pooled.shape[1:]), dtype=np.float32)
             out[batch.index.numpy()] = pooled
