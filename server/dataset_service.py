@@ -117,6 +117,28 @@ def dataset_file(dataset_id: int, settings: Settings | None = None) -> tuple[Pat
     return _store(settings).open_path(dataset.artifact_digest), f"{dataset.name}.npz"
 
 
+@lru_cache(maxsize=4)
+def _test_texts(source: str, key: str) -> tuple[str, ...]:
+    # key: a builtin's name or an upload's content digest, so the cache never goes stale.
+    from workers.datasets import load_builtin, load_canonical
+
+    data = load_builtin(key) if source == "builtin" else load_canonical(source, key)
+    return () if data.texts_test is None else tuple(str(t) for t in data.texts_test)
+
+
+def evaluation_sentences(project_id: int, settings: Settings | None = None) -> list[str]:
+    """The active dataset's evaluation (test) sentences, in the order jobs index them
+    (the attention viewer's `sentence`); [] for a dataset without text."""
+    settings = settings or get_settings()
+    dataset = active_dataset(project_id, settings)
+    if dataset is None:
+        return []
+    if dataset.builtin_name and not dataset.artifact_digest:
+        return list(_test_texts("builtin", dataset.builtin_name))
+    path, _ = dataset_file(dataset.id, settings)
+    return list(_test_texts(str(path), dataset.name))
+
+
 # ---------------------------------------------------------------------------- writing
 
 

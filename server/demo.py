@@ -31,8 +31,20 @@ class DemoProject:
     # Where the dense checkpoint comes from: a train job (train_params), or a folder on disk
     # packed and uploaded like a user's archive.
     dense_folder: Callable[[], Path] | None = None
+    # Methods with a fixed sparsity (N:M), or a method at sparsities of its own.
+    extra_prunings: tuple[tuple[str, float], ...] = ()
+    # Calibration batches (of 64) for the data-dependent methods; None keeps the job default.
+    calibration_batches: int | None = None
     # Whether the demo also computes the Geometry page's result (classifiers only).
     geometry: bool = False
+    # Transformers: the probe job, and the attention viewer's maps of these sentences.
+    probes: bool = False
+    attention_sentences: tuple[int, ...] = ()
+
+    @property
+    def prunings(self) -> list[tuple[str, float]]:
+        return [(m, s) for m in self.methods for s in self.sparsities] + list(
+            self.extra_prunings)
 
 
 def _minilm_folder() -> Path:
@@ -68,14 +80,20 @@ DIGITS_AUGMENTED = DemoProject(
 MINILM = DemoProject(
     name="minilm-sentences",
     description="The real all-MiniLM-L6-v2 sentence encoder (6 layers, 12 heads), pruned by "
-    "global and layer-wise magnitude, compared on English sentences from Python's own "
-    "documentation.",
+    "global magnitude, Wanda and 2:4 (magnitude and Wanda), compared on English sentences from "
+    "Python's own documentation.",
     architecture="huggingface",
     dataset="english_sentences",
     train_params={},
-    methods=("magnitude_global", "magnitude_layerwise"),
+    methods=("magnitude_global",),
     sparsities=(0.3, 0.5, 0.7, 0.9),
+    extra_prunings=(("wanda", 0.5), ("wanda", 0.7), ("wanda", 0.9), ("magnitude_2of4", 0.5),
+                    ("wanda_2of4", 0.5)),
     dense_folder=_minilm_folder,
+    # 128 calibration sentences, the sample count of the Wanda paper (Sun et al. 2023).
+    calibration_batches=2,
+    probes=True,
+    attention_sentences=(0,),
 )
 
 DEMO_PROJECTS = (DIGITS, DIGITS_AUGMENTED, MINILM)
@@ -141,24 +159,22 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
         queued.append(train)
     upstream = [train.id] if train is not None else []
 
+    from models.pruning import method_flag
+
     prune_jobs = []
-    for method in demo.methods:
-        for sparsity in demo.sparsities:
-            if default_pruned_name(method, sparsity) in checkpoints:
-                continue
-            job = active_job("prune", method=method, sparsity=sparsity)
-            if job is None:
-                job = services.submit_job(
-                    project.id,
-                    JobCreate(
-                        kind="prune",
-                        params={"method": method, "sparsity": sparsity, "seed": 0},
-                        depends_on=upstream,
-                    ),
-                    settings,
-                )
-                queued.append(job)
-            prune_jobs.append(job.id)
+    for method, sparsity in demo.prunings:
+        if default_pruned_name(method, sparsity) in checkpoints:
+            continue
+        job = active_job("prune", method=method, sparsity=sparsity)
+        if job is None:
+            params = {"method": method, "sparsity": sparsity, "seed": 0}
+            if demo.calibration_batches and method_flag(method, "needs_calibration"):
+                params["calibration_batches"] = demo.calibration_batches
+            job = services.submit_job(
+                project.id, JobCreate(kind="prune", params=params, depends_on=upstream), settings,
+            )
+            queued.append(job)
+        prune_jobs.append(job.id)
 
     results = [r for r in services.list_results(project.id, settings) if r.kind == "evaluation"]
     evaluated = results and set(map(int, results[-1].summary.get("accuracy", {}))) >= {
@@ -172,14 +188,27 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
                 settings,
             )
         )
+    results = services.list_results(project.id, settings)
+    wanted = {c.id for c in checkpoints.values()}
+    # Each whole-project result the demo shows, and how to tell whether it covers every
+    # checkpoint: (job kind, its params, result kind, summary filter, ids the summary covers).
+    extras = []
     if demo.geometry:
-        done = [r for r in services.list_results(project.id, settings) if r.kind == "geometry"]
-        current = done and set(map(int, done[-1].summary.get("accuracy", {}))) >= {
-            c.id for c in checkpoints.values()
-        }
-        if (queued or not current) and active_job("geometry") is None:
+        extras.append(("geometry", {}, "geometry", lambda s: True,
+                       lambda s: set(map(int, s.get("accuracy", {})))))
+    if demo.probes:
+        extras.append(("probe", {}, "probing", lambda s: True,
+                       lambda s: set(s.get("checkpoint_ids", []))))
+    for sentence in demo.attention_sentences:
+        extras.append(("attention_maps", {"sentence": sentence}, "attention_maps",
+                       lambda s, i=sentence: s.get("sentence") == i,
+                       lambda s: set(s.get("checkpoint_ids", []))))
+    for kind, params, result_kind, matches, covered in extras:
+        done = [r for r in results if r.kind == result_kind and matches(r.summary or {})]
+        current = done and covered(done[-1].summary or {}) >= wanted
+        if (queued or not current) and active_job(kind, **params) is None:
             queued.append(services.submit_job(
-                project.id, JobCreate(kind="geometry", depends_on=upstream + prune_jobs),
+                project.id, JobCreate(kind=kind, params=params, depends_on=upstream + prune_jobs),
                 settings,
             ))
     return project.id, queued

@@ -126,7 +126,8 @@ class CheckpointsPublic(BaseModel):
     count: int
 
 
-JobKind = Literal["train", "prune", "analyze", "geometry", "probe"]
+JobKind = Literal["train", "prune", "analyze", "geometry", "probe", "attention_maps",
+                  "train_dynamics", "dynamics"]
 
 
 class JobCreate(BaseModel):

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -513,7 +513,8 @@ def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> 
             raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")
         if any(j.kind == "prune" and _pruned_name(j.params) == name for j in active_jobs):
             raise Conflict(f"a queued or running job already produces {name!r}; pass params.name")
-    if body.kind in ("analyze", "geometry", "probe"):
+    if body.kind in ("analyze", "geometry", "probe", "attention_maps", "train_dynamics",
+                     "dynamics"):
         ids = {c.id for c in project.checkpoints}
         wanted = [*(p.get("checkpoint_ids") or []), p.get("reference_checkpoint_id")]
         unknown = [i for i in wanted if i is not None and i not in ids]
@@ -727,14 +728,15 @@ def request_layer_comparison(
 
 
 def _newest_arrays(
-    project_id: int, kind: str, settings: Settings
+    project_id: int, kind: str, settings: Settings,
+    where: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[ResultPublic | None, dict[str, np.ndarray] | None]:
-    """The newest result of `kind` whose artifact is still in the store, and its read-only
-    arrays; (None, None) when there is none."""
+    """The newest result of `kind` (whose summary satisfies `where`, if given) with its
+    artifact still in the store, and its read-only arrays; (None, None) when there is none."""
     from server.storage import ArtifactNotFound
 
     for result in reversed(list_results(project_id, settings)):
-        if result.kind != kind:
+        if result.kind != kind or (where is not None and not where(result.summary or {})):
             continue
         try:
             path = _store(settings).open_path(result.artifact_digest)
@@ -790,3 +792,43 @@ def probing_results(project_id: int, settings: Settings | None = None) -> dict[s
 def request_probing(project_id: int, settings: Settings | None = None) -> JobPublic:
     """Queue the probe job (every checkpoint, every probing task)."""
     return submit_job(project_id, JobCreate(kind="probe"), settings)
+
+
+# ---------------------------------------------------------------- attention maps (viewer)
+
+
+def attention_maps(project_id: int, sentence: int,
+                   settings: Settings | None = None) -> dict[str, Any]:
+    """The newest "attention_maps" result for one sentence (position in the evaluation split):
+    {"maps": read-only arrays or None, "result_id"}; the arrays are those
+    `workers.analyses.attention_maps.attention_maps` returns, plus checkpoint_ids and
+    sentence. A result computed before a checkpoint was added still serves the checkpoints it
+    holds."""
+    result, arrays = _newest_arrays(project_id, "attention_maps", settings or get_settings(),
+                                    where=lambda summary: summary.get("sentence") == sentence)
+    return {"maps": arrays, "result_id": result.id if result else None}
+
+
+def request_attention_maps(project_id: int, sentence: int,
+                           settings: Settings | None = None) -> JobPublic:
+    """Queue the job that computes one sentence's attention maps in every checkpoint."""
+    if not isinstance(sentence, int) or isinstance(sentence, bool) or sentence < 0:
+        raise InvalidInput(f"sentence must be a non-negative integer, got {sentence!r}")
+    return submit_job(project_id, JobCreate(kind="attention_maps",
+                                            params={"sentence": sentence}), settings)
+
+
+# ---------------------------------------------------------------- dynamics (Dynamics page)
+
+
+def dynamics_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The newest "dynamics" result: {"dynamics": read-only arrays or None, "result_id"}; the
+    arrays are those `workers.analyses.dynamics.analyse_dynamics` returns (with thumbnails
+    for image datasets)."""
+    result, arrays = _newest_arrays(project_id, "dynamics", settings or get_settings())
+    return {"dynamics": arrays, "result_id": result.id if result else None}
+
+
+def request_dynamics(project_id: int, settings: Settings | None = None) -> JobPublic:
+    """Queue the dynamics analysis over every recorded training run of the project."""
+    return submit_job(project_id, JobCreate(kind="dynamics"), settings)

@@ -22,12 +22,14 @@ from server.db import get_engine, session_scope, upgrade_database
 from server.storage import ArtifactStore, sha256_file
 from server.tables import AnalysisResult, Checkpoint, Job, Project
 from workers.jobspec import (
+    RESULT_INPUTS,
     CheckpointRef,
     DatasetRef,
     JobCancelled,
     JobInputError,
     JobOutput,
     JobSpec,
+    ResultRef,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,16 @@ def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) ->
         )
         for c in _checkpoints_for(job, project)
     ]
+    wanted = RESULT_INPUTS.get(job.kind, ())
+    results = [
+        ResultRef(id=r.id, kind=r.kind, path=str(store.open_path(r.artifact_digest)),
+                  summary=dict(r.summary or {}))
+        for r in session.scalars(
+            select(AnalysisResult).where(AnalysisResult.project_id == project.id,
+                                         AnalysisResult.kind.in_(wanted))
+            .order_by(AnalysisResult.id)
+        )
+    ] if wanted else []
     return JobSpec(
         job_id=job.id,
         kind=job.kind,
@@ -85,6 +97,7 @@ def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) ->
         checkpoints=refs,
         scratch_dir=scratch_dir,
         cache_dir=str(store.root / "cache"),
+        results=results,
     )
 
 

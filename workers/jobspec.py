@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-JOB_KINDS = ("train", "prune", "analyze", "geometry", "probe")
+JOB_KINDS = ("train", "prune", "analyze", "geometry", "probe", "attention_maps",
+             "train_dynamics", "dynamics")
+# The result kinds each job kind reads (JobSpec.results).
+RESULT_INPUTS: dict[str, tuple[str, ...]] = {"dynamics": ("dynamics_run", "dynamics_meta")}
 
 
 class JobCancelled(Exception):
@@ -49,6 +52,16 @@ class DatasetRef:
 
 
 @dataclass(frozen=True)
+class ResultRef:
+    """An earlier result a job reads (the dynamics analysis reads the training runs')."""
+
+    id: int
+    kind: str
+    path: str  # local path of the stored artifact
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     job_id: int
     kind: str  # one of JOB_KINDS
@@ -60,6 +73,8 @@ class JobSpec:
     scratch_dir: str  # the job may write its output files here; the server moves them into storage
     # A folder kept between jobs for content-addressed caches (e.g. 2-D projections); None: none.
     cache_dir: str | None = None
+    # Earlier results of the project the job reads, oldest first (kinds: RESULT_INPUTS).
+    results: list[ResultRef] = field(default_factory=list)
 
 
 @dataclass

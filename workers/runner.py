@@ -140,6 +140,15 @@ PROBE_PARAMS: dict[str, Param] = {
 }
 
 
+ATTENTION_MAPS_PARAMS: dict[str, Param] = {
+    # Position in the evaluation (test) split's sentences.
+    "sentence": Param(int, 0, "a non-negative integer", lambda v: v >= 0),
+    "max_tokens": Param(int, 64, "an integer from 4 to 512", lambda v: 4 <= v <= 512),
+    # The server resolves these into spec.checkpoints; accepted, not used.
+    "checkpoint_ids": Param(list, None, "a list of checkpoint ids"),
+}
+
+
 def read_params(kind: str, params: Mapping[str, Any], table: Mapping[str, Param]) -> dict[str, Any]:
     """Validated parameters with defaults filled in; JobInputError names the first bad one."""
     unknown = sorted(set(params) - set(table))
@@ -508,9 +517,50 @@ def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     path = Path(spec.scratch_dir) / "probing.npz"
     np.savez(path, **arrays)
     summary = {"dataset": data.name, "tasks": arrays["tasks"].tolist(),
-               "examples": arrays["examples"].tolist()}
+               "examples": arrays["examples"].tolist(),
+               "checkpoint_ids": arrays["checkpoint_ids"].tolist()}
     progress(1.0, "probes written")
     return JobOutput(results=[NewResult(kind="probing", path=str(path), summary=summary)],
+                     summary=summary)
+
+
+def _run_attention_maps(spec: JobSpec, progress: ProgressFn) -> JobOutput:
+    from workers.analyses.attention_maps import attention_maps
+    from workers.analyses.evaluation import dense_checkpoint, tokenizer_of
+    from workers.analyses.layers import is_token_model
+
+    params = read_params("attention_maps", spec.params, ATTENTION_MAPS_PARAMS)
+    data = _dataset(spec)
+    if data.texts_test is None:
+        raise JobInputError(f"dataset {data.name!r} has no text; attention maps need sentences")
+    sentence, count = params["sentence"], len(data.texts_test)
+    if sentence >= count:
+        raise JobInputError(f"params.sentence {sentence} is out of range: the evaluation split "
+                            f"of {data.name!r} has {count} sentences; choose 0–{count - 1}")
+    dense = dense_checkpoint(spec.checkpoints)
+    refs = [dense, *[c for c in spec.checkpoints if c.id != dense.id]]
+    models = []
+    for i, ref in enumerate(refs):
+        progress(0.6 * i / len(refs), f"loading {ref.name!r}")
+        models.append(_load(spec, ref))
+    if not is_token_model(models[0]):
+        raise JobInputError("attention maps are read from a Transformer; this project's "
+                            "architecture is not a Hugging Face model")
+    try:
+        arrays = attention_maps(models, [c.name for c in refs], tokenizer_of(dense),
+                                str(data.texts_test[sentence]), max_tokens=params["max_tokens"],
+                                progress=_scaled(progress, 0.6, 0.99))
+    except ValueError as exc:
+        raise JobInputError(f"attention maps of sentence {sentence}: {exc}") from exc
+    arrays["checkpoint_ids"] = np.array([c.id for c in refs], dtype=np.int64)
+    arrays["sentence"] = np.array(sentence, dtype=np.int64)
+    path = Path(spec.scratch_dir) / "attention_maps.npz"
+    np.savez_compressed(path, **arrays)
+    summary = {"dataset": data.name, "sentence": sentence,
+               "tokens": int(arrays["tokens"].shape[0]),
+               "checkpoint_ids": arrays["checkpoint_ids"].tolist()}
+    progress(1.0, "attention maps written")
+    return JobOutput(results=[NewResult(kind="attention_maps", path=str(path), summary=summary)],
                      summary=summary)
 
 
@@ -520,6 +570,7 @@ _HANDLERS: dict[str, Callable[[JobSpec, ProgressFn], JobOutput]] = {
     "analyze": _run_analyze,
     "geometry": _run_geometry,
     "probe": _run_probe,
+    "attention_maps": _run_attention_maps,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from dashboard.figures.overview import empty_figure, method_colour
 
@@ -176,4 +177,286 @@ def probe_lines(probing: Arrays | None, task: str | None,
                       yaxis={"title": "probe test accuracy", "tickformat": ".0%",
                              "range": [0, 1.02]},
                       xaxis={"title": "layer"}, margin={"l": 70, "r": 20, "t": 60, "b": 60})
+    return fig
+
+
+# ------------------------------------------------------------- method × sparsity choice
+
+
+class PrunedCheckpoint(NamedTuple):
+    name: str
+    method: str
+    sparsity: int  # measured, in whole percent (the slider's unit)
+
+
+def pruned_checkpoints(evaluation: Arrays | None) -> list[PrunedCheckpoint]:
+    """The non-reference checkpoints with attention results, by method then sparsity."""
+    names = attention_checkpoints(evaluation)
+    if not names:
+        return []
+    all_names = _strings(evaluation["checkpoint_names"])
+    methods = _strings(evaluation.get("checkpoint_methods", np.array([""] * len(all_names))))
+    sparsity = np.asarray(evaluation.get("sparsity", np.zeros(len(all_names))), dtype=float)
+    rows = [PrunedCheckpoint(n, methods[all_names.index(n)] or "uploaded",
+                             int(round(100 * sparsity[all_names.index(n)]))) for n in names]
+    return sorted(rows, key=lambda r: (r.method, r.sparsity, r.name))
+
+
+def methods_of(checkpoints: Sequence[PrunedCheckpoint]) -> list[str]:
+    return list(dict.fromkeys(c.method for c in checkpoints))
+
+
+def nearest(checkpoints: Sequence[PrunedCheckpoint], method: str,
+            sparsity: float | None) -> PrunedCheckpoint | None:
+    """The checkpoint of `method` whose sparsity is closest to `sparsity` (ties: the sparser;
+    None for an unknown method; the sparsest when no sparsity is given)."""
+    members = [c for c in checkpoints if c.method == method]
+    if not members:
+        return None
+    if sparsity is None:
+        return members[-1]
+    return min(members, key=lambda c: (abs(c.sparsity - sparsity), -c.sparsity))
+
+
+def method_small_multiples(evaluation: Arrays | None, sparsity: float | None,
+                           measure: str = "js") -> go.Figure:
+    """One layers × heads heatmap per pruning method, each at its checkpoint nearest to
+    `sparsity` (its own sparsity in the panel title), on one colour scale."""
+    try:
+        values, names = _values(evaluation, measure)
+    except _Missing as exc:
+        return empty_figure(str(exc))
+    checkpoints = pruned_checkpoints(evaluation)
+    chosen = [c for m in methods_of(checkpoints) if (c := nearest(checkpoints, m, sparsity))]
+    if not chosen:
+        return empty_figure("No pruned checkpoints in this analysis — prune or upload one.")
+    m = ATTENTION_MEASURES[measure]
+    panels = [values[names.index(c.name)] for c in chosen]
+    if m.diverging:
+        bound = max(float(np.nanmax(np.abs(p))) for p in panels) or 1.0
+        scale = {"colorscale": "RdBu", "zmin": -bound, "zmax": bound}
+    else:
+        top = 1.0 if measure == "overlap" else max(float(np.nanmax(p)) for p in panels) or 1.0
+        scale = {"colorscale": "Viridis_r" if measure == "overlap" else "Viridis",
+                 "zmin": 0.0, "zmax": top}
+    fig = make_subplots(rows=1, cols=len(chosen), horizontal_spacing=0.03,
+                        subplot_titles=[f"{c.method} {c.sparsity}%" for c in chosen],
+                        shared_yaxes=True)
+    for i, (c, z) in enumerate(zip(chosen, panels, strict=True)):
+        layers, heads = z.shape
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(heads)), y=list(range(layers)), showscale=i == len(chosen) - 1,
+            colorbar={"title": "bits" if measure != "overlap" else "share"},
+            name=c.name, hovertemplate=f"{c.name}<br>layer %{{y}}, head %{{x}}<br>{m.label} "
+            "%{z:.4f}<extra></extra>", **scale,
+        ), row=1, col=i + 1)
+    fig.update_yaxes(autorange="reversed", title_text="layer", col=1, dtick=1)
+    fig.update_xaxes(title_text="head", dtick=2)
+    fig.update_layout(template="plotly_white", height=320,
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return fig
+
+
+# ------------------------------------------------------------------ the page's view
+
+
+def as_int(value: Any, default: int | None) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def attention_shape(evaluation: Any) -> tuple[int, int]:
+    """(attention layers, heads) of the analysed model; (0, 0) without attention results."""
+    if evaluation is None or "attention_js" not in evaluation:
+        return 0, 0
+    return tuple(evaluation["attention_js"].shape[1:3])  # type: ignore[return-value]
+
+
+def resolve_attention_view(query: dict[str, str], evaluation: Any,
+                           sentences: int) -> dict[str, Any]:
+    """The view a query string asks for, each value replaced by a valid one where needed."""
+    checkpoints = pruned_checkpoints(evaluation)
+    methods = methods_of(checkpoints)
+    legacy = next((c for c in checkpoints if c.name == query.get("checkpoint")), None)
+    method = query.get("method") if query.get("method") in methods else (
+        legacy.method if legacy else (methods[0] if methods else None))
+    wanted = as_int(query.get("sparsity"), legacy.sparsity if legacy else None)
+    chosen = nearest(checkpoints, method, wanted) if method else None
+    layers, heads = attention_shape(evaluation)
+    layer, head = as_int(query.get("layer"), 0), as_int(query.get("head"), 0)
+    return {
+        "measure": query.get("measure") if query.get("measure") in ATTENTION_MEASURES else "js",
+        "method": method,
+        "sparsity": chosen.sparsity if chosen else None,
+        "layer": layer if 0 <= layer < max(layers, 1) else 0,
+        "head": head if 0 <= head < max(heads, 1) else 0,
+        "sentence": min(max(as_int(query.get("sentence"), 0), 0), max(sentences - 1, 0)),
+        "task": query.get("task"),
+        "drift": query.get("drift") if query.get("drift") in DRIFT_MEASURES else "cka",
+    }
+
+
+def checkpoint_at(evaluation: Any, method: str | None, sparsity: Any) -> str | None:
+    found = nearest(pruned_checkpoints(evaluation), method, as_int(sparsity, None)) \
+        if method else None
+    return found.name if found else None
+
+
+def sparsity_marks(evaluation: Any, method: str | None) -> tuple[dict, int, int]:
+    """Marks, min and max of the sparsity slider for one method's checkpoints."""
+    values = sorted({c.sparsity for c in pruned_checkpoints(evaluation) if c.method == method})
+    if not values:
+        return {0: "0%"}, 0, 100
+    return {v: f"{v}%" for v in values}, values[0], values[-1]
+
+
+# -------------------------------------------------------------------- sentence viewer
+
+
+NO_MAPS = ("This sentence's attention has not been computed yet: press “Show attention” "
+           "(one job runs the sentence through every checkpoint; a few seconds).")
+
+
+def attention_viewer(maps: Arrays | None, checkpoint: str | None, layer: int,
+                     head: int) -> go.Figure:
+    """Dense and pruned attention of one head side by side, tokens on both axes (rows are
+    queries, columns keys), and their difference (pruned − dense)."""
+    if maps is None:
+        return empty_figure(NO_MAPS)
+    names = _strings(maps["checkpoint_names"])
+    if checkpoint not in names:
+        return empty_figure(f"{checkpoint!r} is not in these maps (computed before it was "
+                            "added); press “Show attention” to compute them again")
+    attention = maps["attention"]
+    layers, heads = attention.shape[1:3]
+    if not (0 <= layer < layers and 0 <= head < heads):
+        return empty_figure(f"layer {layer}, head {head} is out of range: the model has "
+                            f"{layers} layers of {heads} heads")
+    tokens = _strings(maps["tokens"])
+    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]  # repeated tokens stay distinct
+    dense = attention[0, layer, head].astype(np.float64)
+    pruned = attention[names.index(checkpoint), layer, head].astype(np.float64)
+    diff = pruned - dense
+    bound = float(np.abs(diff).max()) or 1.0
+    js = float(np.asarray(maps["head_js"])[names.index(checkpoint), layer, head]) \
+        if "head_js" in maps else float("nan")
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=[
+        f"{names[0]}", f"{checkpoint}", f"difference (JS {js:.3f} bits)"])
+    common = {"x": labels, "y": labels}
+    fig.add_trace(go.Heatmap(z=dense, zmin=0, zmax=1, colorscale="Blues", showscale=False,
+                             hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra>"
+                             f"{names[0]}</extra>", **common), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=pruned, zmin=0, zmax=1, colorscale="Blues", showscale=False,
+                             hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra>"
+                             f"{checkpoint}</extra>", **common), row=1, col=2)
+    fig.add_trace(go.Heatmap(z=diff, zmin=-bound, zmax=bound, colorscale="RdBu_r",
+                             colorbar={"title": "Δ weight"},
+                             hovertemplate="query %{y}<br>key %{x}<br>Δ %{z:+.3f}"
+                             "<extra>pruned − dense</extra>", **common), row=1, col=3)
+    size = len(tokens)
+    fig.update_yaxes(autorange="reversed", tickfont={"size": 9}, nticks=size)
+    fig.update_xaxes(tickangle=-60, tickfont={"size": 9}, nticks=size)
+    fig.update_layout(template="plotly_white", height=max(380, 12 * size + 200),
+                      title={"text": f"layer {layer}, head {head}", "x": 0.02,
+                             "font": {"size": 14}},
+                      margin={"l": 90, "r": 20, "t": 70, "b": 110})
+    return fig
+
+
+def viewer_rows(maps: Arrays | None, checkpoint: str | None, layer: int,
+                head: int) -> list[dict[str, Any]]:
+    """(query, key, dense, pruned) rows of the viewed head, for CSV export."""
+    if maps is None or checkpoint not in _strings(maps["checkpoint_names"]):
+        return []
+    names, tokens = _strings(maps["checkpoint_names"]), _strings(maps["tokens"])
+    dense = maps["attention"][0, layer, head]
+    pruned = maps["attention"][names.index(checkpoint), layer, head]
+    return [{"query": f"{i}:{tokens[i]}", "key": f"{j}:{tokens[j]}",
+             names[0]: float(dense[i, j]), checkpoint: float(pruned[i, j])}
+            for i in range(len(tokens)) for j in range(len(tokens))]
+
+
+# -------------------------------------------------------- layer drift and language model
+
+
+DRIFT_MEASURES = {
+    "cka": ("cka", "linear CKA with dense (same layer)"),
+    "effective_rank": ("effective_rank", "effective rank of the layer's features"),
+}
+
+
+def layer_drift_lines(evaluation: Arrays | None, measure: str = "cka") -> go.Figure:
+    """A per-layer measure of every checkpoint's hidden states (x: layer), one line each,
+    the dense model bold black and pruned ones in their method's colour, sparser darker."""
+    if measure not in DRIFT_MEASURES:
+        return empty_figure(f"unknown drift measure {measure!r}; choose one of "
+                            f"{', '.join(DRIFT_MEASURES)}")
+    key, label = DRIFT_MEASURES[measure]
+    if evaluation is None or key not in evaluation:
+        return empty_figure("No layer statistics yet: run the analysis job.")
+    values = np.asarray(evaluation[key], dtype=float)
+    names = _strings(evaluation["checkpoint_names"])
+    layers = _strings(evaluation["layers"]) if "layers" in evaluation else \
+        [str(i) for i in range(values.shape[1])]
+    roles = _strings(evaluation.get("checkpoint_roles", np.array(["pruned"] * len(names))))
+    checkpoints = pruned_checkpoints(evaluation)
+    order = methods_of(checkpoints)
+    fig = go.Figure()
+    for c, name in enumerate(names):
+        if roles[c] == "dense":
+            style: dict[str, Any] = {"line": {"color": "#111111", "width": 4}}
+        else:
+            found = next((p for p in checkpoints if p.name == name), None)
+            method, sparsity = (found.method, found.sparsity) if found else ("uploaded", 50)
+            style = {"line": {"color": method_colour(method, order), "width": 2},
+                     "opacity": 0.35 + 0.65 * min(max(sparsity / 100, 0.0), 1.0),
+                     "legendgroup": method}
+        fig.add_trace(go.Scatter(x=layers, y=values[c].tolist(), mode="lines+markers",
+                                 name=name, hovertemplate=f"{name}<br>%{{x}}<br>{label} "
+                                 "%{y:.4f}<extra></extra>", **style))
+    fig.update_layout(template="plotly_white", height=380,
+                      xaxis={"title": "layer", "type": "category"},
+                      yaxis={"title": label, "rangemode": "tozero"},
+                      margin={"l": 70, "r": 20, "t": 30, "b": 60})
+    return fig
+
+
+NO_LM_HEAD = ("No language-model quality: these checkpoints have no language-model head "
+              "(perplexity needs a causal LM head, masked-token accuracy an MLM head; "
+              "all-MiniLM-L6-v2 is a sentence encoder without one).")
+
+
+def lm_quality_lines(evaluation: Arrays | None) -> go.Figure:
+    """Perplexity (decoders) or masked-token accuracy (encoders) against measured sparsity,
+    one line per method starting at the dense model."""
+    if evaluation is None or "lm_quality" not in evaluation:
+        return empty_figure(NO_LM_HEAD)
+    measure = str(np.asarray(evaluation["lm_measure"]))
+    values = np.asarray(evaluation["lm_quality"], dtype=float)
+    names = _strings(evaluation["checkpoint_names"])
+    roles = _strings(evaluation.get("checkpoint_roles", np.array(["pruned"] * len(names))))
+    sparsity = np.asarray(evaluation.get("sparsity", np.zeros(len(names))), dtype=float)
+    methods = _strings(evaluation.get("checkpoint_methods", np.array([""] * len(names))))
+    dense = [c for c, r in enumerate(roles) if r == "dense"]
+    groups: dict[str, list[int]] = {}
+    for c in range(len(names)):
+        if roles[c] != "dense":
+            groups.setdefault(methods[c] or "uploaded", []).append(c)
+    fig = go.Figure()
+    for method, members in groups.items():
+        points = dense + sorted(members, key=lambda c: sparsity[c])
+        fig.add_trace(go.Scatter(
+            x=(100 * sparsity[points]).tolist(), y=values[points].tolist(),
+            text=[names[c] for c in points], mode="lines+markers", name=method,
+            line={"color": method_colour(method, list(groups))},
+            hovertemplate="%{text}<br>sparsity %{x:.1f}%<br>" + measure.replace("_", " ")
+            + " %{y:.4g}<extra></extra>"))
+    perplexity = measure == "perplexity"
+    fig.update_layout(template="plotly_white", height=360,
+                      xaxis={"title": "measured sparsity (%)"},
+                      yaxis={"title": measure.replace("_", " "),
+                             **({"type": "log"} if perplexity else {"tickformat": ".0%"})},
+                      margin={"l": 70, "r": 20, "t": 30, "b": 60})
     return fig

@@ -155,34 +155,83 @@ def accumulate_layer_inputs(
     through layers < l only. A module called several times in one forward contributes its
     first call. `statistic` maps (groups, columns, tokens) to a tensor summed over tokens.
     """
-    total: list[torch.Tensor] = []
-    tokens = 0
+    return accumulate_group_inputs(model, [module], batches, statistic)[0]
 
-    def capture(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-        nonlocal tokens
-        x = _first_input(args, kwargs).detach()
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        for columns in input_columns(mod, x):
-            value = statistic(columns.to(dtype))
-            if total:
-                total[0] = total[0] + value
-            else:
-                total.append(value)
-            tokens += columns.shape[-1]
-        raise _Captured
 
-    hook = module.register_forward_pre_hook(capture, with_kwargs=True)
+def accumulate_group_inputs(
+    model: nn.Module,
+    modules: list[nn.Module],
+    batches: list[CalibrationBatch],
+    statistic: Callable[[torch.Tensor], torch.Tensor],
+) -> list[tuple[torch.Tensor, int]]:
+    """`accumulate_layer_inputs` for several modules from the same forwards: each forward
+    stops once every module of the group has seen its input. One (sum, tokens) per module."""
+    totals: list[torch.Tensor | None] = [None] * len(modules)
+    tokens = [0] * len(modules)
+    seen: set[int] = set()
+
+    def capture(index: int) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            if index in seen:
+                return
+            seen.add(index)
+            x = _first_input(args, kwargs).detach()
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            for columns in input_columns(mod, x):
+                value = statistic(columns.to(dtype))
+                totals[index] = value if totals[index] is None else totals[index] + value
+                tokens[index] += columns.shape[-1]
+            if len(seen) == len(modules):
+                raise _Captured
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(capture(i), with_kwargs=True)
+             for i, m in enumerate(modules)]
     try:
         for inputs, _ in batches:
+            seen.clear()
             try:
                 run_model(model, inputs)
             except _Captured:
                 pass
     finally:
-        hook.remove()
-    if not total:
+        for h in hooks:
+            h.remove()
+    if any(t is None for t in totals):
         raise ValueError("the calibration forward never reached the layer being pruned")
-    return total[0], tokens
+    return [(t, n) for t, n in zip(totals, tokens, strict=True)]  # type: ignore[misc]
+
+
+def block_groups(model: nn.Module, ordered: list[nn.Module]) -> list[list[nn.Module]]:
+    """`ordered` (forward order) cut into the steps of sequential pruning.
+
+    Hugging Face Transformers prune block by block, as the reference implementations of Wanda
+    and SparseGPT do: the sublayers of one block (attention projections, feed-forward) are
+    measured on the same forward, with every earlier block already pruned, then pruned
+    together. Other models have no block structure: every layer is its own step (GPTQ's
+    "true sequential" order). A layer outside the blocks (a pooler, a head) is a step alone.
+    """
+    transformer = hasattr(getattr(model, "config", None), "output_hidden_states")
+    blocks = getattr(model, "analysis_layers", ()) if transformer else ()
+    if not blocks:
+        return [[m] for m in ordered]
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def block_of(module: nn.Module) -> str | None:
+        name = names.get(id(module), "")
+        return next((b for b in blocks if name.startswith(b + ".")), None)
+
+    groups: list[list[nn.Module]] = []
+    previous: str | None = None
+    for module in ordered:
+        block = block_of(module)
+        if groups and block is not None and block == previous:
+            groups[-1].append(module)
+        else:
+            groups.append([module])
+        previous = block
+    return groups
 
 
 def row_keep_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

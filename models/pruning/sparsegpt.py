@@ -14,7 +14,8 @@ from models.pruning.calibration import (
 )
 from models.pruning.common import apply_keep_masks, check_sparsity, prunable_weights
 from models.pruning.layer_inputs import (
-    accumulate_layer_inputs,
+    accumulate_group_inputs,
+    block_groups,
     forward_order,
     has_column_form,
     layer_keep_mask,
@@ -130,9 +131,9 @@ def sparsegpt_prune(
 
     Layers are processed one after another in forward order; each layer's H comes from
     inputs that flow through the already pruned and updated earlier layers, as the paper
-    does. The reference code steps per Transformer block (sublayers of a block share one
-    forward); a generic model has no blocks, so every layer is its own step (GPTQ's "true
-    sequential" order). X is the layer's input over every calibration token; a
+    does. Hugging Face Transformers step per block, as the reference code does (sublayers of
+    a block share one forward); a generic model has no blocks, so every layer is its own step
+    (GPTQ's "true sequential" order; see `layer_inputs.block_groups`). X is the layer's input over every calibration token; a
     convolution's input is unfolded so a column is one (kernel position, input channel)
     pair, and a grouped convolution gets one H per group (see
     `models.pruning.layer_inputs`).
@@ -154,27 +155,28 @@ def sparsegpt_prune(
         )
     with scoring_mode(model), torch.no_grad():
         ordered, unreached = forward_order(model, modules, batches[0])
-        for i, module in enumerate(ordered):
-            if n_m and not supports_n_m(module, n_m[1]):
-                continue
-            columns = weight_columns(module)
-            if not has_column_form(module):
-                mask = layer_keep_mask(module, columns.abs(), sparsity, n_m)
-                apply_keep_masks([module], [mask])
-                continue
-            gram, tokens = accumulate_layer_inputs(
-                model, module, batches, lambda x: x @ x.transpose(-1, -2)
-            )
-            groups, rows, _ = columns.shape
-            total = round(sparsity * columns.numel())
-            for g in range(groups):
-                count = round(total * (g + 1) / groups) - round(total * g / groups)
-                hessian = sparsegpt_hessian(gram[g], tokens, damping)
-                columns[g], _ = sparsegpt_solve(
-                    columns[g], hessian, prune_count=count, n_m=n_m, block_size=block_size
-                )
-            set_weight_columns(module, columns)
-            progress((i + 1) / len(ordered), f"SparseGPT: layer {i + 1}/{len(ordered)}")
+        steps = block_groups(model, ordered)
+        for i, group in enumerate(steps):
+            group = [m for m in group if not n_m or supports_n_m(m, n_m[1])]
+            measured = [m for m in group if has_column_form(m)]
+            grams = accumulate_group_inputs(model, measured, batches,
+                                            lambda x: x @ x.transpose(-1, -2)) if measured else []
+            for module in group:
+                if not has_column_form(module):
+                    mask = layer_keep_mask(module, weight_columns(module).abs(), sparsity, n_m)
+                    apply_keep_masks([module], [mask])
+            for module, (gram, tokens) in zip(measured, grams, strict=True):
+                columns = weight_columns(module)
+                groups, rows, _ = columns.shape
+                total = round(sparsity * columns.numel())
+                for g in range(groups):
+                    count = round(total * (g + 1) / groups) - round(total * g / groups)
+                    hessian = sparsegpt_hessian(gram[g], tokens, damping)
+                    columns[g], _ = sparsegpt_solve(
+                        columns[g], hessian, prune_count=count, n_m=n_m, block_size=block_size
+                    )
+                set_weight_columns(module, columns)
+            progress((i + 1) / len(steps), f"SparseGPT: step {i + 1}/{len(steps)}")
         for module in unreached:
             if n_m and not supports_n_m(module, n_m[1]):
                 continue

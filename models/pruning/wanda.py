@@ -14,7 +14,8 @@ from models.pruning.calibration import (
 )
 from models.pruning.common import apply_keep_masks, check_sparsity, prunable_weights
 from models.pruning.layer_inputs import (
-    accumulate_layer_inputs,
+    accumulate_group_inputs,
+    block_groups,
     forward_order,
     has_column_form,
     layer_keep_mask,
@@ -53,9 +54,10 @@ def wanda_prune(
     weight update: survivors keep their values.
 
     Layers are pruned one after another in forward order, each measured on inputs from the
-    already pruned earlier layers. The reference implementation does this per Transformer
-    block (sublayers of a block share one forward); a generic model has no block structure,
-    so here every layer is its own step (GPTQ's "true sequential" order).
+    already pruned earlier layers. Hugging Face Transformers go block by block, as the
+    reference implementation does (sublayers of a block share one forward); a generic model
+    has no block structure, so there every layer is its own step (GPTQ's "true sequential"
+    order; see `layer_inputs.block_groups`).
     Layers without a column form (transposed convolutions) or never reached by the forward
     are pruned by |W_ij| within each row. Modifies `model` in place and returns it.
     """
@@ -69,19 +71,21 @@ def wanda_prune(
         )
     with scoring_mode(model), torch.no_grad():
         ordered, unreached = forward_order(model, modules, batches[0])
-        for i, module in enumerate(ordered):
-            if n_m and not supports_n_m(module, n_m[1]):
-                continue
-            weights = weight_columns(module)
-            if has_column_form(module):
-                sq_norms, _ = accumulate_layer_inputs(
-                    model, module, batches, lambda x: (x * x).sum(dim=-1)
-                )
-                scores = wanda_scores(weights, sq_norms)
-            else:
-                scores = weights.abs()
-            apply_keep_masks([module], [layer_keep_mask(module, scores, sparsity, n_m)])
-            progress((i + 1) / len(ordered), f"Wanda: layer {i + 1}/{len(ordered)}")
+        steps = block_groups(model, ordered)
+        for i, group in enumerate(steps):
+            group = [m for m in group if not n_m or supports_n_m(m, n_m[1])]
+            measured = [m for m in group if has_column_form(m)]
+            sums = accumulate_group_inputs(model, measured, batches,
+                                           lambda x: (x * x).sum(dim=-1)) if measured else []
+            norms = {id(m): total for m, (total, _) in zip(measured, sums, strict=True)}
+            masks = []
+            for module in group:
+                weights = weight_columns(module)
+                scores = wanda_scores(weights, norms[id(module)]) \
+                    if id(module) in norms else weights.abs()
+                masks.append(layer_keep_mask(module, scores, sparsity, n_m))
+            apply_keep_masks(group, masks)
+            progress((i + 1) / len(steps), f"Wanda: step {i + 1}/{len(steps)}")
         for module in unreached:
             if n_m and not supports_n_m(module, n_m[1]):
                 continue

