@@ -74,7 +74,7 @@ def failures(geom: Any, kind: str) -> list[int]:
     return services.geometry_failures(geom, kind)
 
 
-def _thumbnail(image: np.ndarray, scale: int = 6) -> str:
+def thumbnail_uri(image: np.ndarray, scale: int = 6) -> str:
     from PIL import Image
 
     picture = Image.fromarray(image)
@@ -97,7 +97,7 @@ def gallery(geom: Any, selection: list[int], checkpoint: str | None) -> Any:
 
     def cell(row: dict) -> list:
         ident = str(geom["example_ids"][row["index"]]) if "example_ids" in geom else row["index"]
-        image = ([html.Td(html.Img(src=_thumbnail(np.asarray(geom["thumbnails"][row["index"]])),
+        image = ([html.Td(html.Img(src=thumbnail_uri(np.asarray(geom["thumbnails"][row["index"]])),
                                    alt=f"example {row['index']}"))] if has_images else [])
 
         def shown(value: float | None) -> str:

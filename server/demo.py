@@ -15,7 +15,7 @@ from typing import TextIO
 from server import services
 from server.config import Settings
 from server.schemas import DatasetChoice, JobCreate, JobPublic, ProjectCreate
-from workers.jobspec import default_pruned_name
+from workers.jobspec import default_pruned_name, run_name
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class DemoProject:
     # Transformers: the probe job, and the attention viewer's maps of these sentences.
     probes: bool = False
     attention_sentences: tuple[int, ...] = ()
+    # A dynamics project: recorded training runs ((mode, sparsity) × seeds) instead of a
+    # dense checkpoint and its prunings, then the dynamics analysis.
+    dynamics_runs: tuple[tuple[str, float], ...] = ()
+    dynamics_seeds: tuple[int, ...] = ()
+    dynamics_epochs: int = 30
 
     @property
     def prunings(self) -> list[tuple[str, float]]:
@@ -96,7 +101,21 @@ MINILM = DemoProject(
     attention_sentences=(0,),
 )
 
-DEMO_PROJECTS = (DIGITS, DIGITS_AUGMENTED, MINILM)
+DIGITS_DYNAMICS = DemoProject(
+    name="digits-dynamics",
+    description="Training dynamics of the digits CNN: three seeds each of a dense run and of "
+    "gradual magnitude pruning to 50/80/95 %, every example's loss recorded per epoch, with "
+    "MAP-D probe suites (typical, atypical, mislabeled, corrupted) planted in training.",
+    architecture="cnn_small",
+    dataset="digits",
+    train_params={},
+    methods=(),
+    sparsities=(),
+    dynamics_runs=(("dense", 0.0), ("gmp", 0.5), ("gmp", 0.8), ("gmp", 0.95)),
+    dynamics_seeds=(0, 1, 2),
+)
+
+DEMO_PROJECTS = (DIGITS, DIGITS_AUGMENTED, MINILM, DIGITS_DYNAMICS)
 # `PRUNESCOPE_DEMO_PROJECTS=digits-cnn` limits the demo to the named projects (tests use it).
 DEMO_SELECTION_ENV = "PRUNESCOPE_DEMO_PROJECTS"
 
@@ -147,6 +166,8 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
                 return j
         return None
 
+    if demo.dynamics_runs:
+        return project.id, _queue_dynamics(project.id, demo, settings, active_job)
     train = active_job("train")
     has_dense = any(c.role == "dense" for c in checkpoints.values())
     if not has_dense and demo.dense_folder is not None:
@@ -214,6 +235,33 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
     return project.id, queued
 
 
+def _queue_dynamics(project_id: int, demo: DemoProject, settings: Settings,
+                    active_job: Callable[..., JobPublic | None]) -> list[JobPublic]:
+    """The training runs not yet recorded, then the dynamics analysis over all of them."""
+    results = services.list_results(project_id, settings)
+    recorded = {(r.summary or {}).get("run") for r in results if r.kind == "dynamics_run"}
+    queued, runs, names = [], [], set()
+    for mode, sparsity in demo.dynamics_runs:
+        for seed in demo.dynamics_seeds:
+            params = {"mode": mode, "sparsity": sparsity, "seed": seed,
+                      "epochs": demo.dynamics_epochs}
+            names.add(run_name(params))
+            if run_name(params) in recorded:
+                continue
+            job = active_job("train_dynamics", mode=mode, sparsity=sparsity, seed=seed)
+            if job is None:
+                job = services.submit_job(
+                    project_id, JobCreate(kind="train_dynamics", params=params), settings)
+                queued.append(job)
+            runs.append(job.id)
+    done = [r for r in results if r.kind == "dynamics"]
+    current = done and set((done[-1].summary or {}).get("runs", [])) >= names
+    if (queued or not current) and active_job("dynamics") is None:
+        queued.append(services.submit_job(
+            project_id, JobCreate(kind="dynamics", depends_on=runs), settings))
+    return queued
+
+
 def ensure_demo_projects(settings: Settings) -> list[int]:
     wanted = os.environ.get(DEMO_SELECTION_ENV, "")
     names = {n.strip() for n in wanted.split(",") if n.strip()}
@@ -264,7 +312,7 @@ class TerminalProgress(threading.Thread):
                     label = j.kind + (
                         f" {j.params.get('method')} {round(100 * j.params.get('sparsity', 0))}%"
                         if j.kind == "prune"
-                        else ""
+                        else f" {run_name(j.params)}" if j.kind == "train_dynamics" else ""
                     )
                     print(
                         f"[{_bar(j.progress)}] {100 * j.progress:3.0f}%  job {j.id:>3} "

@@ -8,7 +8,7 @@ them runnable in any executor (local process pool, Ray) and keeps imports pointi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +113,12 @@ def default_pruned_name(method: str, sparsity: float) -> str:
 
 # progress(fraction in [0, 1], message). Raises JobCancelled when the job was cancelled.
 ProgressFn = Callable[[float, str], None]
+
+
+def run_name(params: Mapping[str, Any]) -> str:
+    """A training run's name: params.name, else e.g. "dense-s0", "gmp80-s1"."""
+    if params.get("name"):
+        return str(params["name"])
+    mode, seed = params.get("mode", "dense"), params.get("seed", 0)
+    level = "" if mode == "dense" else str(round(100 * float(params.get("sparsity", 0))))
+    return f"{mode}{level}-s{seed}"

@@ -23,7 +23,7 @@ from models.pruning import PRUNING_METHODS, method_flag, sparsity_error
 from models.pruning.attention_heads import attention_head_prune
 from models.pruning.synflow import synflow_prune
 from models.registry import build_config
-from models.sparsity import prunable_parameter_names, sparsity_report
+from models.sparsity import checkpoint_stats, prunable_parameter_names, sparsity_report
 from workers.analyses.evaluation import evaluate_checkpoints, evaluation_batches, tokenizer_of
 from workers.analyses.layers import CONV_POOLINGS, is_token_model
 from workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
@@ -39,6 +39,7 @@ from workers.jobspec import (
     NewResult,
     ProgressFn,
     default_pruned_name,
+    run_name,
 )
 from workers.training import init_model, train_classifier
 
@@ -146,6 +147,34 @@ ATTENTION_MAPS_PARAMS: dict[str, Param] = {
     "max_tokens": Param(int, 64, "an integer from 4 to 512", lambda v: 4 <= v <= 512),
     # The server resolves these into spec.checkpoints; accepted, not used.
     "checkpoint_ids": Param(list, None, "a list of checkpoint ids"),
+}
+
+
+TRAIN_DYNAMICS_PARAMS: dict[str, Param] = {
+    # dense: from scratch; gmp: from scratch with gradual magnitude pruning (Zhu & Gupta) to
+    # `sparsity`; finetune: a pruned checkpoint (checkpoint_ids, one id) trained with its
+    # zeros kept.
+    "mode": Param(str, "dense", "one of dense, gmp, finetune",
+                  lambda v: v in ("dense", "gmp", "finetune")),
+    "sparsity": Param(float, 0.0, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
+    "seed": _SEED,
+    "epochs": _positive_int(30),
+    "lr": Param(float, 1e-3, "a positive number", lambda v: math.isfinite(v) and v > 0),
+    "batch_size": _positive_int(64),
+    # The GMP schedule, as fractions of all optimizer steps, and its step interval.
+    "gmp_start": Param(float, 0.1, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
+    "gmp_end": Param(float, 0.7, "a number in (0, 1]", lambda v: 0.0 < v <= 1.0),
+    "gmp_frequency": _positive_int(10),
+    # Probe suites: the same for every run with the same three values. Size per suite: by
+    # default 1 % of the training set (MAP-D's 500 of CIFAR's 50,000), at least 50, at most 500.
+    "probe_size": Param(int, None, "an integer of at least 2", lambda v: v >= 2),
+    "noise_sigma": Param(float, 0.25, "a positive number", lambda v: math.isfinite(v) and v > 0),
+    "probe_seed": Param(int, 0, "a non-negative integer", lambda v: v >= 0),
+    "name": Param(str, None, _NAME_RULE, _valid_name),
+    "checkpoint_ids": Param(list, None, "a list of one pruned checkpoint id"),
+}
+DYNAMICS_PARAMS: dict[str, Param] = {
+    "k": Param(int, 20, "an integer of at least 1", lambda v: v >= 1),
 }
 
 
@@ -564,6 +593,157 @@ def _run_attention_maps(spec: JobSpec, progress: ProgressFn) -> JobOutput:
                      summary=summary)
 
 
+def default_probe_size(num_train: int) -> int:
+    """Examples per probe suite when not given: 1 % of the training set within [50, 500]."""
+    return int(min(500, max(50, round(0.01 * num_train))))
+
+
+def _run_train_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
+    from models.registry import list_architectures
+    from workers.analyses.dynamics_training import (
+        DynamicsWriter,
+        GmpSchedule,
+        build_probe_suites,
+        train_with_dynamics,
+    )
+
+    params = read_params("train_dynamics", spec.params, TRAIN_DYNAMICS_PARAMS)
+    mode = params["mode"]
+    if mode == "gmp" and params["sparsity"] <= 0:
+        raise JobInputError("a gmp run needs params.sparsity, the final sparsity, above 0")
+    if params["gmp_end"] <= params["gmp_start"]:
+        raise JobInputError("params.gmp_end must come after params.gmp_start")
+    if spec.architecture not in list_architectures():
+        raise JobInputError("training runs with recorded dynamics need a registry "
+                            f"architecture; {spec.architecture!r} is not one")
+    data = _dataset(spec)
+    if data.texts_train is not None:
+        raise JobInputError(f"dataset {data.name!r} holds text; recorded training runs take "
+                            "image or tabular data")
+    progress(0.0, f"building probe suites from the {len(data.y_train)} training examples")
+    try:
+        trained_on, suites = build_probe_suites(
+            data, size=params["probe_size"] or default_probe_size(len(data.y_train)),
+            seed=params["probe_seed"],
+            noise_sigma=params["noise_sigma"])
+    except ValueError as exc:
+        raise JobInputError(f"probe suites cannot be built from {data.name!r}: {exc}") from exc
+    if mode == "finetune":
+        pruned = [c for c in spec.checkpoints if c.role != "dense"]
+        if not params["checkpoint_ids"] or len(pruned) != 1:
+            raise JobInputError("a finetune run trains one pruned checkpoint: pass its id as "
+                                "params.checkpoint_ids = [id]")
+        model = _load(spec, pruned[0])
+        sparsity = float(checkpoint_stats(model.state_dict(),
+                                          prunable_parameter_names(model))["sparsity"])
+    else:
+        model = init_model(spec.architecture, spec.architecture_config, params["seed"])
+        sparsity = params["sparsity"] if mode == "gmp" else 0.0
+    steps = params["epochs"] * math.ceil(len(data.y_train) / params["batch_size"])
+    gmp = None
+    if mode == "gmp":
+        start = int(params["gmp_start"] * steps)
+        end = max(start + 1, int(params["gmp_end"] * steps))
+        gmp = GmpSchedule(final=sparsity, start=start, end=end,
+                          frequency=params["gmp_frequency"])
+    name = run_name({**params, "sparsity": sparsity})
+    scratch = Path(spec.scratch_dir)
+    try:
+        with DynamicsWriter(scratch / "dynamics.parquet", len(trained_on.y_train)) as writer:
+            out = train_with_dynamics(
+                model, trained_on, epochs=params["epochs"], lr=params["lr"],
+                batch_size=params["batch_size"], seed=params["seed"], gmp=gmp,
+                fixed_mask=mode == "finetune", record=writer, keep_records=False,
+                progress=_scaled(progress, 0.02, 0.97))
+    except ValueError as exc:
+        raise JobInputError(f"run {name!r}: {exc}") from exc
+    stats = _write_checkpoint(model, scratch / "weights.safetensors")
+    np.savez(scratch / "meta.npz", **suites.to_arrays(),
+             train_labels=np.asarray(trained_on.y_train, dtype=np.int64),
+             test_predictions=out["test_predictions"],
+             test_labels=np.asarray(data.y_test, dtype=np.int64),
+             test_accuracy=out["test_accuracy"], sparsity=out["sparsity"],
+             train_loss=out["train_loss"])
+    summary = {"run": name, "mode": mode, "sparsity": round(sparsity, 6),
+               "seed": params["seed"], "epochs": params["epochs"],
+               "test_accuracy": float(out["test_accuracy"][-1]),
+               "measured_sparsity": float(stats["sparsity"]),
+               "probe_seed": params["probe_seed"]}
+    progress(1.0, f"run {name}: test accuracy {summary['test_accuracy']:.1%}")
+    return JobOutput(results=[
+        NewResult(kind="dynamics_run", path=str(scratch / "dynamics.parquet"), summary=summary),
+        NewResult(kind="dynamics_meta", path=str(scratch / "meta.npz"), summary=summary),
+        NewResult(kind="run_weights", path=str(scratch / "weights.safetensors"),
+                  summary=summary),
+    ], summary=summary)
+
+
+def _run_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
+    from workers.analyses.dynamics import RunRecord, SuiteArrays, analyse_dynamics
+    from workers.analyses.dynamics_training import ProbeSuites, read_dynamics
+    from workers.analyses.geometry import thumbnails
+
+    params = read_params("dynamics", spec.params, DYNAMICS_PARAMS)
+    # The newest recording of each run (a rerun under the same name replaces the older one).
+    runs: dict[str, dict[str, Any]] = {}
+    for ref in spec.results:
+        name = str(ref.summary.get("run"))
+        runs.setdefault(name, {})[ref.kind] = ref
+    complete = {n: r for n, r in runs.items() if {"dynamics_run", "dynamics_meta"} <= set(r)}
+    if not complete:
+        raise JobInputError("this project has no recorded training runs; queue train_dynamics "
+                            "jobs (a dense population and pruned ones) first")
+    data = _dataset(spec)
+    records, suites, keys = [], None, {}
+    for i, (name, refs) in enumerate(sorted(complete.items())):
+        progress(0.4 * i / len(complete), f"reading run {name}")
+        summary = refs["dynamics_run"].summary
+        try:
+            trajectories = read_dynamics(refs["dynamics_run"].path)
+        except ValueError as exc:
+            raise JobInputError(f"run {name!r}: its recorded dynamics are unusable: {exc}") \
+                from exc
+        with np.load(refs["dynamics_meta"].path, allow_pickle=False) as meta:
+            run_suites = ProbeSuites.from_arrays(meta)
+            train_labels = meta["train_labels"]
+            test_predictions = meta["test_predictions"]
+            test_accuracy = float(meta["test_accuracy"][-1])
+        key = (summary.get("probe_seed"), run_suites.suite.tobytes())
+        keys.setdefault(key, []).append(name)
+        suites = suites or run_suites
+        records.append(RunRecord(
+            name=name, mode=str(summary.get("mode")), sparsity=float(summary.get("sparsity", 0)),
+            seed=int(summary.get("seed", 0)), loss=trajectories["loss"],
+            prediction=trajectories["prediction"], p_gold=trajectories["p_gold"],
+            test_predictions=test_predictions, test_accuracy=test_accuracy))
+    if len(keys) > 1:
+        raise JobInputError("the runs were trained with different probe suites (" + "; ".join(
+            ", ".join(names) for names in keys.values()) + "); train every run with the same "
+            "probe_seed, probe_size and noise_sigma")
+    assert suites is not None
+    try:
+        arrays = analyse_dynamics(
+            records,
+            SuiteArrays(categories=tuple(suites.categories), suite=suites.suite,
+                        reference=suites.reference, train_labels=train_labels,
+                        original_labels=suites.original_labels),
+            np.asarray(data.y_test, dtype=np.int64), list(data.class_names), k=params["k"],
+            progress=_scaled(progress, 0.4, 0.95))
+    except ValueError as exc:
+        raise JobInputError(f"the dynamics cannot be analysed: {exc}") from exc
+    if (images := thumbnails(data)) is not None:
+        arrays["test_thumbnails"] = images
+        arrays["train_thumbnails"] = thumbnails(data, "train")
+    path = Path(spec.scratch_dir) / "dynamics.npz"
+    np.savez(path, **arrays)
+    summary = {"runs": sorted(complete), "dataset": data.name,
+               "pie_fraction": dict(zip(arrays["population_names"].tolist(),
+                                        _finite_or_none(arrays["pie_fraction"]), strict=True))}
+    progress(1.0, "dynamics analysed")
+    return JobOutput(results=[NewResult(kind="dynamics", path=str(path), summary=summary)],
+                     summary=summary)
+
+
 _HANDLERS: dict[str, Callable[[JobSpec, ProgressFn], JobOutput]] = {
     "train": _run_train,
     "prune": _run_prune,
@@ -571,6 +751,8 @@ _HANDLERS: dict[str, Callable[[JobSpec, ProgressFn], JobOutput]] = {
     "geometry": _run_geometry,
     "probe": _run_probe,
     "attention_maps": _run_attention_maps,
+    "train_dynamics": _run_train_dynamics,
+    "dynamics": _run_dynamics,
 }
 
 

@@ -315,7 +315,7 @@ def sparsity_marks(evaluation: Any, method: str | None) -> tuple[dict, int, int]
 # -------------------------------------------------------------------- sentence viewer
 
 
-NO_MAPS = ("This sentence's attention has not been computed yet: press “Show attention” "
+NO_MAPS = ("This sentence's attention has not been computed yet: press “Show attention”<br>"
            "(one job runs the sentence through every checkpoint; a few seconds).")
 
 
@@ -423,9 +423,9 @@ def layer_drift_lines(evaluation: Arrays | None, measure: str = "cka") -> go.Fig
     return fig
 
 
-NO_LM_HEAD = ("No language-model quality: these checkpoints have no language-model head "
-              "(perplexity needs a causal LM head, masked-token accuracy an MLM head; "
-              "all-MiniLM-L6-v2 is a sentence encoder without one).")
+NO_LM_HEAD = ("No language-model quality: these checkpoints have no language-model head.<br>"
+              "Perplexity needs a causal LM head, masked-token accuracy an MLM head;<br>"
+              "all-MiniLM-L6-v2 is a sentence encoder without one.")
 
 
 def lm_quality_lines(evaluation: Arrays | None) -> go.Figure:

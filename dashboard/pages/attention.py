@@ -52,7 +52,7 @@ VIEW_KEYS = ("measure", "method", "sparsity", "layer", "head", "sentence", "task
 MEASURE_OPTIONS = [{"label": m.label, "value": k} for k, m in ATTENTION_MEASURES.items()]
 DRIFT_OPTIONS = [{"label": label, "value": k} for k, (_, label) in DRIFT_MEASURES.items()]
 SENTENCE_LABEL = 90  # characters of a sentence shown in the picker
-POLL_MS = 1500
+POLL_MS = 2000
 
 
 def _evaluation(project_id: int) -> Any:
@@ -90,7 +90,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         dcc.Location(id="attention-url", refresh=False),
         dcc.Store(id="attention-project-id", data=pid),
         dcc.Store(id="attention-maps-job"),
-        dcc.Interval(id="attention-poll", interval=POLL_MS, disabled=True),
+        dcc.Interval(id="attention-poll", interval=POLL_MS),
         html.H2(f"{project.name}: attention", id="attention-title"),
         html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
                   f" · architecture {project.architecture}"], className="muted"),
@@ -258,20 +258,20 @@ def draw_viewer(sentence: int | None, method: str | None, sparsity: int | None, 
     maps = services.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
     message = ""
-    if job and job.get("sentence") == sentence:
-        message = job.get("message", "")
+    if job and job.get("sentence") == sentence and job.get("message"):
+        message = job["message"]
     elif maps is not None:
         truncated = bool(maps["truncated"]) if "truncated" in maps else False
         message = f"“{maps['text']}”" + (" (cut at 64 tokens)" if truncated else "")
-    button = {"display": "none"} if maps is not None and checkpoint in [
-        str(n) for n in maps["checkpoint_names"].tolist()] else {}
+    pending = bool(job and job.get("sentence") == sentence and job.get("id"))
+    button = {"display": "none"} if pending or (maps is not None and checkpoint in [
+        str(n) for n in maps["checkpoint_names"].tolist()]) else {}
     return (attention_viewer(maps, checkpoint, int(layer or 0), int(head or 0)), message,
             button)
 
 
 @callback(
     Output("attention-maps-job", "data", allow_duplicate=True),
-    Output("attention-poll", "disabled", allow_duplicate=True),
     Input("attention-show", "n_clicks"),
     State("attention-sentence", "value"),
     State("attention-project-id", "data"),
@@ -279,35 +279,51 @@ def draw_viewer(sentence: int | None, method: str | None, sparsity: int | None, 
 )
 def show_attention(n_clicks: int, sentence: int | None, project_id: int):  # noqa: ANN201
     if not n_clicks or sentence is None:
-        return no_update, no_update
+        return no_update
     try:
         job = services.request_attention_maps(project_id, int(sentence))
     except (services.InvalidInput, services.Conflict) as exc:
-        return {"sentence": sentence, "message": f"Not queued: {exc}"}, True
+        return {"sentence": sentence, "message": f"Not queued: {exc}"}
     return {"sentence": sentence, "id": job.id,
-            "message": f"Attention job #{job.id} queued; the maps appear when it finishes."}, \
-        False
+            "message": f"Attention job #{job.id} queued; the maps appear when it finishes."}
+
+
+def _maps_job(project_id: int, sentence: int) -> Any:
+    """The newest queued or running attention-maps job for a sentence, or None."""
+    active = [j for j in services.list_jobs(project_id) if j.kind == "attention_maps"
+              and j.state in ("queued", "running") and j.params.get("sentence") == sentence]
+    return active[-1] if active else None
 
 
 @callback(
     Output("attention-maps-job", "data", allow_duplicate=True),
-    Output("attention-poll", "disabled", allow_duplicate=True),
     Input("attention-poll", "n_intervals"),
+    State("attention-sentence", "value"),
     State("attention-maps-job", "data"),
+    State("attention-project-id", "data"),
     prevent_initial_call=True,
 )
-def poll_maps_job(_n: int, job: dict | None):  # noqa: ANN201
-    """Follow the queued maps job; when it ends, the viewer redraws from its result."""
-    if not job or "id" not in job:
-        return no_update, True
-    state = services.get_job(job["id"])
+def poll_maps_job(_n: int, sentence: int | None, job: dict | None,  # noqa: ANN201
+                  project_id: int):
+    """Follow the maps job of the shown sentence (queued here or elsewhere, e.g. by the
+    demo); when it ends, the viewer redraws from its result."""
+    if sentence is None:
+        return no_update
+    ident = job.get("id") if job and job.get("sentence") == sentence else None
+    if ident is None:
+        found = _maps_job(project_id, int(sentence))
+        if found is None:
+            return no_update
+        ident = found.id
+    state = services.get_job(ident)
     if state.state in ("queued", "running"):
-        text = f"Attention job #{state.id} {state.state} ({100 * state.progress:.0f}%)"
-        return ({**job, "message": text} if text != job.get("message") else no_update), False
+        new = {"sentence": sentence, "id": ident,
+               "message": f"Attention job #{ident} {state.state} ({100 * state.progress:.0f}%)"}
+        return new if new != job else no_update
     if state.state == "succeeded":
-        return {"sentence": job["sentence"], "done": state.id}, True
-    return {"sentence": job["sentence"],
-            "message": f"Attention job #{state.id} {state.state}: {state.error or ''}"}, True
+        return {"sentence": sentence, "done": ident}
+    return {"sentence": sentence,
+            "message": f"Attention job #{ident} {state.state}: {state.error or ''}"}
 
 
 @callback(

@@ -59,6 +59,8 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                     " · ",
                     dcc.Link("attention", href=f"/projects/{pid}/attention",
                              id="attention-link"),
+                    " · ",
+                    dcc.Link("dynamics", href=f"/projects/{pid}/dynamics", id="dynamics-link"),
                     f" · {project.description}" if project.description else "",
                 ],
                 className="muted",

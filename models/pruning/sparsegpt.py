@@ -133,10 +133,10 @@ def sparsegpt_prune(
     inputs that flow through the already pruned and updated earlier layers, as the paper
     does. Hugging Face Transformers step per block, as the reference code does (sublayers of
     a block share one forward); a generic model has no blocks, so every layer is its own step
-    (GPTQ's "true sequential" order; see `layer_inputs.block_groups`). X is the layer's input over every calibration token; a
-    convolution's input is unfolded so a column is one (kernel position, input channel)
-    pair, and a grouped convolution gets one H per group (see
-    `models.pruning.layer_inputs`).
+    (GPTQ's "true sequential" order; see `layer_inputs.block_groups`). X is the layer's input
+    over every calibration token; a convolution's input is unfolded so a column is one
+    (kernel position, input channel) pair, and a grouped convolution gets one H per group
+    (see `models.pruning.layer_inputs`).
 
     Every layer loses exactly round(sparsity × numel) weights (per-row counts vary, as the
     block mask ranks all rows together); with `n_m=(n, m)` every group of m consecutive

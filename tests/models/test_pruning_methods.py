@@ -694,7 +694,7 @@ def test_wanda_prunes_a_transformer_block_by_block_as_the_reference_does():
     for names in steps:
         norms: dict[str, torch.Tensor] = {}
 
-        def record(module, args, name):  # noqa: ANN001, ANN202
+        def record(module, args, name, norms=norms):  # noqa: ANN001, ANN202
             x = args[0].reshape(-1, args[0].shape[-1]).double()
             norms[name] = norms.get(name, 0) + (x * x).sum(0)
 

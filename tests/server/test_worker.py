@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from server import services
-from server.demo import DIGITS, MINILM, ensure_demo_project
+from server.demo import DIGITS, DIGITS_DYNAMICS, MINILM, ensure_demo_project
 from server.schemas import JobCreate, ProjectCreate
 from server.worker import run_worker
 
@@ -145,6 +145,18 @@ def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(se
     assert all(set(j.depends_on) == {q.id for q in queued if q.kind == "prune"} for j in tail)
     assert [c.role for c in services.list_checkpoints(pid, settings)] == ["dense"]
     assert ensure_demo_project(MINILM, settings)[1] == []
+
+
+def test_the_dynamics_demo_queues_each_run_once_then_the_analysis(settings):
+    pid, queued = ensure_demo_project(DIGITS_DYNAMICS, settings)
+    runs = [j for j in queued if j.kind == "train_dynamics"]
+    assert len(runs) == len(DIGITS_DYNAMICS.dynamics_runs) * len(DIGITS_DYNAMICS.dynamics_seeds)
+    assert {(j.params["mode"], j.params["sparsity"]) for j in runs} == set(
+        DIGITS_DYNAMICS.dynamics_runs)
+    assert [j.kind for j in queued[len(runs):]] == ["dynamics"]
+    assert set(queued[-1].depends_on) == {j.id for j in runs}
+    assert services.list_checkpoints(pid, settings) == []
+    assert ensure_demo_project(DIGITS_DYNAMICS, settings)[1] == []
 
 
 def test_a_failed_job_shows_its_error_in_the_dashboard_panel(settings):

@@ -101,10 +101,11 @@ def _group_codes(data: ClassificationData) -> tuple[np.ndarray, list[str]]:
 THUMBNAIL_MAX_SIDE = 64
 
 
-def thumbnails(data: ClassificationData) -> np.ndarray | None:
-    """uint8 images [N, H, W] (grey) or [N, H, W, 3] of the test split for the example gallery,
-    scaled from the dataset's own value range; None for non-images or sides above 64."""
-    x = np.asarray(data.x_test)
+def thumbnails(data: ClassificationData, split: str = "test") -> np.ndarray | None:
+    """uint8 images [N, H, W] (grey) or [N, H, W, 3] of the test (or "train") split for the
+    example gallery, scaled from the split's own value range; None for non-images or sides
+    above 64."""
+    x = np.asarray(data.x_train if split == "train" else data.x_test)
     if data.kind != "image" or x.ndim != 4 or x.shape[1] not in (1, 3) or \
             max(x.shape[2:]) > THUMBNAIL_MAX_SIDE or x.size == 0:
         return None

@@ -1,0 +1,520 @@
+"""Dynamics page: how each training example is learned, and which examples pruning forgets.
+
+Reads the "dynamics" analysis (`services.dynamics_analysis`): per-suite loss trajectories of
+the MAP-D probe suites, Dataset Cartography's data map, MAP-D's held-out probe confusion,
+and the pruning-identified exemplars (PIEs) of each pruned population. Every control is in
+the URL (`dashboard.figures.dynamics.VIEW_KEYS`); a lasso on the data map selects training
+examples, fills the gallery and is written to the URL as `sel`
+(`dashboard.state.encode_selection`), so a copied link reopens the same view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dash
+import numpy as np
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
+
+from dashboard.components import queued_message
+from dashboard.figures.dynamics import (
+    GALLERY_SIZE,
+    class_recall_figure,
+    data_map_figure,
+    dynamics_view_options,
+    dynamics_view_query,
+    example_rows,
+    pie_accuracy_figure,
+    pie_enrichment_figure,
+    pie_fraction_figure,
+    pie_rows,
+    probe_confusion_figure,
+    resolve_dynamics_view,
+    selection_from_event,
+    selection_revision,
+    suite_loss_figure,
+    surfaced_rows,
+)
+from dashboard.figures.layers import rows_to_csv
+from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.geometry_view import thumbnail_uri
+from dashboard.state import parse_query
+from server import services
+
+dash.register_page(
+    __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics"
+)
+
+POLL_MS = 4000
+THUMBNAIL_PIXELS = 56  # a thumbnail's longer side on screen, about
+
+
+def dynamics_href(project_id: int) -> str:
+    return f"/projects/{project_id}/dynamics"
+
+
+def _dynamics(project_id: int) -> Any:
+    return services.dynamics_analysis(project_id)["dynamics"]
+
+
+def _examples(dyn: Any) -> int:
+    return int(np.asarray(dyn["suite"]).shape[0]) if dyn is not None else 0
+
+
+def _dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
+    return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
+                        style={"width": width})
+
+
+def _control(label: str, component: Any) -> html.Div:
+    return html.Div([html.Span(label, className="muted"), component],
+                    style={"display": "flex", "gap": "0.5rem", "alignItems": "center"})
+
+
+def _graph(id_: str, height: str | None = None) -> dcc.Graph:
+    style = {"height": height} if height else None
+    return dcc.Graph(id=id_, figure=empty_figure("loading…"), config=GRAPH_CONFIG, style=style)
+
+
+def _card(title: str, note: str, body: list) -> html.Div:
+    return html.Div([html.H3(title), html.P(note, className="muted"), *body], className="card")
+
+
+def _row_of(*children: Any) -> html.Div:
+    return html.Div(list(children), style={"display": "flex", "gap": "1rem",
+                                           "alignItems": "center", "flexWrap": "wrap"})
+
+
+COMPUTE_NOTE = ("The analysis reads every training run recorded with per-epoch dynamics: "
+                "those come from “train_dynamics” jobs (a dense run, gradually pruned “gmp” "
+                "runs or pruned-then-fine-tuned runs; several seeds each form a population).")
+
+
+def _status(project_id: int, data: dict[str, Any]) -> Any:
+    running = [j for j in services.list_jobs(project_id)
+               if j.kind == "dynamics" and j.state in ("queued", "running")]
+    if running:
+        job = running[-1]
+        return html.Div(
+            [html.Progress(value=str(job.progress), max="1", style={"width": "12rem"}),
+             f" dynamics job #{job.id} {job.state}: {job.message or 'waiting for a worker'}"],
+            className="card muted", id="dynamics-running",
+        )
+    dyn = data["dynamics"]
+    if dyn is None:
+        return html.Div(
+            [html.Strong("No dynamics analysis yet. "),
+             "It compares the loss trajectories, MAP-D categories and final predictions of "
+             "the project's recorded training runs.",
+             html.Button("Run the dynamics analysis", id="dynamics-compute", n_clicks=0,
+                         style={"marginLeft": "1rem"}),
+             html.P(COMPUTE_NOTE, className="muted")],
+            className="card", id="dynamics-none",
+        )
+    modes = [str(m) for m in np.asarray(dyn["run_modes"]).tolist()]
+    epochs = int(np.asarray(dyn["epochs"]).shape[0])
+    return html.Div(
+        [f"{len(modes)} runs ({modes.count('dense')} dense, "
+         f"{len(modes) - modes.count('dense')} pruned in "
+         f"{np.asarray(dyn['population_names']).shape[0]} populations), "
+         f"{_examples(dyn)} training and {np.asarray(dyn['test_labels']).shape[0]} test "
+         f"examples, {epochs} epochs. ",
+         html.Button("Run the dynamics analysis again", id="dynamics-compute", n_clicks=0,
+                     title=COMPUTE_NOTE)],
+        className="muted", id="dynamics-about",
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return "–" if np.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def example_table(rows: Sequence[dict[str, Any]], thumbnails: Any, id_: str,
+                  empty: str) -> Any:
+    """A table of the first GALLERY_SIZE rows, each example's thumbnail first when the
+    result has thumbnails (grey-level [examples, H, W])."""
+    if not rows:
+        return html.P(empty, className="muted", id=id_)
+    shown = list(rows[:GALLERY_SIZE])
+    columns = list(shown[0])
+    scale = 1
+    if thumbnails is not None:
+        scale = max(1, round(THUMBNAIL_PIXELS / max(np.asarray(thumbnails).shape[1:])))
+
+    def cells(row: dict[str, Any]) -> list:
+        image = []
+        if thumbnails is not None:
+            picture = np.asarray(thumbnails[row["index"]], dtype=np.uint8)
+            image = [html.Td(html.Img(src=thumbnail_uri(picture, scale),
+                                      alt=f"example {row['index']}"))]
+        changed = row.get("label") != row.get("original_label", row.get("label"))
+        return [*image, *(html.Td(_cell(row[c]), style={"color": "#e45756"}
+                                  if changed and c == "original_label" else None)
+                          for c in columns)]
+
+    head = [*(["input"] if thumbnails is not None else []), *columns]
+    return html.Table(
+        [html.Thead(html.Tr([html.Th(h.replace("_", " ")) for h in head])),
+         html.Tbody([html.Tr(cells(r), className="gallery-row") for r in shown])],
+        id=id_,
+    )
+
+
+def _thumbnails(dyn: Any, key: str) -> Any:
+    return dyn[key] if dyn is not None and key in dyn else None
+
+
+def selection_gallery(dyn: Any, selection: list[int], run: str | None,
+                      population: str | None) -> Any:
+    rows = example_rows(dyn, selection[:GALLERY_SIZE], run, population)
+    return example_table(rows, _thumbnails(dyn, "train_thumbnails"), "dynamics-gallery-table",
+                         "Lasso examples in the data map to see them here.")
+
+
+def surfaced_gallery(dyn: Any, run: str | None, category: str | None) -> Any:
+    rows = surfaced_rows(dyn, run, category)
+    return example_table(rows, _thumbnails(dyn, "train_thumbnails"), "dynamics-surfaced-table",
+                         "No training example has this MAP-D top category." if dyn is not None
+                         else "No dynamics analysis yet.")
+
+
+def pie_table(dyn: Any, population: str | None) -> Any:
+    rows = pie_rows(dyn, population, "test", limit=GALLERY_SIZE)
+    return example_table(rows, _thumbnails(dyn, "test_thumbnails"), "dynamics-pie-table",
+                         f"No test PIEs for {population}." if population else
+                         "No pruned population to compare yet.")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def layout(project_id: str | None = None, **query: str) -> html.Div:
+    try:
+        pid = int(project_id or "")
+        project = services.get_project(pid)
+    except (ValueError, services.NotFound):
+        return html.Div([html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
+                        id="project-missing")
+    data = services.dynamics_analysis(pid)
+    dyn = data["dynamics"]
+    view = resolve_dynamics_view(query, dyn)
+    options = dynamics_view_options(dyn)
+    selection = view["sel"]
+    return html.Div([
+        dcc.Location(id="dynamics-url", refresh=False),
+        dcc.Store(id="dynamics-project-id", data=pid),
+        dcc.Store(id="dynamics-version", data=data["result_id"]),
+        dcc.Store(id="dynamics-selection", data=selection),
+        dcc.Interval(id="dynamics-poll", interval=POLL_MS, n_intervals=0),
+        html.H2(f"{project.name}: dynamics", id="dynamics-title"),
+        html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
+                  f" · architecture {project.architecture}"], className="muted"),
+        html.Div(id="dynamics-status", children=_status(pid, data)),
+        html.Div(id="dynamics-compute-message", className="muted"),
+        html.Div(_row_of(
+            _control("run", _dropdown("dynamics-run", options["runs"], view["run"], "16rem")),
+            _control("pruned population", _dropdown("dynamics-population",
+                                                    options["populations"],
+                                                    view["population"])),
+            _control("colour", _dropdown("dynamics-color", options["color_by"], view["color"],
+                                         "16rem")),
+            html.Span(f"{len(selection)} selected" if selection else "no selection",
+                      id="dynamics-selection-count", className="muted"),
+            html.Button("Clear selection", id="dynamics-clear", n_clicks=0),
+        ), className="card"),
+        html.Div([
+            _card("Loss per probe suite",
+                  "Per-epoch loss of each planted probe suite (MAP-D, Siddiqui et al. 2023): "
+                  "mean over member runs of each run's suite mean, the band their mean "
+                  "quartiles; dense against the chosen pruned population.",
+                  [dcc.RadioItems(id="dynamics-suite_view", options=options["suite_views"],
+                                  value=view["suite_view"], inline=True),
+                   _graph("dynamics-suites")]),
+            _card("Data map",
+                  "Each training example's confidence and variability over epochs (Dataset "
+                  "Cartography, Swayamdipta et al. 2020); lasso to select.",
+                  [_graph("dynamics-map", "520px")]),
+        ], className="grid2"),
+        _card("Selected examples",
+              f"The selection's examples in the chosen run (the first {GALLERY_SIZE}; the CSV "
+              "holds all).",
+              [_row_of(html.Button("CSV", id="dynamics-gallery-csv", n_clicks=0),
+                       dcc.Download(id="dynamics-gallery-download")),
+               html.Div(id="dynamics-gallery")]),
+        html.Div([
+            _card("MAP-D probe confusion",
+                  "The kNN on loss trajectories, scored on the held-out half of each suite.",
+                  [_graph("dynamics-confusion")]),
+            _card("Where the train PIEs are",
+                  "Enrichment of each MAP-D category among the chosen population's training-"
+                  "set PIEs: above 1, pruning changes that category's predictions more often "
+                  "than its share of the data.",
+                  [_graph("dynamics-enrichment")]),
+        ], className="grid2"),
+        _card("Surfaced examples",
+              "The examples MAP-D assigns to a category, most probable first.",
+              [_row_of(_control("category", _dropdown("dynamics-cat", options["categories"],
+                                                      view["cat"])),
+                       html.Button("CSV", id="dynamics-surfaced-csv", n_clicks=0),
+                       dcc.Download(id="dynamics-surfaced-download")),
+               html.Div(id="dynamics-surfaced")]),
+        html.Div([
+            _card("PIEs against sparsity",
+                  "Test examples whose modal label over a pruned population differs from the "
+                  "dense population's (Hooker et al. 2019).",
+                  [dcc.Graph(id="dynamics-pie-fraction", figure=pie_fraction_figure(dyn),
+                             config=GRAPH_CONFIG)]),
+            _card("Accuracy on PIEs",
+                  "Mean member accuracy of the dense and the pruned population on the PIEs, the "
+                  "rest and all test examples.",
+                  [_graph("dynamics-pie-accuracy")]),
+        ], className="grid2"),
+        _card("Per-class recall change",
+              "Each class's recall change, normalised by the overall accuracy change; "
+              "coloured and starred where the Welch t-test over member runs is significant.",
+              [_graph("dynamics-class-recall")]),
+        _card("Test PIEs",
+              "The chosen population's PIEs with every population's modal prediction (the "
+              f"first {GALLERY_SIZE}; the CSV holds all).",
+              [_row_of(html.Button("CSV", id="dynamics-pie-csv", n_clicks=0),
+                       dcc.Download(id="dynamics-pie-download")),
+               html.Div(id="dynamics-pies")]),
+    ])
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+@callback(
+    Output("dynamics-version", "data"),
+    Output("dynamics-status", "children"),
+    Input("dynamics-poll", "n_intervals"),
+    State("dynamics-project-id", "data"),
+    State("dynamics-version", "data"),
+    prevent_initial_call=True,
+)
+def poll(_n: int, project_id: int, version: int | None):  # noqa: ANN201
+    data = services.dynamics_analysis(project_id)
+    changed = data["result_id"] != version
+    return (data["result_id"] if changed else no_update), _status(project_id, data)
+
+
+@callback(
+    Output("dynamics-compute-message", "children"),
+    Input("dynamics-compute", "n_clicks"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def compute(n_clicks: int, project_id: int):  # noqa: ANN201
+    if not n_clicks:
+        return no_update
+    return queued_message(lambda: services.request_dynamics(project_id), "Dynamics analysis",
+                          "; the page fills in when it has finished")
+
+
+@callback(
+    Output("dynamics-run", "options"),
+    Output("dynamics-run", "value"),
+    Output("dynamics-population", "options"),
+    Output("dynamics-population", "value"),
+    Output("dynamics-color", "options"),
+    Output("dynamics-cat", "options"),
+    Output("dynamics-cat", "value"),
+    Output("dynamics-pie-fraction", "figure"),
+    Input("dynamics-version", "data"),
+    State("dynamics-run", "value"),
+    State("dynamics-population", "value"),
+    State("dynamics-color", "value"),
+    State("dynamics-cat", "value"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def refresh_choices(_version: int, run: str | None, population: str | None,  # noqa: ANN201
+                    color: str | None, cat: str | None, project_id: int):
+    """A new result may bring other runs and populations: keep each choice it still offers."""
+    dyn = _dynamics(project_id)
+    options = dynamics_view_options(dyn)
+    view = resolve_dynamics_view({"run": run, "population": population, "color": color,
+                                  "cat": cat}, dyn)
+    return (options["runs"], view["run"], options["populations"], view["population"],
+            options["color_by"], options["categories"], view["cat"], pie_fraction_figure(dyn))
+
+
+@callback(
+    Output("dynamics-suites", "figure"),
+    Input("dynamics-population", "value"),
+    Input("dynamics-suite_view", "value"),
+    Input("dynamics-version", "data"),
+    State("dynamics-project-id", "data"),
+)
+def draw_suites(population: str | None, suite_view: str, _version: int,  # noqa: ANN201
+                project_id: int):
+    return suite_loss_figure(_dynamics(project_id), population, suite_view or "panels")
+
+
+def _data_map(dyn: Any, run: str | None, color: str | None, population: str | None,
+              selection: list[int]) -> Any:
+    fig = data_map_figure(dyn, run, color or "mapd", population, selection or None)
+    fig.update_layout(selectionrevision=selection_revision(selection))
+    return fig
+
+
+@callback(
+    Output("dynamics-map", "figure"),
+    Input("dynamics-run", "value"),
+    Input("dynamics-color", "value"),
+    Input("dynamics-population", "value"),
+    Input("dynamics-version", "data"),
+    State("dynamics-selection", "data"),
+    State("dynamics-project-id", "data"),
+)
+def draw_map(run: str | None, color: str | None, population: str | None,  # noqa: ANN201
+             _version: int, selection: list[int], project_id: int):
+    return _data_map(_dynamics(project_id), run, color, population, selection or [])
+
+
+@callback(
+    Output("dynamics-selection", "data"),
+    Output("dynamics-map", "figure", allow_duplicate=True),
+    Input("dynamics-map", "selectedData"),
+    Input("dynamics-clear", "n_clicks"),
+    State("dynamics-run", "value"),
+    State("dynamics-color", "value"),
+    State("dynamics-population", "value"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def select(selected: dict | None, _clear: int, run: str | None, color: str | None,  # noqa: ANN201
+           population: str | None, project_id: int):
+    """A lasso's examples (the map shows them already); the clear button empties the
+    selection and redraws the map without it."""
+    if ctx.triggered_id == "dynamics-clear":
+        return [], _data_map(_dynamics(project_id), run, color, population, [])
+    return selection_from_event(selected), no_update
+
+
+@callback(
+    Output("dynamics-selection-count", "children"),
+    Input("dynamics-selection", "data"),
+)
+def count(selection: list[int]):  # noqa: ANN201
+    return f"{len(selection)} selected" if selection else "no selection"
+
+
+@callback(
+    Output("dynamics-url", "search"),
+    Input("dynamics-run", "value"),
+    Input("dynamics-population", "value"),
+    Input("dynamics-color", "value"),
+    Input("dynamics-suite_view", "value"),
+    Input("dynamics-cat", "value"),
+    Input("dynamics-selection", "data"),
+    State("dynamics-url", "search"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def write_url(run, population, color, suite_view, cat, selection, search, project_id):  # noqa: ANN001, ANN201
+    view = {"run": run, "population": population, "color": color, "suite_view": suite_view,
+            "cat": cat, "sel": selection or []}
+    query = dynamics_view_query(view, _examples(_dynamics(project_id)))
+    return no_update if parse_query(query) == parse_query(search) else query
+
+
+@callback(
+    Output("dynamics-gallery", "children"),
+    Input("dynamics-selection", "data"),
+    Input("dynamics-run", "value"),
+    Input("dynamics-population", "value"),
+    Input("dynamics-version", "data"),
+    State("dynamics-project-id", "data"),
+)
+def draw_gallery(selection: list[int], run: str | None, population: str | None,  # noqa: ANN201
+                 _version: int, project_id: int):
+    return selection_gallery(_dynamics(project_id), selection or [], run, population)
+
+
+@callback(
+    Output("dynamics-confusion", "figure"),
+    Output("dynamics-surfaced", "children"),
+    Input("dynamics-run", "value"),
+    Input("dynamics-cat", "value"),
+    Input("dynamics-version", "data"),
+    State("dynamics-project-id", "data"),
+)
+def draw_mapd(run: str | None, cat: str | None, _version: int, project_id: int):  # noqa: ANN201
+    dyn = _dynamics(project_id)
+    return probe_confusion_figure(dyn, run), surfaced_gallery(dyn, run, cat)
+
+
+@callback(
+    Output("dynamics-enrichment", "figure"),
+    Output("dynamics-pie-accuracy", "figure"),
+    Output("dynamics-class-recall", "figure"),
+    Output("dynamics-pies", "children"),
+    Input("dynamics-population", "value"),
+    Input("dynamics-version", "data"),
+    State("dynamics-project-id", "data"),
+)
+def draw_population(population: str | None, _version: int, project_id: int):  # noqa: ANN201
+    dyn = _dynamics(project_id)
+    return (pie_enrichment_figure(dyn, population), pie_accuracy_figure(dyn, population),
+            class_recall_figure(dyn, population), pie_table(dyn, population))
+
+
+def _csv(rows: list[dict[str, Any]], filename: str) -> Any:
+    if not rows:
+        return no_update
+    return {"content": rows_to_csv(rows), "filename": filename, "type": "text/csv"}
+
+
+@callback(
+    Output("dynamics-gallery-download", "data"),
+    Input("dynamics-gallery-csv", "n_clicks"),
+    State("dynamics-selection", "data"),
+    State("dynamics-run", "value"),
+    State("dynamics-population", "value"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_selection(_n: int, selection: list[int], run: str | None,  # noqa: ANN201
+                       population: str | None, project_id: int):
+    dyn = _dynamics(project_id)
+    chosen = selection or list(range(_examples(dyn)))
+    return _csv(example_rows(dyn, chosen, run, population),
+                f"project{project_id}-dynamics-examples.csv")
+
+
+@callback(
+    Output("dynamics-surfaced-download", "data"),
+    Input("dynamics-surfaced-csv", "n_clicks"),
+    State("dynamics-run", "value"),
+    State("dynamics-cat", "value"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_surfaced(_n: int, run: str | None, cat: str | None, project_id: int):  # noqa: ANN201
+    return _csv(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
+                f"project{project_id}-dynamics-surfaced-{cat}.csv")
+
+
+@callback(
+    Output("dynamics-pie-download", "data"),
+    Input("dynamics-pie-csv", "n_clicks"),
+    State("dynamics-population", "value"),
+    State("dynamics-project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_pies(_n: int, population: str | None, project_id: int):  # noqa: ANN201
+    name = (population or "").replace(" ", "").replace("%", "pct")
+    return _csv(pie_rows(_dynamics(project_id), population, "test"),
+                f"project{project_id}-dynamics-pies-{name}.csv")
