@@ -708,7 +708,8 @@ def _run_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
             train_labels = meta["train_labels"]
             test_predictions = meta["test_predictions"]
             test_accuracy = float(meta["test_accuracy"][-1])
-        key = (summary.get("probe_seed"), run_suites.suite.tobytes())
+        key = (tuple(run_suites.categories), run_suites.suite.tobytes(),
+               run_suites.reference.tobytes())
         keys.setdefault(key, []).append(name)
         suites = suites or run_suites
         records.append(RunRecord(

@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from server.api import checkpoints, datasets, health, jobs, projects, results, uploads
+from server.api import (
+    checkpoints,
+    datasets,
+    dynamics,
+    health,
+    jobs,
+    projects,
+    results,
+    uploads,
+)
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -10,6 +19,7 @@ api_router.include_router(projects.architectures_router)
 api_router.include_router(projects.router)
 api_router.include_router(checkpoints.router)
 api_router.include_router(datasets.router)
+api_router.include_router(dynamics.router)
 api_router.include_router(jobs.router)
 api_router.include_router(results.router)
 api_router.include_router(uploads.router)

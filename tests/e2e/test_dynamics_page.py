@@ -52,7 +52,7 @@ def test_the_dynamics_page_draws_the_runs_and_a_lasso_is_shared_by_url(dynamics_
                   message="PIE fraction figure")
     gmp = next(t for t in lines if "gmp" in t["name"])
     assert [round(x) for x in gmp["x"]] == [50, 80, 95]
-    assert all(0.0 <= y <= 1.0 for y in gmp["y"])
+    assert all(0.0 <= y <= 100.0 for y in gmp["y"])  # percent of the test examples
     # The data map holds every training example once (one trace per MAP-D category).
     counts = _wait(browser, lambda d: d.execute_script(TRACE_POINTS.format(id="dynamics-map")),
                    message="data map")
