@@ -729,7 +729,7 @@ def _run_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
                         reference=suites.reference, train_labels=train_labels,
                         original_labels=suites.original_labels),
             np.asarray(data.y_test, dtype=np.int64), list(data.class_names), k=params["k"],
-            progress=_scaled(progress, 0.4, 0.95))
+            test_groups=data.groups_test, progress=_scaled(progress, 0.4, 0.95))
     except ValueError as exc:
         raise JobInputError(f"the dynamics cannot be analysed: {exc}") from exc
     if (images := thumbnails(data)) is not None:

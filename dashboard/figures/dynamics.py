@@ -525,6 +525,59 @@ def pie_enrichment_figure(dyn: Arrays | None, population: str | None) -> go.Figu
     return fig
 
 
+def category_transition_figure(dyn: Arrays | None, population: str | None) -> go.Figure:
+    """Training examples by their MAP-D category under the dense population (rows) and under
+    the pruned population (columns; each population's modal top category): where pruning
+    moves examples between typical, atypical, mislabeled and corrupted."""
+    try:
+        dyn = _require(dyn)
+        p = _population_index(dyn, population)
+        if "category_transitions" not in dyn:
+            raise _Missing("This result predates the category comparison; run the dynamics "
+                           "analysis again.")
+    except _Missing as exc:
+        return empty_figure(str(exc))
+    table = np.asarray(dyn["category_transitions"], dtype=np.int64)[p]
+    categories = strings(dyn["categories"])
+    share = table / np.maximum(table.sum(axis=1, keepdims=True), 1)
+    fig = go.Figure(go.Heatmap(
+        z=share, x=categories, y=categories, colorscale="Blues", zmin=0, zmax=1,
+        text=table.tolist(), texttemplate="%{text}", colorbar={"title": "row share"},
+        hovertemplate="dense %{y} → pruned %{x}<br>%{text} examples (%{z:.0%} of the row)"
+                      "<extra></extra>"))
+    fig.update_layout(template="plotly_white", height=360,
+                      xaxis={"title": f"MAP-D category under {population}"},
+                      yaxis={"title": "MAP-D category under dense", "autorange": "reversed"},
+                      margin={"l": 90, "r": 20, "t": 30, "b": 60})
+    return fig
+
+
+def group_impact_figure(dyn: Arrays | None, population: str | None) -> go.Figure:
+    """Per value of the dataset's group column: the PIE fraction and the accuracy change of
+    the pruned population against the dense one (Hooker, Moorosi et al. 2020)."""
+    try:
+        dyn = _require(dyn)
+        p = _population_index(dyn, population)
+    except _Missing as exc:
+        return empty_figure(str(exc))
+    names = strings(dyn["group_names"]) if "group_names" in dyn else []
+    if not names:
+        return empty_figure("The dataset has no group column; upload one with a group column "
+                            "to see PIEs per group.")
+    fraction = 100 * np.asarray(dyn["group_pie_fraction"], dtype=np.float64)[p]
+    change = 100 * np.asarray(dyn["group_accuracy_change"], dtype=np.float64)[p]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["PIEs (% of the group)",
+                                                        "accuracy change (points)"])
+    fig.add_trace(go.Bar(x=names, y=fraction.tolist(), name="PIEs", marker={"color": "#4c78a8"},
+                         hovertemplate="%{x}<br>%{y:.1f}% PIEs<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=change.tolist(), name="accuracy change",
+                         marker={"color": "#e45756"},
+                         hovertemplate="%{x}<br>%{y:+.1f} points<extra></extra>"), row=1, col=2)
+    fig.update_layout(template="plotly_white", height=340, showlegend=False,
+                      margin={"l": 60, "r": 20, "t": 40, "b": 60})
+    return fig
+
+
 # ---------------------------------------------------------------------------- tables
 
 
@@ -648,6 +701,8 @@ def pie_rows(dyn: Arrays | None, population: str | None, split: str = "test",
         for name in (DENSE, population):
             if name in agreement:
                 row[f"{name} agreement"] = float(agreement[name][j])
+        if split == "test" and "cie_distance" in dyn:
+            row["taxicab distance"] = float(np.asarray(dyn["cie_distance"])[p, i])
         rows.append(row)
     return rows
 

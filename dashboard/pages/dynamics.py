@@ -20,11 +20,13 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dashboard.components import queued_message
 from dashboard.figures.dynamics import (
     GALLERY_SIZE,
+    category_transition_figure,
     class_recall_figure,
     data_map_figure,
     dynamics_view_options,
     dynamics_view_query,
     example_rows,
+    group_impact_figure,
     pie_accuracy_figure,
     pie_enrichment_figure,
     pie_fraction_figure,
@@ -261,6 +263,16 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                   "than its share of the data.",
                   [_graph("dynamics-enrichment")]),
         ], className="grid2"),
+        html.Div([
+            _card("MAP-D category, dense against pruned",
+                  "Each training example's MAP-D category under the dense population (rows) "
+                  "and under the chosen pruned population (columns; the runs' modal category).",
+                  [_graph("dynamics-transitions")]),
+            _card("PIEs per group",
+                  "Where the dataset has a group column: the PIE share and the accuracy change "
+                  "of each group (Hooker, Moorosi et al. 2020).",
+                  [_graph("dynamics-groups")]),
+        ], className="grid2"),
         _card("Surfaced examples",
               "The examples MAP-D assigns to a category, most probable first.",
               [_row_of(_control("category", _dropdown("dynamics-cat", options["categories"],
@@ -461,6 +473,8 @@ def draw_mapd(run: str | None, cat: str | None, _version: int, project_id: int):
     Output("dynamics-pie-accuracy", "figure"),
     Output("dynamics-class-recall", "figure"),
     Output("dynamics-pies", "children"),
+    Output("dynamics-transitions", "figure"),
+    Output("dynamics-groups", "figure"),
     Input("dynamics-population", "value"),
     Input("dynamics-version", "data"),
     State("dynamics-project-id", "data"),
@@ -468,7 +482,8 @@ def draw_mapd(run: str | None, cat: str | None, _version: int, project_id: int):
 def draw_population(population: str | None, _version: int, project_id: int):  # noqa: ANN201
     dyn = _dynamics(project_id)
     return (pie_enrichment_figure(dyn, population), pie_accuracy_figure(dyn, population),
-            class_recall_figure(dyn, population), pie_table(dyn, population))
+            class_recall_figure(dyn, population), pie_table(dyn, population),
+            category_transition_figure(dyn, population), group_impact_figure(dyn, population))
 
 
 def _csv(rows: list[dict[str, Any]], filename: str) -> Any:

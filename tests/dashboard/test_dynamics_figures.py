@@ -559,3 +559,34 @@ def test_the_galleries_show_thumbnails_and_rows(dynamics_page) -> None:  # noqa:
     without = {k: v for k, v in dyn.items() if k != "train_thumbnails"}
     plain = dynamics_page.selection_gallery(without, [5], "dense-s0", None)
     assert "data:image" not in str(plain.to_plotly_json())
+
+
+def test_category_transitions_groups_and_the_taxicab_column() -> None:
+    from dashboard.figures.dynamics import category_transition_figure, group_impact_figure
+
+    dyn = _dynamics()
+    k, p, m = len(CATEGORIES), len(POPULATIONS), len(dyn["test_labels"])
+    rng = np.random.default_rng(3)
+    table = rng.integers(0, 6, (p, k, k))
+    table[1, 2] = 0  # a category no example holds under dense: its row share stays 0
+    dyn["category_transitions"] = table
+    name = POPULATIONS[1][0]
+    heat = category_transition_figure(dyn, name).data[0]
+    assert np.asarray(heat.text).tolist() == table[1].tolist()
+    rows = table[1].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float),
+                               table[1] / np.maximum(rows, 1))
+    assert "predates" in category_transition_figure(_dynamics(), name).layout.annotations[0].text
+    assert "no group column" in group_impact_figure(dyn, name).layout.annotations[0].text
+    dyn.update(group_names=np.array(["clean", "noisy"]), group_count=np.array([6, 4]),
+               group_pie_fraction=rng.random((p, 2)),
+               group_accuracy_change=rng.random((p, 2)) - 0.5)
+    bars = group_impact_figure(dyn, name).data
+    np.testing.assert_allclose(bars[0].y, 100 * dyn["group_pie_fraction"][1])
+    np.testing.assert_allclose(bars[1].y, 100 * dyn["group_accuracy_change"][1])
+    assert list(bars[0].x) == ["clean", "noisy"]
+    dyn["cie_distance"] = rng.random((p, m))
+    rows = pie_rows(dyn, name)
+    assert rows
+    for row in rows:
+        assert row["taxicab distance"] == dyn["cie_distance"][1, row["index"]]

@@ -154,6 +154,9 @@ def test_every_contract_key_has_its_dtype_and_shape(result):
         "train_pie": (np.bool_, (P, N)), "train_pie_category_count": (np.int64, (P, K)),
         "train_pie_category_enrichment": (np.float64, (P, K)),
         "dense_mapd_top": (np.int8, (N,)), "class_names": ("U", (C,)),
+        "cie_distance": (np.float64, (P, M)), "category_transitions": (np.int64, (P, K, K)),
+        "group_names": ("U", (0,)), "group_count": (np.int64, (0,)),
+        "group_pie_fraction": (np.float64, (P, 0)), "group_accuracy_change": (np.float64, (P, 0)),
     }
     produced = {key for key in result if not key.startswith("_")}
     assert produced == set(contract)
@@ -465,3 +468,40 @@ def test_errors_name_the_problem(world):
         no_reference = SuiteArrays(CATEGORIES, suites.suite, np.zeros(N, bool),
                                    suites.train_labels, suites.original_labels)
         analyse_dynamics(world.runs[:1], no_reference, labels, CLASS_NAMES)
+
+
+def test_cie_distance_transitions_and_groups_match_plain_loops(world):
+    groups = np.array([f"g{i % 3}" for i in range(len(world.test_labels))])
+    out = analyse_dynamics(world.runs, world.suites, world.test_labels, CLASS_NAMES,
+                           test_groups=groups)
+    modes = out["run_modes"].tolist()
+    dense = [i for i, m in enumerate(modes) if m == "dense"]
+    n_classes, n_categories = len(CLASS_NAMES), len(CATEGORIES)
+    for p, name in enumerate(out["population_names"].tolist()):
+        mode, level = name.split()
+        members = [i for i, m in enumerate(modes) if m == mode and
+                   round(100 * out["run_sparsity"][i]) == int(level[:-1])]
+        preds = out["test_predictions"]
+        for i in range(0, len(world.test_labels), 7):
+            share = [np.mean([preds[r, i] == c for r in runs]) for runs in (dense, members)
+                     for c in range(n_classes)]
+            expected = sum(abs(share[c] - share[n_classes + c]) for c in range(n_classes))
+            assert out["cie_distance"][p, i] == pytest.approx(expected)
+        table = np.zeros((n_categories, n_categories), dtype=int)
+        tops = out["mapd_top"]
+        for x in range(tops.shape[1]):
+            pruned_top = np.bincount(tops[members, x], minlength=n_categories).argmax()
+            table[out["dense_mapd_top"][x], pruned_top] += 1
+        assert np.array_equal(out["category_transitions"][p], table)
+        assert out["group_names"].tolist() == ["g0", "g1", "g2"]
+        for g, value in enumerate(["g0", "g1", "g2"]):
+            rows = groups == value
+            assert out["group_count"][g] == rows.sum()
+            assert out["group_pie_fraction"][p, g] == pytest.approx(out["pie"][p][rows].mean())
+            change = np.mean([(preds[r][rows] == world.test_labels[rows]).mean()
+                              for r in members]) - np.mean(
+                [(preds[r][rows] == world.test_labels[rows]).mean() for r in dense])
+            assert out["group_accuracy_change"][p, g] == pytest.approx(change)
+    with pytest.raises(ValueError, match="one value per test example"):
+        analyse_dynamics(world.runs, world.suites, world.test_labels, CLASS_NAMES,
+                         test_groups=groups[:3])

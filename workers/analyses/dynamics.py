@@ -38,7 +38,9 @@ from workers.metrics.dynamics import (
     suite_curves,
 )
 from workers.metrics.pies import (
+    cie_ranking,
     class_recall_change,
+    group_impact,
     label_counts,
     pie_accuracy,
     pie_fraction,
@@ -330,6 +332,7 @@ def analyse_dynamics(
     class_names: Sequence[str],
     *,
     k: int = MAPD_NEIGHBOURS,
+    test_groups: np.ndarray | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, np.ndarray]:
     """The "dynamics" result of several runs (see the array contract of the Dynamics page).
@@ -345,6 +348,13 @@ def analyse_dynamics(
     training-set PIEs by the same rule on final-epoch predictions, and their count and
     enrichment per dense MAP-D category (`dense_mapd_top`: modal top category over the dense
     runs, ties to the lowest index; enrichment NaN for a population without training PIEs).
+    Also per population: `cie_distance` [P, M], the taxicab distance between the dense and
+    the pruned population's label distributions per test example (Hooker, Moorosi et al.
+    2020; rank by it for CIEs), and `category_transitions` [P, K, K], training examples by
+    their dense MAP-D category (rows) and the pruned population's (columns). With
+    `test_groups` (a metadata value per test example): `group_names` [G], `group_count` [G],
+    `group_pie_fraction` and `group_accuracy_change` [P, G] (pruned − dense mean member
+    accuracy on the group).
 
     Raises ValueError when no run is dense, runs differ in epochs or examples, or shapes and
     labels disagree with the suites, test labels or class names.
@@ -382,6 +392,14 @@ def analyse_dynamics(
     accuracy = np.full((n_pop, len(PIE_SUBSETS), 2), np.nan)
     recall_change = np.full((n_pop, num_classes), np.nan)
     recall_p = np.full((n_pop, num_classes), np.nan)
+    cie = np.zeros((n_pop, n_test))
+    transitions = np.zeros((n_pop, n_categories, n_categories), dtype=np.int64)
+    groups = None if test_groups is None else np.asarray(test_groups).astype(np.str_)
+    if groups is not None and groups.shape != test_labels.shape:
+        raise ValueError(f"test_groups must have one value per test example ({n_test})")
+    group_names = np.unique(groups) if groups is not None else np.array([], dtype=np.str_)
+    group_fraction = np.full((n_pop, group_names.size), np.nan)
+    group_change = np.full((n_pop, group_names.size), np.nan)
     for p, (_, _, members) in enumerate(populations):
         dense_test, pruned_test = test_predictions[dense], test_predictions[members]
         pie[p] = pruning_identified_exemplars(dense_test, pruned_test, num_classes)
@@ -393,6 +411,13 @@ def analyse_dynamics(
         )
         recall_change[p], recall_p[p] = change.difference, change.p_value
         train_pie[p] = pruning_identified_exemplars(final[dense], final[members], num_classes)
+        cie[p] = cie_ranking(dense_test, pruned_test, num_classes).distance
+        pruned_top = modal_category(result["mapd_top"][members], n_categories)
+        np.add.at(transitions[p], (dense_top.astype(np.int64), pruned_top.astype(np.int64)), 1)
+        if groups is not None:
+            impact = group_impact(groups, dense_test, pruned_test, test_labels, num_classes,
+                                  flag=pie[p])
+            group_fraction[p], group_change[p] = impact.flagged_fraction, impact.accuracy_change
     pie_count, pie_enrichment = category_enrichment(train_pie, dense_top, n_categories)
 
     result.update(
@@ -427,6 +452,12 @@ def analyse_dynamics(
         train_pie_category_enrichment=pie_enrichment,
         dense_mapd_top=dense_top,
         class_names=np.asarray(class_names, dtype=np.str_),
+        cie_distance=cie,
+        category_transitions=transitions,
+        group_names=group_names.astype(np.str_),
+        group_count=np.array([(groups == g).sum() for g in group_names], dtype=np.int64),
+        group_pie_fraction=group_fraction,
+        group_accuracy_change=group_change,
     )
     progress(1.0, "dynamics done")
     return result
