@@ -2,13 +2,141 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import dash
-from dash import Dash, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dashboard.state import storing_long_selections
+from server import view_service
+from server.services import ServiceError
 
 HERE = Path(__file__).parent
+_PROJECT_PATH = re.compile(r"/projects/(\d+)(?:/|$)")
+# On the dark top bar.
+_HEADER_TEXT = {"color": "#cde", "fontSize": "0.9rem"}
+_HEADER_ERROR = {"color": "#ffb4b4", "fontSize": "0.9rem"}
+
+# Copies the address as the browser shows it. The Clipboard API exists only in secure contexts
+# (https or localhost); a server reached over plain http on the network gets the older
+# execCommand route. The feedback clears itself after a moment.
+COPY_LINK_JS = """
+async function(n_clicks) {
+    if (!n_clicks) { return window.dash_clientside.no_update; }
+    const url = window.location.href;
+    let copied = false;
+    try {
+        await navigator.clipboard.writeText(url);
+        copied = true;
+    } catch (err) {
+        const area = document.createElement("textarea");
+        area.value = url;
+        area.setAttribute("readonly", "");
+        area.style.position = "fixed";
+        area.style.opacity = "0";
+        document.body.appendChild(area);
+        area.select();
+        try { copied = document.execCommand("copy"); } catch (err2) { copied = false; }
+        document.body.removeChild(area);
+    }
+    setTimeout(function() {
+        window.dash_clientside.set_props("copy-link-feedback", {children: ""});
+    }, 1500);
+    return copied ? "copied" : "copy failed: copy the address bar";
+}
+"""
+
+# The page's path and query at the moment of the click or Enter (pages rewrite their query as
+# the view changes, without reloading).
+BOOKMARK_REQUEST_JS = """
+function(n_clicks, n_submit, name) {
+    if (!n_clicks && !n_submit) { return window.dash_clientside.no_update; }
+    return {name: name || "", url: window.location.pathname + window.location.search,
+            at: Date.now()};
+}
+"""
+
+
+def project_id_from_path(path: str | None) -> int | None:
+    """The project a dashboard path belongs to (`/projects/3/geometry` → 3), else None."""
+    match = _PROJECT_PATH.match(path or "")
+    return int(match.group(1)) if match else None
+
+
+def bookmark_controls(pathname: str | None) -> tuple[bool, bool, str, dict[str, str]]:
+    """(name input disabled, button disabled, bookmarks page href, its style) for a path:
+    bookmarks belong to a project, so outside one there is nothing to save them to."""
+    project_id = project_id_from_path(pathname)
+    if project_id is None:
+        return True, True, "/", {"display": "none"}
+    return False, False, f"/projects/{project_id}/bookmarks", _HEADER_TEXT
+
+
+def save_bookmark(request: dict[str, Any] | None) -> tuple[Any, Any]:
+    """Save the page the browser showed (`BOOKMARK_REQUEST_JS`) as a bookmark of its project;
+    (message, new value of the name input)."""
+    if not request:
+        return no_update, no_update
+    url = str(request.get("url") or "")
+    project_id = project_id_from_path(url)
+    if project_id is None:
+        return html.Span("open a project page to bookmark it", style=_HEADER_ERROR), no_update
+    try:
+        bookmark = view_service.add_bookmark(project_id, str(request.get("name") or ""), url)
+    except ServiceError as exc:
+        return html.Span(exc.detail, id="bookmark-error", style=_HEADER_ERROR), no_update
+    return html.Span(f"saved “{bookmark.name}”", id="bookmark-saved", style=_HEADER_TEXT), ""
+
+
+def _view_controls() -> html.Div:
+    return html.Div(
+        [
+            dcc.Location(id="header-url", refresh=False),
+            dcc.Store(id="bookmark-request"),
+            html.Button(
+                "Copy link",
+                id="copy-link",
+                n_clicks=0,
+                title="Copy the address of this view; it reopens the same view for anyone",
+            ),
+            html.Span(id="copy-link-feedback", style=_HEADER_TEXT),
+            dcc.Input(
+                id="bookmark-name",
+                placeholder="bookmark name",
+                disabled=True,
+                style={"width": "9rem"},
+            ),
+            html.Button(
+                "Bookmark",
+                id="bookmark-save",
+                n_clicks=0,
+                disabled=True,
+                title="Save this view of the project under the name",
+            ),
+            html.Span(id="bookmark-feedback"),
+            dcc.Link("Bookmarks", id="bookmarks-link", href="/", style={"display": "none"}),
+        ],
+        style={"display": "flex", "gap": "0.4rem", "alignItems": "center"},
+    )
+
+
+class LongSelectionsStored:
+    """Lets what the dashboard serves write long selections as short ids
+    (`dashboard.state.storing_long_selections`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with storing_long_selections():
+            await self.app(scope, receive, send)
 
 
 def create_dash(server: FastAPI) -> Dash:
@@ -28,6 +156,7 @@ def create_dash(server: FastAPI) -> Dash:
                 [
                     dcc.Link("PruneScope", href="/", className="brand"),
                     html.Span("what pruning changes inside a network", className="tagline"),
+                    _view_controls(),
                     html.A("API", href="/docs", className="nav-link", target="_blank"),
                 ],
                 className="topbar",
@@ -35,6 +164,34 @@ def create_dash(server: FastAPI) -> Dash:
             html.Main(dash.page_container, className="content"),
         ]
     )
+    app.clientside_callback(
+        COPY_LINK_JS,
+        Output("copy-link-feedback", "children"),
+        Input("copy-link", "n_clicks"),
+        prevent_initial_call=True,
+    )
+    app.clientside_callback(
+        BOOKMARK_REQUEST_JS,
+        Output("bookmark-request", "data"),
+        Input("bookmark-save", "n_clicks"),
+        Input("bookmark-name", "n_submit"),
+        State("bookmark-name", "value"),
+        prevent_initial_call=True,
+    )
+    app.callback(
+        Output("bookmark-name", "disabled"),
+        Output("bookmark-save", "disabled"),
+        Output("bookmarks-link", "href"),
+        Output("bookmarks-link", "style"),
+        Input("header-url", "pathname"),
+    )(bookmark_controls)
+    app.callback(
+        Output("bookmark-feedback", "children"),
+        Output("bookmark-name", "value"),
+        Input("bookmark-request", "data"),
+        prevent_initial_call=True,
+    )(save_bookmark)
+    server.add_middleware(LongSelectionsStored)
     # Dash collects assets/ (stylesheet, upload script) in a hook that its FastAPI backend
     # runs only on requests to "/" or its own routes, so a first visit straight to a project
     # page would arrive without them. Run that one-time setup now; it is idempotent.

@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from urllib.parse import parse_qs, urlencode
+
+log = logging.getLogger(__name__)
+
+# A selection code longer than this goes into the database and the URL names it by a short id.
+SELECTION_URL_LIMIT = 512
+# Set only while the dashboard serves a request (`storing_long_selections`): importing this
+# module, a script or a test without a database never writes one.
+_long_selection_store: ContextVar[Callable[[str], str] | None] = ContextVar(
+    "long_selection_store", default=None
+)
+
+
+@contextmanager
+def storing_long_selections(store: Callable[[str], str] | None = None) -> Iterator[None]:
+    """Within this block `encode_selection` keeps codes longer than `SELECTION_URL_LIMIT`
+    through `store` (text → short id; default `server.view_service.store_view_state`) and
+    writes "v" + the id. The dashboard opens it around every request it serves."""
+    if store is None:
+        from server.view_service import store_view_state as store
+    token = _long_selection_store.set(store)
+    try:
+        yield
+    finally:
+        _long_selection_store.reset(token)
 
 
 def parse_list(value: str | None) -> list[str] | None:
@@ -51,7 +79,9 @@ def encode_selection(indices: list[int] | None, n: int) -> str:
     Runs of consecutive positions as ranges ("3-7.10.15-20", '.' between parts) when that is
     short; otherwise "z" + URL-safe base64 of the zlib-compressed bitset of the n examples,
     whose length stays near n/8 bytes at worst (a lasso over 27,000 points fits in a URL).
-    Empty or None → "".
+    Inside `storing_long_selections`, a code over `SELECTION_URL_LIMIT` characters is stored
+    and "v" + its short id (`server.view_service`) is written instead; should storing fail,
+    the long code still opens the same view. Empty or None → "".
     """
     import base64
     import zlib
@@ -72,12 +102,21 @@ def encode_selection(indices: list[int] | None, n: int) -> str:
     bits[values] = True
     packed = "z" + base64.urlsafe_b64encode(zlib.compress(np.packbits(bits).tobytes(), 9)) \
         .decode("ascii").rstrip("=")
-    return ranges if len(ranges) <= len(packed) else packed
+    code = ranges if len(ranges) <= len(packed) else packed
+    store = _long_selection_store.get()
+    if len(code) <= SELECTION_URL_LIMIT or store is None:
+        return code
+    try:
+        return "v" + store(code)
+    except Exception:  # noqa: BLE001 - a long link beats a page that fails
+        log.warning("could not store a selection of %d characters", len(code), exc_info=True)
+        return code
 
 
 def decode_selection(text: str | None, n: int) -> list[int]:
     """The positions `encode_selection` wrote; anything unreadable or out of range is dropped
-    (a hand-edited link gives a smaller selection, never an error)."""
+    (a hand-edited link gives a smaller selection, never an error). "v" + id is looked up in
+    the database; an unknown id, or no database at all, reads as no selection."""
     import base64
     import binascii
     import zlib
@@ -87,6 +126,16 @@ def decode_selection(text: str | None, n: int) -> list[int]:
     text = (text or "").strip()
     if not text or n <= 0:
         return []
+    if text.startswith("v"):
+        try:
+            from server.view_service import load_view_state
+
+            text = load_view_state(text[1:])
+        except Exception:  # noqa: BLE001 - unknown id, other server, no database: no selection
+            log.info("selection %r not found", text[:40], exc_info=True)
+            return []
+        if text.startswith("v"):
+            return []  # stored codes are never ids themselves
     if text.startswith("z"):
         body = text[1:] + "=" * (-len(text[1:]) % 4)
         try:

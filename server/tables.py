@@ -1,4 +1,4 @@
-"""SQLAlchemy table classes: projects, datasets, checkpoints, jobs and analysis results."""
+"""SQLAlchemy table classes: projects, datasets, checkpoints, jobs, analysis results and views."""
 
 from __future__ import annotations
 
@@ -158,4 +158,30 @@ class AnalysisResult(Base):
     kind: Mapped[str] = mapped_column(String(40))
     artifact_digest: Mapped[str] = mapped_column(String(64))
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ViewState(Base):
+    """A long piece of view state (an encoded selection) that a link names by a short id."""
+
+    __tablename__ = "view_states"
+
+    # URL-safe random text (server.view_service), so ids cannot be enumerated.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # SHA-256 of the text: the same text keeps the same id.
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Bookmark(Base):
+    """A named view of a project: a dashboard path and query inside that project."""
+
+    __tablename__ = "bookmarks"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -170,6 +170,8 @@ TRAIN_DYNAMICS_PARAMS: dict[str, Param] = {
     "probe_size": Param(int, None, "an integer of at least 2", lambda v: v >= 2),
     "noise_sigma": Param(float, 0.25, "a positive number", lambda v: math.isfinite(v) and v > 0),
     "probe_seed": Param(int, 0, "a non-negative integer", lambda v: v >= 0),
+    # A fifth suite of uniform-noise inputs with random labels (MAP-D's optional one).
+    "random_inputs": Param(bool, False, "true or false"),
     "name": Param(str, None, _NAME_RULE, _valid_name),
     "checkpoint_ids": Param(list, None, "a list of one pruned checkpoint id"),
 }
@@ -624,8 +626,8 @@ def _run_train_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     try:
         trained_on, suites = build_probe_suites(
             data, size=params["probe_size"] or default_probe_size(len(data.y_train)),
-            seed=params["probe_seed"],
-            noise_sigma=params["noise_sigma"])
+            seed=params["probe_seed"], noise_sigma=params["noise_sigma"],
+            random_inputs=params["random_inputs"])
     except ValueError as exc:
         raise JobInputError(f"probe suites cannot be built from {data.name!r}: {exc}") from exc
     if mode == "finetune":

@@ -333,8 +333,21 @@ def data_map_figure(dyn: Arrays | None, run: str | None, color: str = "mapd",
     return fig
 
 
-def selection_from_event(selected: Mapping[str, Any] | None) -> list[int]:
-    """Example indices of a data-map lasso (`selectedData`), from each point's customdata."""
+def map_traces(dyn: Arrays | None, run: str | None, color: str = "mapd",
+               population: str | None = None) -> list[np.ndarray]:
+    """The example indices of each trace `data_map_figure` draws, in trace order."""
+    try:
+        groups = _colour_groups(_require(dyn), run_members(dyn, run), color, population)
+    except _Missing:
+        return []
+    return [indices for _, _, indices in groups if indices.size]
+
+
+def selection_from_event(selected: Mapping[str, Any] | None,
+                         traces: Sequence[np.ndarray] | None = None) -> list[int]:
+    """Example indices of a data-map lasso (`selectedData`): each point's customdata, or,
+    where the event leaves it out (dash does for WebGL traces), its trace's example at
+    pointIndex (`traces` from `map_traces` for the map as drawn)."""
     found = set()
     for point in (selected or {}).get("points", []) or []:
         value = point.get("customdata")
@@ -342,6 +355,11 @@ def selection_from_event(selected: Mapping[str, Any] | None) -> list[int]:
             value = value[0] if value else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             found.add(int(value))
+            continue
+        curve, index = point.get("curveNumber"), point.get("pointIndex")
+        if traces is not None and isinstance(curve, int) and isinstance(index, int) and \
+                0 <= curve < len(traces) and 0 <= index < len(traces[curve]):
+            found.add(int(traces[curve][index]))
     return sorted(found)
 
 

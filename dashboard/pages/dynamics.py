@@ -27,6 +27,7 @@ from dashboard.figures.dynamics import (
     dynamics_view_query,
     example_rows,
     group_impact_figure,
+    map_traces,
     pie_accuracy_figure,
     pie_enrichment_figure,
     pie_fraction_figure,
@@ -412,7 +413,8 @@ def select(selected: dict | None, _clear: int, run: str | None, color: str | Non
     selection and redraws the map without it."""
     if ctx.triggered_id == "dynamics-clear":
         return [], _data_map(_dynamics(project_id), run, color, population, [])
-    return selection_from_event(selected), no_update
+    traces = map_traces(_dynamics(project_id), run, color or "mapd", population)
+    return selection_from_event(selected, traces), no_update
 
 
 @callback(

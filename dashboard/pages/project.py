@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
 from dashboard.components import ACTIVE, jobs_panel
+from dashboard.figures.comparison import (
+    comparison_columns,
+    comparison_csv,
+    comparison_parquet,
+    comparison_table_rows,
+    default_column,
+    headline_vs_sparsity,
+    plottable_columns,
+)
 from dashboard.figures.overview import (
     GRAPH_CONFIG,
     accuracy_vs_sparsity,
@@ -16,6 +26,7 @@ from dashboard.figures.overview import (
     layer_cka_heatmap,
     layer_sparsity_heatmap,
 )
+from dashboard.report import comparison_of, pinnable_options, project_report_html, report_inputs
 from dashboard.state import parse_list, parse_sparsities, project_view_query
 from server import services, uploads
 from server.schemas import JobCreate
@@ -27,6 +38,91 @@ def _version(project_id: int) -> str:
     checkpoints = services.list_checkpoints(project_id)
     results = services.list_results(project_id)
     return json.dumps([[c.id for c in checkpoints], [r.id for r in results]])
+
+
+# d3-format specifier per comparison column kind (dashboard.figures.comparison.Column.kind).
+COMPARISON_FORMATS = {"percent": ".2%", "score": ".3f", "ratio": ".2f", "count": "d",
+                      "general": ".4g"}
+
+
+def comparison_table_columns(rows: list[dict]) -> list[dict]:
+    """DataTable columns of the comparison: names, the numeric columns some row has a value
+    for, and the markdown links to the views the numbers come from."""
+    text = ["name", "role", "method"]
+    if len({r.get("source") for r in rows}) > 1:
+        text.insert(1, "source")
+    return (
+        [{"name": key, "id": key} for key in text]
+        + [
+            {"name": c.label, "id": c.key, "type": "numeric",
+             "format": {"specifier": COMPARISON_FORMATS[c.kind]}}
+            for c in comparison_columns(rows)
+        ]
+        + [{"name": "views", "id": "views", "presentation": "markdown"}]
+    )
+
+
+def _comparison_card() -> html.Div:
+    return html.Div(
+        [
+            html.H3("Compare methods"),
+            html.P(
+                "One row per checkpoint (and per population of recorded training runs), the "
+                "headline number of each analysis; the views column opens the page each "
+                "number summarises. Click a header to sort.",
+                className="muted",
+            ),
+            dash_table.DataTable(
+                id="comparison-table",
+                columns=[],
+                data=[],
+                sort_action="native",
+                markdown_options={"link_target": "_self"},
+                style_table={"overflowX": "auto"},
+                style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
+                style_header={"fontWeight": "600", "whiteSpace": "normal"},
+            ),
+            html.Div(
+                [
+                    html.Span("export the table:", className="muted"),
+                    html.Button("CSV", id="comparison-csv", n_clicks=0),
+                    html.Button("Parquet", id="comparison-parquet", n_clicks=0),
+                    dcc.Download(id="comparison-download"),
+                ],
+                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
+                       "marginTop": "0.6rem"},
+            ),
+            html.Div(
+                [
+                    html.Span("plot against sparsity:", className="muted"),
+                    dcc.Dropdown(id="comparison-column", options=[], value=None,
+                                 clearable=False, style={"width": "22rem"}),
+                ],
+                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
+                       "marginTop": "0.8rem"},
+            ),
+            dcc.Graph(id="comparison-graph", figure=empty_figure("loading…"),
+                      config=GRAPH_CONFIG),
+            html.H4("Report"),
+            html.P(
+                "One HTML file that opens offline: this table, accuracy versus sparsity and "
+                "the figures pinned here.",
+                className="muted",
+            ),
+            dcc.Checklist(id="report-pins", options=[], value=[], inline=True),
+            html.Div(
+                [
+                    html.Button("Download report", id="report-button", n_clicks=0),
+                    html.Span(id="report-message"),
+                    dcc.Download(id="report-download"),
+                ],
+                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
+                       "marginTop": "0.6rem"},
+            ),
+        ],
+        className="card",
+        id="comparison-card",
+    )
 
 
 def layout(project_id: str | None = None, methods: str | None = None, **_query: str) -> html.Div:
@@ -45,6 +141,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
             dcc.Store(id="project-id", data=pid),
             dcc.Store(id="project-version"),
             dcc.Store(id="checkpoint-rows"),
+            dcc.Store(id="comparison-rows"),
             dcc.Store(id="method-selection", data=parse_list(methods)),
             dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
             html.H2(project.name, id="project-title"),
@@ -205,6 +302,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                 ],
                 className="card",
             ),
+            _comparison_card(),
             html.Div(
                 [
                     html.H3("Add a checkpoint"),
@@ -419,3 +517,96 @@ def queue_pruning(_n: int, methods: list[str], sparsities: str, project_id: int)
     if refused:
         parts.append(html.Div("; ".join(refused), className="error"))
     return html.Div(parts, id="prune-result")
+
+
+@callback(
+    Output("comparison-rows", "data"),
+    Output("comparison-table", "columns"),
+    Output("comparison-table", "data"),
+    Output("comparison-column", "options"),
+    Output("comparison-column", "value"),
+    Output("report-pins", "options"),
+    Input("project-version", "data"),
+    State("project-id", "data"),
+    State("comparison-column", "value"),
+)
+def refresh_comparison(version: str | None, project_id: int, column: str | None):  # noqa: ANN201
+    if version is None:
+        return (no_update,) * 6
+    inputs = report_inputs(project_id)
+    rows = comparison_of(inputs)
+    options = [{"label": c.label, "value": c.key} for c in plottable_columns(rows)]
+    chosen = column if column in [o["value"] for o in options] else default_column(rows)
+    return (
+        rows,
+        comparison_table_columns(rows),
+        comparison_table_rows(rows),
+        options,
+        chosen,
+        pinnable_options(inputs, rows),
+    )
+
+
+@callback(
+    Output("comparison-graph", "figure"),
+    Input("comparison-rows", "data"),
+    Input("comparison-column", "value"),
+)
+def draw_comparison(rows: list[dict] | None, column: str | None):  # noqa: ANN201
+    if rows is None:
+        return no_update
+    return headline_vs_sparsity(rows, column)
+
+
+def in_table_order(rows: list[dict], row_ids: list[str] | None) -> list[dict]:
+    """The rows in the order the (sorted) table shows them; all rows when it says nothing."""
+    if not row_ids:
+        return rows
+    by_id = {r["id"]: r for r in rows}
+    return [by_id[i] for i in row_ids if i in by_id]
+
+
+@callback(
+    Output("comparison-download", "data"),
+    Input("comparison-csv", "n_clicks"),
+    Input("comparison-parquet", "n_clicks"),
+    State("comparison-rows", "data"),
+    State("comparison-table", "derived_virtual_row_ids"),
+    State("project-id", "data"),
+    prevent_initial_call=True,
+)
+def export_comparison(  # noqa: ANN201
+    _csv: int, _parquet: int, rows: list[dict] | None, row_ids: list[str] | None,
+    project_id: int,
+):
+    if not rows or not ctx.triggered or not ctx.triggered[0]["value"]:
+        return no_update
+    ordered = in_table_order(rows, row_ids)
+    stem = f"project-{project_id}-comparison"
+    if ctx.triggered_id == "comparison-parquet":
+        return dcc.send_bytes(comparison_parquet(ordered), f"{stem}.parquet")
+    return dcc.send_string(comparison_csv(ordered), f"{stem}.csv", type="text/csv")
+
+
+@callback(
+    Output("report-download", "data"),
+    Output("report-message", "children"),
+    Input("report-button", "n_clicks"),
+    State("report-pins", "value"),
+    State("project-id", "data"),
+    prevent_initial_call=True,
+)
+def download_report(n_clicks: int, pins: list[str] | None, project_id: int):  # noqa: ANN201
+    if not n_clicks:
+        return no_update, no_update
+    try:
+        name = services.get_project(project_id).name
+        text = project_report_html(project_id, list(pins or []))
+    except services.ServiceError as exc:
+        return no_update, html.Span(exc.detail, className="error")
+    except ValueError as exc:  # a pin the registry does not know
+        return no_update, html.Span(str(exc), className="error")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or f"project-{project_id}"
+    message = html.Span(f"report with {1 + len(set(pins or []) - {'accuracy'})} figures",
+                        className="ok", id="report-ok")
+    return dcc.send_string(text, f"{stem}-report.html", type="text/html"), message

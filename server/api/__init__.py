@@ -11,6 +11,7 @@ from server.api import (
     projects,
     results,
     uploads,
+    views,
 )
 
 api_router = APIRouter()
@@ -23,3 +24,4 @@ api_router.include_router(dynamics.router)
 api_router.include_router(jobs.router)
 api_router.include_router(results.router)
 api_router.include_router(uploads.router)
+api_router.include_router(views.router)

@@ -590,3 +590,22 @@ def test_category_transitions_groups_and_the_taxicab_column() -> None:
     assert rows
     for row in rows:
         assert row["taxicab distance"] == dyn["cie_distance"][1, row["index"]]
+
+
+def test_a_webgl_lasso_without_customdata_maps_back_through_the_drawn_traces() -> None:
+    from dashboard.figures.dynamics import data_map_figure, map_traces
+
+    dyn = _dynamics()
+    run = RUNS[0]
+    fig = data_map_figure(dyn, run, "mapd")
+    traces = map_traces(dyn, run, "mapd")
+    assert [list(t.customdata) for t in fig.data] == [t.tolist() for t in traces]
+    # What dash sends for Scattergl: curveNumber and pointIndex, no customdata.
+    points = [{"curveNumber": c, "pointIndex": i} for c in range(len(traces))
+              for i in range(0, len(traces[c]), 2)]
+    expected = sorted(int(traces[c][i]) for c in range(len(traces))
+                      for i in range(0, len(traces[c]), 2))
+    assert selection_from_event({"points": points}, traces) == expected
+    assert selection_from_event({"points": points}) == []
+    assert selection_from_event({"points": [{"curveNumber": 99, "pointIndex": 0}]},
+                                traces) == []

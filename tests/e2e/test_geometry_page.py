@@ -47,6 +47,14 @@ def _selected(driver, graph_id: str):  # noqa: ANN001, ANN202
     return driver.execute_script(SELECTED.format(id=graph_id))
 
 
+def _url_selection(base: str, url: str, n: int) -> list[int]:
+    """The selection a page URL holds; a long one is a short id the server resolves."""
+    code = parse_query(urlsplit(url).query).get("sel")
+    if code and code.startswith("v"):
+        code = _get_json(f"{base}/api/v1/views/{code[1:]}")["text"]
+    return decode_selection(code, n)
+
+
 def _lasso(driver, graph_id: str) -> None:  # noqa: ANN001
     """Drag a lasso over the middle of a map the way a person does."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -82,7 +90,7 @@ def test_a_lasso_selects_in_every_view_and_a_shared_link_restores_it(big_demo, b
                    message="the selection reaching the pruned map")
     assert 0 < len(chosen) < 27_000
     _wait(browser, lambda d: "sel=" in d.current_url, message="selection in the URL")
-    stored = decode_selection(parse_query(urlsplit(browser.current_url).query)["sel"], 27_000)
+    stored = _url_selection(base, browser.current_url, 27_000)
     assert chosen == stored
     # The lassoed map keeps its outline, from which Plotly derives its highlighted points
     # again on each redraw; points on the outline itself may fall either way.
@@ -113,8 +121,7 @@ def test_a_lasso_selects_in_every_view_and_a_shared_link_restores_it(big_demo, b
     _lasso(browser, "geometry-pruned")
 
     def replaced(d):  # noqa: ANN001, ANN202
-        query = parse_query(urlsplit(d.current_url).query)
-        new = decode_selection(query.get("sel"), 27_000)
+        new = _url_selection(base, d.current_url, 27_000)
         return new and new != stored and _selected(d, "geometry-dense") == new
 
     _wait(browser, replaced, message="the new selection in the dense map")

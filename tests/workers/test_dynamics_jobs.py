@@ -104,6 +104,16 @@ def test_the_jobs_refuse_what_they_cannot_use(runs, tmp_path):
         run_job(sentences, lambda f, m: None)
 
 
+def test_a_run_can_plant_a_fifth_suite_of_random_inputs(tmp_path):
+    output = run_job(_spec(tmp_path, "train_dynamics", {"epochs": 1, "random_inputs": True}),
+                     lambda f, m: None)
+    with np.load(output.results[1].path, allow_pickle=False) as meta:
+        suites = ProbeSuites.from_arrays(meta)
+    assert suites.categories[-1] == "random_inputs"
+    assert (suites.suite == len(suites.categories) - 1).sum() == default_probe_size(
+        len(load_builtin("digits").y_train))
+
+
 def test_a_pruned_checkpoint_fine_tunes_with_its_zeros_kept(runs, tmp_path):
     from models.checkpoints import save_safetensors
     from models.pruning import PRUNING_METHODS

@@ -1,0 +1,76 @@
+"""Bookmarks of project views, short view ids, and result arrays as Parquet, CSV or `.npy`."""
+
+from fastapi import APIRouter, Response
+
+from server import view_service
+from server.api.deps import SettingsDep
+from server.view_service import (
+    ArrayFormat,
+    ArraysPublic,
+    BookmarkCreate,
+    BookmarkPublic,
+    BookmarksPublic,
+    ViewStatePublic,
+)
+
+router = APIRouter()
+
+
+@router.get(
+    "/projects/{project_id}/bookmarks", response_model=BookmarksPublic, tags=["bookmarks"]
+)
+def list_bookmarks(project_id: int, settings: SettingsDep) -> BookmarksPublic:
+    data = view_service.list_bookmarks(project_id, settings)
+    return BookmarksPublic(data=data, count=len(data))
+
+
+@router.post(
+    "/projects/{project_id}/bookmarks",
+    response_model=BookmarkPublic,
+    status_code=201,
+    tags=["bookmarks"],
+)
+def add_bookmark(project_id: int, body: BookmarkCreate, settings: SettingsDep) -> BookmarkPublic:
+    """Save a page of the project under a name; `url` is its path and query, e.g.
+    `/projects/3/geometry?checkpoint=dense`."""
+    return view_service.add_bookmark(project_id, body.name, body.url, settings)
+
+
+@router.delete("/bookmarks/{bookmark_id}", status_code=204, tags=["bookmarks"])
+def delete_bookmark(bookmark_id: int, settings: SettingsDep) -> Response:
+    view_service.delete_bookmark(bookmark_id, settings)
+    return Response(status_code=204)
+
+
+@router.get("/views/{view_id}", response_model=ViewStatePublic, tags=["views"])
+def get_view_state(view_id: str, settings: SettingsDep) -> ViewStatePublic:
+    """The long view state a link names by a short id: a `sel=v<id>` selection in a page's
+    query is `dashboard.state.decode_selection` of this text."""
+    return ViewStatePublic(id=view_id, text=view_service.load_view_state(view_id, settings))
+
+
+@router.get("/results/{result_id}/arrays", response_model=ArraysPublic, tags=["results"])
+def list_result_arrays(result_id: int, settings: SettingsDep) -> ArraysPublic:
+    data = view_service.result_arrays(result_id, settings)
+    return ArraysPublic(data=data, count=len(data))
+
+
+@router.get(
+    "/results/{result_id}/arrays/{name}",
+    response_class=Response,
+    tags=["results"],
+    responses={200: {"content": {t: {} for t in view_service.MEDIA_TYPES.values()}}},
+)
+def download_result_array(
+    result_id: int, name: str, settings: SettingsDep, format: ArrayFormat = "parquet"
+) -> Response:
+    """One array of a result: Parquet or CSV (a 1-D array is one column, a 2-D array one
+    column per column index) or `.npy` (any shape; `numpy.load(path, allow_pickle=False)`)."""
+    content, filename, media_type = view_service.export_result_array(
+        result_id, name, format, settings
+    )
+    return Response(
+        content,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
