@@ -1,8 +1,11 @@
-"""Page components built from service-layer data (pure: data in, Dash components out)."""
+"""Page components built from service-layer data, and the callbacks pages share."""
 
 from __future__ import annotations
 
-from dash import html
+from collections.abc import Callable
+from typing import Any
+
+from dash import Input, Output, State, callback, dcc, html, no_update
 
 ACTIVE = ("queued", "running")
 
@@ -53,3 +56,99 @@ def queued_message(submit, what: str, then: str = "") -> str:  # noqa: ANN001
     except (services.InvalidInput, services.Conflict) as exc:
         return f"Not queued: {exc}"
     return f"{what} job #{job.id} queued{then}."
+
+
+def open_project(project_id: str | None) -> tuple[int, Any] | None:
+    """(id, project) of a page's `<project_id>` path segment, or None when it names no
+    project the visitor can see."""
+    from server import services
+
+    try:
+        pid = int(project_id or "")
+        return pid, services.get_project(pid)
+    except (ValueError, services.NotFound):
+        return None
+
+
+def project_missing() -> html.Div:
+    return html.Div([html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
+                    id="project-missing")
+
+
+def running_job(project_id: int, kind: str, prefix: str) -> html.Div | None:
+    """A progress bar for the newest queued or running job of `kind`, or None."""
+    from server import services
+
+    running = [j for j in services.list_jobs(project_id) if j.kind == kind and j.state in ACTIVE]
+    if not running:
+        return None
+    job = running[-1]
+    return html.Div(
+        [html.Progress(value=str(job.progress), max="1", style={"width": "12rem"}),
+         f" {kind} job #{job.id} {job.state}: {job.message or 'waiting for a worker'}"],
+        className="card muted", id=f"{prefix}-running",
+    )
+
+
+def result_polling(prefix: str, fetch: Callable[[int], dict[str, Any]],
+                   status: Callable[[int, dict[str, Any]], Any],
+                   request: Callable[[int], Any], what: str, then: str = "") -> None:
+    """The two callbacks of a page that shows one job's newest result: `<prefix>-poll`
+    refreshes `<prefix>-version` (the result id, when a new one lands) and
+    `<prefix>-status`; `<prefix>-compute` queues the job and says so in
+    `<prefix>-compute-message`. `fetch(project_id)` returns {"result_id", ...}."""
+
+    @callback(
+        Output(f"{prefix}-version", "data"),
+        Output(f"{prefix}-status", "children"),
+        Input(f"{prefix}-poll", "n_intervals"),
+        State(f"{prefix}-project-id", "data"),
+        State(f"{prefix}-version", "data"),
+        prevent_initial_call=True,
+    )
+    def poll(_n: int, project_id: int, version: int | None):  # noqa: ANN202
+        data = fetch(project_id)
+        changed = data["result_id"] != version
+        return (data["result_id"] if changed else no_update), status(project_id, data)
+
+    @callback(
+        Output(f"{prefix}-compute-message", "children"),
+        Input(f"{prefix}-compute", "n_clicks"),
+        State(f"{prefix}-project-id", "data"),
+        prevent_initial_call=True,
+    )
+    def compute(n_clicks: int, project_id: int):  # noqa: ANN202
+        if not n_clicks:
+            return no_update
+        return queued_message(lambda: request(project_id), what, then)
+
+
+# ----------------------------------------------------------------- layout pieces of the pages
+
+
+def dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
+    return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
+                        style={"width": width})
+
+
+def control(label: str, component: Any) -> html.Div:
+    """A control with its label before it, on one line."""
+    return html.Div([html.Span(label, className="muted"), component],
+                    style={"display": "flex", "gap": "0.5rem", "alignItems": "center"})
+
+
+def graph(id_: str, height: str | None = None) -> Any:
+    """A figure placeholder that says it is loading, with the export-enabled toolbar."""
+    from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+
+    style = {"height": height} if height else None
+    return dcc.Graph(id=id_, figure=empty_figure("loading…"), config=GRAPH_CONFIG, style=style)
+
+
+def card(title: str, note: str, body: list) -> html.Div:
+    return html.Div([html.H3(title), html.P(note, className="muted"), *body], className="card")
+
+
+def row_of(*children: Any) -> html.Div:
+    return html.Div(list(children), style={"display": "flex", "gap": "1rem",
+                                           "alignItems": "center", "flexWrap": "wrap"})

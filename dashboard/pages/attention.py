@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import queued_message
+from dashboard.components import open_project, project_missing, queued_message
 from dashboard.figures.attention import (
     ATTENTION_MEASURES,
     DRIFT_MEASURES,
@@ -70,12 +70,10 @@ def _row(label: str, component: Any) -> html.Div:
 
 
 def layout(project_id: str | None = None, **query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div([html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-                        id="project-missing")
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     evaluation = _evaluation(pid)
     sentences = dataset_service.evaluation_sentences(pid)
     view = resolve_attention_view(query, evaluation, len(sentences))

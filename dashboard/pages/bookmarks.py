@@ -5,6 +5,7 @@ from __future__ import annotations
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
+from dashboard.components import open_project, project_missing
 from server import services, view_service
 
 dash.register_page(
@@ -41,14 +42,10 @@ def bookmarks_list(bookmarks: list[view_service.BookmarkPublic]) -> html.Div:
 
 
 def layout(project_id: str | None = None, **_query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div(
-            [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-            id="project-missing",
-        )
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     return html.Div(
         [
             dcc.Store(id="bookmarks-project-id", data=pid),

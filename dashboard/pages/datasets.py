@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
+from dashboard.components import open_project, project_missing
 from dashboard.figures.datasets import class_counts_figure, preview_rows
 from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
 from dashboard.state import parse_query
@@ -36,14 +37,10 @@ def datasets_href(project_id: int, dataset_id: int | None = None) -> str:
 
 
 def layout(project_id: str | None = None, dataset: str | None = None, **_query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div(
-            [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-            id="project-missing",
-        )
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     selected = int(dataset) if dataset and dataset.isdigit() else None
     return html.Div(
         [

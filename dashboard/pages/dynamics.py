@@ -17,7 +17,17 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
-from dashboard.components import queued_message
+from dashboard.components import (
+    card,
+    control,
+    dropdown,
+    graph,
+    open_project,
+    project_missing,
+    result_polling,
+    row_of,
+    running_job,
+)
 from dashboard.figures.dynamics import (
     GALLERY_SIZE,
     category_transition_figure,
@@ -40,7 +50,7 @@ from dashboard.figures.dynamics import (
     surfaced_rows,
 )
 from dashboard.figures.layers import rows_to_csv
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.figures.overview import GRAPH_CONFIG
 from dashboard.geometry_view import thumbnail_uri
 from dashboard.state import parse_query
 from server import services
@@ -65,45 +75,14 @@ def _examples(dyn: Any) -> int:
     return int(np.asarray(dyn["suite"]).shape[0]) if dyn is not None else 0
 
 
-def _dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
-    return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
-                        style={"width": width})
-
-
-def _control(label: str, component: Any) -> html.Div:
-    return html.Div([html.Span(label, className="muted"), component],
-                    style={"display": "flex", "gap": "0.5rem", "alignItems": "center"})
-
-
-def _graph(id_: str, height: str | None = None) -> dcc.Graph:
-    style = {"height": height} if height else None
-    return dcc.Graph(id=id_, figure=empty_figure("loading…"), config=GRAPH_CONFIG, style=style)
-
-
-def _card(title: str, note: str, body: list) -> html.Div:
-    return html.Div([html.H3(title), html.P(note, className="muted"), *body], className="card")
-
-
-def _row_of(*children: Any) -> html.Div:
-    return html.Div(list(children), style={"display": "flex", "gap": "1rem",
-                                           "alignItems": "center", "flexWrap": "wrap"})
-
-
 COMPUTE_NOTE = ("The analysis reads every training run recorded with per-epoch dynamics: "
                 "those come from “train_dynamics” jobs (a dense run, gradually pruned “gmp” "
                 "runs or pruned-then-fine-tuned runs; several seeds each form a population).")
 
 
 def _status(project_id: int, data: dict[str, Any]) -> Any:
-    running = [j for j in services.list_jobs(project_id)
-               if j.kind == "dynamics" and j.state in ("queued", "running")]
-    if running:
-        job = running[-1]
-        return html.Div(
-            [html.Progress(value=str(job.progress), max="1", style={"width": "12rem"}),
-             f" dynamics job #{job.id} {job.state}: {job.message or 'waiting for a worker'}"],
-            className="card muted", id="dynamics-running",
-        )
+    if (running := running_job(project_id, "dynamics", "dynamics")) is not None:
+        return running
     dyn = data["dynamics"]
     if dyn is None:
         return html.Div(
@@ -202,12 +181,10 @@ def pie_table(dyn: Any, population: str | None) -> Any:
 
 
 def layout(project_id: str | None = None, **query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div([html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-                        id="project-missing")
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     data = services.dynamics_analysis(pid)
     dyn = data["dynamics"]
     view = resolve_dynamics_view(query, dyn)
@@ -224,82 +201,82 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                   f" · architecture {project.architecture}"], className="muted"),
         html.Div(id="dynamics-status", children=_status(pid, data)),
         html.Div(id="dynamics-compute-message", className="muted"),
-        html.Div(_row_of(
-            _control("run", _dropdown("dynamics-run", options["runs"], view["run"], "16rem")),
-            _control("pruned population", _dropdown("dynamics-population",
+        html.Div(row_of(
+            control("run", dropdown("dynamics-run", options["runs"], view["run"], "16rem")),
+            control("pruned population", dropdown("dynamics-population",
                                                     options["populations"],
                                                     view["population"])),
-            _control("colour", _dropdown("dynamics-color", options["color_by"], view["color"],
+            control("colour", dropdown("dynamics-color", options["color_by"], view["color"],
                                          "16rem")),
             html.Span(f"{len(selection)} selected" if selection else "no selection",
                       id="dynamics-selection-count", className="muted"),
             html.Button("Clear selection", id="dynamics-clear", n_clicks=0),
         ), className="card"),
         html.Div([
-            _card("Loss per probe suite",
+            card("Loss per probe suite",
                   "Per-epoch loss of each planted probe suite (MAP-D, Siddiqui et al. 2023): "
                   "mean over member runs of each run's suite mean, the band their mean "
                   "quartiles; dense against the chosen pruned population.",
                   [dcc.RadioItems(id="dynamics-suite_view", options=options["suite_views"],
                                   value=view["suite_view"], inline=True),
-                   _graph("dynamics-suites")]),
-            _card("Data map",
+                   graph("dynamics-suites")]),
+            card("Data map",
                   "Each training example's confidence and variability over epochs (Dataset "
                   "Cartography, Swayamdipta et al. 2020); lasso to select.",
-                  [_graph("dynamics-map", "520px")]),
+                  [graph("dynamics-map", "520px")]),
         ], className="grid2"),
-        _card("Selected examples",
+        card("Selected examples",
               f"The selection's examples in the chosen run (the first {GALLERY_SIZE}; the CSV "
               "holds all).",
-              [_row_of(html.Button("CSV", id="dynamics-gallery-csv", n_clicks=0),
+              [row_of(html.Button("CSV", id="dynamics-gallery-csv", n_clicks=0),
                        dcc.Download(id="dynamics-gallery-download")),
                html.Div(id="dynamics-gallery")]),
         html.Div([
-            _card("MAP-D probe confusion",
+            card("MAP-D probe confusion",
                   "The kNN on loss trajectories, scored on the held-out half of each suite.",
-                  [_graph("dynamics-confusion")]),
-            _card("Where the train PIEs are",
+                  [graph("dynamics-confusion")]),
+            card("Where the train PIEs are",
                   "Enrichment of each MAP-D category among the chosen population's training-"
                   "set PIEs: above 1, pruning changes that category's predictions more often "
                   "than its share of the data.",
-                  [_graph("dynamics-enrichment")]),
+                  [graph("dynamics-enrichment")]),
         ], className="grid2"),
         html.Div([
-            _card("MAP-D category, dense against pruned",
+            card("MAP-D category, dense against pruned",
                   "Each training example's MAP-D category under the dense population (rows) "
                   "and under the chosen pruned population (columns; the runs' modal category).",
-                  [_graph("dynamics-transitions")]),
-            _card("PIEs per group",
+                  [graph("dynamics-transitions")]),
+            card("PIEs per group",
                   "Where the dataset has a group column: the PIE share and the accuracy change "
                   "of each group (Hooker, Moorosi et al. 2020).",
-                  [_graph("dynamics-groups")]),
+                  [graph("dynamics-groups")]),
         ], className="grid2"),
-        _card("Surfaced examples",
+        card("Surfaced examples",
               "The examples MAP-D assigns to a category, most probable first.",
-              [_row_of(_control("category", _dropdown("dynamics-cat", options["categories"],
+              [row_of(control("category", dropdown("dynamics-cat", options["categories"],
                                                       view["cat"])),
                        html.Button("CSV", id="dynamics-surfaced-csv", n_clicks=0),
                        dcc.Download(id="dynamics-surfaced-download")),
                html.Div(id="dynamics-surfaced")]),
         html.Div([
-            _card("PIEs against sparsity",
+            card("PIEs against sparsity",
                   "Test examples whose modal label over a pruned population differs from the "
                   "dense population's (Hooker et al. 2019).",
                   [dcc.Graph(id="dynamics-pie-fraction", figure=pie_fraction_figure(dyn),
                              config=GRAPH_CONFIG)]),
-            _card("Accuracy on PIEs",
+            card("Accuracy on PIEs",
                   "Mean member accuracy of the dense and the pruned population on the PIEs, the "
                   "rest and all test examples.",
-                  [_graph("dynamics-pie-accuracy")]),
+                  [graph("dynamics-pie-accuracy")]),
         ], className="grid2"),
-        _card("Per-class recall change",
+        card("Per-class recall change",
               "Each class's recall change, normalised by the overall accuracy change; "
               "coloured and starred where the Welch t-test over member runs is significant.",
-              [_graph("dynamics-class-recall")]),
-        _card("Test PIEs",
+              [graph("dynamics-class-recall")]),
+        card("Test PIEs",
               "The chosen population's PIEs with every population's modal prediction (the "
               f"first {GALLERY_SIZE}; the CSV holds all).",
-              [_row_of(html.Button("CSV", id="dynamics-pie-csv", n_clicks=0),
+              [row_of(html.Button("CSV", id="dynamics-pie-csv", n_clicks=0),
                        dcc.Download(id="dynamics-pie-download")),
                html.Div(id="dynamics-pies")]),
     ])
@@ -308,31 +285,10 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
 # --------------------------------------------------------------------------- callbacks
 
 
-@callback(
-    Output("dynamics-version", "data"),
-    Output("dynamics-status", "children"),
-    Input("dynamics-poll", "n_intervals"),
-    State("dynamics-project-id", "data"),
-    State("dynamics-version", "data"),
-    prevent_initial_call=True,
-)
-def poll(_n: int, project_id: int, version: int | None):  # noqa: ANN201
-    data = services.dynamics_analysis(project_id)
-    changed = data["result_id"] != version
-    return (data["result_id"] if changed else no_update), _status(project_id, data)
-
-
-@callback(
-    Output("dynamics-compute-message", "children"),
-    Input("dynamics-compute", "n_clicks"),
-    State("dynamics-project-id", "data"),
-    prevent_initial_call=True,
-)
-def compute(n_clicks: int, project_id: int):  # noqa: ANN201
-    if not n_clicks:
-        return no_update
-    return queued_message(lambda: services.request_dynamics(project_id), "Dynamics analysis",
-                          "; the page fills in when it has finished")
+# Looked up at call time, so the service can be replaced (tests do).
+result_polling("dynamics", lambda pid: services.dynamics_analysis(pid), _status,
+               lambda pid: services.request_dynamics(pid), "Dynamics analysis",
+               then="; the page fills in when it has finished")
 
 
 @callback(

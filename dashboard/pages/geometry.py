@@ -16,7 +16,16 @@ from typing import Any
 import dash
 from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
 
-from dashboard.components import queued_message
+from dashboard.components import (
+    card,
+    control,
+    dropdown,
+    graph,
+    open_project,
+    project_missing,
+    result_polling,
+    running_job,
+)
 from dashboard.figures.geometry import (
     angle_norm_figure,
     class_accuracy_figure,
@@ -30,7 +39,7 @@ from dashboard.figures.geometry import (
     reliability_figure,
 )
 from dashboard.figures.layers import rows_to_csv
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.figures.overview import empty_figure
 from dashboard.geometry_view import (
     GALLERY_SIZE,
     default_checkpoint,
@@ -56,35 +65,9 @@ def geometry_href(project_id: int) -> str:
     return f"/projects/{project_id}/geometry"
 
 
-def _dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
-    return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
-                        style={"width": width})
-
-
-def _control(label: str, component: Any) -> html.Div:
-    return html.Div([html.Span(label, className="muted"), component],
-                    style={"display": "flex", "gap": "0.5rem", "alignItems": "center"})
-
-
-def _graph(id_: str, height: str | None = None) -> dcc.Graph:
-    style = {"height": height} if height else None
-    return dcc.Graph(id=id_, figure=empty_figure("loading…"), config=GRAPH_CONFIG, style=style)
-
-
-def _card(title: str, note: str, body: list) -> html.Div:
-    return html.Div([html.H3(title), html.P(note, className="muted"), *body], className="card")
-
-
 def _status(project_id: int, data: dict[str, Any]) -> Any:
-    running = [j for j in services.list_jobs(project_id)
-               if j.kind == "geometry" and j.state in ("queued", "running")]
-    if running:
-        job = running[-1]
-        return html.Div(
-            [html.Progress(value=str(job.progress), max="1", style={"width": "12rem"}),
-             f" geometry job #{job.id} {job.state}: {job.message or 'waiting for a worker'}"],
-            className="card muted", id="geometry-running",
-        )
+    if (running := running_job(project_id, "geometry", "geometry")) is not None:
+        return running
     if data["geometry"] is None:
         return html.Div(
             [html.Strong("No geometry yet. "),
@@ -103,12 +86,10 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
 
 
 def layout(project_id: str | None = None, **query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div([html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-                        id="project-missing")
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     data = services.geometry_analysis(pid)
     geom = data["geometry"]
     view = resolve_geometry_view(query, geom)
@@ -130,10 +111,10 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         html.Div(id="geometry-status", children=_status(pid, data)),
         html.Div(id="geometry-compute-message", className="muted"),
         html.Div([
-            _control("checkpoint", _dropdown("geometry-checkpoint", checkpoints,
+            control("checkpoint", dropdown("geometry-checkpoint", checkpoints,
                                              view["checkpoint"])),
-            _control("colour", _dropdown("geometry-color", options["color_by"], view["color"])),
-            _control("view", dcc.RadioItems(id="geometry-view", options=VIEWS, value=view["view"],
+            control("colour", dropdown("geometry-color", options["color_by"], view["color"])),
+            control("view", dcc.RadioItems(id="geometry-view", options=VIEWS, value=view["view"],
                                             inline=True)),
             html.Span(f"{len(selection)} selected" if selection else "no selection",
                       id="geometry-selection-count", className="muted"),
@@ -147,12 +128,12 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         ], style={"display": "flex", "gap": "1rem", "alignItems": "center", "flexWrap": "wrap"},
             className="card"),
         html.Div([
-            _card("Dense model", "Each point is one evaluation example; lasso or box to select.",
-                  [_graph("geometry-dense", "520px")]),
-            _card("Pruned checkpoint", "The same examples on the same axes.",
-                  [_graph("geometry-pruned", "520px")]),
+            card("Dense model", "Each point is one evaluation example; lasso or box to select.",
+                  [graph("geometry-dense", "520px")]),
+            card("Pruned checkpoint", "The same examples on the same axes.",
+                  [graph("geometry-pruned", "520px")]),
         ], className="grid2"),
-        _card("Selected examples",
+        card("Selected examples",
               "The selection's inputs and how each checkpoint sees them (the first "
               f"{GALLERY_SIZE}; the exports hold all).",
               [html.Div([html.Button("CSV", id="geometry-csv", n_clicks=0),
@@ -161,31 +142,31 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                         style={"display": "flex", "gap": "1rem"}),
                html.Div(id="geometry-gallery")]),
         html.Div([
-            _card("Angle and length per class",
+            card("Angle and length per class",
                   "Feature length against the angle to the true class's weight vector, dense "
                   "and pruned (Li et al. 2024); crosses are misclassified.",
                   [html.Div([
-                      _control("class", _dropdown("geometry-class", options["classes"],
+                      control("class", dropdown("geometry-class", options["classes"],
                                                   view["cls"], width="8rem")),
-                      _control("against", _dropdown("geometry-compare", options["checkpoints"],
+                      control("against", dropdown("geometry-compare", options["checkpoints"],
                                                     view["cmp"], width="12rem")),
                   ], style={"display": "flex", "gap": "1rem", "flexWrap": "wrap"}),
-                   _graph("geometry-angle-norm")]),
-            _card("Accuracy per class",
+                   graph("geometry-angle-norm")]),
+            card("Accuracy per class",
                   "Classes sorted by how much accuracy pruning takes from them (Hooker et al. "
-                  "2019).", [_graph("geometry-class-accuracy")]),
+                  "2019).", [graph("geometry-class-accuracy")]),
         ], className="grid2"),
         html.Div([
-            _card("Confusion change", "Row-normalised confusion, checkpoint minus dense.",
-                  [_graph("geometry-confusion")]),
-            _card("Calibration", "Reliability diagram of the dense model and the checkpoint.",
-                  [_graph("geometry-reliability")]),
+            card("Confusion change", "Row-normalised confusion, checkpoint minus dense.",
+                  [graph("geometry-confusion")]),
+            card("Calibration", "Reliability diagram of the dense model and the checkpoint.",
+                  [graph("geometry-reliability")]),
         ], className="grid2"),
         html.Div([
-            _card("Disagreement", "Share of examples on which two checkpoints predict differently.",
-                  [_graph("geometry-disagreement")]),
-            _card("Slices", "Accuracy per group of the dataset, and the gap between groups.",
-                  [_graph("geometry-groups")]),
+            card("Disagreement", "Share of examples on which two checkpoints predict differently.",
+                  [graph("geometry-disagreement")]),
+            card("Slices", "Accuracy per group of the dataset, and the gap between groups.",
+                  [graph("geometry-groups")]),
         ], className="grid2"),
     ])
 
@@ -197,30 +178,9 @@ def _geometry(project_id: int) -> Any:
     return services.geometry_analysis(project_id)["geometry"]
 
 
-@callback(
-    Output("geometry-version", "data"),
-    Output("geometry-status", "children"),
-    Input("geometry-poll", "n_intervals"),
-    State("geometry-project-id", "data"),
-    State("geometry-version", "data"),
-    prevent_initial_call=True,
-)
-def poll(_n: int, project_id: int, version: int | None):  # noqa: ANN201
-    data = services.geometry_analysis(project_id)
-    changed = data["result_id"] != version
-    return (data["result_id"] if changed else no_update), _status(project_id, data)
-
-
-@callback(
-    Output("geometry-compute-message", "children"),
-    Input("geometry-compute", "n_clicks"),
-    State("geometry-project-id", "data"),
-    prevent_initial_call=True,
-)
-def compute(n_clicks: int, project_id: int):  # noqa: ANN201
-    if not n_clicks:
-        return no_update
-    return queued_message(lambda: services.request_geometry(project_id), "Geometry")
+# Looked up at call time, so the service can be replaced (tests do).
+result_polling("geometry", lambda pid: services.geometry_analysis(pid), _status,
+               lambda pid: services.request_geometry(pid), "Geometry")
 
 
 @callback(

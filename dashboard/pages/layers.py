@@ -15,7 +15,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import queued_message
+from dashboard.components import open_project, project_missing, queued_message
 from dashboard.figures.layers import (
     VIEW_KEYS,
     checkpoint_id,
@@ -111,14 +111,10 @@ def _card(
 
 
 def layout(project_id: str | None = None, **query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div(
-            [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-            id="project-missing",
-        )
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     data = services.layer_analysis(pid)
     options = layers_view_options(data)
     view = resolve_layers_view(query, options, data)

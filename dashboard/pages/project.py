@@ -8,7 +8,7 @@ import re
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
-from dashboard.components import ACTIVE, jobs_panel
+from dashboard.components import ACTIVE, jobs_panel, open_project, project_missing
 from dashboard.figures.comparison import (
     comparison_columns,
     comparison_csv,
@@ -126,14 +126,10 @@ def _comparison_card() -> html.Div:
 
 
 def layout(project_id: str | None = None, methods: str | None = None, **_query: str) -> html.Div:
-    try:
-        pid = int(project_id or "")
-        project = services.get_project(pid)
-    except (ValueError, services.NotFound):
-        return html.Div(
-            [html.H2("Project not found"), dcc.Link("Back to all projects", href="/")],
-            id="project-missing",
-        )
+    opened = open_project(project_id)
+    if opened is None:
+        return project_missing()
+    pid, project = opened
     dataset = next((d.name for d in project.datasets if d.active), "none")
     return html.Div(
         [
