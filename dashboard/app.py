@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard.state import storing_long_selections
 from server import view_service
+from server.auth import current_principal
 from server.services import ServiceError
 
 HERE = Path(__file__).parent
@@ -92,6 +93,23 @@ def save_bookmark(request: dict[str, Any] | None) -> tuple[Any, Any]:
     return html.Span(f"saved “{bookmark.name}”", id="bookmark-saved", style=_HEADER_TEXT), ""
 
 
+def signed_in_as(_pathname: str | None = None) -> Any:
+    """Who the page is shown to, for the top bar: a user with a sign-out button, a share
+    link's visitor, or nothing in the single-user mode of a local install."""
+    principal = current_principal()
+    if principal.kind == "user":
+        return [
+            html.Span(f"signed in as {principal.name}", style=_HEADER_TEXT),
+            html.Form(html.Button("Sign out", type="submit"), action="/logout", method="POST",
+                      style={"display": "inline"}),
+        ]
+    if principal.kind == "share":
+        return html.Span("shared view, read-only", style=_HEADER_TEXT)
+    if principal.kind == "anonymous":
+        return html.A("Sign in", href="/login", className="nav-link")
+    return []
+
+
 def _view_controls() -> html.Div:
     return html.Div(
         [
@@ -158,6 +176,7 @@ def create_dash(server: FastAPI) -> Dash:
                     html.Span("what pruning changes inside a network", className="tagline"),
                     _view_controls(),
                     html.A("API", href="/docs", className="nav-link", target="_blank"),
+                    html.Span(id="signed-in", style={"display": "flex", "gap": "0.4rem"}),
                 ],
                 className="topbar",
             ),
@@ -185,6 +204,7 @@ def create_dash(server: FastAPI) -> Dash:
         Output("bookmarks-link", "style"),
         Input("header-url", "pathname"),
     )(bookmark_controls)
+    app.callback(Output("signed-in", "children"), Input("header-url", "pathname"))(signed_in_as)
     app.callback(
         Output("bookmark-feedback", "children"),
         Output("bookmark-name", "value"),

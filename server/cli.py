@@ -15,6 +15,10 @@ def _apply_environment(args: argparse.Namespace) -> None:
         os.environ["PRUNESCOPE_DATA_DIR"] = str(Path(args.data_dir).resolve())
     if getattr(args, "workers", None) is not None:
         os.environ["PRUNESCOPE_WORKERS"] = str(args.workers)
+    if getattr(args, "host", None) is not None:
+        os.environ["PRUNESCOPE_HOST"] = args.host
+    if getattr(args, "insecure", False):
+        os.environ["PRUNESCOPE_INSECURE"] = "1"
     from server.config import get_settings
 
     get_settings.cache_clear()
@@ -23,6 +27,7 @@ def _apply_environment(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace, demo: bool) -> int:
     import uvicorn
 
+    from server.auth import auth_enabled, startup_problem
     from server.config import get_settings
     from server.db import upgrade_database
     from server.main import create_app
@@ -31,6 +36,12 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
     settings = get_settings()
     upgrade_database(settings)
+    if problem := startup_problem(settings):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if settings.insecure and not auth_enabled(settings):
+        print(f"warning: serving on {args.host} without sign-in (--insecure): anyone who "
+              "reaches this port can read and change every project", file=sys.stderr)
     url = f"http://{args.host}:{args.port}/"
     printer = None
     if demo:
@@ -157,6 +168,68 @@ def _dataset_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if args.token:
+        return None
+    import getpass
+
+    password = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != password:
+        raise ValueError("the two passwords differ")
+    return password
+
+
+def _users(args: argparse.Namespace) -> int:
+    from server import auth
+    from server.config import get_settings
+    from server.db import upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings)
+    try:
+        if args.action == "add":
+            user, token = auth.add_user(
+                args.name, _read_password(args), token=args.token, settings=settings
+            )
+            print(f"added user {user.name!r}")
+            if token:
+                print(f"API token (shown once; send as 'Authorization: Bearer <token>'): {token}")
+        elif args.action == "remove":
+            auth.remove_user(args.name, settings)
+            print(f"removed user {args.name!r}; their sessions and tokens no longer work")
+        else:
+            for user in auth.list_users(settings):
+                how = [w for w, has in (("password", user.has_password),
+                                        (f"{user.tokens} token(s)", user.tokens)) if has]
+                print(f"{user.name}\t{', '.join(how)}")
+    except ValueError as exc:  # auth.AccountError, or differing passwords
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _projects_owner(args: argparse.Namespace) -> int:
+    from server import auth, services
+    from server.config import get_settings
+    from server.db import upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings)
+    project = (
+        services.get_project(int(args.project), settings)
+        if args.project.isdigit()
+        else services.find_project(args.project, settings)
+    )
+    if project is None:
+        print(f"error: no project named {args.project!r}", file=sys.stderr)
+        return 2
+    auth.set_owner(project.id, args.user, settings)
+    print(f"{args.user} now owns project {project.id} {project.name!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunescope", description="See what pruning changes inside a neural network."
@@ -172,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="state directory (default: $PRUNESCOPE_DATA_DIR)")
         p.add_argument("--workers", type=int, help="local worker processes (default 1)")
         p.add_argument("--log-level", default="warning")
+        p.add_argument(
+            "--insecure",
+            action="store_true",
+            help="serve beyond loopback without accounts (anyone on the network gets in)",
+        )
     w = sub.add_parser("worker", help="run one worker against the configured database")
     w.add_argument("--data-dir")
     ck = sub.add_parser("checkpoint", help="checkpoints of a project")
@@ -194,6 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
     ds_add.add_argument("--label-column", default="label", help="tables: the class column")
     ds_add.add_argument("--text-column", default="text", help="tables: the text column")
     ds_add.add_argument("--data-dir")
+    us = sub.add_parser("users", help="accounts that may sign in")
+    us_sub = us.add_subparsers(dest="action", required=True)
+    us_add = us_sub.add_parser("add", help="add a user (prompts for a password)")
+    us_add.add_argument("name")
+    us_add.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    us_add.add_argument("--token", action="store_true", help="also print an API token")
+    us_add.add_argument("--data-dir")
+    us_rm = us_sub.add_parser("remove", help="remove a user, ending their sessions")
+    us_rm.add_argument("name")
+    us_rm.add_argument("--data-dir")
+    us_ls = us_sub.add_parser("list", help="list users")
+    us_ls.add_argument("--data-dir")
+    pr = sub.add_parser("projects", help="project administration")
+    pr_sub = pr.add_subparsers(dest="action", required=True)
+    pr_own = pr_sub.add_parser("owner", help="give a project an owner (e.g. one made "
+                               "before accounts existed, which no account sees)")
+    pr_own.add_argument("project", help="project id or name")
+    pr_own.add_argument("user")
+    pr_own.add_argument("--data-dir")
     db = sub.add_parser("db", help="database administration")
     db.add_argument("action", choices=["upgrade"])
     db.add_argument("--data-dir")
@@ -212,6 +310,16 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(args)
     if args.command == "db":
         return _db_upgrade(args)
+    if args.command == "users":
+        return _users(args)
+    if args.command == "projects":
+        from server.services import ServiceError
+
+        try:
+            return _projects_owner(args)
+        except ServiceError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
     if args.command == "dataset":
         from server.services import ServiceError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,15 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=0.5, gt=0)
     torch_threads: int | None = Field(default=None, ge=1)
     log_level: str = Field(default="WARNING", description="Log level of worker processes.")
+    # Accounts (server/auth.py). "auto": on once any user exists, or when served beyond
+    # loopback without --insecure; "off" is the single-user mode of a local install.
+    auth: Literal["auto", "on", "off"] = Field(default="auto")
+    host: str = Field(default="127.0.0.1", description="The address serve binds to.")
+    insecure: bool = Field(
+        default=False, description="Serve beyond loopback without accounts (set by --insecure)."
+    )
+    session_hours: float = Field(default=7 * 24.0, gt=0, description="Sign-in lifetime.")
+    login_failures_per_minute: int = Field(default=5, ge=1)
 
     @field_validator("executor")
     @classmethod

@@ -35,6 +35,7 @@ from server.services import (
     _get_or_404,
     _store,
     get_project,
+    require_project,
 )
 from server.storage import UploadTooLarge
 from server.tables import Dataset, Project
@@ -78,8 +79,8 @@ def _described(row: Dataset) -> Dataset:
     return row
 
 
-def _project_rows(session: Any, project_id: int) -> list[Dataset]:
-    _get_or_404(session, Project, project_id, "project")
+def _project_rows(session: Any, project_id: int, need: str = "view") -> list[Dataset]:
+    _get_or_404(session, Project, project_id, "project", need)
     rows = session.scalars(
         select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.id)
     ).all()
@@ -147,7 +148,7 @@ def set_active_dataset(
 ) -> DatasetPublic:
     """Make `dataset_id` the dataset the project's jobs use from now on."""
     with session_scope(settings) as s:
-        rows = _project_rows(s, project_id)
+        rows = _project_rows(s, project_id, need="edit")
         if not any(r.id == dataset_id for r in rows):
             raise NotFound(f"dataset {dataset_id} not found in project {project_id}")
         for row in rows:
@@ -157,7 +158,7 @@ def set_active_dataset(
 
 def _checked_name(project_id: int, name: str | None, default: str, settings: Settings) -> str:
     """The name an addition will get; Conflict when the project already has it."""
-    get_project(project_id, settings)
+    require_project(project_id, "edit", settings)
     name = (name or default or "dataset").strip()[:200]
     if not name:
         raise InvalidInput("the dataset name must not be empty")
@@ -191,7 +192,7 @@ def _insert(
     project_id: int, row: Dataset, active: bool, settings: Settings
 ) -> DatasetDetail:
     with session_scope(settings) as s:
-        _get_or_404(s, Project, project_id, "project")
+        _get_or_404(s, Project, project_id, "project", need="edit")
         existing = s.scalars(select(Dataset).where(Dataset.project_id == project_id)).all()
         row.project_id = project_id
         row.active = active or not existing

@@ -60,7 +60,7 @@ from server.services import (
     TooLarge,
     _get_or_404,
     _store,
-    get_project,
+    require_project,
 )
 from server.storage import UploadTooLarge, sha256_file
 from server.tables import AnalysisResult, Job, Project
@@ -480,7 +480,7 @@ def add_dynamics_run(
 
     settings = settings or get_settings()
     run, sparsity = _checked_run(run, mode, sparsity, seed)
-    get_project(project_id, settings)
+    require_project(project_id, "edit", settings)
     with session_scope(settings) as s:
         _check_run_name_free(s, project_id, run)
     files = {"trajectories": Path(trajectories), "probes": Path(probes),
@@ -530,7 +530,7 @@ def add_dynamics_run(
                 added.append(digest)
             digests[kind] = store.adopt(path, digest)
         with session_scope(settings) as s:
-            _get_or_404(s, Project, project_id, "project")
+            _get_or_404(s, Project, project_id, "project", need="edit")
             _check_run_name_free(s, project_id, run)
             rows = [AnalysisResult(project_id=project_id, job_id=None, kind=kind,
                                    artifact_digest=digest, summary=dict(summary))

@@ -6,7 +6,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api import api_router
+from server.api import api_router, share_links
+from server.api import auth as auth_routes
+from server.auth import AuthMiddleware, LoginThrottle
 from server.config import Settings, get_settings
 from server.db import upgrade_database
 from server.services import ServiceError
@@ -64,6 +66,9 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
         )
 
     app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(auth_routes.pages_router)
+    app.include_router(share_links.pages_router)
+    app.state.login_throttle = LoginThrottle(settings.login_failures_per_minute)
 
     # Registered before the dashboard's catch-all, so unknown API paths answer JSON, not HTML.
     @app.api_route(
@@ -81,4 +86,6 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
         from dashboard.app import create_dash
 
         create_dash(app)
+    # Added last, so it runs first: every request knows its principal before anything else.
+    app.add_middleware(AuthMiddleware, settings=settings)
     return app

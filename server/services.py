@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from server import jobs
+from server import auth, jobs
 from server.config import Settings, get_settings
 from server.db import session_scope
 from server.schemas import (
@@ -27,7 +27,7 @@ from server.schemas import (
     ResultPublic,
 )
 from server.storage import ArtifactStore, UploadTooLarge, sha256_file
-from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project
+from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project, ProjectMember
 from workers.jobspec import default_pruned_name
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,60 @@ class TooLarge(ServiceError):
     status_code = 413
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+
+
 def _store(settings: Settings) -> ArtifactStore:
     return ArtifactStore(settings.artifacts_dir)
 
 
-def _get_or_404(session, table, ident: int, what: str):  # noqa: ANN001, ANN202
+# ---------------------------------------------------------------- access checks
+# Every lookup of a project or of a row inside one passes `_get_or_404`, which checks the
+# request's principal (server/auth.py) against the project: a stranger gets the same 404 as
+# for a missing row (no existence leak), a viewer 403 on changes. Without accounts the
+# principal is the local user, who owns everything.
+
+_NEEDED_ROLE = {"view": "viewer", "edit": "editor", "own": "owner"}
+
+
+def _check_project(session, project_id: int, need: str, missing: str) -> str:  # noqa: ANN001
+    role = auth.project_role(session, project_id)
+    if role is None:
+        raise NotFound(missing)
+    if auth.ROLE_RANK[role] < auth.ROLE_RANK[_NEEDED_ROLE[need]]:
+        if auth.current_principal().kind == "share":
+            raise Forbidden("a share link is read-only; sign in to change this project")
+        wanted = "an editor" if need == "edit" else "the owner"
+        raise Forbidden(f"you are a {role} of project {project_id}; this needs {wanted} "
+                        "(ask the project's owner)")
+    return role
+
+
+def _get_or_404(session, table, ident: int, what: str, need: str = "view"):  # noqa: ANN001, ANN202
     row = session.get(table, ident)
     if row is None:
         raise NotFound(f"{what} {ident} not found")
+    project_id = row.id if table is Project else getattr(row, "project_id", None)
+    if project_id is not None:
+        _check_project(session, project_id, need, f"{what} {ident} not found")
     return row
+
+
+def require_project(project_id: int, need: str, settings: Settings | None = None) -> str:
+    """The principal's role in the project, if it allows `need` ("view" | "edit" | "own");
+    else NotFound (stranger) or Forbidden."""
+    with session_scope(settings) as s:
+        _get_or_404(s, Project, project_id, "project", need)
+        return auth.project_role(s, project_id) or ""
+
+
+def _visible(query, column):  # noqa: ANN001, ANN202
+    """`query` limited to rows whose project (`column`) the principal may see."""
+    where = auth.visible_projects()
+    if where is None:
+        return query
+    return query.where(column.in_(select(Project.id).where(where)))
 
 
 # ---------------------------------------------------------------- architectures
@@ -135,7 +180,7 @@ def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def list_projects(settings: Settings | None = None) -> list[ProjectPublic]:
     with session_scope(settings) as s:
-        rows = s.scalars(select(Project).order_by(Project.id)).all()
+        rows = s.scalars(_visible(select(Project).order_by(Project.id), Project.id)).all()
         return [ProjectPublic.model_validate(p) for p in rows]
 
 
@@ -146,11 +191,14 @@ def get_project(project_id: int, settings: Settings | None = None) -> ProjectPub
 
 def find_project(name: str, settings: Settings | None = None) -> ProjectPublic | None:
     with session_scope(settings) as s:
-        row = s.scalar(select(Project).where(Project.name == name))
+        row = s.scalar(_visible(select(Project).where(Project.name == name), Project.id))
         return ProjectPublic.model_validate(row) if row else None
 
 
 def create_project(body: ProjectCreate, settings: Settings | None = None) -> ProjectPublic:
+    principal = auth.current_principal()
+    if not principal.is_user:
+        raise Forbidden("a share link is read-only; sign in to create projects")
     config = _resolve_architecture(body.architecture, body.architecture_config)
     with session_scope(settings) as s:
         if s.scalar(select(Project.id).where(Project.name == body.name)) is not None:
@@ -166,6 +214,8 @@ def create_project(body: ProjectCreate, settings: Settings | None = None) -> Pro
         )
         s.add(project)
         s.flush()
+        if principal.user_id is not None:  # access check: the creator owns it
+            s.add(ProjectMember(project_id=project.id, user_id=principal.user_id, role="owner"))
         return ProjectPublic.model_validate(project)
 
 
@@ -298,7 +348,7 @@ def _checkpoint_fields(
     settings: Settings,
 ) -> dict[str, str]:
     """The checks an upload passes before its bytes are read: the name and role it will get."""
-    get_project(project_id, settings)
+    require_project(project_id, "edit", settings)
     name = (name or Path(filename).stem or "checkpoint").strip()[:200]
     if role not in (None, "dense", "pruned"):
         raise InvalidInput("role must be 'dense' or 'pruned'")
@@ -480,6 +530,8 @@ def list_jobs(project_id: int | None = None, settings: Settings | None = None) -
         if project_id is not None:
             _get_or_404(s, Project, project_id, "project")
             q = q.where(Job.project_id == project_id)
+        else:
+            q = _visible(q, Job.project_id)
         return [JobPublic.model_validate(j) for j in s.scalars(q).all()]
 
 
@@ -533,7 +585,7 @@ def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> 
 def submit_job(project_id: int, body: JobCreate, settings: Settings | None = None) -> JobPublic:
     settings = settings or get_settings()
     with session_scope(settings) as s:
-        project = _get_or_404(s, Project, project_id, "project")
+        project = _get_or_404(s, Project, project_id, "project", need="edit")
         active = s.scalars(
             select(Job).where(Job.project_id == project_id, Job.state.in_(("queued", "running")))
         ).all()
@@ -554,7 +606,7 @@ def submit_job(project_id: int, body: JobCreate, settings: Settings | None = Non
 
 def cancel_job(job_id: int, settings: Settings | None = None) -> JobPublic:
     with session_scope(settings) as s:
-        _get_or_404(s, Job, job_id, "job")
+        _get_or_404(s, Job, job_id, "job", need="edit")
         return JobPublic.model_validate(jobs.request_cancel(s, job_id))
 
 

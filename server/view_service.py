@@ -165,7 +165,7 @@ def add_bookmark(
         "choose another name or delete that bookmark"
     )
     with session_scope(settings) as s:
-        _get_or_404(s, Project, project_id, "project")
+        _get_or_404(s, Project, project_id, "project", need="edit")  # access check
         url = project_url(project_id, url)
         taken = select(Bookmark.id).where(
             Bookmark.project_id == project_id, Bookmark.name == name
@@ -192,7 +192,7 @@ def list_bookmarks(project_id: int, settings: Settings | None = None) -> list[Bo
 
 def delete_bookmark(bookmark_id: int, settings: Settings | None = None) -> None:
     with session_scope(settings) as s:
-        s.delete(_get_or_404(s, Bookmark, bookmark_id, "bookmark"))
+        s.delete(_get_or_404(s, Bookmark, bookmark_id, "bookmark", need="edit"))  # access check
 
 
 # ---------------------------------------------------------------- result arrays as files

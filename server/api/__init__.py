@@ -3,19 +3,23 @@
 from fastapi import APIRouter
 
 from server.api import (
+    auth,
     checkpoints,
     datasets,
     dynamics,
     health,
     jobs,
+    members,
     projects,
     results,
+    share_links,
     uploads,
     views,
 )
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(auth.router)
 api_router.include_router(projects.architectures_router)
 api_router.include_router(projects.router)
 api_router.include_router(checkpoints.router)
@@ -25,3 +29,5 @@ api_router.include_router(jobs.router)
 api_router.include_router(results.router)
 api_router.include_router(uploads.router)
 api_router.include_router(views.router)
+api_router.include_router(members.router)
+api_router.include_router(share_links.router)

@@ -74,7 +74,9 @@ def add_checkpoint_from_upload(
     """Turn a finished resumable upload into a checkpoint, validated like a direct upload.
 
     The upload is used up either way; an incomplete upload (409) is left to be continued.
+    Access to the project is checked first, so a refused request leaves the upload alone.
     """
+    services.require_project(project_id, "edit", settings)
     return uploads.checkpoint_from_upload(
         project_id,
         body.upload_id,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from server import dynamics_upload
+from server import dynamics_upload, services
 from server.api.deps import SettingsDep
 from server.config import Settings
 from server.schemas import ResultPublic
@@ -29,6 +29,7 @@ def _chunks(file: UploadFile):  # noqa: ANN202
 
 def _add(project_id: int, uploads: dict[str, UploadFile], fields: dict[str, Any],
          settings: Settings) -> dict[str, Any]:
+    services.require_project(project_id, "edit", settings)  # before a byte is written
     staged = {}
     try:
         for what, file in uploads.items():

@@ -473,10 +473,18 @@ def test_project_report_reads_the_project_through_the_services(monkeypatch) -> N
 
 
 def test_the_project_page_wires_the_comparison_and_the_report(settings, monkeypatch) -> None:
+    import sys
+
+    import dash
+
     from server.main import create_app
 
     create_app(settings)  # registers the dashboard's pages
-    from dashboard.pages import project as page
+    # The page as Dash registered it: importing `dashboard.pages.project` again would register
+    # a second module with the same path, and Dash then answers every request with an error.
+    module = next(p["module"] for p in dash.page_registry.values()
+                  if p.get("path_template") == "/projects/<project_id>")
+    page = sys.modules[module]
 
     _patch_services(monkeypatch)
     ids: set[str] = set()
