@@ -110,6 +110,39 @@ def signed_in_as(_pathname: str | None = None) -> Any:
     return []
 
 
+# The page's path and query when "Share view" is pressed (as for bookmarks).
+SHARE_REQUEST_JS = """
+function(n_clicks) {
+    if (!n_clicks) { return window.dash_clientside.no_update; }
+    return {url: window.location.pathname + window.location.search,
+            origin: window.location.origin, at: Date.now()};
+}
+"""
+
+
+def share_view(request: dict[str, Any] | None) -> Any:
+    """A read-only share link to the view the browser showed (owners only; the link opens
+    that one view without an account until it is revoked through the API)."""
+    from server import auth
+
+    if not request:
+        return no_update
+    url = str(request.get("url") or "")
+    project_id = project_id_from_path(url)
+    if project_id is None:
+        return html.Span("open a project page to share it", style=_HEADER_ERROR)
+    try:
+        link = auth.create_share_link(project_id, view_path=url)
+    except ServiceError as exc:
+        return html.Span(exc.detail, id="share-error", style=_HEADER_ERROR)
+    origin = str(request.get("origin") or "")
+    return html.Span(
+        [dcc.Input(id="share-url", value=f"{origin}/s/{link.token}", readOnly=True,
+                   style={"width": "14rem"})],
+        title=f"share link #{link.id}: read-only, this view only; revoke with DELETE "
+              f"/api/v1/projects/{project_id}/share-links/{link.id}")
+
+
 def _view_controls() -> html.Div:
     return html.Div(
         [
@@ -137,6 +170,11 @@ def _view_controls() -> html.Div:
             ),
             html.Span(id="bookmark-feedback"),
             dcc.Link("Bookmarks", id="bookmarks-link", href="/", style={"display": "none"}),
+            dcc.Store(id="share-request"),
+            html.Button("Share view", id="share-view", n_clicks=0, disabled=True,
+                        title="A read-only link to this view for someone without an account "
+                        "(project owners)"),
+            html.Span(id="share-feedback"),
         ],
         style={"display": "flex", "gap": "0.4rem", "alignItems": "center"},
     )
@@ -204,6 +242,16 @@ def create_dash(server: FastAPI) -> Dash:
         Output("bookmarks-link", "style"),
         Input("header-url", "pathname"),
     )(bookmark_controls)
+    app.callback(Output("share-view", "disabled"), Input("header-url", "pathname"))(
+        lambda pathname: project_id_from_path(pathname) is None)
+    app.clientside_callback(
+        SHARE_REQUEST_JS,
+        Output("share-request", "data"),
+        Input("share-view", "n_clicks"),
+        prevent_initial_call=True,
+    )
+    app.callback(Output("share-feedback", "children"), Input("share-request", "data"),
+                 prevent_initial_call=True)(share_view)
     app.callback(Output("signed-in", "children"), Input("header-url", "pathname"))(signed_in_as)
     app.callback(
         Output("bookmark-feedback", "children"),

@@ -104,11 +104,18 @@ def test_sign_in_share_a_view_read_only_and_revoke_it(secured_server, browser): 
         (c for c in browser.get_cookies() if c.get("httpOnly")), None)
     assert session is not None and session.get("httpOnly")
 
-    link = _api(base, f"/api/v1/projects/{pid}/share-links", token, {"view_path": view}, "POST")
-    assert link["url"].startswith(f"{base}/s/")
+    # The owner shares this view from the header.
+    _wait(browser, lambda d: d.find_element("id", "share-view").is_enabled(),
+          message="the share button")
+    browser.find_element("id", "share-view").click()
+    url = _wait(browser, lambda d: (box := d.find_elements("id", "share-url"))
+                and box[0].get_attribute("value"), message="the share link")
+    assert url.startswith(f"{base}/s/") and len(url.rsplit("/", 1)[-1]) >= 43  # 256 bits
+    [link] = _api(base, f"/api/v1/projects/{pid}/share-links", token)["data"]
+    assert link["view_path"] == view
     visitor = _new_browser()  # no account, a fresh browser
     try:
-        visitor.get(link["url"])
+        visitor.get(url)
         _wait(visitor, lambda d: d.current_url.endswith(view), message="the shared view")
         assert _wait(visitor, _class_counts, timeout=60, message="shared figure") == owner_counts
         # Reading is all it may do: a change from the page itself is refused.
