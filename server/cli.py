@@ -88,8 +88,9 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _project_and_file(args: argparse.Namespace):  # noqa: ANN202
-    """(settings, project, path, chunks) for the `add` commands, or an exit code on bad input."""
+def _project(args: argparse.Namespace):  # noqa: ANN202
+    """(settings, project) named by args.project (an id or a name) on an upgraded database,
+    or an exit code after saying there is no such project."""
     from server import services
     from server.config import get_settings
     from server.db import upgrade_database
@@ -104,6 +105,15 @@ def _project_and_file(args: argparse.Namespace):  # noqa: ANN202
     if project is None:
         print(f"error: no project named {args.project!r}", file=sys.stderr)
         return 2
+    return settings, project
+
+
+def _project_and_file(args: argparse.Namespace):  # noqa: ANN202
+    """(settings, project, path) for the `add` commands, or an exit code on bad input."""
+    found = _project(args)
+    if isinstance(found, int):
+        return found
+    settings, project = found
     path = Path(args.file)
     if not path.is_file():
         print(f"error: {path} is not a file", file=sys.stderr)
@@ -211,20 +221,12 @@ def _users(args: argparse.Namespace) -> int:
 
 
 def _projects_owner(args: argparse.Namespace) -> int:
-    from server import auth, services
-    from server.config import get_settings
-    from server.db import upgrade_database
+    from server import auth
 
-    settings = get_settings()
-    upgrade_database(settings)
-    project = (
-        services.get_project(int(args.project), settings)
-        if args.project.isdigit()
-        else services.find_project(args.project, settings)
-    )
-    if project is None:
-        print(f"error: no project named {args.project!r}", file=sys.stderr)
-        return 2
+    found = _project(args)
+    if isinstance(found, int):
+        return found
+    settings, project = found
     auth.set_owner(project.id, args.user, settings)
     print(f"{args.user} now owns project {project.id} {project.name!r}")
     return 0

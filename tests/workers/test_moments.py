@@ -14,6 +14,7 @@ from workers.metrics.moments import (
     linear_cka_from_scatter,
     procrustes_from_scatter,
     pwcca_from_scatter,
+    svcca_and_pwcca_from_scatter,
     svcca_from_scatter,
 )
 
@@ -83,6 +84,7 @@ def test_a_rotated_scaled_copy_has_cka_one_and_procrustes_zero(streamed) -> None
     assert procrustes_from_scatter(*args) == pytest.approx(0.0, abs=1e-9)
     assert svcca_from_scatter(*args) == pytest.approx(1.0, abs=1e-9)
     assert pwcca_from_scatter(*args) == pytest.approx(1.0, abs=1e-9)
+    assert svcca_and_pwcca_from_scatter(*args) == pytest.approx((1.0, 1.0), abs=1e-9)
 
 
 def test_procrustes_equals_scipys_orthogonal_procrustes_on_normalised_data(streamed) -> None:
@@ -121,6 +123,9 @@ def test_svcca_and_pwcca_equal_direct_data_computations(streamed) -> None:
         assert svcca_from_scatter(*args) == pytest.approx(_svcca_direct(a, b), abs=1e-8)
         # The data route: QR bases and canonical variates in example space.
         assert pwcca_from_scatter(*args) == pytest.approx(pwcca(a, b), abs=1e-8)
+        # Both from one whitened cross-covariance (SVCCA's a leading block of PWCCA's).
+        together = svcca_and_pwcca_from_scatter(*args)
+        assert together == pytest.approx((_svcca_direct(a, b), pwcca(a, b)), abs=1e-8)
 
 
 def test_a_large_offset_does_not_cost_precision() -> None:
@@ -142,6 +147,7 @@ def test_a_dead_layer_gets_defined_values_not_nan() -> None:
     assert acc.debiased_cka(1, 0, 0) == 0.0
     assert procrustes_from_scatter(*args) == 2.0
     assert svcca_from_scatter(*args) == 0.0 and pwcca_from_scatter(*args) == 0.0
+    assert svcca_and_pwcca_from_scatter(*args) == (0.0, 0.0)
 
 
 def test_debiased_cka_needs_four_examples_and_batches_must_align() -> None:

@@ -38,6 +38,7 @@ from workers.metrics.dynamics import (
     suite_curves,
 )
 from workers.metrics.pies import (
+    as_predictions,
     cie_ranking,
     class_recall_change,
     group_impact,
@@ -125,16 +126,10 @@ def _class_labels(
         raise ValueError(f"{name} must be 1-D (one label per example), got shape {a.shape}")
     if length is not None and a.size != length:
         raise ValueError(f"{name} has {a.size} entries, expected {length}")
-    if a.size and a.dtype.kind not in "iu":
-        if a.dtype.kind != "f" or not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
-            raise ValueError(f"{name} must hold integer class labels")
-    a = a.astype(np.int64)
-    if a.size and (a.min() < 0 or a.max() >= num_classes):
-        raise ValueError(
-            f"{name} has labels outside [0, {num_classes}) ({a.min()}…{a.max()}); check "
-            "class_names lists every class"
-        )
-    return a
+    if a.size == 0:
+        return a.astype(np.int64)
+    # Integer (or integral float) labels in [0, num_classes), as for predictions.
+    return as_predictions(a, num_classes, name)[0]
 
 
 def _check_suites(suites: SuiteArrays, num_classes: int) -> SuiteArrays:

@@ -42,8 +42,7 @@ from workers.metrics.moments import (
     eigen_decomposition,
     linear_cka_from_scatter,
     procrustes_from_scatter,
-    pwcca_from_scatter,
-    svcca_from_scatter,
+    svcca_and_pwcca_from_scatter,
 )
 
 ProgressFn = Callable[[float, str], None]
@@ -348,9 +347,9 @@ def compare_layers(
                     out["svcca"][i, j] = out["pwcca"][i, j] = 1.0 if varies else 0.0
                     out["procrustes"][i, j] = 0.0 if varies else 2.0
                     continue
-                eig = {"eig_x": ref_eig[j], "eig_y": eigs[j]}
-                out["svcca"][i, j] = svcca_from_scatter(sxy, sxx, scatters[j], **eig)
-                out["pwcca"][i, j] = pwcca_from_scatter(sxy, sxx, scatters[j], **eig)
+                out["svcca"][i, j], out["pwcca"][i, j] = svcca_and_pwcca_from_scatter(
+                    sxy, sxx, scatters[j], eig_x=ref_eig[j], eig_y=eigs[j]
+                )
                 out["procrustes"][i, j] = procrustes_from_scatter(sxy, sxx, scatters[j])
     out["cka_diag"] = np.einsum("cii->ci", out["cka"]).copy()
     out["cka_debiased_diag"] = np.einsum("cii->ci", out["cka_debiased"]).copy()

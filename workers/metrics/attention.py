@@ -13,9 +13,11 @@ with the pruned model's q on the same input:
 Inputs are attention probabilities as Hugging Face transformers returns them with
 `output_attentions=True` (eager attention): one tensor per layer of shape
 (batch, heads, query, key), each query row summing to 1 over keys, padding keys carrying ~0
-weight. Everything is computed in float64 on the tensors' own device, so a worker can fold
-attention into `AttentionConsistencyAccumulator` batch by batch (memory O(layers · heads))
-without storing it or copying it to the host.
+weight. The functions below compute in float64. `AttentionConsistencyAccumulator`, which a
+worker feeds batch by batch (memory O(layers · heads), attention neither stored nor copied to
+the host), computes the elementwise terms (p log p, the mixture's entropy, the top-k ranks) in
+the attention's own float32 and adds up per-row values in float64; see there for what that
+costs in precision.
 
 Conventions: distributions are first restricted to the valid keys and renormalised
 (`restrict_to_keys`); a row with no mass on valid keys stays all zero and is left out of the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,9 +39,18 @@ import torch
 # float32 is within ~1e-6 of 1; attention stored in bfloat16 (8-bit mantissa) within ~4e-3.
 # Scores, logits or a transposed tensor miss by far more.
 ROW_SUM_TOLERANCE = 1e-2
-# The accumulator works on at most this many float64 attention weights at a time (32 MiB),
-# so a long-sequence batch on a GPU does not need several float64 copies of its attention.
-_CHUNK_ELEMENTS = 1 << 22
+# The accumulator works on at most this many attention weights of one model at a time: on a
+# CPU 2 MiB in float32, so that its temporaries stay in the processor's cache; on a GPU 64 MiB,
+# few enough kernel launches per batch, and a long-sequence batch still needs no large copies.
+_CHUNK_ELEMENTS = 1 << 19
+_ACCELERATOR_CHUNK_ELEMENTS = 1 << 24
+# Top-k keys: key j of weight w sorts by w·(1 − j·2⁻⁴⁰) − j·2⁻¹⁰⁰⁰ in float64. The factor is a
+# relative nudge of at most ~1e-10, far below float32's 6e-8 spacing, so distinct weights keep
+# their order and equal positive weights go to the lower index; the offset, absorbed by any
+# positive weight, orders the exact zeros the same way. Padding keys sort at −1, below all.
+_KEY_NUDGE = 2.0**-40
+_ZERO_NUDGE = 2.0**-1000
+
 
 def _as_float64(x: Any, device: torch.device | None = None) -> torch.Tensor:
     x = torch.as_tensor(x, device=device)
@@ -237,6 +249,16 @@ class AttentionConsistencyAccumulator:
     measured is a query token's attention distribution; the mean estimates its expectation over
     the corpus's tokens, a short sentence's few rows do not get a long one's weight, and the
     value does not depend on how examples are batched or padded.
+
+    Precision: the elementwise terms are computed in the attention's float32 (float64 when
+    either model's attention is float64) — twice the arithmetic rate of float64 and half the
+    memory traffic — and each row's entropies are summed over its keys in float32, then
+    carried in float64. A row's entropy is thus off by ~1e-7 of itself (a few 1e-7 bit), and JS,
+    formed from entropies, by as much in absolute terms. On MiniLM and its pruned copies the
+    per-(layer, head) means stay within 7e-8 bit of the float64 formulation: ~1e-8 relative for
+    a checkpoint's mean JS, 1e-4 for a head whose mean JS is itself only 2e-6 bit
+    (bench/attention_consistency.py prints it). Identical attention still gives exactly JS 0
+    and overlap 1, and top-k ranks are exact (see `_sort_keys`).
     """
 
     def __init__(self, num_layers: int, num_heads: int, topk: int = 3) -> None:
@@ -295,63 +317,40 @@ class AttentionConsistencyAccumulator:
             real = mask.bool()
             batch, tokens = real.shape
             self._check_shapes(dense_attentions, pruned_attentions, batch, tokens)
+            dense_layers = [torch.as_tensor(a, device=device) for a in dense_attentions]
+            pruned_layers = [torch.as_tensor(a, device=device) for a in pruned_attentions]
+            dtype = _working_dtype(dense_layers[0], pruned_layers[0])
+            terms = {} if reference_terms is None else reference_terms
+            layout = ("chunks", self.num_layers, self.num_heads)
+            if layout not in terms:
+                budget = _CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
+                terms[layout] = _chunks(real, self.num_layers, self.num_heads, budget)
             sums = torch.zeros(5, self.num_layers, self.num_heads, dtype=torch.float64,
                                device=device)
+            errors = []
+            for chunk in terms[layout]:
+                first, end, start, stop, lo, hi = chunk
+                layers, part, window = slice(first, end), slice(start, stop), slice(lo, hi)
+                key = (chunk, self.topk, dtype)
+                if key not in terms:
+                    terms[key] = _Reference.of(_window_rows(dense_layers, layers, part, window),
+                                               window, real[part, window],
+                                               rows[part, window], self.topk, dtype)
+                reference = terms[key]
+                pruned = _window_rows(pruned_layers, layers, part, window)
+                compared = _RowTerms.of(pruned, window, reference.key_weights)
+                errors.append((layers, reference.dense.errors, compared.errors))
+                sums[:, layers] += _layer_sums(reference, compared, pruned, window)
             # Worst |Σ − 1| and padding mass per (model, layer), checked with one device sync.
             worst = torch.zeros(2, 2, self.num_layers, dtype=torch.float64, device=device)
-            step = max(1, _CHUNK_ELEMENTS // max(1, self.num_heads * tokens * tokens))
-            terms = {} if reference_terms is None else reference_terms
-            for layer in range(self.num_layers):
-                for start in range(0, batch, step):
-                    part = slice(start, start + step)
-                    key = (layer, start)
-                    if key not in terms:
-                        p = _as_float64(dense_attentions[layer][part], device)
-                        errors = _row_errors(p, real[part])
-                        p = restrict_to_keys(p, real[part])
-                        k_row = real[part].sum(-1).clamp(max=self.topk)[:, None, None]
-                        terms[key] = (p, errors, attention_entropy(p),
-                                      _top_indices(p, real[part][:, None, None, :], self.topk),
-                                      k_row)
-                    p, (p_deviation, p_padding), entropy_p, top_p, k_row = terms[key]
-                    q = _as_float64(pruned_attentions[layer][part], device)
-                    q_deviation, q_padding = _row_errors(q, real[part])
-                    for model, (deviation, padding_mass) in enumerate(
-                            ((p_deviation, p_padding), (q_deviation, q_padding))):
-                        worst[model, 0, layer] = torch.maximum(worst[model, 0, layer], deviation)
-                        worst[model, 1, layer] = torch.maximum(worst[model, 1, layer],
-                                                               padding_mass)
-                    q = restrict_to_keys(q, real[part])
-                    sums[:, layer] += self._layer_sums(p, q, real[part], rows[part], entropy_p,
-                                                       top_p, k_row)
+            for layers, dense_errors, pruned_errors in errors:
+                worst[0, :, layers] = torch.maximum(worst[0, :, layers], dense_errors)
+                worst[1, :, layers] = torch.maximum(worst[1, :, layers], pruned_errors)
             _raise_unless_distributions(worst.cpu().numpy())
             if self._sums is None:
                 self._sums = sums
             else:
                 self._sums = self._sums.to(device) + sums
-
-    def _layer_sums(
-        self, p: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, rows: torch.Tensor,
-        entropy_p: torch.Tensor, top_p: torch.Tensor, k_row: torch.Tensor,
-    ) -> torch.Tensor:
-        """(5, heads): sums over counted rows of JS, H(p), H(q), overlap, and the row count;
-        p and q are already restricted to the valid keys."""
-        counted = rows[:, None, :] & (p.sum(-1) > 0) & (q.sum(-1) > 0)  # (batch, heads, query)
-        k_row = k_row.expand(counted.shape)
-        shared = _shared_top(p, q, keys[:, None, None, :], k_row, self.topk, top_p)
-        entropy_q = attention_entropy(q)
-        # JS(p, q) = H(½(p + q)) − ½(H(p) + H(q)): one entropy more instead of two KL terms
-        # (the same quantity; `js_divergence` computes it the direct way, and the tests
-        # compare the two).
-        js = (attention_entropy(0.5 * (p + q)) - 0.5 * (entropy_p + entropy_q)).clamp(0.0, 1.0)
-        values = (
-            js,
-            entropy_p,
-            entropy_q,
-            shared.to(torch.float64) / k_row.clamp(min=1),
-            torch.ones_like(counted, dtype=torch.float64),
-        )
-        return torch.stack([torch.where(counted, v, 0.0).sum(dim=(0, 2)) for v in values])
 
     def result(self) -> dict[str, np.ndarray]:
         """Token-weighted means, float64: [layers, heads] arrays and [layers] head means.
@@ -382,15 +381,160 @@ class AttentionConsistencyAccumulator:
         return out
 
 
-def _row_errors(attn: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Worst |Σ_keys − 1| and worst mass on padding keys over the real query rows (NaN → NaN).
+def _working_dtype(*attentions: torch.Tensor) -> torch.dtype:
+    """float64 if any attention is float64, else float32 (also for half precision)."""
+    return torch.float64 if any(a.dtype == torch.float64 for a in attentions) else torch.float32
 
-    Reduced on the device (no host sync); 0 when the chunk has no real rows.
+
+def _chunks(real: torch.Tensor, layers: int, heads: int, budget: int) -> list[tuple[int, ...]]:
+    """How `update` splits a batch: (first layer, end layer, start, stop, lo, hi) per chunk,
+    the layers × consecutive examples [start, stop) whose real tokens all lie in positions
+    [lo, hi), of at most `budget` attention weights (or one layer of one example).
+
+    Outside [lo, hi) every example of a chunk has padding only: its queries do not count and
+    its keys carry no valid mass, so the work stays in the window (only the row sums that check
+    the padding mass read all keys). Length-sorted batches (`text_batches`) lose most of their
+    padding this way. Examples without a real token join a chunk without widening it; a chunk
+    of only such examples is left out, having no row to check or count. Short sequences stack
+    several layers into one chunk, so that each step works on enough weights to be worth it.
     """
-    rows = real[:, None, :]
-    deviation = torch.where(rows, (attn.sum(-1) - 1.0).abs(), 0.0).amax()
-    padding = torch.where(rows, torch.where(real[:, None, None, :], 0.0, attn).sum(-1), 0.0)
-    return deviation, padding.amax()
+    tokens = real.shape[1]
+    present = real.any(-1).tolist()
+    first = real.to(torch.int8).argmax(-1).tolist()
+    last = (tokens - 1 - real.flip(-1).to(torch.int8).argmax(-1)).tolist()
+    groups: list[tuple[int, int, int, int]] = []
+    start, lo, hi = 0, -1, -1
+    for example in range(real.shape[0]):
+        if not present[example]:
+            continue
+        wider_lo = first[example] if lo < 0 else min(lo, first[example])
+        wider_hi = last[example] + 1 if hi < 0 else max(hi, last[example] + 1)
+        if lo >= 0 and (example + 1 - start) * heads * (wider_hi - wider_lo) ** 2 > budget:
+            groups.append((start, example, lo, hi))
+            start, wider_lo, wider_hi = example, first[example], last[example] + 1
+        lo, hi = wider_lo, wider_hi
+    if lo >= 0:
+        groups.append((start, real.shape[0], lo, hi))
+    out = []
+    for start, stop, lo, hi in groups:
+        step = max(1, budget // ((stop - start) * heads * (hi - lo) ** 2))
+        out.extend((layer, min(layer + step, layers), start, stop, lo, hi)
+                   for layer in range(0, layers, step))
+    return out
+
+
+def _window_rows(
+    attentions: Sequence[torch.Tensor], layers: slice, part: slice, window: slice
+) -> torch.Tensor:
+    """(layers, examples, heads, query, all keys): the window's query rows of those layers."""
+    rows = [a[part, :, window] for a in attentions[layers]]
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+
+
+@dataclass(frozen=True)
+class _RowTerms:
+    """One model's attention rows of one chunk, reduced to what the comparison needs; shapes
+    (layers, examples, heads, query[, key]) over the chunk's window."""
+
+    probs: torch.Tensor  # restricted to the valid keys and renormalised
+    entropy: torch.Tensor  # bits, float64
+    has_mass: torch.Tensor  # bool: some mass on valid keys
+    errors: torch.Tensor  # (2, layers) float64: worst |Σ − 1| and padding mass, real rows
+
+    @classmethod
+    def of(cls, attn: torch.Tensor, window: slice, key_weights: torch.Tensor) -> _RowTerms:
+        """attn: `_window_rows` of one model; key_weights (examples, 1, 1, window): 1 for a
+        valid key, 0 for padding, in the working dtype (which the rows are computed in)."""
+        total = attn.sum(-1, dtype=key_weights.dtype)
+        probs = attn[..., window] * key_weights
+        mass = probs.sum(-1)
+        probs.mul_(torch.where(mass > 0, mass.reciprocal(), 0.0).unsqueeze(-1))
+        real = key_weights[..., 0, :] > 0  # (examples, 1, query): the real query rows
+        # The padding mass is exactly 0 where padding keys carry exactly 0 weight: both sums
+        # then add the same numbers.
+        checks = torch.where(real, torch.stack([(total - 1.0).abs(), total - mass]), 0.0)
+        return cls(probs, _row_entropy(probs), mass > 0,
+                   checks.amax(dim=(-3, -2, -1)).to(torch.float64))
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """What the comparisons of one chunk share, computed once per batch: the dense side's rows
+    and top keys, and the chunk's masks."""
+
+    dense: _RowTerms
+    top: torch.Tensor  # (layers, examples, heads, query, k′): dense's top keys, rank order
+    key_weights: torch.Tensor  # (examples, 1, 1, key): 1 valid, 0 padding, working dtype
+    sort_factor: torch.Tensor  # (examples, 1, 1, key) float64: see `_sort_keys`
+    sort_offset: torch.Tensor
+    k_valid: torch.Tensor  # (examples, 1, 1, 1): min(k, valid keys)
+    within_k: torch.Tensor  # (examples, 1, 1, k′) bool: rank r < min(k, valid keys)
+    counted: torch.Tensor  # (layers, examples, heads, query): counted query, dense has mass
+
+    @classmethod
+    def of(cls, dense: torch.Tensor, window: slice, keys: torch.Tensor, queries: torch.Tensor,
+           topk: int, dtype: torch.dtype) -> _Reference:
+        """dense: `_window_rows` of the dense model; keys and queries (examples, window):
+        valid keys and counted queries; dtype: the working dtype."""
+        key_weights = keys.to(dtype)[:, None, None, :]
+        rows = _RowTerms.of(dense, window, key_weights)
+        position = torch.arange(keys.shape[-1], device=keys.device, dtype=torch.float64)
+        valid = keys[:, None, None, :]
+        factor = torch.where(valid, 1.0 - position * _KEY_NUDGE, 0.0)
+        offset = torch.where(valid, -position * _ZERO_NUDGE, -1.0)
+        top = _sort_keys(dense[..., window], factor, offset).topk(min(topk, keys.shape[-1]))
+        k_valid = keys.sum(-1).clamp(max=topk)[:, None, None, None]
+        within_k = torch.arange(top.indices.shape[-1], device=keys.device) < k_valid
+        return cls(rows, top.indices, key_weights, factor, offset, k_valid, within_k,
+                   queries[:, None, :] & rows.has_mass)
+
+
+def _layer_sums(reference: _Reference, compared: _RowTerms, pruned: torch.Tensor,
+                window: slice) -> torch.Tensor:
+    """(5, layers, heads): sums over counted rows of JS, H(p), H(q), top-k overlap, and the
+    row count, for dense rows p and pruned rows q (`pruned`: its `_window_rows`)."""
+    p = reference.dense
+    counted = reference.counted & compared.has_mass
+    # JS(p, q) = H(½(p + q)) − ½(H(p) + H(q)): one entropy more instead of two KL terms (the
+    # same quantity; `js_divergence` computes it the direct way, and the tests compare the
+    # two). lerp gives exactly p where q = p, so identical rows give exactly 0.
+    mixture = _row_entropy(torch.lerp(p.probs, compared.probs, 0.5))
+    js = (mixture - 0.5 * (p.entropy + compared.entropy)).clamp(0.0, 1.0)
+    # Of p's first k′ = min(k, valid keys) top keys, those among q's first k′.
+    ranks = _outranking(_sort_keys(pruned[..., window], reference.sort_factor,
+                                   reference.sort_offset), reference.top)
+    shared = ((ranks < reference.k_valid) & reference.within_k).sum(-1)
+    overlap = shared / reference.k_valid[..., 0].clamp(min=1).to(torch.float64)
+    values = torch.stack([js, p.entropy, compared.entropy, overlap, counted.to(torch.float64)])
+    return torch.where(counted, values, 0.0).sum(dim=(2, 4))
+
+
+def _row_entropy(p: torch.Tensor) -> torch.Tensor:
+    """−Σ p log₂ p over the last axis, elementwise in p's dtype, float64 out.
+
+    0·log 0 = 0 by taking the log of max(p, tiny) (times p = 0). The clamp also keeps the log
+    fast: its vectorised kernel falls back to a slow path on every vector holding a zero.
+    """
+    terms = torch.clamp_min(p, torch.finfo(p.dtype).tiny)
+    return -terms.log2_().mul_(p).sum(-1).to(torch.float64)
+
+
+def _sort_keys(attn: torch.Tensor, factor: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """float64 sort keys attn · factor + offset of attention weights (…, key): sorted in
+    descending order, the keys follow a stable descending sort of the valid keys' weights,
+    padding keys last (_KEY_NUDGE says why; exact for weights of float32 precision or less)."""
+    # Converted first: a multiply across dtypes takes a slow path.
+    return attn.to(torch.float64).mul_(factor).add_(offset)
+
+
+def _outranking(sort_keys: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """(…, k): how many keys of each row sort above the row's keys at positions `at` (…, k)
+    — their 0-based ranks; one comparison pass per position instead of a top-k."""
+    picked = sort_keys.gather(-1, at)
+    count = torch.uint8 if sort_keys.shape[-1] < 256 else torch.int32
+    ranks = [torch.gt(sort_keys, picked[..., r, None]).sum(-1, dtype=count)
+             for r in range(at.shape[-1])]
+    return torch.stack(ranks, -1) if ranks else at.to(count)
 
 
 def _raise_unless_distributions(worst: np.ndarray) -> None:

@@ -327,10 +327,31 @@ def _principal(
     keep = values > _RANK_RTOL * max(values[0], 0.0) if values.size and values[0] > 0 else []
     values, vectors = values[keep], vectors[:, keep]
     if keep_variance is not None and values.size:
-        cumulative = np.cumsum(values) / values.sum()
-        k = int(np.searchsorted(cumulative, keep_variance - 1e-12) + 1)
+        k = _directions_explaining(values, keep_variance)
         values, vectors = values[:k], vectors[:, :k]
     return values, vectors
+
+
+def _directions_explaining(values: np.ndarray, keep_variance: float) -> int:
+    """How many of the leading eigenvalues (largest first) explain `keep_variance`."""
+    cumulative = np.cumsum(values) / values.sum()
+    return int(np.searchsorted(cumulative, keep_variance - 1e-12) + 1)
+
+
+def _whitened_cross(
+    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, keep_variance: float | None,
+    eig_x: Eigen | None, eig_y: Eigen | None,
+) -> tuple[np.ndarray, ...] | None:
+    """(M, Wx, Wy, λx, λy) with Wx = Ux Λx^{-1/2} over each side's principal directions (see
+    `_principal`) and M = Wxᵀ Sxy Wy, whose singular values are the canonical correlations;
+    None when either side has no variance."""
+    lx, ux = _principal(sxx, keep_variance, eig_x)
+    ly, uy = _principal(syy, keep_variance, eig_y)
+    if lx.size == 0 or ly.size == 0:
+        return None
+    wx = ux / np.sqrt(lx)
+    wy = uy / np.sqrt(ly)
+    return wx.T @ sxy @ wy, wx, wy, lx, ly
 
 
 def canonical_correlations_from_scatter(
@@ -346,13 +367,11 @@ def canonical_correlations_from_scatter(
     arrays when either side has no variance. `eig_x`/`eig_y`: `eigen_decomposition` of Sxx
     and Syy when already computed.
     """
-    lx, ux = _principal(sxx, keep_variance, eig_x)
-    ly, uy = _principal(syy, keep_variance, eig_y)
-    if lx.size == 0 or ly.size == 0:
+    whitened = _whitened_cross(sxy, sxx, syy, keep_variance, eig_x, eig_y)
+    if whitened is None:
         return np.zeros(0), np.zeros((sxx.shape[0], 0)), np.zeros((syy.shape[0], 0))
-    wx = ux / np.sqrt(lx)
-    wy = uy / np.sqrt(ly)
-    u, rho, vt = np.linalg.svd(wx.T @ sxy @ wy, full_matrices=True)
+    m, wx, wy, _, _ = whitened
+    u, rho, vt = np.linalg.svd(m, full_matrices=True)
     return np.clip(rho, 0.0, 1.0), wx @ u, wy @ vt.T
 
 
@@ -363,10 +382,8 @@ def svcca_from_scatter(
     """SVCCA (Raghu et al. 2017): keep each side's top principal directions explaining 99 % of
     the variance, then the mean canonical correlation between the two subspaces. 0.0 when
     either side has no variance."""
-    rho, _, _ = canonical_correlations_from_scatter(
-        sxy, sxx, syy, keep_variance=keep_variance, eig_x=eig_x, eig_y=eig_y
-    )
-    return float(rho.mean()) if rho.size else 0.0
+    whitened = _whitened_cross(sxy, sxx, syy, keep_variance, eig_x, eig_y)
+    return 0.0 if whitened is None else _mean_correlation(whitened[0])
 
 
 def pwcca_from_scatter(
@@ -383,10 +400,40 @@ def pwcca_from_scatter(
     directions inside the tie are ill-determined and |⟨h_i, x_j⟩| is not rotation invariant,
     so equivalent computations (other batching, data vs moments) agree to about 1e-4 there.
     """
-    rho, a, b = canonical_correlations_from_scatter(sxy, sxx, syy, eig_x=eig_x, eig_y=eig_y)
-    if rho.size == 0:
-        return 0.0
-    k = rho.size
-    directions, scatter = (a, sxx) if a.shape[1] <= b.shape[1] else (b, syy)
-    weights = np.abs(directions[:, :k].T @ scatter).sum(axis=1)
+    whitened = _whitened_cross(sxy, sxx, syy, None, eig_x, eig_y)
+    return 0.0 if whitened is None else _pwcca(*whitened[:3], sxx, syy)
+
+
+def svcca_and_pwcca_from_scatter(
+    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float = 0.99,
+    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
+) -> tuple[float, float]:
+    """(`svcca_from_scatter`, `pwcca_from_scatter`) of one pair, sharing their work: SVCCA's
+    principal directions are the leading ones of PWCCA's (the same eigenvalues, cut at
+    `keep_variance`), so its whitened cross-covariance is a leading block of PWCCA's, and its
+    correlations need singular values only."""
+    whitened = _whitened_cross(sxy, sxx, syy, None, eig_x, eig_y)
+    if whitened is None:
+        return 0.0, 0.0
+    m, wx, wy, lx, ly = whitened
+    kx = _directions_explaining(lx, keep_variance)
+    ky = _directions_explaining(ly, keep_variance)
+    return _mean_correlation(m[:kx, :ky]), _pwcca(m, wx, wy, sxx, syy)
+
+
+def _mean_correlation(whitened_cross: np.ndarray) -> float:
+    rho = np.linalg.svd(whitened_cross, compute_uv=False)
+    return float(np.clip(rho, 0.0, 1.0).mean())
+
+
+def _pwcca(m: np.ndarray, wx: np.ndarray, wy: np.ndarray, sxx: np.ndarray,
+           syy: np.ndarray) -> float:
+    """PWCCA from `_whitened_cross`: only the weighting side's directions are formed."""
+    u, rho, vt = np.linalg.svd(m, full_matrices=False)
+    rho = np.clip(rho, 0.0, 1.0)
+    if wx.shape[1] <= wy.shape[1]:
+        directions, scatter = wx @ u, sxx
+    else:
+        directions, scatter = wy @ vt.T, syy
+    weights = np.abs(directions.T @ scatter).sum(axis=1)
     return float((weights * rho).sum() / weights.sum())
