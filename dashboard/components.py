@@ -58,6 +58,15 @@ def queued_message(submit, what: str, then: str = "") -> str:  # noqa: ANN001
     return f"{what} job #{job.id} queued{then}."
 
 
+def csv_download(rows: list[dict[str, Any]], filename: str) -> Any:
+    """A dcc.Download payload of `rows` as CSV; nothing to send when there are no rows."""
+    from dashboard.figures.layers import rows_to_csv
+
+    if not rows:
+        return no_update
+    return {"content": rows_to_csv(rows), "filename": filename, "type": "text/csv"}
+
+
 def open_project(project_id: str | None) -> tuple[int, Any] | None:
     """(id, project) of a page's `<project_id>` path segment, or None when it names no
     project the visitor can see."""

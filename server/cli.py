@@ -314,27 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         return _db_upgrade(args)
     if args.command == "users":
         return _users(args)
-    if args.command == "projects":
+    # Commands on one project's stored data: a refusal by the service layer is a message.
+    handlers = {"projects": _projects_owner, "dataset": _dataset_add,
+                "checkpoint": _checkpoint_add}
+    if args.command in handlers:
         from server.services import ServiceError
 
         try:
-            return _projects_owner(args)
-        except ServiceError as exc:
-            print(f"error: {exc.detail}", file=sys.stderr)
-            return 1
-    if args.command == "dataset":
-        from server.services import ServiceError
-
-        try:
-            return _dataset_add(args)
-        except ServiceError as exc:
-            print(f"error: {exc.detail}", file=sys.stderr)
-            return 1
-    if args.command == "checkpoint":
-        from server.services import ServiceError
-
-        try:
-            return _checkpoint_add(args)
+            return handlers[args.command](args)
         except ServiceError as exc:
             print(f"error: {exc.detail}", file=sys.stderr)
             return 1

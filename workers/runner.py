@@ -519,21 +519,37 @@ def _run_geometry(spec: JobSpec, progress: ProgressFn) -> JobOutput:
                      summary=summary)
 
 
+def _text_data(spec: JobSpec, what: str) -> ClassificationData:
+    """The project's dataset, which must hold sentences for `what` (a job's subject)."""
+    data = _dataset(spec)
+    if data.texts_test is None:
+        raise JobInputError(f"dataset {data.name!r} has no text; {what} need sentences")
+    return data
+
+
+def _token_models(spec: JobSpec, refs: list[CheckpointRef], what: str,
+                  progress: ProgressFn | None = None) -> list[nn.Module]:
+    """The checkpoints `refs` loaded, refused unless they are Hugging Face Transformers."""
+    models = []
+    for i, ref in enumerate(refs):
+        if progress is not None:
+            progress(i / len(refs), f"loading {ref.name!r}")
+        models.append(_load(spec, ref))
+    if not is_token_model(models[0]):
+        raise JobInputError(f"{what} read a Transformer's outputs; this project's "
+                            "architecture is not a Hugging Face model")
+    return models
+
+
 def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     from workers.analyses.evaluation import dense_checkpoint, tokenizer_of
-    from workers.analyses.layers import is_token_model
     from workers.analyses.probing import probe_checkpoints
     from workers.analyses.probing_tasks import PROBING_TASKS
 
     params = read_params("probe", spec.params, PROBE_PARAMS)
-    data = _dataset(spec)
-    if data.texts_test is None:
-        raise JobInputError(f"dataset {data.name!r} has no text; probing needs sentences")
+    data = _text_data(spec, "linear probes")
     dense = dense_checkpoint(spec.checkpoints)
-    models = [_load(spec, ref) for ref in spec.checkpoints]
-    if not is_token_model(models[0]):
-        raise JobInputError("probing reads a Transformer's hidden states; this project's "
-                            "architecture is not a Hugging Face model")
+    models = _token_models(spec, list(spec.checkpoints), "linear probes")
     texts = [*data.texts_train.tolist(), *data.texts_test.tolist()]
     try:
         arrays = probe_checkpoints(
@@ -558,25 +574,16 @@ def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
 def _run_attention_maps(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     from workers.analyses.attention_maps import attention_maps
     from workers.analyses.evaluation import dense_checkpoint, tokenizer_of
-    from workers.analyses.layers import is_token_model
 
     params = read_params("attention_maps", spec.params, ATTENTION_MAPS_PARAMS)
-    data = _dataset(spec)
-    if data.texts_test is None:
-        raise JobInputError(f"dataset {data.name!r} has no text; attention maps need sentences")
+    data = _text_data(spec, "attention maps")
     sentence, count = params["sentence"], len(data.texts_test)
     if sentence >= count:
         raise JobInputError(f"params.sentence {sentence} is out of range: the evaluation split "
                             f"of {data.name!r} has {count} sentences; choose 0–{count - 1}")
     dense = dense_checkpoint(spec.checkpoints)
     refs = [dense, *[c for c in spec.checkpoints if c.id != dense.id]]
-    models = []
-    for i, ref in enumerate(refs):
-        progress(0.6 * i / len(refs), f"loading {ref.name!r}")
-        models.append(_load(spec, ref))
-    if not is_token_model(models[0]):
-        raise JobInputError("attention maps are read from a Transformer; this project's "
-                            "architecture is not a Hugging Face model")
+    models = _token_models(spec, refs, "attention maps", _scaled(progress, 0.0, 0.6))
     try:
         arrays = attention_maps(models, [c.name for c in refs], tokenizer_of(dense),
                                 str(data.texts_test[sentence]), max_tokens=params["max_tokens"],

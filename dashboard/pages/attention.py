@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import open_project, project_missing, queued_message
+from dashboard.components import csv_download, open_project, project_missing, queued_message
 from dashboard.figures.attention import (
     ATTENTION_MEASURES,
     DRIFT_MEASURES,
@@ -39,7 +39,6 @@ from dashboard.figures.attention import (
     sparsity_marks,
     viewer_rows,
 )
-from dashboard.figures.layers import rows_to_csv
 from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
 from dashboard.state import parse_query
 from server import dataset_service, services
@@ -383,11 +382,8 @@ def write_url(*values: Any):  # noqa: ANN201
     prevent_initial_call=True,
 )
 def download(_n: int, measure: str, project_id: int):  # noqa: ANN201
-    rows = attention_rows(_evaluation(project_id), measure)
-    if not rows:
-        return no_update
-    return {"content": rows_to_csv(rows), "filename": f"project{project_id}-attention-"
-            f"{measure}.csv", "type": "text/csv"}
+    return csv_download(attention_rows(_evaluation(project_id), measure),
+                        f"project{project_id}-attention-{measure}.csv")
 
 
 @callback(
@@ -408,8 +404,5 @@ def download_viewer(_n: int, sentence: int | None, method: str | None,  # noqa: 
         return no_update
     maps = services.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
-    rows = viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0))
-    if not rows:
-        return no_update
-    return {"content": rows_to_csv(rows), "filename": f"project{project_id}-sentence{sentence}"
-            f"-layer{layer}-head{head}.csv", "type": "text/csv"}
+    return csv_download(viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0)),
+                        f"project{project_id}-sentence{sentence}-layer{layer}-head{head}.csv")

@@ -20,6 +20,7 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dashboard.components import (
     card,
     control,
+    csv_download,
     dropdown,
     graph,
     open_project,
@@ -49,7 +50,6 @@ from dashboard.figures.dynamics import (
     suite_loss_figure,
     surfaced_rows,
 )
-from dashboard.figures.layers import rows_to_csv
 from dashboard.figures.overview import GRAPH_CONFIG
 from dashboard.geometry_view import thumbnail_uri
 from dashboard.state import parse_query
@@ -61,10 +61,6 @@ dash.register_page(
 
 POLL_MS = 4000
 THUMBNAIL_PIXELS = 56  # a thumbnail's longer side on screen, about
-
-
-def dynamics_href(project_id: int) -> str:
-    return f"/projects/{project_id}/dynamics"
 
 
 def _dynamics(project_id: int) -> Any:
@@ -444,12 +440,6 @@ def draw_population(population: str | None, _version: int, project_id: int):  # 
             category_transition_figure(dyn, population), group_impact_figure(dyn, population))
 
 
-def _csv(rows: list[dict[str, Any]], filename: str) -> Any:
-    if not rows:
-        return no_update
-    return {"content": rows_to_csv(rows), "filename": filename, "type": "text/csv"}
-
-
 @callback(
     Output("dynamics-gallery-download", "data"),
     Input("dynamics-gallery-csv", "n_clicks"),
@@ -463,7 +453,7 @@ def download_selection(_n: int, selection: list[int], run: str | None,  # noqa: 
                        population: str | None, project_id: int):
     dyn = _dynamics(project_id)
     chosen = selection or list(range(_examples(dyn)))
-    return _csv(example_rows(dyn, chosen, run, population),
+    return csv_download(example_rows(dyn, chosen, run, population),
                 f"project{project_id}-dynamics-examples.csv")
 
 
@@ -476,7 +466,7 @@ def download_selection(_n: int, selection: list[int], run: str | None,  # noqa: 
     prevent_initial_call=True,
 )
 def download_surfaced(_n: int, run: str | None, cat: str | None, project_id: int):  # noqa: ANN201
-    return _csv(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
+    return csv_download(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
                 f"project{project_id}-dynamics-surfaced-{cat}.csv")
 
 
@@ -489,5 +479,5 @@ def download_surfaced(_n: int, run: str | None, cat: str | None, project_id: int
 )
 def download_pies(_n: int, population: str | None, project_id: int):  # noqa: ANN201
     name = (population or "").replace(" ", "").replace("%", "pct")
-    return _csv(pie_rows(_dynamics(project_id), population, "test"),
+    return csv_download(pie_rows(_dynamics(project_id), population, "test"),
                 f"project{project_id}-dynamics-pies-{name}.csv")

@@ -19,6 +19,7 @@ from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_updat
 from dashboard.components import (
     card,
     control,
+    csv_download,
     dropdown,
     graph,
     open_project,
@@ -38,7 +39,6 @@ from dashboard.figures.geometry import (
     movement_figure,
     reliability_figure,
 )
-from dashboard.figures.layers import rows_to_csv
 from dashboard.figures.overview import empty_figure
 from dashboard.geometry_view import (
     GALLERY_SIZE,
@@ -59,10 +59,6 @@ dash.register_page(
 VIEWS = [{"label": "side by side", "value": "side"},
          {"label": "moves from the dense map", "value": "movement"}]
 POLL_MS = 4000
-
-
-def geometry_href(project_id: int) -> str:
-    return f"/projects/{project_id}/geometry"
 
 
 def _status(project_id: int, data: dict[str, Any]) -> Any:
@@ -376,7 +372,7 @@ def export_selection(_csv: int, _parquet: int, selection: list[int], checkpoint:
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows), buffer)
         return dcc.send_bytes(buffer.getvalue(), f"{stem}.parquet")
-    return {"content": rows_to_csv(rows), "filename": f"{stem}.csv", "type": "text/csv"}
+    return csv_download(rows, f"{stem}.csv")
 
 
 @callback(

@@ -15,7 +15,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import open_project, project_missing, queued_message
+from dashboard.components import csv_download, open_project, project_missing, queued_message
 from dashboard.figures.layers import (
     VIEW_KEYS,
     checkpoint_id,
@@ -33,7 +33,6 @@ from dashboard.figures.layers import (
     metric_vs_sparsity,
     metric_vs_sparsity_table,
     resolve_layers_view,
-    rows_to_csv,
     wasserstein_neurons_scatter,
     wasserstein_neurons_table,
 )
@@ -58,10 +57,6 @@ CONTROL_IDS = {
 # Controls whose choices come from the stored results and change when a new analysis lands.
 DATA_CONTROLS = ("rows", "checkpoint", "iou_layer", "neuron_layer", "neuron_checkpoint")
 POLL_MS = 5000
-
-
-def layers_href(project_id: int) -> str:
-    return f"/projects/{project_id}/layers"
 
 
 def _version(data: dict[str, Any]) -> str:
@@ -303,12 +298,6 @@ def _drawn(builder: Callable[..., go.Figure], *args: Any) -> go.Figure:
         return empty_figure(f"This result cannot be drawn: {exc}")
 
 
-def _csv(rows: list[dict], filename: str) -> Any:
-    if not rows:
-        return no_update
-    return {"content": rows_to_csv(rows), "filename": filename, "type": "text/csv"}
-
-
 @callback(
     Output("metric-vs-sparsity", "figure"),
     Input(CONTROL_IDS["metric"], "value"),
@@ -420,7 +409,7 @@ def draw_neurons(layer: str | None, checkpoint: str | None, _version: str, proje
 )
 def download_metric(_n: int, metric: str, project_id: int):  # noqa: ANN201
     rows = metric_vs_sparsity_table(services.layer_analysis(project_id)["evaluation"], metric)
-    return _csv(rows, f"project{project_id}-{metric}-vs-sparsity.csv")
+    return csv_download(rows, f"project{project_id}-{metric}-vs-sparsity.csv")
 
 
 @callback(
@@ -437,9 +426,9 @@ def download_heatmap(_n: int, rows: str | None, checkpoint: str | None, matrix: 
     evaluation, found, _missing = _pair(project_id, rows, checkpoint, matrix)
     if found is not None:
         table = layer_pair_table(found["values"], found["layers"], rows, checkpoint, matrix)
-        return _csv(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}.csv")
+        return csv_download(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}.csv")
     table = layer_by_layer_table(evaluation, checkpoint, matrix)
-    return _csv(table, f"project{project_id}-{matrix}-layers-{checkpoint}.csv")
+    return csv_download(table, f"project{project_id}-{matrix}-layers-{checkpoint}.csv")
 
 
 @callback(
@@ -451,7 +440,7 @@ def download_heatmap(_n: int, rows: str | None, checkpoint: str | None, matrix: 
 )
 def download_complexity(_n: int, measure: str, project_id: int):  # noqa: ANN201
     rows = complexity_table(services.layer_analysis(project_id)["evaluation"], measure)
-    return _csv(rows, f"project{project_id}-{measure}-by-layer.csv")
+    return csv_download(rows, f"project{project_id}-{measure}-by-layer.csv")
 
 
 @callback(
@@ -463,7 +452,7 @@ def download_complexity(_n: int, measure: str, project_id: int):  # noqa: ANN201
 )
 def download_iou(_n: int, layer: str | None, project_id: int):  # noqa: ANN201
     rows = mask_iou_table(services.layer_analysis(project_id)["masks"], layer)
-    return _csv(rows, f"project{project_id}-mask-iou-{layer or 'all'}.csv")
+    return csv_download(rows, f"project{project_id}-mask-iou-{layer or 'all'}.csv")
 
 
 @callback(
@@ -477,4 +466,4 @@ def download_iou(_n: int, layer: str | None, project_id: int):  # noqa: ANN201
 def download_neurons(_n: int, layer: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
     rows = wasserstein_neurons_table(services.layer_analysis(project_id)["neurons"], layer,
                                      checkpoint)
-    return _csv(rows, f"project{project_id}-neurons-{layer}-{checkpoint}.csv")
+    return csv_download(rows, f"project{project_id}-neurons-{layer}-{checkpoint}.csv")
