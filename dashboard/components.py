@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 ACTIVE = ("queued", "running")
 
@@ -65,6 +65,42 @@ def csv_download(rows: list[dict[str, Any]], filename: str) -> Any:
     if not rows:
         return no_update
     return {"content": rows_to_csv(rows), "filename": filename, "type": "text/csv"}
+
+
+def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """`rows` as one Parquet table (column types inferred by Arrow)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+def table_download(rows: list[dict[str, Any]], stem: str) -> Any:
+    """A dcc.Download payload of `rows` as `<stem>.parquet` when the button that fired the
+    callback is an `export_buttons` "Parquet" one, else as `<stem>.csv`."""
+    if not rows:
+        return no_update
+    trigger = ctx.triggered_id
+    if isinstance(trigger, str) and trigger.endswith("-parquet"):
+        return dcc.send_bytes(parquet_bytes(rows), f"{stem}.parquet")
+    return csv_download(rows, f"{stem}.csv")
+
+
+def export_buttons(prefix: str) -> list:
+    """The "CSV" and "Parquet" buttons (`<prefix>-csv`, `<prefix>-parquet`) of a table whose
+    callback answers both with `table_download`."""
+    return [html.Button("CSV", id=f"{prefix}-csv", n_clicks=0, title="download as CSV"),
+            html.Button("Parquet", id=f"{prefix}-parquet", n_clicks=0,
+                        title="download as Parquet (typed columns, for pandas or polars)")]
+
+
+def export_inputs(prefix: str) -> list:
+    """The callback inputs of `export_buttons(prefix)`."""
+    return [Input(f"{prefix}-csv", "n_clicks"), Input(f"{prefix}-parquet", "n_clicks")]
 
 
 def open_project(project_id: str | None) -> tuple[int, Any] | None:

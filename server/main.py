@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     if dashboard:
         from dashboard.app import create_dash
 
-        create_dash(app)
+        app.state.dash = create_dash(app)
     # Added last, so it runs first: every request knows its principal before anything else.
     app.add_middleware(AuthMiddleware, settings=settings)
     return app

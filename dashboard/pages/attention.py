@@ -16,7 +16,14 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import csv_download, open_project, project_missing, queued_message
+from dashboard.components import (
+    export_buttons,
+    export_inputs,
+    open_project,
+    project_missing,
+    queued_message,
+    table_download,
+)
 from dashboard.figures.attention import (
     ATTENTION_MEASURES,
     DRIFT_MEASURES,
@@ -103,7 +110,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                 value=view["sparsity"] if view["sparsity"] is not None else low),
                 style={"width": "18rem"})),
             html.Span(id="attention-checkpoint", className="muted"),
-            html.Button("CSV", id="attention-csv", n_clicks=0),
+            *export_buttons("attention"),
             dcc.Download(id="attention-download"),
         ], className="card", style={"display": "flex", "gap": "1rem", "flexWrap": "wrap",
                                     "alignItems": "center"}),
@@ -141,7 +148,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                                           value=view["head"], clearable=False,
                                           style={"width": "5rem"})),
                 html.Button("Show attention", id="attention-show", n_clicks=0),
-                html.Button("CSV", id="attention-viewer-csv", n_clicks=0),
+                *export_buttons("attention-viewer"),
                 dcc.Download(id="attention-viewer-download"),
             ], style={"display": "flex", "gap": "1rem", "alignItems": "center",
                       "flexWrap": "wrap"}),
@@ -300,7 +307,7 @@ def _maps_job(project_id: int, sentence: int) -> Any:
     State("attention-project-id", "data"),
     prevent_initial_call=True,
 )
-def poll_maps_job(_n: int, sentence: int | None, job: dict | None,  # noqa: ANN201
+def poll_maps_job(_n: int, _p: int, sentence: int | None, job: dict | None,  # noqa: ANN201
                   project_id: int):
     """Follow the maps job of the shown sentence (queued here or elsewhere, e.g. by the
     demo); when it ends, the viewer redraws from its result."""
@@ -376,19 +383,19 @@ def write_url(*values: Any):  # noqa: ANN201
 
 @callback(
     Output("attention-download", "data"),
-    Input("attention-csv", "n_clicks"),
+    *export_inputs("attention"),
     State("attention-measure", "value"),
     State("attention-project-id", "data"),
     prevent_initial_call=True,
 )
-def download(_n: int, measure: str, project_id: int):  # noqa: ANN201
-    return csv_download(attention_rows(_evaluation(project_id), measure),
-                        f"project{project_id}-attention-{measure}.csv")
+def download(_n: int, _p: int, measure: str, project_id: int):  # noqa: ANN201
+    return table_download(attention_rows(_evaluation(project_id), measure),
+                        f"project{project_id}-attention-{measure}")
 
 
 @callback(
     Output("attention-viewer-download", "data"),
-    Input("attention-viewer-csv", "n_clicks"),
+    *export_inputs("attention-viewer"),
     State("attention-sentence", "value"),
     State("attention-method", "value"),
     State("attention-sparsity", "value"),
@@ -397,12 +404,12 @@ def download(_n: int, measure: str, project_id: int):  # noqa: ANN201
     State("attention-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_viewer(_n: int, sentence: int | None, method: str | None,  # noqa: ANN201
+def download_viewer(_n: int, _p: int, sentence: int | None, method: str | None,  # noqa: ANN201
                     sparsity: int | None, layer: int | None, head: int | None,
                     project_id: int):
     if sentence is None:
         return no_update
     maps = services.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
-    return csv_download(viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0)),
-                        f"project{project_id}-sentence{sentence}-layer{layer}-head{head}.csv")
+    return table_download(viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0)),
+                        f"project{project_id}-sentence{sentence}-layer{layer}-head{head}")

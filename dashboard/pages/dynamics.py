@@ -20,14 +20,16 @@ from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 from dashboard.components import (
     card,
     control,
-    csv_download,
     dropdown,
+    export_buttons,
+    export_inputs,
     graph,
     open_project,
     project_missing,
     result_polling,
     row_of,
     running_job,
+    table_download,
 )
 from dashboard.figures.dynamics import (
     GALLERY_SIZE,
@@ -224,7 +226,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         card("Selected examples",
               f"The selection's examples in the chosen run (the first {GALLERY_SIZE}; the CSV "
               "holds all).",
-              [row_of(html.Button("CSV", id="dynamics-gallery-csv", n_clicks=0),
+              [row_of(*export_buttons("dynamics-gallery"),
                        dcc.Download(id="dynamics-gallery-download")),
                html.Div(id="dynamics-gallery")]),
         html.Div([
@@ -251,7 +253,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
               "The examples MAP-D assigns to a category, most probable first.",
               [row_of(control("category", dropdown("dynamics-cat", options["categories"],
                                                       view["cat"])),
-                       html.Button("CSV", id="dynamics-surfaced-csv", n_clicks=0),
+                       *export_buttons("dynamics-surfaced"),
                        dcc.Download(id="dynamics-surfaced-download")),
                html.Div(id="dynamics-surfaced")]),
         html.Div([
@@ -272,7 +274,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         card("Test PIEs",
               "The chosen population's PIEs with every population's modal prediction (the "
               f"first {GALLERY_SIZE}; the CSV holds all).",
-              [row_of(html.Button("CSV", id="dynamics-pie-csv", n_clicks=0),
+              [row_of(*export_buttons("dynamics-pie"),
                        dcc.Download(id="dynamics-pie-download")),
                html.Div(id="dynamics-pies")]),
     ])
@@ -442,42 +444,42 @@ def draw_population(population: str | None, _version: int, project_id: int):  # 
 
 @callback(
     Output("dynamics-gallery-download", "data"),
-    Input("dynamics-gallery-csv", "n_clicks"),
+    *export_inputs("dynamics-gallery"),
     State("dynamics-selection", "data"),
     State("dynamics-run", "value"),
     State("dynamics-population", "value"),
     State("dynamics-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_selection(_n: int, selection: list[int], run: str | None,  # noqa: ANN201
+def download_selection(_n: int, _p: int, selection: list[int], run: str | None,  # noqa: ANN201
                        population: str | None, project_id: int):
     dyn = _dynamics(project_id)
     chosen = selection or list(range(_examples(dyn)))
-    return csv_download(example_rows(dyn, chosen, run, population),
-                f"project{project_id}-dynamics-examples.csv")
+    return table_download(example_rows(dyn, chosen, run, population),
+                f"project{project_id}-dynamics-examples")
 
 
 @callback(
     Output("dynamics-surfaced-download", "data"),
-    Input("dynamics-surfaced-csv", "n_clicks"),
+    *export_inputs("dynamics-surfaced"),
     State("dynamics-run", "value"),
     State("dynamics-cat", "value"),
     State("dynamics-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_surfaced(_n: int, run: str | None, cat: str | None, project_id: int):  # noqa: ANN201
-    return csv_download(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
-                f"project{project_id}-dynamics-surfaced-{cat}.csv")
+def download_surfaced(_n: int, _p: int, run: str | None, cat: str | None, project_id: int):  # noqa: ANN201
+    return table_download(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
+                f"project{project_id}-dynamics-surfaced-{cat}")
 
 
 @callback(
     Output("dynamics-pie-download", "data"),
-    Input("dynamics-pie-csv", "n_clicks"),
+    *export_inputs("dynamics-pie"),
     State("dynamics-population", "value"),
     State("dynamics-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_pies(_n: int, population: str | None, project_id: int):  # noqa: ANN201
+def download_pies(_n: int, _p: int, population: str | None, project_id: int):  # noqa: ANN201
     name = (population or "").replace(" ", "").replace("%", "pct")
-    return csv_download(pie_rows(_dynamics(project_id), population, "test"),
-                f"project{project_id}-dynamics-pies-{name}.csv")
+    return table_download(pie_rows(_dynamics(project_id), population, "test"),
+                f"project{project_id}-dynamics-pies-{name}")

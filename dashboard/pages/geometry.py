@@ -10,7 +10,6 @@ included. Everything drawn comes from the geometry job's stored result.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import dash
@@ -19,13 +18,14 @@ from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_updat
 from dashboard.components import (
     card,
     control,
-    csv_download,
     dropdown,
+    export_inputs,
     graph,
     open_project,
     project_missing,
     result_polling,
     running_job,
+    table_download,
 )
 from dashboard.figures.geometry import (
     angle_norm_figure,
@@ -348,8 +348,7 @@ def draw_gallery(selection: list[int], checkpoint: str | None, _version: int,  #
 
 @callback(
     Output("geometry-download", "data"),
-    Input("geometry-csv", "n_clicks"),
-    Input("geometry-parquet", "n_clicks"),
+    *export_inputs("geometry"),
     State("geometry-selection", "data"),
     State("geometry-checkpoint", "value"),
     State("geometry-project-id", "data"),
@@ -362,17 +361,7 @@ def export_selection(_csv: int, _parquet: int, selection: list[int], checkpoint:
         return no_update
     chosen = selection or list(range(int(geom["labels"].shape[0])))
     rows = example_rows(geom, chosen, checkpoint, limit=len(chosen))
-    if not rows:
-        return no_update
-    stem = f"project{project_id}-geometry-{checkpoint}"
-    if ctx.triggered_id == "geometry-parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows), buffer)
-        return dcc.send_bytes(buffer.getvalue(), f"{stem}.parquet")
-    return csv_download(rows, f"{stem}.csv")
+    return table_download(rows, f"project{project_id}-geometry-{checkpoint}")
 
 
 @callback(

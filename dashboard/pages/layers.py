@@ -15,7 +15,14 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import csv_download, open_project, project_missing, queued_message
+from dashboard.components import (
+    export_buttons,
+    export_inputs,
+    open_project,
+    project_missing,
+    queued_message,
+    table_download,
+)
 from dashboard.figures.layers import (
     VIEW_KEYS,
     checkpoint_id,
@@ -84,7 +91,7 @@ def _control(label: str, component: Any) -> html.Div:
 
 
 def _card(
-    title: str, note: str, controls: list, graph_id: str, csv_id: str, download_id: str
+    title: str, note: str, controls: list, graph_id: str, export_prefix: str, download_id: str
 ) -> html.Div:
     return html.Div(
         [
@@ -93,7 +100,7 @@ def _card(
             html.Div(
                 [
                     *controls,
-                    html.Button("CSV", id=csv_id, n_clicks=0, title="download the figure's data"),
+                    *export_buttons(export_prefix),
                     dcc.Download(id=download_id),
                 ],
                 style={"display": "flex", "gap": "1rem", "alignItems": "center",
@@ -136,7 +143,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                 "first.",
                 [_control("metric", _dropdown("metric", options["metric"], view["metric"],
                                               width="22rem"))],
-                "metric-vs-sparsity", "metric-csv", "metric-download",
+                "metric-vs-sparsity", "metric", "metric-download",
             ),
             html.Div(
                 [
@@ -162,7 +169,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                                         n_clicks=0, style={"display": "none"}),
                             html.Span(id="layers-pair-message", className="muted"),
                         ],
-                        "layer-heatmap", "heatmap-csv", "heatmap-download",
+                        "layer-heatmap", "heatmap", "heatmap-download",
                     ),
                     _card(
                         "Complexity per layer",
@@ -171,7 +178,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                         [_control("measure", _dropdown(
                             "complexity", options["complexity"], view["complexity"],
                             width="22rem"))],
-                        "complexity-graph", "complexity-csv", "complexity-download",
+                        "complexity-graph", "complexity", "complexity-download",
                     ),
                 ],
                 className="grid2",
@@ -184,7 +191,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                         "hover gives the IoU that independent random masks would reach.",
                         [_control("layer", _dropdown(
                             "iou_layer", options["iou_layer"], view["iou_layer"]))],
-                        "mask-iou", "iou-csv", "iou-download",
+                        "mask-iou", "iou", "iou-download",
                     ),
                     _card(
                         "Wasserstein neurons",
@@ -198,7 +205,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                                 "neuron_checkpoint", options["neuron_checkpoint"],
                                 view["neuron_checkpoint"])),
                         ],
-                        "neuron-scatter", "neuron-csv", "neuron-download",
+                        "neuron-scatter", "neuron", "neuron-download",
                     ),
                 ],
                 className="grid2",
@@ -254,7 +261,7 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
     State("layers-version", "data"),
     prevent_initial_call=True,
 )
-def poll_results(_n: int, project_id: int, version: str | None):  # noqa: ANN201
+def poll_results(_n: int, _p: int, project_id: int, version: str | None):  # noqa: ANN201
     data = services.layer_analysis(project_id)
     new_version = _version(data)
     return (new_version if new_version != version else no_update), _status(project_id, data)
@@ -356,7 +363,7 @@ def draw_heatmap(rows: str | None, checkpoint: str | None, matrix: str, _version
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def compute_pair(_n: int, rows: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
+def compute_pair(_n: int, _p: int, rows: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
     evaluation = services.layer_analysis(project_id)["evaluation"]
     row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
     if row_id is None or column_id is None:
@@ -402,68 +409,68 @@ def draw_neurons(layer: str | None, checkpoint: str | None, _version: str, proje
 
 @callback(
     Output("metric-download", "data"),
-    Input("metric-csv", "n_clicks"),
+    *export_inputs("metric"),
     State(CONTROL_IDS["metric"], "value"),
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_metric(_n: int, metric: str, project_id: int):  # noqa: ANN201
+def download_metric(_n: int, _p: int, metric: str, project_id: int):  # noqa: ANN201
     rows = metric_vs_sparsity_table(services.layer_analysis(project_id)["evaluation"], metric)
-    return csv_download(rows, f"project{project_id}-{metric}-vs-sparsity.csv")
+    return table_download(rows, f"project{project_id}-{metric}-vs-sparsity")
 
 
 @callback(
     Output("heatmap-download", "data"),
-    Input("heatmap-csv", "n_clicks"),
+    *export_inputs("heatmap"),
     State(CONTROL_IDS["rows"], "value"),
     State(CONTROL_IDS["checkpoint"], "value"),
     State(CONTROL_IDS["matrix"], "value"),
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_heatmap(_n: int, rows: str | None, checkpoint: str | None, matrix: str,  # noqa: ANN201
+def download_heatmap(_n: int, _p: int, rows: str | None, checkpoint: str | None, matrix: str,  # noqa: ANN201
                      project_id: int):
     evaluation, found, _missing = _pair(project_id, rows, checkpoint, matrix)
     if found is not None:
         table = layer_pair_table(found["values"], found["layers"], rows, checkpoint, matrix)
-        return csv_download(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}.csv")
+        return table_download(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}")
     table = layer_by_layer_table(evaluation, checkpoint, matrix)
-    return csv_download(table, f"project{project_id}-{matrix}-layers-{checkpoint}.csv")
+    return table_download(table, f"project{project_id}-{matrix}-layers-{checkpoint}")
 
 
 @callback(
     Output("complexity-download", "data"),
-    Input("complexity-csv", "n_clicks"),
+    *export_inputs("complexity"),
     State(CONTROL_IDS["complexity"], "value"),
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_complexity(_n: int, measure: str, project_id: int):  # noqa: ANN201
+def download_complexity(_n: int, _p: int, measure: str, project_id: int):  # noqa: ANN201
     rows = complexity_table(services.layer_analysis(project_id)["evaluation"], measure)
-    return csv_download(rows, f"project{project_id}-{measure}-by-layer.csv")
+    return table_download(rows, f"project{project_id}-{measure}-by-layer")
 
 
 @callback(
     Output("iou-download", "data"),
-    Input("iou-csv", "n_clicks"),
+    *export_inputs("iou"),
     State(CONTROL_IDS["iou_layer"], "value"),
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_iou(_n: int, layer: str | None, project_id: int):  # noqa: ANN201
+def download_iou(_n: int, _p: int, layer: str | None, project_id: int):  # noqa: ANN201
     rows = mask_iou_table(services.layer_analysis(project_id)["masks"], layer)
-    return csv_download(rows, f"project{project_id}-mask-iou-{layer or 'all'}.csv")
+    return table_download(rows, f"project{project_id}-mask-iou-{layer or 'all'}")
 
 
 @callback(
     Output("neuron-download", "data"),
-    Input("neuron-csv", "n_clicks"),
+    *export_inputs("neuron"),
     State(CONTROL_IDS["neuron_layer"], "value"),
     State(CONTROL_IDS["neuron_checkpoint"], "value"),
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def download_neurons(_n: int, layer: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
+def download_neurons(_n: int, _p: int, layer: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
     rows = wasserstein_neurons_table(services.layer_analysis(project_id)["neurons"], layer,
                                      checkpoint)
-    return csv_download(rows, f"project{project_id}-neurons-{layer}-{checkpoint}.csv")
+    return table_download(rows, f"project{project_id}-neurons-{layer}-{checkpoint}")

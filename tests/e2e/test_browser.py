@@ -234,6 +234,67 @@ def test_method_filter_lives_in_the_url_and_a_copied_link_restores_it(demo_serve
         other.quit()
 
 
+AXIS_RANGE = """var g = document.querySelector('#{id} .js-plotly-plot');
+return g && g._fullLayout && g._fullLayout.{axis} && !g._fullLayout.{axis}.autorange
+    ? g._fullLayout.{axis}.range.slice() : null;"""
+
+
+def _range(driver, graph_id: str, axis: str):  # noqa: ANN001, ANN202
+    return driver.execute_script(AXIS_RANGE.format(id=graph_id, axis=axis))
+
+
+def _query(driver) -> dict[str, str]:  # noqa: ANN001
+    from urllib.parse import parse_qs, urlsplit
+
+    return {k: v[-1] for k, v in parse_qs(urlsplit(driver.current_url).query).items()}
+
+
+def test_zoom_lives_in_the_url_survives_other_changes_and_reopens(demo_server, browser):
+    base = demo_server["base"]
+    browser.get(f"{base}/projects/{_project_id(base)}")
+    _wait(browser, lambda d: (data := _plot_data(d, "accuracy-graph")) and len(data) >= 3,
+          message="accuracy lines")
+    # What a drag-zoom does: Plotly relayouts the axes and reports the new ranges.
+    browser.execute_script(
+        "Plotly.relayout(document.querySelector('#accuracy-graph .js-plotly-plot'),"
+        " {'xaxis.range': [0.6, 0.9], 'yaxis.range': [0.25, 0.75]});")
+    _wait(browser, lambda d: "zoom" in _query(d), message="zoom in the URL")
+    assert _query(browser)["zoom"] == "accuracy-graph_x_0.6_0.9*accuracy-graph_y_0.25_0.75"
+
+    # Another control writes the URL through Dash and redraws the figure: the zoom stays.
+    box = _wait(
+        browser,
+        lambda d: d.find_elements("xpath", "//div[@id='method-filter']//input[@value='random']"),
+        message="filter",
+    )
+    box[0].click()
+    _wait(browser, lambda d: "methods" in _query(d), message="methods in the URL")
+    _wait(browser, lambda d: len([t for t in _plot_data(d, "accuracy-graph")
+                                  if t.get("mode") == "lines+markers"]) == 1,
+          message="one method drawn")
+    assert _query(browser)["zoom"] == "accuracy-graph_x_0.6_0.9*accuracy-graph_y_0.25_0.75"
+    assert _range(browser, "accuracy-graph", "xaxis") == [0.6, 0.9]
+    shared = browser.current_url
+
+    other = _new_browser()  # a fresh browser opens the link zoomed the same way
+    try:
+        other.get(shared)
+        _wait(other, lambda d: _range(d, "accuracy-graph", "yaxis") == [0.25, 0.75],
+              message="zoom restored")
+        assert _range(other, "accuracy-graph", "xaxis") == [0.6, 0.9]
+        assert [t["name"] for t in _plot_data(other, "accuracy-graph")
+                if t.get("mode") == "lines+markers"] == ["magnitude_global"]
+        # A double-click autoscales: the axes leave the URL, the other keys stay.
+        other.execute_script(
+            "Plotly.relayout(document.querySelector('#accuracy-graph .js-plotly-plot'),"
+            " {'xaxis.autorange': true, 'yaxis.autorange': true});")
+        _wait(other, lambda d: "zoom" not in _query(d), message="zoom removed")
+        assert _query(other)["methods"] == "magnitude_global"
+        assert _range(other, "accuracy-graph", "xaxis") is None
+    finally:
+        other.quit()
+
+
 def test_upload_through_the_browser_validates_and_stores(demo_server, browser, tmp_path):
     base = demo_server["base"]
     pid = _project_id(base)
