@@ -45,22 +45,22 @@ class ReportInputs:
     layer_sparsity: Mapping[str, Any] | None = None
 
 
-def report_inputs(project_id: int) -> ReportInputs:
+def report_inputs(project_id: int, settings: Any = None) -> ReportInputs:
     """The project's checkpoints and newest analyses, read through `server.services`
-    (services.NotFound for an unknown project)."""
+    (services.NotFound for an unknown project or one the caller may not read)."""
     from server import services
 
-    project = services.get_project(project_id)
+    project = services.get_project(project_id, settings)
     return ReportInputs(
         project_id=project_id,
         name=project.name,
         description=project.description or "",
         architecture=project.architecture,
-        checkpoints=[c.model_dump() for c in services.list_checkpoints(project_id)],
-        evaluation=services.layer_analysis(project_id)["evaluation"],
-        dynamics=services.dynamics_analysis(project_id)["dynamics"],
-        geometry=services.geometry_analysis(project_id)["geometry"],
-        layer_sparsity=services.layer_sparsity(project_id),
+        checkpoints=[c.model_dump() for c in services.list_checkpoints(project_id, settings)],
+        evaluation=services.layer_analysis(project_id, settings)["evaluation"],
+        dynamics=services.dynamics_analysis(project_id, settings)["dynamics"],
+        geometry=services.geometry_analysis(project_id, settings)["geometry"],
+        layer_sparsity=services.layer_sparsity(project_id, settings),
     )
 
 
@@ -147,7 +147,24 @@ def pinned_figure(key: str, inputs: ReportInputs,
         label = COMPARISON_COLUMNS[column].label
         return f"Comparison: {label} versus sparsity", headline_vs_sparsity(rows, column)
     known = ", ".join([*PINNABLE_FIGURES, *(COMPARISON_PREFIX + k for k in COMPARISON_COLUMNS)])
-    raise ValueError(f"unknown report figure {key!r}; pin one of {known}")
+    raise UnknownFigure(f"unknown report figure {key!r}; pin one of {known}")
+
+
+class UnknownFigure(ValueError):
+    """A pin key that names no report figure."""
+
+
+def _drawn(key: str, inputs: ReportInputs,
+           rows: Sequence[Mapping[str, Any]]) -> tuple[str, go.Figure]:
+    """`pinned_figure`, or a placeholder that says why a malformed result cannot be drawn
+    (the rest of the report is still written)."""
+    try:
+        return pinned_figure(key, inputs, rows)
+    except UnknownFigure:
+        raise
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        label = PINNABLE_FIGURES[key].label if key in PINNABLE_FIGURES else key
+        return label, overview.empty_figure(f"This result cannot be drawn: {exc!r}")
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -198,7 +215,7 @@ def report_html(inputs: ReportInputs, pinned: Sequence[str] = ()) -> str:
     then each pinned figure once, in the order pinned (ValueError for an unknown key)."""
     rows = comparison_of(inputs)
     keys = ["accuracy", *dict.fromkeys(k for k in pinned if k != "accuracy")]
-    figures = [pinned_figure(key, inputs, rows) for key in keys]
+    figures = [_drawn(key, inputs, rows) for key in keys]
     sections = []
     for i, (key, (title, fig)) in enumerate(zip(keys, figures, strict=True)):
         div = fig.to_html(full_html=False, include_plotlyjs=i == 0,

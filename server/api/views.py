@@ -1,9 +1,15 @@
-"""Bookmarks of project views, short view ids, and result arrays as Parquet, CSV or `.npy`."""
+"""Bookmarks of project views, short view ids, result arrays as Parquet, CSV or `.npy`, and
+the method comparison (JSON, CSV, Parquet) and HTML report of a project."""
 
-from fastapi import APIRouter, Response
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from server import view_service
 from server.api.deps import SettingsDep
+from server.services import InvalidInput
 from server.view_service import (
     ArrayFormat,
     ArraysPublic,
@@ -73,4 +79,60 @@ def download_result_array(
         content,
         media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+ComparisonFormat = Literal["json", "csv", "parquet"]
+
+
+@router.get(
+    "/projects/{project_id}/comparison",
+    tags=["results"],
+    responses={200: {"content": {"application/json": {}, "text/csv": {},
+                                 view_service.MEDIA_TYPES["parquet"]: {}}}},
+)
+def method_comparison(
+    project_id: int, settings: SettingsDep, format: ComparisonFormat = "json"
+) -> Response:
+    """The project page's method-comparison table: one row per checkpoint (and per
+    population of recorded training runs) with each analysis's headline number. `json` gives
+    `{"data": [...rows], "count": n}`; `csv` and `parquet` the columns the page exports
+    (text as strings, counts as int64, other numbers as float64, empty cells null)."""
+    from dashboard.figures.comparison import comparison_csv, comparison_parquet, export_records
+    from dashboard.report import comparison_of, report_inputs
+
+    rows = comparison_of(report_inputs(project_id, settings))
+    stem = f"project{project_id}-comparison"
+    if format == "csv":
+        return Response(comparison_csv(rows), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{stem}.csv"'})
+    if format == "parquet":
+        return Response(comparison_parquet(rows), media_type=view_service.MEDIA_TYPES["parquet"],
+                        headers={"Content-Disposition": f'attachment; filename="{stem}.parquet"'})
+    records = export_records(rows)
+    return JSONResponse({"data": jsonable_encoder(records), "count": len(records)})
+
+
+@router.get(
+    "/projects/{project_id}/report",
+    response_class=HTMLResponse,
+    tags=["results"],
+)
+def project_report(
+    project_id: int, settings: SettingsDep, pin: Annotated[list[str] | None, Query()] = None
+) -> HTMLResponse:
+    """The self-contained HTML report the project page exports: the comparison table,
+    accuracy versus sparsity and each `pin`ned figure (keys as the page's "pin" list:
+    `cka`, `layer_sparsity`, `metric:<column>`, ...); opens offline."""
+    from dashboard.report import pinnable_options, report_html, report_inputs
+
+    inputs = report_inputs(project_id, settings)
+    known = {o["value"] for o in pinnable_options(inputs)}
+    unknown = [p for p in pin or [] if p not in known]
+    if unknown:
+        raise InvalidInput(f"cannot pin {unknown}; this project offers {sorted(known)}")
+    return HTMLResponse(
+        report_html(inputs, pin or []),
+        headers={"Content-Disposition":
+                 f'attachment; filename="project{project_id}-report.html"'},
     )

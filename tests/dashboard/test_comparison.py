@@ -521,3 +521,55 @@ def test_the_project_page_wires_the_comparison_and_the_report(settings, monkeypa
     assert download["filename"] == "Pruning-study-report.html"
     assert 'id="figure-pie_fraction"' in download["content"]
     assert "2 figures" in str(message.children)
+
+
+def test_the_api_serves_the_comparison_as_json_csv_and_parquet_and_the_report(
+        settings, monkeypatch) -> None:
+    import pyarrow.parquet as pq
+    from fastapi.testclient import TestClient
+
+    from server.main import create_app
+
+    _patch_services(monkeypatch)
+    expected = export_records(_rows())
+    with TestClient(create_app(settings, dashboard=False)) as client:
+        url = f"/api/v1/projects/{PID}/comparison"
+        as_json = client.get(url)
+        as_csv = client.get(url, params={"format": "csv"})
+        as_parquet = client.get(url, params={"format": "parquet"})
+        report = client.get(f"/api/v1/projects/{PID}/report",
+                            params=[("pin", "layer_sparsity"), ("pin", "comparison:pie_fraction")])
+        wrong_pin = client.get(f"/api/v1/projects/{PID}/report", params={"pin": "nonsense"})
+        wrong_format = client.get(url, params={"format": "xlsx"})
+    assert as_json.status_code == 200 and as_json.json()["count"] == len(expected) > 0
+    assert as_json.json()["data"] == json.loads(json.dumps(expected))
+    assert as_csv.headers["content-disposition"].endswith(f'project{PID}-comparison.csv"')
+    text_rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    table = pq.read_table(io.BytesIO(as_parquet.content)).to_pylist()
+    assert len(text_rows) == len(table) == len(expected)
+    for want, typed, text in zip(expected, table, text_rows, strict=True):
+        assert typed == want  # None where a cell is empty, the same numbers elsewhere
+        for key, value in want.items():
+            if value is None:
+                assert text[key] == "", key
+            elif isinstance(value, float):
+                assert float(text[key]) == value, key
+            else:
+                assert text[key] == str(value), key
+    assert report.status_code == 200 and "attachment" in report.headers["content-disposition"]
+    document = _assert_offline(report.text)
+    ids = [a.get("id") for t, a in document.tags if t == "div"]
+    assert "figure-layer_sparsity" in ids and "figure-comparison-pie_fraction" in ids
+    assert wrong_pin.status_code == 422 and "layer_sparsity" in wrong_pin.json()["detail"]
+    assert wrong_format.status_code == 422
+
+
+def test_a_malformed_result_leaves_a_placeholder_and_the_rest_of_the_report() -> None:
+    broken = ReportInputs(project_id=PID, name="p", checkpoints=_checkpoints(),
+                          evaluation={"values": np.arange(3.0)}, dynamics=_dynamics())
+    text = report_html(broken, ["pie_fraction"])
+    assert "cannot be drawn" in text and "KeyError" in text
+    ids = [a.get("id") for t, a in _assert_offline(text).tags if t == "div"]
+    assert "figure-accuracy" in ids and "figure-pie_fraction" in ids
+    with pytest.raises(ValueError, match="unknown report figure"):
+        report_html(broken, ["nonsense"])

@@ -107,6 +107,9 @@ ROUTES: dict[str, tuple[str, object]] = {
     "GET /api/v1/results/{result_id}/arrays/{name}": ("read", lambda ids, who: {
         "params": {"format": "npy"}, "path": {"name": "values"}}),
     "GET /api/v1/projects/{project_id}/bookmarks": ("read", None),
+    "GET /api/v1/projects/{project_id}/comparison": ("read", lambda ids, who: {
+        "params": {"format": "parquet"}}),
+    "GET /api/v1/projects/{project_id}/report": ("read", None),
     "GET /api/v1/projects/{project_id}/members": ("read", None),
     "POST /api/v1/projects/{project_id}/checkpoints": ("edit", lambda ids, who: {
         "files": {"file": ("c.safetensors", b"x", "application/octet-stream")}}),
