@@ -123,7 +123,7 @@ def project_report(
 ) -> HTMLResponse:
     """The self-contained HTML report the project page exports: the comparison table,
     accuracy versus sparsity and each `pin`ned figure (keys as the page's "pin" list:
-    `cka`, `layer_sparsity`, `metric:<column>`, ...); opens offline."""
+    `cka_heatmap`, `layer_sparsity`, `comparison:<column>`, ...); opens offline."""
     from dashboard.report import pinnable_options, report_html, report_inputs
 
     inputs = report_inputs(project_id, settings)
