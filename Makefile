@@ -4,14 +4,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8050
 
-.PHONY: setup demo serve test test-fast system-deps lint bench clean
+.PHONY: setup demo serve test test-sqlite test-postgres test-fast system-deps lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build that lies on this machine; nothing later upgrades it.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,postgres]'
+	$(PY) -m pip install -q -e '.[dev,postgres,cluster]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,8 +25,14 @@ serve: setup
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test: setup system-deps
+# The whole suite on SQLite, then every test that uses the database again on PostgreSQL.
+test: test-sqlite test-postgres
+
+test-sqlite: setup system-deps
 	$(PY) -m pytest -q
+
+test-postgres: setup system-deps
+	PRUNESCOPE_TEST_DATABASE=postgres $(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not e2e"

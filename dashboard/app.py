@@ -8,7 +8,7 @@ from typing import Any
 
 import dash
 from dash import Dash, Input, Output, State, dcc, html, no_update
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard.state import storing_long_selections
@@ -195,6 +195,34 @@ class LongSelectionsStored:
             await self.app(scope, receive, send)
 
 
+def run_callbacks_in_threads(server: FastAPI) -> None:
+    """Serve Dash's callbacks from worker threads, not the event loop.
+
+    Dash's FastAPI backend runs a (synchronous) callback inline in its async route, so one
+    page that takes 30 ms to build stalls every other request the server holds, API calls
+    included. The route is shadowed by one that runs the same handler in a worker thread
+    with a copy of the request's context (the request itself, the signed-in principal),
+    where the handler's event loop is a private one.
+    """
+    import asyncio
+
+    import anyio
+    from fastapi.routing import APIRoute
+
+    path = "/_dash-update-component"
+    original = next((r for r in server.router.routes
+                     if isinstance(r, APIRoute) and r.path == path), None)
+    if original is None:
+        raise RuntimeError(f"Dash registered no {path} route; is its FastAPI backend in use?")
+    handler = original.endpoint
+
+    async def dispatch_in_thread(request: Request) -> Any:
+        return await anyio.to_thread.run_sync(lambda: asyncio.run(handler(request)))
+
+    server.router.routes.insert(0, APIRoute(path, dispatch_in_thread, methods=list(
+        original.methods), include_in_schema=False, name="dash-update-component"))
+
+
 def create_dash(server: FastAPI) -> Dash:
     app = Dash(
         __name__,
@@ -213,6 +241,7 @@ def create_dash(server: FastAPI) -> Dash:
                     dcc.Link("PruneScope", href="/", className="brand"),
                     html.Span("what pruning changes inside a network", className="tagline"),
                     _view_controls(),
+                    dcc.Link("Jobs", href="/jobs", className="nav-link"),
                     html.A("API", href="/docs", className="nav-link", target="_blank"),
                     html.Span(id="signed-in", style={"display": "flex", "gap": "0.4rem"}),
                 ],
@@ -264,4 +293,5 @@ def create_dash(server: FastAPI) -> Dash:
     # runs only on requests to "/" or its own routes, so a first visit straight to a project
     # page would arrive without them. Run that one-time setup now; it is idempotent.
     app._setup_server()
+    run_callbacks_in_threads(server)
     return app

@@ -184,10 +184,10 @@ def control(label: str, component: Any) -> html.Div:
 
 def graph(id_: str, height: str | None = None) -> Any:
     """A figure placeholder that says it is loading, with the export-enabled toolbar."""
-    from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+    from dashboard.figures.overview import GRAPH_CONFIG, loading_figure
 
     style = {"height": height} if height else None
-    return dcc.Graph(id=id_, figure=empty_figure("loading…"), config=GRAPH_CONFIG, style=style)
+    return dcc.Graph(id=id_, figure=loading_figure(), config=GRAPH_CONFIG, style=style)
 
 
 def card(title: str, note: str, body: list) -> html.Div:

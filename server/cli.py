@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -51,14 +50,18 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         url = f"http://{args.host}:{args.port}/projects/{project_ids[0]}"
         printer = TerminalProgress(project_ids, settings, url)
     app = create_app(settings)
-    pool = LocalProcessPool(settings.workers, worker_process_main)
-    if settings.workers:
+    if settings.executor == "ray":
+        from server.ray_executor import RayExecutor
+
+        pool = RayExecutor(settings)
         pool.start()
-    print(
-        f"PruneScope on {url} (data in {settings.resolved_data_dir}, "
-        f"{settings.workers} local worker{'s' if settings.workers != 1 else ''})",
-        flush=True,
-    )
+        where = f"jobs run as Ray tasks on {pool.address or 'a local Ray instance'}"
+    else:
+        pool = LocalProcessPool(settings.workers, worker_process_main)
+        if settings.workers:
+            pool.start()
+        where = f"{settings.workers} local worker{'s' if settings.workers != 1 else ''}"
+    print(f"PruneScope on {url} (data in {settings.resolved_data_dir}, {where})", flush=True)
     if printer:
         printer.start()
     try:
@@ -71,9 +74,10 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
 
 def _worker(_args: argparse.Namespace) -> int:
+    from server.logs import configure_logging
     from server.worker import standalone_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging("INFO")
     standalone_worker()
     return 0
 
@@ -303,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _apply_environment(args)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    from server.logs import configure_logging
+
+    configure_logging("WARNING")
     if args.command == "serve":
         return _serve(args, demo=False)
     if args.command == "demo":

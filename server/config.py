@@ -17,7 +17,20 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="Any SQLAlchemy URL; default: SQLite in the data directory."
     )
-    executor: str = Field(default="local", description="'local' (spawned worker processes).")
+    executor: str = Field(
+        default="local",
+        description="'local' (worker processes spawned by serve) or 'ray' (each job a Ray task; "
+        "RAY_ADDRESS names the cluster, none starts a local one).",
+    )
+    # GPUs a Ray task asks for, per job kind ("default" for the rest); fractions share a GPU,
+    # e.g. PRUNESCOPE_RAY_NUM_GPUS='{"analyze": 0.5, "prune": 0.25, "default": 0}'.
+    ray_num_gpus: dict[str, float] = Field(default_factory=lambda: {"default": 0.0})
+    ray_num_cpus: float = Field(default=1.0, gt=0, description="CPUs a Ray task asks for.")
+    # Artifacts: None keeps them under data_dir/artifacts. A local path, or an fsspec URL
+    # (s3://bucket/prefix through s3fs; MinIO with AWS_ENDPOINT_URL) that every machine
+    # reaches; a URL's files are cached under data_dir/artifacts on each machine that reads
+    # them.
+    storage_url: str | None = Field(default=None)
     workers: int = Field(default=1, ge=0, description="Local worker processes started by serve.")
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_expiry_seconds: float = Field(
@@ -46,9 +59,21 @@ class Settings(BaseSettings):
     @field_validator("executor")
     @classmethod
     def _known_executor(cls, value: str) -> str:
-        if value not in {"local"}:
-            raise ValueError(f"unknown executor {value!r}; supported: 'local'")
+        if value not in {"local", "ray"}:
+            raise ValueError(f"unknown executor {value!r}; supported: 'local', 'ray'")
         return value
+
+    @field_validator("ray_num_gpus")
+    @classmethod
+    def _gpu_shares(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not v >= 0}
+        if bad:
+            raise ValueError(f"GPU requests must be 0 or more, got {bad}")
+        return value
+
+    def gpus_for(self, kind: str) -> float:
+        """GPUs a Ray task of this job kind requests."""
+        return float(self.ray_num_gpus.get(kind, self.ray_num_gpus.get("default", 0.0)))
 
     @property
     def resolved_data_dir(self) -> Path:

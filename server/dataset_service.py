@@ -298,7 +298,7 @@ def add_dataset_file(
             )
         fd, staged = store.staging_file()
         os.close(fd)
-        os.replace(path, staged)
+        shutil.move(path, staged)  # a rename, or a copy when the store is another disk
     finally:
         path.unlink(missing_ok=True)
     return _adopt_dataset(project_id, staged, size, filename=filename, name=name, active=active,

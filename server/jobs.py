@@ -2,9 +2,11 @@
 
 States: queued → running → succeeded | failed | cancelled. Claiming is a conditional UPDATE
 (`WHERE id = :id AND state = 'queued'`) whose row count tells the winner, which is race-free
-on SQLite and PostgreSQL alike. A running job carries the claiming worker's id and a heartbeat;
-every later write by that worker is conditional on still owning the job, so a worker that was
-presumed dead and came back cannot overwrite the job's newer state.
+on SQLite and PostgreSQL alike; on PostgreSQL the row is first taken with
+`SELECT … FOR UPDATE SKIP LOCKED`, so racing workers skip a row another is claiming. A
+running job carries the claiming worker's id and a heartbeat; every later write by that
+worker is conditional on still owning the job, so a worker that was presumed dead and came
+back cannot overwrite the job's newer state.
 """
 
 from __future__ import annotations
@@ -52,25 +54,26 @@ def _now() -> datetime:
     return utcnow()
 
 
-def claim_next_job(engine: Engine, worker_id: str, *, scan_limit: int = 100) -> int | None:
-    """Claim the oldest queued job whose dependencies all succeeded; returns its id or None.
+def ready_jobs(engine: Engine, *, scan_limit: int = 100) -> list[tuple[int, str]]:
+    """(id, kind) of the oldest queued jobs whose dependencies all succeeded, oldest first.
 
     A job whose dependency failed or was cancelled is failed here with a message naming it.
     """
     with engine.connect() as conn:
         queued = conn.execute(
-            select(Job.id, Job.depends_on)
+            select(Job.id, Job.kind, Job.depends_on)
             .where(Job.state == "queued")
             .order_by(Job.id)
             .limit(scan_limit)
         ).all()
-        dep_ids = {int(d) for _, deps in queued for d in (deps or [])}
+        dep_ids = {int(d) for _, _, deps in queued for d in (deps or [])}
         dep_states = (
             dict(conn.execute(select(Job.id, Job.state).where(Job.id.in_(dep_ids))).all())
             if dep_ids
             else {}
         )
-    for job_id, deps in queued:
+    ready = []
+    for job_id, kind, deps in queued:
         deps = [int(d) for d in (deps or [])]
         broken = [d for d in deps if dep_states.get(d, "failed") in ("failed", "cancelled")]
         if broken:
@@ -81,27 +84,58 @@ def claim_next_job(engine: Engine, worker_id: str, *, scan_limit: int = 100) -> 
                 f"({dep_states.get(broken[0], 'missing')}); fix it and resubmit",
             )
             continue
-        if any(dep_states.get(d) != "succeeded" for d in deps):
-            continue
-        now = _now()
-        with engine.begin() as conn:
-            won = conn.execute(
-                update(Job)
+        if all(dep_states.get(d) == "succeeded" for d in deps):
+            ready.append((int(job_id), str(kind)))
+    return ready
+
+
+def claim_job(engine: Engine, job_id: int, worker_id: str) -> bool:
+    """Claim one queued job for `worker_id`; False when it is not queued (any more), or
+    another worker is claiming it at this moment."""
+    now = _now()
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Lock the row or pass it by: racing workers move on to the next job instead of
+            # queueing behind one another's row lock. The UPDATE below stays conditional,
+            # so the claim is exclusive on any database.
+            free = conn.execute(
+                select(Job.id)
                 .where(Job.id == job_id, Job.state == "queued")
-                .values(
-                    state="running",
-                    worker_id=worker_id,
-                    attempts=Job.attempts + 1,
-                    heartbeat_at=now,
-                    started_at=now,
-                    progress=0.0,
-                    message="starting",
-                    error=None,
-                )
-            ).rowcount
-        if won == 1:
-            return int(job_id)
+                .with_for_update(skip_locked=True)
+            ).scalar()
+            if free is None:
+                return False
+        won = conn.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued")
+            .values(
+                state="running",
+                worker_id=worker_id,
+                attempts=Job.attempts + 1,
+                heartbeat_at=now,
+                started_at=now,
+                progress=0.0,
+                message="starting",
+                error=None,
+            )
+        ).rowcount
+    return won == 1
+
+
+def claim_next_job(engine: Engine, worker_id: str, *, scan_limit: int = 100) -> int | None:
+    """Claim the oldest queued job whose dependencies all succeeded; returns its id or None."""
+    for job_id, _kind in ready_jobs(engine, scan_limit=scan_limit):
+        if claim_job(engine, job_id, worker_id):
+            return job_id
     return None
+
+
+def note_queued(engine: Engine, job_id: int, message: str) -> None:
+    """Set a queued job's message (e.g. where it waits); nothing once it left the queue."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Job).where(Job.id == job_id, Job.state == "queued").values(message=message[:500])
+        )
 
 
 def _fail_queued(engine: Engine, job_id: int, error: str) -> None:

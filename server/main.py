@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -11,8 +13,10 @@ from server.api import auth as auth_routes
 from server.auth import AuthMiddleware, LoginThrottle
 from server.config import Settings, get_settings
 from server.db import upgrade_database
+from server.metrics import RequestMetrics, create_metrics
+from server.resilience import DatabaseUnavailableMiddleware
 from server.services import ServiceError
-from server.storage import ArtifactNotFound
+from server.storage import ArtifactNotFound, StorageError
 
 API_PREFIX = "/api/v1"
 
@@ -59,6 +63,16 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
 
+    @app.exception_handler(StorageError)
+    async def _storage_error(_request: Request, exc: StorageError) -> JSONResponse:
+        # A full store is the operator's to fix (507); an unreachable one may come back (503).
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        return JSONResponse(
+            status_code=507 if full else 503,
+            content={"detail": f"the artifact store refused the request: {exc}"},
+            headers=None if full else {"Retry-After": "30"},
+        )
+
     @app.exception_handler(ArtifactNotFound)
     async def _artifact_missing(_request: Request, exc: ArtifactNotFound) -> JSONResponse:
         return JSONResponse(
@@ -69,6 +83,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     app.include_router(auth_routes.pages_router)
     app.include_router(share_links.pages_router)
     app.state.login_throttle = LoginThrottle(settings.login_failures_per_minute)
+    app.state.metrics = create_metrics(settings)
 
     # Registered before the dashboard's catch-all, so unknown API paths answer JSON, not HTML.
     @app.api_route(
@@ -88,4 +103,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
         app.state.dash = create_dash(app)
     # Added last, so it runs first: every request knows its principal before anything else.
     app.add_middleware(AuthMiddleware, settings=settings)
+    # Around the sign-in check: a database outage in any request answers 503.
+    app.add_middleware(DatabaseUnavailableMiddleware)
+    # Around even that one, so every request is timed, those it answers with 503 too.
+    app.add_middleware(RequestMetrics, histogram=app.state.metrics.http_request_duration)
     return app

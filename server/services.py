@@ -26,7 +26,7 @@ from server.schemas import (
     ProjectPublic,
     ResultPublic,
 )
-from server.storage import ArtifactStore, UploadTooLarge, sha256_file
+from server.storage import ArtifactStore, UploadTooLarge, artifact_store, sha256_file
 from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project, ProjectMember
 from workers.jobspec import default_pruned_name
 
@@ -62,7 +62,7 @@ class Forbidden(ServiceError):
 
 
 def _store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(settings.artifacts_dir)
+    return artifact_store(settings)
 
 
 # ---------------------------------------------------------------- access checks
@@ -329,7 +329,7 @@ def add_checkpoint_file(
             )
         fd, staged = store.staging_file()
         os.close(fd)
-        os.replace(path, staged)
+        shutil.move(path, staged)  # a rename, or a copy when the store is another disk
     finally:
         path.unlink(missing_ok=True)
     digest = digest or sha256_file(staged)

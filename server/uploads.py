@@ -39,7 +39,7 @@ from server import services
 from server.config import Settings, get_settings
 from server.schemas import CheckpointPublic
 from server.services import Conflict, InvalidInput, NotFound, ServiceError, TooLarge
-from server.storage import ArtifactStore, sha256_file
+from server.storage import artifact_store, sha256_file
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,expiration,termination"
@@ -296,8 +296,12 @@ def create_upload(
         "sha256": None,
         "created": time.time(),
     }
-    store = ArtifactStore(settings.artifacts_dir)
-    if sha256 is not None and store.exists(sha256) and store.path(sha256).stat().st_size == length:
+    store = artifact_store(settings)
+    if (
+        sha256 is not None
+        and store.exists(sha256)
+        and store.open_path(sha256).stat().st_size == length  # fetched when only remote
+    ):
         try:
             os.link(store.path(sha256), p.data)
         except OSError:  # a filesystem without hard links

@@ -19,7 +19,9 @@ from sqlalchemy import select
 from server import jobs
 from server.config import Settings, get_settings
 from server.db import get_engine, session_scope, upgrade_database
-from server.storage import ArtifactStore, sha256_file
+from server.logs import configure_logging, job_context
+from server.resilience import Backoff, database_unavailable, retry_on_outage
+from server.storage import ArtifactStore, artifact_store, sha256_file
 from server.tables import AnalysisResult, Checkpoint, Job, Project
 from workers.jobspec import (
     RESULT_INPUTS,
@@ -105,12 +107,33 @@ def _commit_output(
     settings: Settings, store: ArtifactStore, job_id: int, worker_id: str, output: JobOutput
 ) -> None:
     # Files first (content-addressed, invisible until a row names them), then one transaction.
-    adopted_ckpts = []
-    for c in output.checkpoints:
-        path = Path(c.path)
-        size = path.stat().st_size
-        adopted_ckpts.append((c, store.adopt(path, sha256_file(path)), size))
-    adopted_results = [(r, store.adopt(Path(r.path))) for r in output.results]
+    try:
+        adopted_ckpts = []
+        for c in output.checkpoints:
+            path = Path(c.path)
+            size = path.stat().st_size
+            adopted_ckpts.append((c, store.adopt(path, sha256_file(path)), size))
+        adopted_results = [(r, store.adopt(Path(r.path))) for r in output.results]
+    except OSError as exc:
+        raise JobInputError(
+            f"could not write the job's results to the artifact store: {exc}. Earlier results "
+            "are unaffected; free space or make the store writable, then resubmit the job"
+        ) from exc
+    retry_on_outage(
+        lambda: _record_output(settings, job_id, worker_id, adopted_ckpts, adopted_results,
+                               output),
+        what=f"recording the results of job {job_id}", give_up_after=_outage_patience(settings))
+
+
+def _outage_patience(settings: Settings) -> float:
+    """How long a worker holding a finished job waits for the database to return. Past
+    `stale_after_seconds` another worker may take the job over; the ownership checks then
+    make sure only one attempt is ever recorded."""
+    return max(60.0, 10 * settings.stale_after_seconds)
+
+
+def _record_output(settings: Settings, job_id: int, worker_id: str, adopted_ckpts: list,
+                   adopted_results: list, output: JobOutput) -> None:
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         for c, digest, size in adopted_ckpts:
@@ -165,12 +188,17 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         engine = get_engine(self.settings)
-        while not self.done.wait(self.settings.heartbeat_seconds):
-            try:
-                if not jobs.heartbeat(engine, self.job_id, self.worker_id):
-                    return
-            except Exception:  # a DB hiccup must not kill the job; the next beat retries
-                log.exception("heartbeat for job %s failed", self.job_id)
+        with job_context(self.job_id, self.worker_id):  # a new thread starts without it
+            while not self.done.wait(self.settings.heartbeat_seconds):
+                try:
+                    if not jobs.heartbeat(engine, self.job_id, self.worker_id):
+                        return
+                except Exception as exc:  # a DB hiccup must not kill the job; retried
+                    if database_unavailable(exc):
+                        log.warning("heartbeat for job %s missed: the database is "
+                                    "unavailable", self.job_id)
+                    else:
+                        log.exception("heartbeat for job %s failed", self.job_id)
 
 
 def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
@@ -178,7 +206,7 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     from workers.runner import run_job  # torch is imported only in worker processes
 
     engine = get_engine(settings)
-    store = ArtifactStore(settings.artifacts_dir)
+    store = artifact_store(settings)
     # A worker killed mid-job leaves its scratch folder behind; the next attempt clears it.
     for leftover in store.tmp_dir.glob(f"job{job_id}-*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -191,17 +219,28 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
         if now - last_write[0] < 0.2 and fraction < 1.0:
             return  # throttle DB writes; the heartbeat thread keeps the job alive
         last_write[0] = now
-        if jobs.report_progress(engine, job_id, worker_id, fraction, message):
+        try:
+            cancelled = jobs.report_progress(engine, job_id, worker_id, fraction, message)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("job %s: progress not recorded, the database is unavailable", job_id)
+            return  # the job goes on; the next report (or the heartbeat) tries again
+        if cancelled:
             raise JobCancelled()
 
     try:
-        with session_scope(settings) as session:
-            job = session.get(Job, job_id)
-            spec = build_job_spec(session, job, store, scratch)
+        def read_spec() -> JobSpec:
+            with session_scope(settings) as session:
+                return build_job_spec(session, session.get(Job, job_id), store, scratch)
+
+        spec = retry_on_outage(read_spec, what=f"reading job {job_id}",
+                               give_up_after=_outage_patience(settings))
         log.info("job %s (%s) started on %s", job_id, spec.kind, worker_id)
         beat.start()
-        output = run_job(spec, progress)
-        _commit_output(settings, store, job_id, worker_id, output)
+        with job_context(kind=spec.kind):
+            output = run_job(spec, progress)
+            _commit_output(settings, store, job_id, worker_id, output)
         state, message, error = "succeeded", "done", None
     except jobs.LostJobOwnership:
         log.warning("job %s is no longer owned by %s; dropping its work", job_id, worker_id)
@@ -217,11 +256,15 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
         beat.done.set()
         shutil.rmtree(scratch, ignore_errors=True)
     if state != "succeeded":
-        try:
+        def record() -> None:
             with session_scope(settings) as session:
                 jobs.finish_job(
                     session, job_id, worker_id, state=state, message=message, error=error
                 )
+
+        try:
+            retry_on_outage(record, what=f"recording that job {job_id} {state}",
+                            give_up_after=_outage_patience(settings))
         except jobs.LostJobOwnership:
             return "lost"
     log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
@@ -244,21 +287,35 @@ def run_worker(
     engine = get_engine(settings)
     stale_after = timedelta(seconds=settings.stale_after_seconds)
     ran = 0
+    backoff = Backoff(first=settings.poll_seconds)
     while stop_event is None or not stop_event.is_set():
         try:
             jobs.requeue_stale_jobs(engine, stale_after)
             job_id = jobs.claim_next_job(engine, worker_id)
-        except Exception:  # database briefly unavailable: back off, keep the worker
-            log.exception("could not poll the job table; retrying")
-            time.sleep(min(5.0, settings.poll_seconds * 4))
+        except Exception as exc:  # database unavailable: back off, keep the worker
+            delay = backoff.next_delay()
+            if database_unavailable(exc):
+                log.warning("the job table is unreachable (%s); retrying in %.1f s",
+                            exc.__class__.__name__, delay)
+            else:
+                log.exception("could not poll the job table; retrying in %.1f s", delay)
+            if stop_event is not None:
+                stop_event.wait(delay)
+            else:
+                time.sleep(delay)
             continue
+        backoff.reset()
         if job_id is None:
             if stop_event is not None:
                 stop_event.wait(settings.poll_seconds)
             else:
                 time.sleep(settings.poll_seconds)
             continue
-        execute_job(settings, job_id, worker_id)
+        with job_context(job_id, worker_id):
+            execute_job(settings, job_id, worker_id)
+        from workers.device import release_device_memory  # torch: worker processes only
+
+        release_device_memory()
         ran += 1
         if max_jobs is not None and ran >= max_jobs:
             break
@@ -284,16 +341,32 @@ def exit_when_orphaned(parent_pid: int, poll_seconds: float = 1.0) -> threading.
     return thread
 
 
+def share_the_machine_with_the_server(settings: Settings) -> int:
+    """A local worker shares its machine with the server it belongs to: it runs at a lower
+    priority (nice 5) and, unless PRUNESCOPE_TORCH_THREADS says otherwise, leaves one core's
+    worth of torch threads free, so pages and API calls stay quick while a job computes.
+    Returns torch's thread count."""
+    import torch
+
+    try:
+        os.nice(5)
+    except OSError:  # not permitted here: run at the inherited priority
+        log.info("could not lower this worker's priority")
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def worker_process_main(name: str, stop_event: Any) -> None:
     """Entry point of a spawned local worker (settings come from the inherited environment)."""
     exit_when_orphaned(os.getppid())
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s"
-    )
+    configure_logging(settings.log_level)
+    share_the_machine_with_the_server(settings)
     worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}"
     try:
-        run_worker(settings, worker_id, stop_event)
+        with job_context(worker_id=worker_id):
+            run_worker(settings, worker_id, stop_event)
     except KeyboardInterrupt:
         pass
 

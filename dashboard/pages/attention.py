@@ -46,7 +46,7 @@ from dashboard.figures.attention import (
     sparsity_marks,
     viewer_rows,
 )
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
 from dashboard.state import parse_query
 from server import dataset_service, services
 
@@ -119,19 +119,19 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                       html.P("The mean over heads, one line per checkpoint (sparser darker). "
                              "Movva & Zhao (2020) find attention stays consistent as sparsity "
                              "grows.", className="muted"),
-                      dcc.Graph(id="attention-lines", figure=empty_figure("loading…"),
+                      dcc.Graph(id="attention-lines", figure=loading_figure(),
                                 config=GRAPH_CONFIG)], className="card"),
             html.Div([html.H3("Per head"),
                       html.P("Each layer's heads for the chosen checkpoint; every real, "
                              "non-special query token counts once. Click a cell to view that "
                              "head below.", className="muted"),
-                      dcc.Graph(id="attention-heads", figure=empty_figure("loading…"),
+                      dcc.Graph(id="attention-heads", figure=loading_figure(),
                                 config=GRAPH_CONFIG)], className="card"),
         ], className="grid2"),
         html.Div([html.H3("Across methods"),
                   html.P("Each method at its checkpoint nearest the chosen sparsity, on one "
                          "colour scale.", className="muted"),
-                  dcc.Graph(id="attention-methods", figure=empty_figure("loading…"),
+                  dcc.Graph(id="attention-methods", figure=loading_figure(),
                             config=GRAPH_CONFIG)], className="card"),
         html.Div([
             html.H3("One sentence"),
@@ -153,7 +153,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
             ], style={"display": "flex", "gap": "1rem", "alignItems": "center",
                       "flexWrap": "wrap"}),
             html.Div(id="attention-maps-message", className="muted"),
-            dcc.Graph(id="attention-viewer", figure=empty_figure("loading…"),
+            dcc.Graph(id="attention-viewer", figure=loading_figure(),
                       config=GRAPH_CONFIG),
         ], className="card"),
         html.Div([
@@ -170,7 +170,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                 html.Button("Run probes", id="attention-run-probes", n_clicks=0),
                 html.Span(id="attention-probe-message", className="muted"),
             ], style={"display": "flex", "gap": "1rem", "alignItems": "center"}),
-            dcc.Graph(id="attention-probes", figure=empty_figure("loading…"),
+            dcc.Graph(id="attention-probes", figure=loading_figure(),
                       config=GRAPH_CONFIG),
         ], className="card"),
         html.Div([
@@ -180,7 +180,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                       dcc.Dropdown(id="attention-drift", options=DRIFT_OPTIONS,
                                    value=view["drift"], clearable=False,
                                    style={"width": "22rem"}),
-                      dcc.Graph(id="attention-drift-lines", figure=empty_figure("loading…"),
+                      dcc.Graph(id="attention-drift-lines", figure=loading_figure(),
                                 config=GRAPH_CONFIG)], className="card"),
             html.Div([html.H3("Language-model quality"),
                       html.P("Perplexity for decoders, masked-token accuracy for encoders with "

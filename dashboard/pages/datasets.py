@@ -11,7 +11,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html
 
 from dashboard.components import open_project, project_missing
 from dashboard.figures.datasets import class_counts_figure, preview_rows
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
 from dashboard.state import parse_query
 from server import dataset_service, services
 
@@ -159,7 +159,7 @@ def layout(project_id: str | None = None, dataset: str | None = None, **_query: 
                             html.Div(id="dataset-examples"),
                             dcc.Graph(
                                 id="class-counts",
-                                figure=empty_figure("loading…"),
+                                figure=loading_figure(),
                                 config=GRAPH_CONFIG,
                             ),
                         ],

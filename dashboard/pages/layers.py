@@ -43,7 +43,7 @@ from dashboard.figures.layers import (
     wasserstein_neurons_scatter,
     wasserstein_neurons_table,
 )
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
 from server import services
 
 dash.register_page(
@@ -106,7 +106,7 @@ def _card(
                 style={"display": "flex", "gap": "1rem", "alignItems": "center",
                        "flexWrap": "wrap"},
             ),
-            dcc.Graph(id=graph_id, figure=empty_figure("loading…"), config=GRAPH_CONFIG),
+            dcc.Graph(id=graph_id, figure=loading_figure(), config=GRAPH_CONFIG),
         ],
         className="card",
     )

@@ -25,6 +25,7 @@ from dashboard.figures.overview import (
     empty_figure,
     layer_cka_heatmap,
     layer_sparsity_heatmap,
+    loading_figure,
 )
 from dashboard.report import comparison_of, pinnable_options, project_report_html, report_inputs
 from dashboard.state import parse_list, parse_sparsities, project_view_query
@@ -101,7 +102,7 @@ def _comparison_card() -> html.Div:
                 style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
                        "marginTop": "0.8rem"},
             ),
-            dcc.Graph(id="comparison-graph", figure=empty_figure("loading…"),
+            dcc.Graph(id="comparison-graph", figure=loading_figure(),
                       config=GRAPH_CONFIG),
             html.H4("Report"),
             html.P(
@@ -210,7 +211,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                             dcc.Checklist(id="method-filter", inline=True, options=[], value=[]),
                             dcc.Graph(
                                 id="accuracy-graph",
-                                figure=empty_figure("loading…"),
+                                figure=loading_figure(),
                                 config=GRAPH_CONFIG,
                             ),
                         ],
@@ -221,7 +222,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                             html.H3("Linear CKA to the dense model, per layer"),
                             dcc.Graph(
                                 id="cka-heatmap",
-                                figure=empty_figure("loading…"),
+                                figure=loading_figure(),
                                 config=GRAPH_CONFIG,
                             ),
                         ],
@@ -234,7 +235,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                 [
                     html.H3("Where each method puts its zeros: sparsity per layer"),
                     dcc.Graph(
-                        id="layer-sparsity", figure=empty_figure("loading…"), config=GRAPH_CONFIG
+                        id="layer-sparsity", figure=loading_figure(), config=GRAPH_CONFIG
                     ),
                 ],
                 className="card",

@@ -10,6 +10,7 @@ from server.api import (
     health,
     jobs,
     members,
+    metrics,
     projects,
     results,
     share_links,
@@ -19,6 +20,7 @@ from server.api import (
 
 api_router = APIRouter()
 api_router.include_router(health.router)
+api_router.include_router(metrics.router)
 api_router.include_router(auth.router)
 api_router.include_router(projects.architectures_router)
 api_router.include_router(projects.router)

@@ -12,3 +12,58 @@ def test_a_first_visit_straight_to_a_project_page_loads_the_assets(settings) -> 
         html = client.get("/projects/1").text  # no request to "/" before this one
     assert "assets/style.css" in html
     assert "assets/checkpoint_upload.js" in html and "assets/tus.min.js" in html
+
+
+def test_a_slow_callback_does_not_hold_up_other_requests(settings, monkeypatch) -> None:
+    """Callbacks run in worker threads: while one waits, the API still answers."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from server import services
+
+    entered, release = threading.Event(), threading.Event()
+    real_list_projects = services.list_projects
+
+    def blocking_list_projects(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        entered.set()
+        assert release.wait(30), "never released"
+        return real_list_projects(*args, **kwargs)
+
+    monkeypatch.setattr(services, "list_projects", blocking_list_projects)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    body = {"output": "jobs-table.data", "outputs": {"id": "jobs-table", "property": "data"},
+            "inputs": [{"id": "jobs-refresh", "property": "n_intervals", "value": 1}],
+            "changedPropIds": ["jobs-refresh.n_intervals"]}
+    answers: dict[str, httpx.Response] = {}
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{base}/api/v1/health", timeout=1)
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.05)
+        slow = threading.Thread(target=lambda: answers.setdefault(
+            "callback", httpx.post(f"{base}/_dash-update-component", json=body, timeout=60)))
+        slow.start()
+        assert entered.wait(30), "the callback never ran"
+        # The callback is parked inside the service layer; the server must still answer.
+        health = httpx.get(f"{base}/api/v1/health", timeout=10)
+        assert health.status_code == 200 and not release.is_set()
+        release.set()
+        slow.join(30)
+        assert answers["callback"].status_code == 200
+        assert answers["callback"].json()["response"]["jobs-table"]["data"] == []
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)

@@ -193,3 +193,16 @@ def test_models_without_a_classifier_head_get_no_accuracy_and_say_why():
     assert rows[1]["mean_cka"] == 0.7
     fig = accuracy_vs_sparsity(rows)
     assert "no classifier head" in fig.layout.annotations[0].text
+
+
+def test_the_loading_placeholder_is_the_empty_figure_and_each_copy_is_its_own():
+    import json
+
+    from dashboard.figures.overview import empty_figure, loading_figure
+
+    first = loading_figure()
+    assert first == json.loads(empty_figure("loading…").to_json())
+    assert first["layout"]["annotations"][0]["text"] == "loading…"
+    first["layout"]["annotations"][0]["text"] = "changed"
+    assert loading_figure()["layout"]["annotations"][0]["text"] == "loading…"
+    assert loading_figure("No result yet.")["layout"]["annotations"][0]["text"] == "No result yet."

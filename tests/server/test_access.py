@@ -82,6 +82,7 @@ ROUTES: dict[str, tuple[str, object]] = {
     "POST /api/v1/projects": ("user", lambda ids, who: {
         "json": {"name": f"of-{who}-{ids['n']}", "architecture": "mlp"}}),
     "GET /api/v1/jobs": ("user", None),
+    "GET /api/v1/metrics": ("user", None),
     "POST /api/v1/uploads": ("user", lambda ids, who: {"headers": UPLOAD_HEADERS}),
     "HEAD /api/v1/uploads/{upload_id}": ("user", None),
     "GET /api/v1/uploads/{upload_id}": ("user", None),

@@ -78,6 +78,16 @@ def _start_worker(settings, env_extra) -> subprocess.Popen:  # noqa: ANN001
     )
 
 
+def _whole_artifacts(settings) -> int:  # noqa: ANN001
+    """Every artifact the store shows is complete (its bytes hash to its name); their count."""
+    from server.storage import sha256_file
+
+    files = [p for p in settings.artifacts_dir.joinpath("sha256").glob("*/*") if p.is_file()]
+    for path in files:
+        assert sha256_file(path) == path.name, f"partial artifact visible: {path}"
+    return len(files)
+
+
 def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
     pid = _project(settings)
     job = _submit(settings, pid, "train", epochs=60, seed=3)
@@ -99,10 +109,13 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
         first.wait(10)
     finally:
         first.kill()
+    killed_by = j.worker_id
+    assert _whole_artifacts(settings) == 0  # the killed attempt left nothing in the store
     second = _start_worker(settings, env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            _whole_artifacts(settings)  # checked all along: never half a file under a digest
             j = services.get_job(job.id, settings)
             if j.state in ("succeeded", "failed"):
                 break
@@ -114,9 +127,18 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
         except subprocess.TimeoutExpired:
             second.kill()
     assert j.state == "succeeded", j
-    assert j.attempts == 2
-    assert [c.name for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    assert j.attempts == 2 and j.worker_id != killed_by
+    (recovered,) = services.list_checkpoints(pid, settings)
+    assert recovered.name == "dense"
     assert list(settings.artifacts_dir.joinpath("tmp").iterdir()) == []
+
+    # The same job, undisturbed, gives the same bytes (content addressing: the same digest).
+    undisturbed_project = _project(settings, name="undisturbed")
+    _submit(settings, undisturbed_project, "train", epochs=60, seed=3)
+    assert run_worker(settings, "undisturbed", max_jobs=1) == 1
+    (undisturbed,) = services.list_checkpoints(undisturbed_project, settings)
+    assert undisturbed.artifact_digest == recovered.artifact_digest
+    assert _whole_artifacts(settings) == 1
 
 
 def test_demo_is_idempotent(settings):
@@ -237,3 +259,18 @@ def test_a_pool_worker_leaves_when_its_server_is_killed(tmp_path):
     else:
         os.kill(worker_pid, 9)
         raise AssertionError("the worker outlived its server")
+
+
+def test_a_local_worker_yields_to_its_server(tmp_path):
+    code = (
+        "import os, torch\n"
+        "from server.config import Settings\n"
+        "from server.worker import share_the_machine_with_the_server\n"
+        "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "threads = share_the_machine_with_the_server(Settings(data_dir=r'%s', torch_threads=%s))\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0) - before, threads, torch.get_num_threads())\n"
+    )
+    for requested, expected in ((None, max(1, (os.cpu_count() or 2) - 1)), (3, 3)):
+        out = subprocess.run([sys.executable, "-c", code % (tmp_path, requested)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out == ["5", str(expected), str(expected)], out

@@ -32,6 +32,7 @@ from models.sparsity import checkpoint_stats, prunable_parameter_names
 from workers.analyses.language_model import language_model_quality, lm_kind
 from workers.analyses.layers import compare_layers, is_token_model, tensor_batches, text_batches
 from workers.datasets import ClassificationData, as_model_input, check_model_fits
+from workers.device import pick_device
 from workers.jobspec import CheckpointRef, JobInputError
 
 ProgressFn = Callable[[float, str], None]
@@ -193,7 +194,7 @@ def evaluate_checkpoints(
     language_model: dict[str, np.ndarray] = {}
     if token_model and lm_kind(models[reference]) is not None:
         progress(0.05, "scoring the checkpoints as language models")
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device()
         try:
             language_model = language_model_quality(
                 [m.to(device) for m in models], list(data.texts_test), tokenizer,

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from models.capture import capture_layer_outputs
+from workers.device import pick_device, to_device
 from workers.metrics.cka import MinibatchCKAAccumulator
 from workers.metrics.moments import (
     MomentAccumulator,
@@ -145,9 +146,7 @@ def layer_features(
 
 
 def _to(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return inputs.to(device)
+    return to_device(dict(inputs) if isinstance(inputs, Mapping) else inputs, device)
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -241,7 +240,7 @@ def compare_layers(
     if conv_pooling not in CONV_POOLINGS:
         raise ValueError(f"conv_pooling must be one of {CONV_POOLINGS}, got {conv_pooling!r}")
     progress = progress or _no_progress
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     names = list(names or [f"model {i}" for i in range(len(models))])
     layers = layer_names(models[reference])
     for i, model in enumerate(models):
@@ -375,7 +374,7 @@ def minibatch_layer_cka(
     pays, measured like for like in bench/layer_divergence.py)."""
     if conv_pooling not in CONV_POOLINGS:
         raise ValueError(f"conv_pooling must be one of {CONV_POOLINGS}, got {conv_pooling!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     layers = layer_names(models[reference])
     for model in models:
         model.to(device).eval()

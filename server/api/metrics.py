@@ -1,0 +1,32 @@
+"""Prometheus metrics of the job queue and of this server's requests."""
+
+from fastapi import APIRouter, Request, Response
+
+from server.auth import current_principal
+from server.metrics import exposition
+from server.services import Forbidden
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+def metrics(request: Request) -> Response:
+    """Jobs by state and kind, job durations and queue waits (from the job table, so every
+    server and worker counts), and this server process's request durations by route.
+
+    Any signed-in account may read it (a Prometheus scraper: `prunescope users add prometheus
+    --token` and `authorization: {credentials: <token>}` in its scrape config); without
+    accounts it is open like every other route. Send `Accept: application/openmetrics-text`
+    for OpenMetrics.
+    """
+    if not current_principal().is_user:
+        # The numbers cover every project on the server; a share link opens only one.
+        raise Forbidden("a share link opens one project; sign in to read the server's metrics")
+    body, content_type = exposition(request.app.state.metrics.registry,
+                                    request.headers.get("accept"))
+    return Response(body, media_type=content_type)
+
