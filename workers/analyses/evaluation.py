@@ -30,9 +30,16 @@ from models import hf
 from models.checkpoints import CheckpointError, load_model
 from models.sparsity import checkpoint_stats, prunable_parameter_names
 from workers.analyses.language_model import language_model_quality, lm_kind
-from workers.analyses.layers import compare_layers, is_token_model, tensor_batches, text_batches
+from workers.analyses.layers import (
+    Batch,
+    compare_layers,
+    is_token_model,
+    layer_features,
+    tensor_batches,
+    text_batches,
+)
 from workers.datasets import ClassificationData, as_model_input, check_model_fits
-from workers.device import pick_device
+from workers.device import fill_device_batch_size, peak_memory_probe, pick_device, to_device
 from workers.jobspec import CheckpointRef, JobInputError
 
 ProgressFn = Callable[[float, str], None]
@@ -122,6 +129,34 @@ def evaluation_batches(
                           batch_size)
 
 
+def _device_filling_batch_size(models: Sequence[nn.Module], reference: int,
+                               data: ClassificationData, batch_size: int) -> int:
+    """On a GPU, the batch that fills it (`fill_device_batch_size`): one probe batch through
+    the reference model with its layers captured, times the number of models that run on each
+    batch; `batch_size` on the CPU or when the probe cannot run."""
+    device = pick_device()
+    if device.type != "cuda":
+        return batch_size
+    model = models[reference]
+    x = as_model_input(data.x_test, model.input_shape)
+
+    def run(n: int) -> None:
+        (probe,) = tensor_batches(x[:n], None, n)
+        with torch.inference_mode():
+            layer_features(model, Batch(to_device(probe.inputs, device), probe.index))
+
+    try:
+        model.to(device)
+        per_model = peak_memory_probe(device, run)
+        size = fill_device_batch_size(device, batch_size,
+                                      lambda n: per_model(n) * len(models))
+    except (RuntimeError, ValueError):  # out of memory, or an input the probe cannot make
+        size = batch_size
+    finally:
+        model.to("cpu")
+    return size
+
+
 def transformer_body(model: nn.Module) -> nn.Module:
     """A language model's Transformer without its vocabulary head, for `compare_layers`.
 
@@ -186,6 +221,8 @@ def evaluate_checkpoints(
     reference = checkpoints.index(dense_ref)
     token_model = is_token_model(models[reference])
     tokenizer = tokenizer_of(dense_ref) if token_model and data.texts_test is not None else None
+    if not token_model:  # text batches stay small: length bucketing needs them so
+        batch_size = _device_filling_batch_size(models, reference, data, batch_size)
     batches = evaluation_batches(models[reference], data, dense_ref, batch_size=batch_size,
                                  tokenizer=tokenizer)
     sparsity = np.array([

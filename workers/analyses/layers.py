@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from models.capture import capture_layer_outputs
-from workers.device import pick_device, to_device
+from workers.device import pick_device, place_models, to_device
 from workers.metrics.cka import MinibatchCKAAccumulator
 from workers.metrics.moments import (
     MomentAccumulator,
@@ -208,8 +208,15 @@ def compare_layers(
     attention: bool = False,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
+    device_budget_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """One pass: every model on every batch, all layer statistics against `models[reference]`.
+
+    The models sit on `device` whole when their weights fit there together (within
+    `device_budget_bytes`, by default most of a GPU's free memory), else their weights stay in
+    host memory and stream to the device block by block as each forward reaches them
+    (`workers.device.place_models`), so models larger than the device are still compared
+    layer by layer, with the same results.
 
     Returns npz-ready arrays (C = len(models), L = layers of the reference, rows in model
     order; the reference row compares the model with itself):
@@ -246,7 +253,8 @@ def compare_layers(
     for i, model in enumerate(models):
         if layer_names(model) != layers:
             raise ValueError(f"{names[i]} has layers {layer_names(model)}, expected {layers}")
-        model.to(device).eval()
+        model.eval()
+    streams = place_models(models, device, device_budget_bytes)
     order = [reference, *[i for i in range(len(models)) if i != reference]]
 
     predictions = np.full((len(models), num_examples), -1, dtype=np.int64)
@@ -297,6 +305,8 @@ def compare_layers(
                                                 for i in range(len(models))])
             progress((b + 1) / len(batches), f"batch {b + 1}/{len(batches)} through "
                      f"{len(models)} models")
+    for stream in streams:
+        stream.remove()
     if accumulator is None:
         raise ValueError("the evaluation set is empty")
     accumulator.finish()
@@ -377,7 +387,8 @@ def minibatch_layer_cka(
     device = pick_device(device)
     layers = layer_names(models[reference])
     for model in models:
-        model.to(device).eval()
+        model.eval()
+    streams = place_models(models, device)
     minibatch = MinibatchCKAAccumulator(len(layers), [len(layers)] * len(models))
     with torch.inference_mode():
         for batch in batches:
@@ -385,4 +396,6 @@ def minibatch_layer_cka(
             per_model = [layer_features(m, Batch(inputs, batch.index),
                                         conv_pooling=conv_pooling)[1] for m in models]
             minibatch.update(per_model[reference], per_model)
+    for stream in streams:
+        stream.remove()
     return np.stack(minibatch.values())
