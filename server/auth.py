@@ -417,11 +417,19 @@ def remove_member(project_id: int, name: str, settings: Settings | None = None) 
 def set_owner(project_id: int, name: str, settings: Settings | None = None) -> None:
     """Make `name` the project's owner (the previous owner stays, as an editor). For
     projects made before accounts existed, which have no owner yet."""
-    from server.services import _get_or_404
+    from server.services import Conflict, _get_or_404
 
     with session_scope(settings) as s:
-        _get_or_404(s, Project, project_id, "project", need="own")
+        project = _get_or_404(s, Project, project_id, "project", need="own")
         user = _user_by_name(s, name)
+        key = f"u{user.id}"
+        clash = s.scalar(select(Project.id).where(Project.owner_key == key,
+                                                  Project.name == project.name,
+                                                  Project.id != project_id))
+        if clash is not None:
+            raise Conflict(f"{name} already has a project named {project.name!r} (id {clash}); "
+                           "rename one of them first")
+        project.owner_key = key
         for row in s.scalars(select(ProjectMember).where(
                 ProjectMember.project_id == project_id)):
             if row.user_id == user.id:

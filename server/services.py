@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from server import auth, jobs
 from server.config import Settings, get_settings
@@ -189,10 +190,25 @@ def get_project(project_id: int, settings: Settings | None = None) -> ProjectPub
         return ProjectPublic.model_validate(_get_or_404(s, Project, project_id, "project"))
 
 
+def _owner_key(principal: auth.Principal) -> str:
+    """The key names are unique under: the signed-in user's, or "" without accounts."""
+    return f"u{principal.user_id}" if principal.user_id is not None else ""
+
+
 def find_project(name: str, settings: Settings | None = None) -> ProjectPublic | None:
+    """The project of that name the caller can see: their own first; Conflict when several
+    others' projects they can see share the name (use the id then); None when none does."""
+    mine = _owner_key(auth.current_principal())
     with session_scope(settings) as s:
-        row = s.scalar(_visible(select(Project).where(Project.name == name), Project.id))
-        return ProjectPublic.model_validate(row) if row else None
+        rows = s.scalars(_visible(select(Project).where(Project.name == name), Project.id)
+                         .order_by(Project.id)).all()
+        own = [r for r in rows if r.owner_key == mine]
+        if len(own) == 1 or len(rows) == 1:
+            return ProjectPublic.model_validate((own or rows)[0])
+        if rows:
+            raise Conflict(f"several projects you can see are named {name!r} (ids "
+                           f"{', '.join(str(r.id) for r in rows)}); name one by its id")
+        return None
 
 
 def create_project(body: ProjectCreate, settings: Settings | None = None) -> ProjectPublic:
@@ -200,11 +216,16 @@ def create_project(body: ProjectCreate, settings: Settings | None = None) -> Pro
     if not principal.is_user:
         raise Forbidden("a share link is read-only; sign in to create projects")
     config = _resolve_architecture(body.architecture, body.architecture_config)
+    owner_key = _owner_key(principal)
     with session_scope(settings) as s:
-        if s.scalar(select(Project.id).where(Project.name == body.name)) is not None:
-            raise Conflict(f"a project named {body.name!r} already exists; choose another name")
+        # Only the caller's own names can clash: another's private project stays unknown.
+        if s.scalar(select(Project.id).where(Project.owner_key == owner_key,
+                                             Project.name == body.name)) is not None:
+            raise Conflict(f"you already have a project named {body.name!r}; choose another "
+                           "name")
         project = Project(
             name=body.name,
+            owner_key=owner_key,
             description=body.description,
             architecture=body.architecture,
             architecture_config=config,
@@ -213,7 +234,11 @@ def create_project(body: ProjectCreate, settings: Settings | None = None) -> Pro
             Dataset(name=body.dataset.builtin, source="builtin", builtin_name=body.dataset.builtin)
         )
         s.add(project)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError:  # the same name created at the same moment
+            raise Conflict(f"you already have a project named {body.name!r}; choose another "
+                           "name") from None
         if principal.user_id is not None:  # access check: the creator owns it
             s.add(ProjectMember(project_id=project.id, user_id=principal.user_id, role="owner"))
         return ProjectPublic.model_validate(project)

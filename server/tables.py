@@ -32,8 +32,13 @@ class Base(DeclarativeBase):
 class Project(Base):
     __tablename__ = "projects"
 
+    # Names are unique per owner ("u<user id>", or "" for a project made without accounts),
+    # so nobody learns of another's private project by trying its name.
+    __table_args__ = (UniqueConstraint("owner_key", "name", name="uq_projects_owner_key_name"),)
+
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner_key: Mapped[str] = mapped_column(String(40), default="", server_default="")
     description: Mapped[str] = mapped_column(Text, default="")
     architecture: Mapped[str] = mapped_column(String(100))
     architecture_config: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -13,7 +13,7 @@ from server import auth, uploads, view_service
 from server.cli import main as cli_main
 from server.db import session_scope
 from server.main import create_app
-from server.services import Forbidden, NotFound, _store, get_project, list_projects
+from server.services import Conflict, Forbidden, NotFound, _store, get_project, list_projects
 from server.tables import AnalysisResult, Checkpoint, Dataset, Job
 
 MISSING = 99999
@@ -279,6 +279,40 @@ def test_cli_gives_an_unowned_project_an_owner(settings, capsys):
         assert auth.list_members(project.id, settings) == [auth.Member("dana", "owner")]
     assert cli_main(["projects", "owner", "legacy", "nobody"]) == 1
     assert "no user named" in capsys.readouterr().err
+
+
+def test_a_private_projects_name_is_no_secret_to_guess(world, secured):
+    client, headers, ids, _ = world
+    # bob tries alice's private project's name: created, as if nobody had it
+    mine = client.post("/api/v1/projects", json={"name": "private", "architecture": "mlp"},
+                       headers=headers["bob"])
+    assert mine.status_code == 201 and mine.json()["id"] != ids["project_id"]
+    again = client.post("/api/v1/projects", json={"name": "private", "architecture": "mlp"},
+                        headers=headers["bob"])
+    assert again.status_code == 409 and "you already have" in again.json()["detail"]
+    # carol sees alice's "private" (viewer) and owns none: the name finds alice's
+    alice, bob = (auth.Principal("user", user_id=auth.find_user_id(n, secured), name=n)
+                  for n in ("alice", "bob"))
+    from server.services import find_project
+
+    with auth.acting_as(alice):
+        assert find_project("private", secured).id == ids["project_id"]
+    with auth.acting_as(bob):
+        assert find_project("private", secured).id == mine.json()["id"]
+    # alice now also sees bob's: her own comes first
+    r = client.post(f"/api/v1/projects/{mine.json()['id']}/members",
+                    json={"name": "alice", "role": "viewer"}, headers=headers["bob"])
+    assert r.status_code == 201
+    with auth.acting_as(alice):
+        assert find_project("private", secured).id == ids["project_id"]
+    carol = auth.Principal("user", user_id=auth.find_user_id("carol", secured), name="carol")
+    r = client.post(f"/api/v1/projects/{mine.json()['id']}/members",
+                    json={"name": "carol", "role": "viewer"}, headers=headers["bob"])
+    with auth.acting_as(carol), pytest.raises(Conflict, match="name one by its id"):
+        find_project("private", secured)  # two others' projects of that name
+    # handing bob's project to alice would give her two of one name
+    with auth.acting_as(bob), pytest.raises(Conflict, match="rename one"):
+        auth.set_owner(mine.json()["id"], "alice", secured)
 
 
 # ---------------------------------------------------------------- path traversal

@@ -71,7 +71,7 @@ def test_project_lifecycle_and_errors(client, project):
     assert project["datasets"][0]["builtin_name"] == "digits"
     assert client.get("/api/v1/projects").json()["count"] == 1
     dup = client.post("/api/v1/projects", json={"name": "mlp-digits", "architecture": "mlp"})
-    assert dup.status_code == 409 and "already exists" in dup.json()["detail"]
+    assert dup.status_code == 409 and "already have a project" in dup.json()["detail"]
     bad = client.post("/api/v1/projects", json={"name": "x", "architecture": "resnet9000"})
     assert bad.status_code == 422 and "mlp" in bad.json()["detail"]  # lists the known ones
     cfg = client.post(
