@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dash
 from dash import Dash, Input, Output, State, dcc, html, no_update
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dashboard.state import storing_long_selections
@@ -195,7 +198,43 @@ class LongSelectionsStored:
             await self.app(scope, receive, send)
 
 
-def run_callbacks_in_threads(server: FastAPI) -> None:
+def _page_module(path: str) -> str | None:
+    """The module of the registered page that serves `path`."""
+    for page in dash.page_registry.values():
+        template = page.get("path_template") or page["path"]
+        pattern = re.sub(r"<[^>]+>", "[^/]+", re.escape(template.rstrip("/") or "/"))
+        if re.fullmatch(pattern, path.rstrip("/") or "/"):
+            return page["module"]
+    return None
+
+
+def share_refusal(dash_app: Dash, principal: Any, body: dict[str, Any]) -> str | None:
+    """Why a one-view share link's visitor may not run this callback, or None.
+
+    A link to one view runs the callbacks of that view's page, the header's and the shared
+    ones of `dashboard.components`; Dash's page router only for the view's own path (it would
+    otherwise draw any page of the project). The service layer keeps every callback to the
+    link's project, read-only, in any case."""
+    if getattr(principal, "kind", None) != "share" or not principal.view_path:
+        return None
+    view = urlsplit(principal.view_path).path.rstrip("/") or "/"
+    spec = dash_app.callback_map.get(str(body.get("output", "")))
+    if spec is None or "callback" not in spec:
+        return None  # unknown to Dash, which answers it
+    module = inspect.unwrap(spec["callback"]).__module__
+    if module == "dash" or module.startswith("dash."):  # the page router
+        pathname = next((i.get("value") for i in body.get("inputs", [])
+                         if isinstance(i, dict) and i.get("id") == "_pages_location"
+                         and i.get("property") == "pathname"), None)
+        if (str(pathname or "").rstrip("/") or "/") == view:
+            return None
+        return "a share link for one view opens only that view"
+    if module in ("dashboard.app", "dashboard.components", _page_module(view)):
+        return None
+    return "a share link for one view runs only that view's callbacks"
+
+
+def run_callbacks_in_threads(server: FastAPI, dash_app: Dash) -> None:
     """Serve Dash's callbacks from worker threads, not the event loop.
 
     Dash's FastAPI backend runs a (synchronous) callback inline in its async route, so one
@@ -217,6 +256,13 @@ def run_callbacks_in_threads(server: FastAPI) -> None:
     handler = original.endpoint
 
     async def dispatch_in_thread(request: Request) -> Any:
+        body = getattr(request.state, "json_body", None)
+        if body is None:
+            body = await request.json()
+        refusal = share_refusal(dash_app, current_principal(), body if isinstance(
+            body, dict) else {})
+        if refusal:
+            return JSONResponse(status_code=403, content={"detail": refusal})
         return await anyio.to_thread.run_sync(lambda: asyncio.run(handler(request)))
 
     server.router.routes.insert(0, APIRoute(path, dispatch_in_thread, methods=list(
@@ -293,5 +339,5 @@ def create_dash(server: FastAPI) -> Dash:
     # runs only on requests to "/" or its own routes, so a first visit straight to a project
     # page would arrive without them. Run that one-time setup now; it is idempotent.
     app._setup_server()
-    run_callbacks_in_threads(server)
+    run_callbacks_in_threads(server, app)
     return app

@@ -171,3 +171,47 @@ def test_share_visitors_change_nothing_through_dashboard_callbacks(setup, secure
         message, _ = save_bookmark({"name": "x", "url": f"/projects/{pid}/layers"})
         assert "read-only" in str(message)
         assert "read-only" in str(signed_in_as("/"))
+
+
+def _callback(client: TestClient, output: str, inputs: list[dict]) -> int:
+    """Run a callback as the browser would; its status code."""
+    parts = [o.rpartition(".") for o in output.strip(".").split("...")]
+    outputs = [{"id": c, "property": p} for c, _, p in parts]
+    body = {"output": output, "outputs": outputs if output.startswith("..") else outputs[0],
+            "inputs": inputs, "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+    return client.post("/_dash-update-component", json=body, headers=ORIGIN).status_code
+
+
+def test_a_one_view_link_runs_only_that_views_callbacks(secured):
+    _, token = auth.add_user("alice", None, token=True, settings=secured)
+    alice = {"Authorization": f"Bearer {token}"}
+    app = create_app(secured)  # with the dashboard
+    with TestClient(app) as owner:
+        pid = owner.post("/api/v1/projects", json={"name": "p", "architecture": "mlp"},
+                         headers=alice).json()["id"]
+        view = f"/projects/{pid}/layers?metric=cka"
+        one_view = owner.post(f"/api/v1/projects/{pid}/share-links", json={"view_path": view},
+                              headers=alice).json()
+        whole = owner.post(f"/api/v1/projects/{pid}/share-links", json={},
+                           headers=alice).json()
+    router = [{"id": "_pages_location", "property": "pathname", "value": f"/projects/{pid}/layers"},
+              {"id": "_pages_location", "property": "search", "value": "?metric=cka"}]
+    elsewhere = [dict(router[0], value=f"/projects/{pid}/geometry"), router[1]]
+    content = ".._pages_content.children..._pages_store.data.."
+    attention = ("attention-download.data", [{"id": "attention-csv", "property": "n_clicks",
+                                              "value": 1}])
+    layers = ("metric-download.data", [{"id": "metric-csv", "property": "n_clicks", "value": 1}])
+    header = ("signed-in.children", [{"id": "header-url", "property": "pathname",
+                                      "value": f"/projects/{pid}/layers"}])
+
+    visitor = _visit(app, one_view["url"])
+    visitor.get(f"/projects/{pid}/layers")  # the page's first request sets up Dash's router
+    assert _callback(visitor, content, router) == 200  # its own page
+    assert _callback(visitor, content, elsewhere) == 403  # another page of the project
+    assert _callback(visitor, *header) == 200
+    assert _callback(visitor, *layers) != 403  # its page's (the data may be missing: 204)
+    assert _callback(visitor, *attention) == 403
+
+    project_wide = _visit(app, whole["url"])
+    assert _callback(project_wide, content, elsewhere) == 200
+    assert _callback(project_wide, *attention) != 403
