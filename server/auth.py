@@ -6,8 +6,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,7 +16,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from anyio import to_thread
-from sqlalchemy import ColumnElement, delete, false, select
+from sqlalchemy import ColumnElement, delete, false, func, select
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +25,7 @@ from server.config import Settings
 from server.db import session_scope
 from server.tables import (
     ApiToken,
+    LoginFailure,
     Project,
     ProjectMember,
     ShareLink,
@@ -521,32 +521,38 @@ def open_share_link(token: str, settings: Settings | None = None) -> Principal |
 
 
 class LoginThrottle:
-    """Counts failed sign-ins per user name and per client over the last minute."""
+    """Counts failed sign-ins per user name and per client over the last `window_seconds`,
+    in the database (`login_failures`), so every server process of a deployment sees the
+    same count and a restart forgets nothing. Keys are stored as SHA-256 digests: the table
+    keeps no client addresses."""
 
-    def __init__(self, limit: int, window_seconds: float = 60.0) -> None:
+    def __init__(self, limit: int, window_seconds: float = 60.0,
+                 settings: Settings | None = None) -> None:
         self.limit = limit
         self.window = window_seconds
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.settings = settings
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures[key]
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return times
+    @staticmethod
+    def _keys(name: str, client: str) -> list[str]:
+        return [hashlib.sha256(k.encode()).hexdigest() for k in (f"u:{name}", f"c:{client}")]
 
     def blocked(self, name: str, client: str) -> bool:
-        now = time.monotonic()
-        keys = (f"u:{name}", f"c:{client}")
-        blocked = any(len(self._recent(key, now)) >= self.limit for key in keys)
-        for key in keys:  # forget names and clients whose failures have aged out
-            if not self._failures[key]:
-                del self._failures[key]
-        return blocked
+        since = utcnow() - timedelta(seconds=self.window)
+        with session_scope(self.settings) as s:
+            counts = s.execute(
+                select(LoginFailure.key_hash, func.count())
+                .where(LoginFailure.key_hash.in_(self._keys(name, client)),
+                       LoginFailure.at > since)
+                .group_by(LoginFailure.key_hash)).all()
+        return any(n >= self.limit for _, n in counts)
 
     def failed(self, name: str, client: str) -> None:
-        now = time.monotonic()
-        for key in (f"u:{name}", f"c:{client}"):
-            self._recent(key, now).append(now)
+        now = utcnow()
+        with session_scope(self.settings) as s:
+            s.add_all([LoginFailure(key_hash=k, at=now) for k in self._keys(name, client)])
+            # Forget what has aged out (older than any window worth keeping).
+            s.execute(delete(LoginFailure).where(
+                LoginFailure.at < now - timedelta(seconds=max(self.window, 3600))))
 
 
 # ---------------------------------------------------------------- the middleware

@@ -82,7 +82,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     app.include_router(api_router, prefix=API_PREFIX)
     app.include_router(auth_routes.pages_router)
     app.include_router(share_links.pages_router)
-    app.state.login_throttle = LoginThrottle(settings.login_failures_per_minute)
+    app.state.login_throttle = LoginThrottle(settings.login_failures_per_minute,
+                                             settings=settings)
     app.state.metrics = create_metrics(settings)
 
     # Registered before the dashboard's catch-all, so unknown API paths answer JSON, not HTML.

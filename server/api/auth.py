@@ -75,11 +75,11 @@ async def login(
         return _page(next, "sign-in refused: the form was sent from another site", 403)
     throttle: auth.LoginThrottle = request.app.state.login_throttle
     client = request.client.host if request.client else "unknown"
-    if throttle.blocked(name, client):
+    if await run_in_threadpool(throttle.blocked, name, client):
         return _page(next, "too many failed sign-ins; wait a minute and try again", 429)
     user_id = await run_in_threadpool(auth.check_password, name, password, settings)
     if user_id is None:
-        throttle.failed(name, client)
+        await run_in_threadpool(throttle.failed, name, client)
         return _page(next, "wrong user name or password", 401)
     await run_in_threadpool(
         auth.end_session, request.cookies.get(auth.SESSION_COOKIE), settings

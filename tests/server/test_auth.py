@@ -249,14 +249,32 @@ def test_failed_logins_are_limited_per_client(client):
     assert _login(client).status_code == 429
 
 
-def test_throttle_counts_names_and_clients_apart():
-    throttle = auth.LoginThrottle(limit=2)
+def test_throttle_counts_names_and_clients_apart(settings):
+    throttle = auth.LoginThrottle(limit=2, settings=settings)
     throttle.failed("alice", "10.0.0.1")
     throttle.failed("alice", "10.0.0.2")
     assert throttle.blocked("alice", "10.0.0.3")  # the name, from any client
     assert not throttle.blocked("bob", "10.0.0.3")
     throttle.failed("bob", "10.0.0.1")
     assert throttle.blocked("carol", "10.0.0.1")  # the client, under any name
+
+
+def test_every_server_process_counts_the_same_failures_and_they_age_out(settings):
+    from sqlalchemy import select, update
+
+    from server.db import session_scope
+    from server.tables import LoginFailure, utcnow
+
+    first = auth.LoginThrottle(limit=3, settings=settings)
+    second = auth.LoginThrottle(limit=3, settings=settings)  # another process, same database
+    for throttle in (first, second, first):
+        throttle.failed("alice", "10.0.0.9")
+    assert second.blocked("alice", "10.0.0.1") and first.blocked("zoe", "10.0.0.9")
+    with session_scope(settings) as s:
+        stored = s.scalars(select(LoginFailure.key_hash)).all()
+        assert len(stored) == 6 and not any("10.0.0.9" in k or "alice" in k for k in stored)
+        s.execute(update(LoginFailure).values(at=utcnow() - timedelta(seconds=61)))
+    assert not second.blocked("alice", "10.0.0.9")  # a minute later: free again
 
 
 def test_dashboard_callbacks_run_as_the_signed_in_user(secured, alice):
