@@ -14,7 +14,7 @@ import pytest
 
 from server.config import Settings, get_settings
 from server.db import _engine_for, _sessionmaker_for, get_engine, upgrade_database
-from tests.postgres import PostgresServer
+from tests.postgres import running_postgres
 
 TEST_DATABASE = os.environ.get("PRUNESCOPE_TEST_DATABASE", "sqlite")
 if TEST_DATABASE not in ("sqlite", "postgres"):
@@ -39,13 +39,8 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
 @pytest.fixture(scope="session")
 def postgres_server():
     """One PostgreSQL server for the session (tests that stop it start their own)."""
-    server = PostgresServer()
-    try:
-        server.init()
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture(scope="session")

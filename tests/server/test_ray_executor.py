@@ -16,6 +16,7 @@ from server.config import Settings
 from server.ray_executor import RayExecutor, task_settings
 from server.schemas import JobCreate, ProjectCreate
 from server.worker import run_worker
+from tests.server.test_worker import wait_until_running
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +105,7 @@ def test_a_task_killed_mid_job_is_requeued_and_completes(settings, ray_instance)
     executor = _executor(settings, **fast)
     executor.start()
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            running = services.get_job(job.id, settings)
-            if running.state == "running" and running.progress > 0.05:
-                break
-            time.sleep(0.1)
-        assert running.state == "running", running
+        running = wait_until_running(settings, job.id)
         os.kill(int(running.worker_id.rsplit(":", 1)[1]), signal.SIGKILL)
         (done,) = _wait_final(settings, [job.id])
     finally:

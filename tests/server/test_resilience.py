@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from server.resilience import (
     database_unavailable,
     retry_on_outage,
 )
-from tests.postgres import PostgresServer
+from tests.postgres import running_postgres, stop_process
 
 
 def _outage() -> OperationalError:
@@ -149,13 +148,8 @@ def _wait(predicate, timeout: float, what: str):  # noqa: ANN001, ANN202
 @pytest.fixture
 def own_postgres():
     """A PostgreSQL server of this test's own, since the test stops it."""
-    server = PostgresServer()
-    try:
-        server.init()
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.remove()
 
 
 def test_an_outage_under_a_running_job_loses_nothing_and_runs_nothing_twice(own_postgres,
@@ -206,11 +200,7 @@ def test_an_outage_under_a_running_job_loses_nothing_and_runs_nothing_twice(own_
         assert names == ["dense", "magnitude_global-50"]  # each job's output recorded once
         assert server.poll() is None
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
         log.close()
     text = (tmp_path / "serve.log").read_text(errors="replace")
     assert "database is unavailable" in text or "unreachable" in text, text[-3000:]
