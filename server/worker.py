@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -35,6 +37,27 @@ from workers.jobspec import (
 )
 
 log = logging.getLogger(__name__)
+
+# Write errors that mean "no room": a full disk, a file-size limit, a quota, a read-only store.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+# The same, as libraries that wrap the OS error in their own exception word it (safetensors
+# writes "I/O error: File too large (os error 27)").
+_CODES = "|".join(str(e) for e in sorted(STORAGE_FULL_ERRNOS))
+_WORDS = "|".join(re.escape(os.strerror(e)) for e in sorted(STORAGE_FULL_ERRNOS))
+_STORAGE_FULL_TEXT = re.compile(rf"os error ({_CODES})\b|{_WORDS}")
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether an exception (or one it was raised from) says the disk or store had no room."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+            return True
+        if _STORAGE_FULL_TEXT.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _checkpoints_for(job: Job, project: Project) -> list[Checkpoint]:
@@ -206,11 +229,15 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     from workers.runner import run_job  # torch is imported only in worker processes
 
     engine = get_engine(settings)
-    store = artifact_store(settings)
-    # A worker killed mid-job leaves its scratch folder behind; the next attempt clears it.
-    for leftover in store.tmp_dir.glob(f"job{job_id}-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
-    scratch = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=store.tmp_dir)
+    try:
+        store = artifact_store(settings)
+        # A worker killed mid-job leaves its scratch folder behind; the next attempt clears it.
+        for leftover in store.tmp_dir.glob(f"job{job_id}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        scratch = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=store.tmp_dir)
+    except OSError as exc:  # the store cannot be used at all: the job fails, the worker lives
+        return _record_final(settings, job_id, worker_id, "failed", "failed",
+                             f"the artifact store cannot be used: {exc}")
     beat = _Heartbeat(settings, job_id, worker_id)
     last_write = [0.0]
 
@@ -250,23 +277,38 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     except JobInputError as exc:
         state, message, error = "failed", "failed", str(exc)
     except Exception as exc:  # the job fails, the worker lives on
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        state, message, error = "failed", "failed", f"{type(exc).__name__}: {exc}"
+        state, message = "failed", "failed"
+        if storage_full(exc):  # its output did not fit: say so, and that nothing else changed
+            error = (f"the job could not write its output ({type(exc).__name__}: {exc}); free "
+                     "space in the data directory or the store, then resubmit. Earlier "
+                     "results are unaffected")
+        else:
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            error = f"{type(exc).__name__}: {exc}"
     finally:
         beat.done.set()
         shutil.rmtree(scratch, ignore_errors=True)
     if state != "succeeded":
-        def record() -> None:
-            with session_scope(settings) as session:
-                jobs.finish_job(
-                    session, job_id, worker_id, state=state, message=message, error=error
-                )
+        return _record_final(settings, job_id, worker_id, state, message, error)
+    log.info("job %s %s", job_id, state)
+    return state
 
-        try:
-            retry_on_outage(record, what=f"recording that job {job_id} {state}",
-                            give_up_after=_outage_patience(settings))
-        except jobs.LostJobOwnership:
-            return "lost"
+
+def _record_final(settings: Settings, job_id: int, worker_id: str, state: str, message: str,
+                  error: str | None) -> str:
+    """Record a job's end other than success (waiting out a database outage); the state, or
+    "lost" when the job is no longer this worker's."""
+
+    def record() -> None:
+        with session_scope(settings) as session:
+            jobs.finish_job(session, job_id, worker_id, state=state, message=message,
+                            error=error)
+
+    try:
+        retry_on_outage(record, what=f"recording that job {job_id} {state}",
+                        give_up_after=_outage_patience(settings))
+    except jobs.LostJobOwnership:
+        return "lost"
     log.info("job %s %s%s", job_id, state, f": {error}" if error else "")
     return state
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -225,3 +226,110 @@ def test_a_store_that_refuses_a_write_answers_507_when_full_else_503(settings, m
     assert r.status_code == status, r.text
     assert "artifact store refused" in r.json()["detail"] and f"errno {code}" in r.json()["detail"]
     assert ("retry-after" in r.headers) == (status == 503)
+
+
+def _limited_file_size(limit: int):  # noqa: ANN202
+    """preexec_fn: a real EFBIG on any write past `limit` bytes, as on a full disk."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, not the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_postgres,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    """A worker whose writes stop at 4 kB (the kernel answers EFBIG, as a full disk answers
+    ENOSPC); the database is a PostgreSQL server, which the limit does not reach."""
+    import hashlib
+
+    from server import services
+    from server.config import get_settings
+    from server.db import upgrade_database
+    from server.schemas import JobCreate, ProjectCreate
+    from server.worker import run_worker
+
+    monkeypatch.setenv("PRUNESCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PRUNESCOPE_DATABASE_URL",
+                       own_postgres.url(own_postgres.create_database()))
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade_database(settings)
+    pid = services.create_project(ProjectCreate(name="full", architecture="mlp"), settings).id
+    services.submit_job(pid, JobCreate(kind="train", params={"epochs": 2}), settings)
+    assert run_worker(settings, "unlimited", max_jobs=1) == 1
+    (dense,) = services.list_checkpoints(pid, settings)
+    stored, _ = services.checkpoint_file(dense.id, settings)
+    before = stored.read_bytes()
+
+    prune = services.submit_job(pid, JobCreate(kind="prune", params={
+        "method": "magnitude_global", "sparsity": 0.5}), settings)
+    worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"],
+                              env={**os.environ, "PRUNESCOPE_POLL_SECONDS": "0.2"},
+                              preexec_fn=_limited_file_size(4096),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        failed = _wait(lambda: (j := services.get_job(prune.id, settings)).state
+                       in ("failed", "succeeded") and j, 120, "the pruning job")
+        assert worker.poll() is None  # the worker lives on
+    finally:
+        stop_process(worker)
+    assert failed.state == "failed"
+    assert "could not write its output" in failed.error and "File too large" in failed.error
+    assert "Earlier results are unaffected" in failed.error
+    assert [c.name for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    assert stored.read_bytes() == before
+    assert hashlib.sha256(before).hexdigest() == dense.artifact_digest
+    get_settings.cache_clear()
+
+
+def test_an_unusable_store_fails_the_job_and_not_the_worker(settings, tmp_path, monkeypatch):
+    from server import services
+    from server.config import get_settings
+    from server.schemas import JobCreate, ProjectCreate
+    from server.worker import run_worker
+
+    shared = tmp_path / "shared-store"
+    monkeypatch.setenv("PRUNESCOPE_STORAGE_URL", shared.as_uri())
+    get_settings.cache_clear()
+    settings = get_settings()
+    pid = services.create_project(ProjectCreate(name="p", architecture="mlp"), settings).id
+    services.submit_job(pid, JobCreate(kind="train", params={"epochs": 1}), settings)
+    assert run_worker(settings, "w", max_jobs=1) == 1
+    (dense,) = services.list_checkpoints(pid, settings)
+    staging = shared / "tmp"  # where the store writes before renaming into place
+    for leftover in staging.iterdir():
+        leftover.rmdir() if leftover.is_dir() else leftover.unlink()
+    staging.rmdir()
+    staging.write_text("a file where the store's folder was")
+    job = services.submit_job(pid, JobCreate(kind="analyze"), settings)
+    assert run_worker(settings, "w", max_jobs=1) == 1  # returned: the worker did not crash
+    failed = services.get_job(job.id, settings)
+    assert failed.state == "failed" and "artifact store cannot be used" in failed.error
+    assert "shared-store" in failed.error
+    stored = shared / "sha256" / dense.artifact_digest[:2] / dense.artifact_digest
+    assert stored.is_file()  # what was stored is still there
+    get_settings.cache_clear()
+
+
+def test_full_storage_is_recognised_however_a_library_words_it():
+    import errno as codes
+
+    from server.worker import storage_full
+
+    assert storage_full(OSError(codes.ENOSPC, "No space left on device"))
+    assert storage_full(RuntimeError("Error while serializing: I/O error: File too large "
+                                     "(os error 27)"))
+    try:
+        try:
+            raise OSError(codes.EDQUOT, "Disk quota exceeded")
+        except OSError as inner:
+            raise ValueError("could not save") from inner
+    except ValueError as outer:
+        assert storage_full(outer)
+    assert not storage_full(OSError(codes.ENOENT, "No such file or directory"))
+    assert not storage_full(ValueError("os error 2"))
+    assert not storage_full(RuntimeError("CUDA out of memory"))
