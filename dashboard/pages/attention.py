@@ -307,7 +307,7 @@ def _maps_job(project_id: int, sentence: int) -> Any:
     State("attention-project-id", "data"),
     prevent_initial_call=True,
 )
-def poll_maps_job(_n: int, _p: int, sentence: int | None, job: dict | None,  # noqa: ANN201
+def poll_maps_job(_n: int, sentence: int | None, job: dict | None,  # noqa: ANN201
                   project_id: int):
     """Follow the maps job of the shown sentence (queued here or elsewhere, e.g. by the
     demo); when it ends, the viewer redraws from its result."""

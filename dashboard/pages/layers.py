@@ -261,7 +261,7 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
     State("layers-version", "data"),
     prevent_initial_call=True,
 )
-def poll_results(_n: int, _p: int, project_id: int, version: str | None):  # noqa: ANN201
+def poll_results(_n: int, project_id: int, version: str | None):  # noqa: ANN201
     data = services.layer_analysis(project_id)
     new_version = _version(data)
     return (new_version if new_version != version else no_update), _status(project_id, data)
@@ -363,7 +363,7 @@ def draw_heatmap(rows: str | None, checkpoint: str | None, matrix: str, _version
     State("layers-project-id", "data"),
     prevent_initial_call=True,
 )
-def compute_pair(_n: int, _p: int, rows: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
+def compute_pair(_n: int, rows: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
     evaluation = services.layer_analysis(project_id)["evaluation"]
     row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
     if row_id is None or column_id is None:

@@ -67,3 +67,28 @@ def test_a_slow_callback_does_not_hold_up_other_requests(settings, monkeypatch) 
         release.set()
         server.should_exit = True
         thread.join(10)
+
+
+def test_every_callback_takes_as_many_arguments_as_it_has_inputs_and_states(settings) -> None:
+    """A callback whose signature and inputs disagree fails only when it fires in a browser;
+    check every one up front."""
+    import inspect
+
+    dash_app = create_app(settings).state.dash
+    checked, wrong = 0, []
+    for output, spec in dash_app.callback_map.items():
+        if "callback" not in spec or not isinstance(spec.get("inputs_state_indices"), list):
+            continue  # clientside, or inputs given by name
+        func = inspect.unwrap(spec["callback"])
+        params = inspect.signature(func).parameters.values()
+        if any(p.kind is p.VAR_POSITIONAL for p in params):
+            continue  # takes *values
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                       p.POSITIONAL_OR_KEYWORD)]
+        required = [p for p in positional if p.default is p.empty]
+        given = len(spec["inputs"]) + len(spec["state"])
+        checked += 1
+        if not len(required) <= given <= len(positional):
+            wrong.append(f"{func.__module__}.{func.__name__}: {len(positional)} parameters, "
+                         f"{given} inputs and states ({output})")
+    assert checked > 60 and wrong == []
