@@ -369,7 +369,7 @@ def test_a_chunk_far_larger_than_memory_is_streamed_to_disk(settings, live):
 
 
 def test_a_writer_that_goes_silent_gives_the_upload_back(settings, monkeypatch):
-    settings = _reconfigure(monkeypatch, upload_idle_timeout_seconds="0.3")
+    settings = _reconfigure(monkeypatch, upload_idle_timeout_seconds="1.5")
     with LiveServer(settings) as live:
         url = live.create(1000)
         stalled = live.start_patch(url, 0, 1000, b"s" * 10)
