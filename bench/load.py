@@ -88,14 +88,14 @@ def _free_port() -> int:
 class Server:
     """`prunescope serve` in its own process group, so stopping it also ends its workers."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, processes: int = 1) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
-             "--workers", "1", "--log-level", "warning"],
+             "--workers", "1", "--processes", str(processes), "--log-level", "warning"],
             cwd=ROOT,
             env={**os.environ, "PRUNESCOPE_DATA_DIR": str(data_dir)},
             stdout=self._log,
@@ -183,26 +183,31 @@ def _status_kib(pid: int, field: str) -> int:
 class Usage:
     """Server CPU, worker CPU, client CPU and the server's peak RSS over one phase."""
 
-    def __init__(self, server_pid: int) -> None:
-        self.pid = server_pid
-        try:  # "5" resets the kernel's peak-RSS high-water mark (Linux 4.0+)
-            Path(f"/proc/{server_pid}/clear_refs").write_text("5")
-            self.hwm_reset = True
-        except OSError:
-            self.hwm_reset = False
-        self.workers = _children(server_pid)
+    def __init__(self, server_pid: int, job_worker_pid: int | None = None) -> None:
+        # The job worker is the busy job's (its id names its pid); every other process of the
+        # server's group serves HTTP (the server itself, or its --processes children).
+        children = _children(server_pid)
+        self.workers = [p for p in children if p == job_worker_pid] or (
+            children if job_worker_pid is None else [])
+        self.servers = [server_pid, *[p for p in children if p not in self.workers]]
+        self.hwm_reset = True
+        for pid in self.servers:
+            try:  # "5" resets the kernel's peak-RSS high-water mark (Linux 4.0+)
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            except OSError:
+                self.hwm_reset = False
         self.wall = time.perf_counter()
-        self.server_cpu = _cpu_seconds(server_pid)
+        self.server_cpu = sum(_cpu_seconds(p) for p in self.servers)
         self.worker_cpu = sum(_cpu_seconds(p) for p in self.workers)
         self.client_cpu = time.process_time()
 
     def finish(self) -> dict[str, float]:
         wall = time.perf_counter() - self.wall
         return {
-            "server_cpu": (_cpu_seconds(self.pid) - self.server_cpu) / wall,
+            "server_cpu": (sum(_cpu_seconds(p) for p in self.servers) - self.server_cpu) / wall,
             "worker_cpu": (sum(_cpu_seconds(p) for p in self.workers) - self.worker_cpu) / wall,
             "client_cpu": (time.process_time() - self.client_cpu) / wall,
-            "peak_rss_mib": _status_kib(self.pid, "VmHWM") / 1024,
+            "peak_rss_mib": sum(_status_kib(p, "VmHWM") for p in self.servers) / 1024,
         }
 
 
@@ -262,7 +267,10 @@ def prepare(client: httpx.Client, busy_epochs: int, timeout: float) -> dict[str,
         if state != "queued" or time.monotonic() > deadline:
             raise SystemExit(f"the long train job {busy} is {state}, not running")
         time.sleep(0.3)
+    worker_id = _job(client, busy).get("worker_id") or ""
+    busy_worker_pid = int(worker_id.rsplit(":", 1)[1]) if ":" in worker_id else None
     return {"project_id": pid, "result_id": result_id, "array": array, "busy_job": busy,
+            "busy_worker_pid": busy_worker_pid,
             "num_results": len(results)}
 
 
@@ -401,7 +409,7 @@ async def measure(server: Server, info: dict[str, Any], args: argparse.Namespace
         states.append(("load starts", _job_state(control, info["busy_job"])))
         for repeat in range(args.repeats):
             for name, calls in (("floor", FLOOR), ("real", session)):
-                usage = Usage(server.proc.pid)
+                usage = Usage(server.proc.pid, info.get("busy_worker_pid"))
                 records, wall = await run_phase(clients, calls, args.seconds, args.think_ms,
                                                 seed=repeat)
                 phases[name].append({
@@ -496,6 +504,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of unrecorded load")
     parser.add_argument("--busy-epochs", type=int, default=100_000,
                         help="epochs of the train job kept running during the load")
+    parser.add_argument("--server-processes", type=int, default=1,
+                        help="HTTP server processes (prunescope serve --processes)")
     parser.add_argument("--render-pages", action="store_true",
                         help="also post the Dash pages router callback that fills the page")
     parser.add_argument("--setup-timeout", type=float, default=900.0,
@@ -507,7 +517,7 @@ def main() -> None:
     # SIGTERM ends the run like Ctrl-C: through the `finally` that stops the server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="prunescope-load-") as tmp:
-        server = Server(Path(tmp) / "data", Path(tmp) / "server.log")
+        server = Server(Path(tmp) / "data", Path(tmp) / "server.log", args.server_processes)
         try:
             server.wait_ready()
             with httpx.Client(base_url=server.base, timeout=60.0) as control:

@@ -14,6 +14,8 @@ def _apply_environment(args: argparse.Namespace) -> None:
         os.environ["PRUNESCOPE_DATA_DIR"] = str(Path(args.data_dir).resolve())
     if getattr(args, "workers", None) is not None:
         os.environ["PRUNESCOPE_WORKERS"] = str(args.workers)
+    if getattr(args, "processes", None) is not None:
+        os.environ["PRUNESCOPE_SERVER_PROCESSES"] = str(args.processes)
     if getattr(args, "host", None) is not None:
         os.environ["PRUNESCOPE_HOST"] = args.host
     if getattr(args, "insecure", False):
@@ -49,7 +51,7 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         project_ids = ensure_demo_projects(settings)
         url = f"http://{args.host}:{args.port}/projects/{project_ids[0]}"
         printer = TerminalProgress(project_ids, settings, url)
-    app = create_app(settings)
+    app = create_app(settings) if settings.server_processes == 1 else None
     if settings.executor == "ray":
         from server.ray_executor import RayExecutor
 
@@ -65,7 +67,12 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     if printer:
         printer.start()
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        if settings.server_processes > 1:  # each process builds its own app from the env
+            uvicorn.run("server.main:app_from_environment", factory=True, host=args.host,
+                        port=args.port, log_level=args.log_level,
+                        workers=settings.server_processes)
+        else:
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
         if printer:
             printer.stop.set()
@@ -250,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=8050)
         p.add_argument("--data-dir", help="state directory (default: $PRUNESCOPE_DATA_DIR)")
         p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+        p.add_argument("--processes", type=int,
+                       help="HTTP server processes (default 1; more serve more users at once)")
         p.add_argument("--log-level", default="warning")
         p.add_argument(
             "--insecure",

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # them.
     storage_url: str | None = Field(default=None)
     workers: int = Field(default=1, ge=0, description="Local worker processes started by serve.")
+    # Python runs one request at a time per process (the GIL): more processes serve more users
+    # at once. Each is a whole app; all state is in the database and the store.
+    server_processes: int = Field(default=1, ge=1, description="HTTP server processes.")
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     upload_expiry_seconds: float = Field(
         default=24 * 3600.0, gt=0, description="Unfinished uploads idle this long are removed."

@@ -109,3 +109,9 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     # Around even that one, so every request is timed, those it answers with 503 too.
     app.add_middleware(RequestMetrics, histogram=app.state.metrics.http_request_duration)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app as the environment configures it: what each of several server processes
+    runs (`prunescope serve --processes N`, uvicorn's factory)."""
+    return create_app(get_settings())
