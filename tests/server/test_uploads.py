@@ -374,10 +374,12 @@ def test_a_writer_that_goes_silent_gives_the_upload_back(settings, monkeypatch):
         url = live.create(1000)
         stalled = live.start_patch(url, 0, 1000, b"s" * 10)
         try:
-            # While the first request holds the upload, another writer is told to wait.
+            # While the first request holds the upload, another writer is told to wait. The
+            # probe's offset never matches, so a probe that arrives before the stalled
+            # request took the lock is refused (409) instead of writing.
             locked = _until(
                 lambda: (
-                    (r := live.request("PATCH", url, b"x", {**CHUNK, "Upload-Offset": "0"}))
+                    (r := live.request("PATCH", url, b"x", {**CHUNK, "Upload-Offset": "999"}))
                     and r[0] == 423
                     and r
                 ),
