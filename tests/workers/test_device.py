@@ -63,6 +63,7 @@ def test_a_streamed_model_computes_the_same_with_one_block_resident_at_a_time():
     with torch.inference_mode():
         expected = model(x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    own_params = list(model.parameters())
     block = 64 * 64 * 4 + 64 * 4  # one 64×64 Linear with its bias
     stream = WeightStream(model, torch.device("cpu"), block_bytes=block)
     # The inner Sequential (Linear + LayerNorm) is over the budget, so it is split.
@@ -76,13 +77,9 @@ def test_a_streamed_model_computes_the_same_with_one_block_resident_at_a_time():
     assert stream.resident == 0  # every copy released after the forward
     # Outside a forward the model holds its own (host) tensors, unchanged.
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert all(p is q for p, q in zip(model.parameters(), _params_after(model), strict=True))
+    assert all(p is q for p, q in zip(model.parameters(), own_params, strict=True))
     stream.remove()
     assert not model[0]._forward_pre_hooks and not model[0]._forward_hooks
-
-
-def _params_after(model: torch.nn.Module) -> list:
-    return list(model.parameters())
 
 
 def test_a_parent_too_large_for_a_block_streams_its_own_tensors_with_itself():
