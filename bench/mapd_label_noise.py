@@ -36,17 +36,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.analyses.dynamics import RunRecord, SuiteArrays, analyse_dynamics  # noqa: E402
-from workers.analyses.dynamics_training import (  # noqa: E402
+from prunescope.workers.analyses.dynamics import RunRecord, SuiteArrays, analyse_dynamics  # noqa: E402
+from prunescope.workers.analyses.dynamics_training import (  # noqa: E402
     GmpSchedule,
     build_probe_suites,
     train_with_dynamics,
 )
-from workers.datasets import load_builtin  # noqa: E402
-from workers.jobspec import run_name  # noqa: E402
-from workers.metrics.dynamics import auroc, enrichment  # noqa: E402
-from workers.runner import default_probe_size  # noqa: E402
-from workers.training import init_model  # noqa: E402
+from prunescope.workers.datasets import load_builtin  # noqa: E402
+from prunescope.workers.jobspec import run_name  # noqa: E402
+from prunescope.workers.metrics.dynamics import auroc, enrichment  # noqa: E402
+from prunescope.workers.runner import default_probe_size  # noqa: E402
+from prunescope.workers.training import init_model  # noqa: E402
 
 SPARSITIES = (0.5, 0.8, 0.95)
 

@@ -1,6 +1,6 @@
 """What a shared UMAP map of five checkpoints costs, against PCA on the same features.
 
-`workers.analyses.embeddings.project_features` on realistic penultimate-layer features: a digits
+`prunescope.workers.analyses.embeddings.project_features` on realistic penultimate-layer features: a digits
 MLP with 384 hidden units (scikit-learn, trained on the 1,797 digits), its hidden activations
 for N examples resampled from digits with pixel noise (σ = 0.1 on [0, 1] pixels), and four
 pruned copies whose first layer is magnitude-pruned to 50 / 70 / 90 / 95 % (no fine-tuning; the
@@ -50,8 +50,8 @@ from sklearn.manifold import trustworthiness
 from sklearn.neural_network import MLPClassifier
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from workers.analyses import embeddings
-from workers.analyses.embeddings import ProjectionCache, project_features
+from prunescope.workers.analyses import embeddings
+from prunescope.workers.analyses.embeddings import ProjectionCache, project_features
 
 SPARSITIES = (0.0, 0.5, 0.7, 0.9, 0.95)
 HIDDEN_UNITS = 384

@@ -279,7 +279,7 @@ def main() -> None:
             "PRUNESCOPE_MAX_UPLOAD_BYTES": str(size + 64 * MiB),
             "TMPDIR": str(tmp_path),  # the multipart spool file
         }
-        server, port = _start_uvicorn("server.main:create_app", env, "--factory")
+        server, port = _start_uvicorn("prunescope.server.main:create_app", env, "--factory")
         sink, sink_port = _start_uvicorn("upload_throughput:sink_app", {}, "--app-dir", str(HERE))
         try:
             rows: dict[str, list[tuple[float, float]]] = {"sink": [], "tus": []}

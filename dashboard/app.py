@@ -14,10 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dashboard.state import storing_long_selections
-from server import view_service
-from server.auth import current_principal
-from server.services import ServiceError
+from prunescope.dashboard.state import storing_long_selections
+from prunescope.server import view_service
+from prunescope.server.auth import current_principal
+from prunescope.server.services import ServiceError
 
 HERE = Path(__file__).parent
 _PROJECT_PATH = re.compile(r"/projects/(\d+)(?:/|$)")
@@ -126,7 +126,7 @@ function(n_clicks) {
 def share_view(request: dict[str, Any] | None) -> Any:
     """A read-only share link to the view the browser showed (owners only; the link opens
     that one view without an account until it is revoked through the API)."""
-    from server import auth
+    from prunescope.server import auth
 
     if not request:
         return no_update
@@ -185,7 +185,7 @@ def _view_controls() -> html.Div:
 
 class LongSelectionsStored:
     """Lets what the dashboard serves write long selections as short ids
-    (`dashboard.state.storing_long_selections`)."""
+    (`prunescope.dashboard.state.storing_long_selections`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -212,7 +212,7 @@ def share_refusal(dash_app: Dash, principal: Any, body: dict[str, Any]) -> str |
     """Why a one-view share link's visitor may not run this callback, or None.
 
     A link to one view runs the callbacks of that view's page, the header's and the shared
-    ones of `dashboard.components`; Dash's page router only for the view's own path (it would
+    ones of `prunescope.dashboard.components`; Dash's page router only for the view's own path (it would
     otherwise draw any page of the project). The service layer keeps every callback to the
     link's project, read-only, in any case."""
     if getattr(principal, "kind", None) != "share" or not principal.view_path:
@@ -229,7 +229,7 @@ def share_refusal(dash_app: Dash, principal: Any, body: dict[str, Any]) -> str |
         if (str(pathname or "").rstrip("/") or "/") == view:
             return None
         return "a share link for one view opens only that view"
-    if module in ("dashboard.app", "dashboard.components", _page_module(view)):
+    if module in ("prunescope.dashboard.app", "prunescope.dashboard.components", _page_module(view)):
         return None
     return "a share link for one view runs only that view's callbacks"
 

@@ -49,7 +49,7 @@ def jobs_panel(jobs) -> list:  # noqa: ANN001
 def queued_message(submit, what: str, then: str = "") -> str:  # noqa: ANN001
     """Submit a job through `submit()` (a service call) and say what happened: the job's
     number, or why the server refused it."""
-    from server import services
+    from prunescope.server import services
 
     try:
         job = submit()
@@ -60,7 +60,7 @@ def queued_message(submit, what: str, then: str = "") -> str:  # noqa: ANN001
 
 def csv_download(rows: list[dict[str, Any]], filename: str) -> Any:
     """A dcc.Download payload of `rows` as CSV; nothing to send when there are no rows."""
-    from dashboard.figures.layers import rows_to_csv
+    from prunescope.dashboard.figures.layers import rows_to_csv
 
     if not rows:
         return no_update
@@ -106,7 +106,7 @@ def export_inputs(prefix: str) -> list:
 def open_project(project_id: str | None) -> tuple[int, Any] | None:
     """(id, project) of a page's `<project_id>` path segment, or None when it names no
     project the visitor can see."""
-    from server import services
+    from prunescope.server import services
 
     try:
         pid = int(project_id or "")
@@ -122,7 +122,7 @@ def project_missing() -> html.Div:
 
 def running_job(project_id: int, kind: str, prefix: str) -> html.Div | None:
     """A progress bar for the newest queued or running job of `kind`, or None."""
-    from server import services
+    from prunescope.server import services
 
     running = [j for j in services.list_jobs(project_id) if j.kind == kind and j.state in ACTIVE]
     if not running:
@@ -184,7 +184,7 @@ def control(label: str, component: Any) -> html.Div:
 
 def graph(id_: str, height: str | None = None) -> Any:
     """A figure placeholder that says it is loading, with the export-enabled toolbar."""
-    from dashboard.figures.overview import GRAPH_CONFIG, loading_figure
+    from prunescope.dashboard.figures.overview import GRAPH_CONFIG, loading_figure
 
     style = {"height": height} if height else None
     return dcc.Graph(id=id_, figure=loading_figure(), config=GRAPH_CONFIG, style=style)

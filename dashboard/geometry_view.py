@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from dash import html
 
-from dashboard.figures.geometry import example_rows, geometry_view_options
-from dashboard.state import encode_selection
+from prunescope.dashboard.figures.geometry import example_rows, geometry_view_options
+from prunescope.dashboard.state import encode_selection
 
 VIEW_KEYS = ("checkpoint", "color", "view", "cls", "cmp")
 GALLERY_SIZE = 48
@@ -69,7 +69,7 @@ def geometry_view_query(view: dict[str, Any], selection: list[int], n: int) -> s
 
 def failures(geom: Any, kind: str) -> list[int]:
     """The examples a failure button selects (`services.geometry_failures`)."""
-    from server import services
+    from prunescope.server import services
 
     return services.geometry_failures(geom, kind)
 

@@ -3,7 +3,7 @@
 The file opens offline: Plotly's JavaScript is inlined once (with the first figure), nothing
 is fetched from elsewhere, and links to the dashboard's pages are left out (they would not
 resolve from a file). Figures come from the same builders as the pages
-(`dashboard.figures.*`), so a report shows what the dashboard showed.
+(`prunescope.dashboard.figures.*`), so a report shows what the dashboard showed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import plotly.graph_objects as go
 
-from dashboard.figures import attention, dynamics, layers, overview
-from dashboard.figures.comparison import (
+from prunescope.dashboard.figures import attention, dynamics, layers, overview
+from prunescope.dashboard.figures.comparison import (
     COMPARISON_COLUMNS,
     Column,
     comparison_columns,
@@ -46,9 +46,9 @@ class ReportInputs:
 
 
 def report_inputs(project_id: int, settings: Any = None) -> ReportInputs:
-    """The project's checkpoints and newest analyses, read through `server.services`
+    """The project's checkpoints and newest analyses, read through `prunescope.server.services`
     (services.NotFound for an unknown project or one the caller may not read)."""
-    from server import services
+    from prunescope.server import services
 
     project = services.get_project(project_id, settings)
     return ReportInputs(

@@ -9,7 +9,7 @@ Two formats are accepted, recognised from the file's content rather than its nam
   refused, never unpickled.
 
 `read_checkpoint_upload` accepts, besides those single files, a Hugging Face model folder
-packed as .zip, .tar or .tar.gz (unpacked by `models.archives`, read by `models.hf`).
+packed as .zip, .tar or .tar.gz (unpacked by `prunescope.models.archives`, read by `prunescope.models.hf`).
 
 A pruned checkpoint may also be *structurally* pruned (Torch-Pruning output: whole channels,
 neurons or heads removed, so tensors are smaller than the dense model's). Its tensors are
@@ -39,9 +39,9 @@ from safetensors.torch import load_file as _safetensors_load_file
 from safetensors.torch import save_file as _safetensors_save_file
 from torch import nn
 
-from models import hf
-from models.archives import ArchiveError, archive_format, extract_archive
-from models.registry import create_model
+from prunescope.models import hf
+from prunescope.models.archives import ArchiveError, archive_format, extract_archive
+from prunescope.models.registry import create_model
 
 EXPORT_HINT = (
     "save the weights only, with `torch.save(model.state_dict(), path)` or "
@@ -372,7 +372,7 @@ def model_from_state_dict(
     model runs on an example input with those tensors, and its output keeps the dense
     output's shape (so a wrong configuration still fails, naming the tensors). The names of the
     changed tensors are in `model.structural_changes`.
-    Hugging Face architectures load through transformers (see `models.hf.load_weights`).
+    Hugging Face architectures load through transformers (see `prunescope.models.hf.load_weights`).
     """
     if architecture == hf.HF_ARCHITECTURE:
         model = _hf_model(config, state_dict)

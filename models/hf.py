@@ -5,7 +5,7 @@ configuration. Models are built by transformers from that config alone, always w
 `trust_remote_code=False`: an `auto_map` entry (code shipped with a checkpoint) is refused,
 and only model classes that transformers itself defines can be named. Weights come from
 `model.safetensors`, sharded safetensors with their index, or `pytorch_model.bin` (loaded
-through `models.checkpoints`, so only with `weights_only=True`).
+through `prunescope.models.checkpoints`, so only with `weights_only=True`).
 
 Attention is always built in its "eager" implementation, so the attention probabilities are
 materialised and can be captured for attention-consistency analyses.

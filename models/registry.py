@@ -10,8 +10,8 @@ Each architecture is one readable section below: a small frozen config dataclass
   captured output is the representation the next layer actually reads; the last one is the
   classifier's logits and the one before it the features the `classifier` Linear reads.
 
-The small networks live here; the larger ones each have their own module (`models.resnet`:
-resnet20, resnet18; `models.vit`: vit_small), imported at the end of this file so that
+The small networks live here; the larger ones each have their own module (`prunescope.models.resnet`:
+resnet20, resnet18; `prunescope.models.vit`: vit_small), imported at the end of this file so that
 `create_model` knows every architecture whichever module is imported first.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from models import hf
+from prunescope.models import hf
 
 
 class UnknownArchitectureError(ValueError):
@@ -222,5 +222,5 @@ class CNNSmall(nn.Module):
 
 # Imported last: they register through `register` above. Plain `import` so that importing
 # models.resnet first (which imports this module) still works.
-import models.resnet  # noqa: E402, F401
-import models.vit  # noqa: E402, F401
+import prunescope.models.resnet  # noqa: E402, F401
+import prunescope.models.vit  # noqa: E402, F401

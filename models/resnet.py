@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import _positive_int, register
+from prunescope.models.registry import _positive_int, register
 
 SHORTCUT_OPTIONS = ("A", "B")
 

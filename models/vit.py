@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from models.registry import _positive_int, register
+from prunescope.models.registry import _positive_int, register
 
 
 class SelfAttention(nn.Module):

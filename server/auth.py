@@ -21,9 +21,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.config import Settings
-from server.db import session_scope
-from server.tables import (
+from prunescope.server.config import Settings
+from prunescope.server.db import session_scope
+from prunescope.server.tables import (
     ApiToken,
     LoginFailure,
     Project,
@@ -352,7 +352,7 @@ class Member:
 
 
 def _user_by_name(session: Any, name: str) -> User:
-    from server.services import NotFound
+    from prunescope.server.services import NotFound
 
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
@@ -363,7 +363,7 @@ def _user_by_name(session: Any, name: str) -> User:
 
 def list_members(project_id: int, settings: Settings | None = None) -> list[Member]:
     """The project's owner, editors and viewers (anyone who may see the project may ask)."""
-    from server.services import _get_or_404
+    from prunescope.server.services import _get_or_404
 
     with session_scope(settings) as s:
         _get_or_404(s, Project, project_id, "project")
@@ -379,7 +379,7 @@ def list_members(project_id: int, settings: Settings | None = None) -> list[Memb
 def set_member(project_id: int, name: str, role: str,
                settings: Settings | None = None) -> Member:
     """Let a user into the project as "viewer" or "editor" (or change their role); owner only."""
-    from server.services import Conflict, InvalidInput, _get_or_404
+    from prunescope.server.services import Conflict, InvalidInput, _get_or_404
 
     if role not in ("viewer", "editor"):
         raise InvalidInput(f"role must be 'viewer' or 'editor', got {role!r}")
@@ -399,7 +399,7 @@ def set_member(project_id: int, name: str, role: str,
 
 def remove_member(project_id: int, name: str, settings: Settings | None = None) -> None:
     """Take a user's access to the project away (effective on their next request)."""
-    from server.services import Conflict, NotFound, _get_or_404
+    from prunescope.server.services import Conflict, NotFound, _get_or_404
 
     with session_scope(settings) as s:
         _get_or_404(s, Project, project_id, "project", need="own")
@@ -417,7 +417,7 @@ def remove_member(project_id: int, name: str, settings: Settings | None = None) 
 def set_owner(project_id: int, name: str, settings: Settings | None = None) -> None:
     """Make `name` the project's owner (the previous owner stays, as an editor). For
     projects made before accounts existed, which have no owner yet."""
-    from server.services import Conflict, _get_or_404
+    from prunescope.server.services import Conflict, _get_or_404
 
     with session_scope(settings) as s:
         project = _get_or_404(s, Project, project_id, "project", need="own")
@@ -468,8 +468,8 @@ def create_share_link(
     """A new read-only link to the project, or to the one view `view_path` (a page of the
     project, as for bookmarks); the owner only. The token (128+ random bits) is returned
     once and stored hashed."""
-    from server.services import InvalidInput, _get_or_404
-    from server.view_service import project_url
+    from prunescope.server.services import InvalidInput, _get_or_404
+    from prunescope.server.view_service import project_url
 
     if expires_in_hours is not None and not expires_in_hours > 0:
         raise InvalidInput("expires_in_hours must be positive (or left out: no expiry)")
@@ -490,7 +490,7 @@ def create_share_link(
 
 
 def list_share_links(project_id: int, settings: Settings | None = None) -> list[ShareLinkInfo]:
-    from server.services import _get_or_404
+    from prunescope.server.services import _get_or_404
 
     with session_scope(settings) as s:
         _get_or_404(s, Project, project_id, "project", need="own")
@@ -502,7 +502,7 @@ def list_share_links(project_id: int, settings: Settings | None = None) -> list[
 
 def revoke_share_link(project_id: int, link_id: int, settings: Settings | None = None) -> None:
     """End a link: its next request, and every one after, is refused."""
-    from server.services import NotFound, _get_or_404
+    from prunescope.server.services import NotFound, _get_or_404
 
     with session_scope(settings) as s:
         _get_or_404(s, Project, project_id, "project", need="own")

@@ -20,7 +20,7 @@ def _apply_environment(args: argparse.Namespace) -> None:
         os.environ["PRUNESCOPE_HOST"] = args.host
     if getattr(args, "insecure", False):
         os.environ["PRUNESCOPE_INSECURE"] = "1"
-    from server.config import get_settings
+    from prunescope.server.config import get_settings
 
     get_settings.cache_clear()
 
@@ -28,12 +28,12 @@ def _apply_environment(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace, demo: bool) -> int:
     import uvicorn
 
-    from server.auth import auth_enabled, startup_problem
-    from server.config import get_settings
-    from server.db import upgrade_database
-    from server.main import create_app
-    from server.worker import worker_process_main
-    from workers.executors import LocalProcessPool
+    from prunescope.server.auth import auth_enabled, startup_problem
+    from prunescope.server.config import get_settings
+    from prunescope.server.db import upgrade_database
+    from prunescope.server.main import create_app
+    from prunescope.server.worker import worker_process_main
+    from prunescope.workers.executors import LocalProcessPool
 
     settings = get_settings()
     upgrade_database(settings)
@@ -46,14 +46,14 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     url = f"http://{args.host}:{args.port}/"
     printer = None
     if demo:
-        from server.demo import TerminalProgress, ensure_demo_projects
+        from prunescope.server.demo import TerminalProgress, ensure_demo_projects
 
         project_ids = ensure_demo_projects(settings)
         url = f"http://{args.host}:{args.port}/projects/{project_ids[0]}"
         printer = TerminalProgress(project_ids, settings, url)
     app = create_app(settings) if settings.server_processes == 1 else None
     if settings.executor == "ray":
-        from server.ray_executor import RayExecutor
+        from prunescope.server.ray_executor import RayExecutor
 
         pool = RayExecutor(settings)
         pool.start()
@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         printer.start()
     try:
         if settings.server_processes > 1:  # each process builds its own app from the env
-            uvicorn.run("server.main:app_from_environment", factory=True, host=args.host,
+            uvicorn.run("prunescope.server.main:app_from_environment", factory=True, host=args.host,
                         port=args.port, log_level=args.log_level,
                         workers=settings.server_processes)
         else:
@@ -81,8 +81,8 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
 
 
 def _worker(_args: argparse.Namespace) -> int:
-    from server.logs import configure_logging
-    from server.worker import standalone_worker
+    from prunescope.server.logs import configure_logging
+    from prunescope.server.worker import standalone_worker
 
     configure_logging("INFO")
     standalone_worker()
@@ -90,8 +90,8 @@ def _worker(_args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
-    from server.config import get_settings
-    from server.db import upgrade_database
+    from prunescope.server.config import get_settings
+    from prunescope.server.db import upgrade_database
 
     settings = get_settings()
     upgrade_database(settings)
@@ -102,9 +102,9 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 def _project(args: argparse.Namespace):  # noqa: ANN202
     """(settings, project) named by args.project (an id or a name) on an upgraded database,
     or an exit code after saying there is no such project."""
-    from server import services
-    from server.config import get_settings
-    from server.db import upgrade_database
+    from prunescope.server import services
+    from prunescope.server.config import get_settings
+    from prunescope.server.db import upgrade_database
 
     settings = get_settings()
     upgrade_database(settings)
@@ -133,13 +133,13 @@ def _project_and_file(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _chunks(f):  # noqa: ANN001, ANN202
-    from server.storage import CHUNK_BYTES
+    from prunescope.server.storage import CHUNK_BYTES
 
     return iter(lambda: f.read(CHUNK_BYTES), b"")
 
 
 def _checkpoint_add(args: argparse.Namespace) -> int:
-    from server import services
+    from prunescope.server import services
 
     found = _project_and_file(args)
     if isinstance(found, int):
@@ -164,8 +164,8 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
 
 
 def _dataset_add(args: argparse.Namespace) -> int:
-    from server import dataset_service
-    from workers.dataset_formats import ColumnNames
+    from prunescope.server import dataset_service
+    from prunescope.workers.dataset_formats import ColumnNames
 
     found = _project_and_file(args)
     if isinstance(found, int):
@@ -203,9 +203,9 @@ def _read_password(args: argparse.Namespace) -> str | None:
 
 
 def _users(args: argparse.Namespace) -> int:
-    from server import auth
-    from server.config import get_settings
-    from server.db import upgrade_database
+    from prunescope.server import auth
+    from prunescope.server.config import get_settings
+    from prunescope.server.db import upgrade_database
 
     settings = get_settings()
     upgrade_database(settings)
@@ -232,7 +232,7 @@ def _users(args: argparse.Namespace) -> int:
 
 
 def _projects_owner(args: argparse.Namespace) -> int:
-    from server import auth
+    from prunescope.server import auth
 
     found = _project(args)
     if isinstance(found, int):
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _apply_environment(args)
-    from server.logs import configure_logging
+    from prunescope.server.logs import configure_logging
 
     configure_logging("WARNING")
     if args.command == "serve":
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"projects": _projects_owner, "dataset": _dataset_add,
                 "checkpoint": _checkpoint_add}
     if args.command in handlers:
-        from server.services import ServiceError
+        from prunescope.server.services import ServiceError
 
         try:
             return handlers[args.command](args)

@@ -1,12 +1,12 @@
 """Service layer for a project's evaluation datasets: builtins, uploads, previews, the active one.
 
-An upload is streamed to a staging file, read by `workers.dataset_formats` (in a scratch
+An upload is streamed to a staging file, read by `prunescope.workers.dataset_formats` (in a scratch
 folder inside the store, removed afterwards), checked against the project's architecture, and
 only then written as one canonical npz into the content-addressed store and given its row, so
 a refused file leaves nothing behind. The original file is not kept: workers read the
-canonical npz only (`workers.datasets.load_canonical`).
+canonical npz only (`prunescope.workers.datasets.load_canonical`).
 
-Every project has exactly one active dataset, the one its jobs use (`server.worker` resolves
+Every project has exactly one active dataset, the one its jobs use (`prunescope.server.worker` resolves
 it when a job starts). Projects start with a builtin; adding a dataset with `active=True` or
 `set_active_dataset` moves the flag.
 """
@@ -24,10 +24,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from server.config import Settings, get_settings
-from server.db import session_scope
-from server.schemas import DatasetDetail, DatasetPublic, ProjectPublic
-from server.services import (
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.db import session_scope
+from prunescope.server.schemas import DatasetDetail, DatasetPublic, ProjectPublic
+from prunescope.server.services import (
     Conflict,
     InvalidInput,
     NotFound,
@@ -37,12 +37,12 @@ from server.services import (
     get_project,
     require_project,
 )
-from server.storage import UploadTooLarge
-from server.tables import Dataset, Project
+from prunescope.server.storage import UploadTooLarge
+from prunescope.server.tables import Dataset, Project
 
 
 def _limits(settings: Settings) -> Any:
-    from workers.dataset_formats import DatasetLimits
+    from prunescope.workers.dataset_formats import DatasetLimits
 
     # Unpacked archives and in-memory arrays get the same budget as the upload itself.
     return DatasetLimits(max_bytes=settings.max_upload_bytes)
@@ -51,8 +51,8 @@ def _limits(settings: Settings) -> Any:
 @lru_cache(maxsize=8)
 def _builtin_metadata(builtin_name: str) -> dict[str, Any]:
     """Column values of a builtin dataset (immutable, so computed once per process)."""
-    from workers.dataset_formats import preview
-    from workers.datasets import BUILTIN_DATASETS, load_builtin
+    from prunescope.workers.dataset_formats import preview
+    from prunescope.workers.datasets import BUILTIN_DATASETS, load_builtin
 
     if builtin_name not in BUILTIN_DATASETS:
         return {}
@@ -121,7 +121,7 @@ def dataset_file(dataset_id: int, settings: Settings | None = None) -> tuple[Pat
 @lru_cache(maxsize=4)
 def _test_texts(source: str, key: str) -> tuple[str, ...]:
     # key: a builtin's name or an upload's content digest, so the cache never goes stale.
-    from workers.datasets import load_builtin, load_canonical
+    from prunescope.workers.datasets import load_builtin, load_canonical
 
     data = load_builtin(key) if source == "builtin" else load_canonical(source, key)
     return () if data.texts_test is None else tuple(str(t) for t in data.texts_test)
@@ -169,9 +169,9 @@ def _checked_name(project_id: int, name: str | None, default: str, settings: Set
 
 def _fit_to_project(data: Any, project: ProjectPublic) -> Any:
     """`data`, declaring the project model's class count; JobInputError if it cannot read it."""
-    from models.hf import HF_ARCHITECTURE
-    from models.registry import create_model
-    from workers.datasets import ModelInput, check_data_fits, model_input, with_num_classes
+    from prunescope.models.hf import HF_ARCHITECTURE
+    from prunescope.models.registry import create_model
+    from prunescope.workers.datasets import ModelInput, check_data_fits, model_input, with_num_classes
 
     if project.architecture == HF_ARCHITECTURE and not project.architecture_config:
         # No model yet (its first checkpoint brings config.json): it will read text.
@@ -218,8 +218,8 @@ def add_builtin_dataset(
     settings: Settings | None = None,
 ) -> DatasetDetail:
     """Add a builtin dataset (checked against the project's architecture) to the project."""
-    from workers.datasets import BUILTIN_DATASETS, load_builtin
-    from workers.jobspec import JobInputError
+    from prunescope.workers.datasets import BUILTIN_DATASETS, load_builtin
+    from prunescope.workers.jobspec import JobInputError
 
     settings = settings or get_settings()
     if builtin_name not in BUILTIN_DATASETS:
@@ -250,7 +250,7 @@ def add_dataset(
 ) -> DatasetDetail:
     """Read, validate and store an uploaded dataset file (any `UPLOAD_FORMATS`).
 
-    `columns` (a `workers.dataset_formats.ColumnNames`) names a table's label, text, id, group
+    `columns` (a `prunescope.workers.dataset_formats.ColumnNames`) names a table's label, text, id, group
     and split columns. Raises InvalidInput (422) naming the file and the problem, TooLarge
     (413) past the upload limit, Conflict (409) for a name the project already has.
     """
@@ -317,9 +317,9 @@ def _adopt_dataset(
     settings: Settings,
 ) -> DatasetDetail:
     """Read a staged upload, fit it to the project, store its canonical npz, add its row."""
-    from workers.dataset_formats import DatasetFormatError, preview, read_dataset_file
-    from workers.datasets import save_canonical
-    from workers.jobspec import JobInputError
+    from prunescope.workers.dataset_formats import DatasetFormatError, preview, read_dataset_file
+    from prunescope.workers.datasets import save_canonical
+    from prunescope.workers.jobspec import JobInputError
 
     project = get_project(project_id, settings)
     store = _store(settings)

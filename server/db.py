@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.config import Settings, get_settings
+from prunescope.server.config import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

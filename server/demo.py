@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from server import services
-from server.config import Settings
-from server.schemas import DatasetChoice, JobCreate, JobPublic, ProjectCreate
-from workers.jobspec import default_pruned_name, run_name
+from prunescope.server import services
+from prunescope.server.config import Settings
+from prunescope.server.schemas import DatasetChoice, JobCreate, JobPublic, ProjectCreate
+from prunescope.workers.jobspec import default_pruned_name, run_name
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
         queued.append(train)
     upstream = [train.id] if train is not None else []
 
-    from models.pruning import method_flag
+    from prunescope.models.pruning import method_flag
 
     prune_jobs = []
     for method, sparsity in demo.prunings:

@@ -19,7 +19,7 @@ starts and ends with `PAR1`); they are read with pyarrow only, never unpickled:
 - probes: one row per MAP-D probe, columns `example` and `suite` (the suite's name, e.g.
   typical, atypical, mislabeled, corrupted), optionally `reference` (true for the kNN
   references; without the column each suite is split in halves by
-  `workers.metrics.dynamics.split_probe_suites` with seed 0) and `label` (the label the run
+  `prunescope.workers.metrics.dynamics.split_probe_suites` with seed 0) and `label` (the label the run
   trained on where the user changed it, e.g. for mislabeled probes; an empty cell keeps the
   dataset's label). Examples without a row are in no suite. Runs analysed together need the
   same probes, so upload the same probes file with each of them.
@@ -50,11 +50,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from server import dataset_service
-from server.config import Settings, get_settings
-from server.db import session_scope
-from server.schemas import ResultPublic
-from server.services import (
+from prunescope.server import dataset_service
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.db import session_scope
+from prunescope.server.schemas import ResultPublic
+from prunescope.server.services import (
     Conflict,
     InvalidInput,
     TooLarge,
@@ -62,8 +62,8 @@ from server.services import (
     _store,
     require_project,
 )
-from server.storage import UploadTooLarge, sha256_file
-from server.tables import AnalysisResult, Job, Project
+from prunescope.server.storage import UploadTooLarge, sha256_file
+from prunescope.server.tables import AnalysisResult, Job, Project
 
 RUN_MODES = ("dense", "gmp", "finetune")
 RUN_RESULT_KINDS = ("dynamics_run", "dynamics_meta", "run_weights")
@@ -316,7 +316,7 @@ def _trajectories(cols: dict[str, np.ndarray], data: Any) -> tuple[np.ndarray, d
 def _suite_order(distinct: np.ndarray) -> tuple[str, ...]:
     """Suite names, the recorded runs' own suites first in their order, the others sorted,
     so an upload of a recorded run's suites matches that run."""
-    from workers.analyses.dynamics_training import PROBE_CATEGORIES, RANDOM_INPUTS
+    from prunescope.workers.analyses.dynamics_training import PROBE_CATEGORIES, RANDOM_INPUTS
 
     known = (*PROBE_CATEGORIES, RANDOM_INPUTS)
     names = set(distinct.tolist())
@@ -325,8 +325,8 @@ def _suite_order(distinct: np.ndarray) -> tuple[str, ...]:
 
 def _probe_suites(cols: dict[str, np.ndarray], data: Any) -> tuple[Any, np.ndarray]:
     """(ProbeSuites over the training split, labels as trained int64 [N])."""
-    from workers.analyses.dynamics_training import NOT_A_PROBE, ProbeSuites
-    from workers.metrics.dynamics import split_probe_suites
+    from prunescope.workers.analyses.dynamics_training import NOT_A_PROBE, ProbeSuites
+    from prunescope.workers.metrics.dynamics import split_probe_suites
 
     what, n = "probes", data.num_train
     example, names = cols["example"], np.char.strip(cols["suite"])
@@ -421,7 +421,7 @@ def _checked_run(run: str, mode: str, sparsity: float, seed: int) -> tuple[str, 
 
 def _check_run_name_free(session: Any, project_id: int, run: str) -> None:
     """Conflict when the project has recorded `run` or a queued job will record it."""
-    from workers.jobspec import run_name
+    from prunescope.workers.jobspec import run_name
 
     recorded = session.scalars(select(AnalysisResult.summary).where(
         AnalysisResult.project_id == project_id, AnalysisResult.kind.in_(RUN_RESULT_KINDS)))
@@ -438,8 +438,8 @@ def _check_run_name_free(session: Any, project_id: int, run: str) -> None:
 
 
 def _active_data(project_id: int, settings: Settings) -> Any:
-    from workers.datasets import load_builtin, load_canonical
-    from workers.jobspec import JobInputError
+    from prunescope.workers.datasets import load_builtin, load_canonical
+    from prunescope.workers.jobspec import JobInputError
 
     dataset = dataset_service.active_dataset(project_id, settings)
     if dataset is None:
@@ -476,7 +476,7 @@ def add_dynamics_run(
     "summary", "results": [ResultPublic of dynamics_run, dynamics_meta]}; the summary is
     {"run", "mode", "sparsity", "seed", "epochs", "test_accuracy", "source": "upload"}.
     """
-    from workers.analyses.dynamics_training import DynamicsWriter, read_dynamics
+    from prunescope.workers.analyses.dynamics_training import DynamicsWriter, read_dynamics
 
     settings = settings or get_settings()
     run, sparsity = _checked_run(run, mode, sparsity, seed)

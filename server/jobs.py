@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from server.tables import FINISHED_STATES, Job, utcnow
+from prunescope.server.tables import FINISHED_STATES, Job, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.api import api_router, share_links
-from server.api import auth as auth_routes
-from server.auth import AuthMiddleware, LoginThrottle
-from server.config import Settings, get_settings
-from server.db import upgrade_database
-from server.metrics import RequestMetrics, create_metrics
-from server.resilience import DatabaseUnavailableMiddleware
-from server.services import ServiceError
-from server.storage import ArtifactNotFound, StorageError
+from prunescope.server.api import api_router, share_links
+from prunescope.server.api import auth as auth_routes
+from prunescope.server.auth import AuthMiddleware, LoginThrottle
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.db import upgrade_database
+from prunescope.server.metrics import RequestMetrics, create_metrics
+from prunescope.server.resilience import DatabaseUnavailableMiddleware
+from prunescope.server.services import ServiceError
+from prunescope.server.storage import ArtifactNotFound, StorageError
 
 API_PREFIX = "/api/v1"
 
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
 
     app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     if dashboard:
-        from dashboard.app import create_dash
+        from prunescope.dashboard.app import create_dash
 
         app.state.dash = create_dash(app)
     # Added last, so it runs first: every request knows its principal before anything else.

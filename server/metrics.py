@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.config import Settings
-from server.db import session_scope
-from server.schemas import JobKind
-from server.tables import JOB_STATES, Job, utcnow
+from prunescope.server.config import Settings
+from prunescope.server.db import session_scope
+from prunescope.server.schemas import JobKind
+from prunescope.server.tables import JOB_STATES, Job, utcnow
 
 # Which finished jobs the duration and queue-wait histograms describe: those of the last day,
 # at most the newest 10,000, so a scrape costs the same however long the table has grown.

@@ -17,10 +17,10 @@ import socket
 import threading
 from typing import Any
 
-from server import jobs
-from server.config import Settings
-from server.db import get_engine
-from server.logs import configure_logging, job_context
+from prunescope.server import jobs
+from prunescope.server.config import Settings
+from prunescope.server.db import get_engine
+from prunescope.server.logs import configure_logging, job_context
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def task_settings(settings: Settings) -> dict[str, Any]:
 def run_job_task(overrides: dict[str, Any], job_id: int) -> str:
     """Body of a job's Ray task: claim the job, run it to a final state, free the device.
     Returns the state, or "taken" when the job was no longer queued."""
-    from server.worker import execute_job
-    from workers.device import release_device_memory
+    from prunescope.server.worker import execute_job
+    from prunescope.workers.device import release_device_memory
 
     if os.environ.get("PRUNESCOPE_DATA_DIR"):
         overrides = {k: v for k, v in overrides.items() if k != "data_dir"}
@@ -102,7 +102,7 @@ class RayExecutor:
     def _loop(self) -> None:
         from datetime import timedelta
 
-        from server.resilience import Backoff, database_unavailable
+        from prunescope.server.resilience import Backoff, database_unavailable
 
         backoff = Backoff(first=self.settings.poll_seconds)
         engine = get_engine(self.settings)

@@ -15,10 +15,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from server import auth, jobs
-from server.config import Settings, get_settings
-from server.db import session_scope
-from server.schemas import (
+from prunescope.server import auth, jobs
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.db import session_scope
+from prunescope.server.schemas import (
     CheckpointDetail,
     CheckpointPublic,
     JobCreate,
@@ -27,9 +27,9 @@ from server.schemas import (
     ProjectPublic,
     ResultPublic,
 )
-from server.storage import ArtifactStore, UploadTooLarge, artifact_store, sha256_file
-from server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project, ProjectMember
-from workers.jobspec import default_pruned_name
+from prunescope.server.storage import ArtifactStore, UploadTooLarge, artifact_store, sha256_file
+from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset, Job, Project, ProjectMember
+from prunescope.workers.jobspec import default_pruned_name
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,14 @@ def _visible(query, column):  # noqa: ANN001, ANN202
 
 
 def list_architectures() -> dict[str, dict[str, Any]]:
-    from models.registry import default_config, list_architectures
+    from prunescope.models.registry import default_config, list_architectures
 
     return {name: default_config(name) for name in list_architectures()}
 
 
 def list_pruning_methods() -> dict[str, str]:
     """Method name → the first line of its docstring (scoring rule and paper)."""
-    from models.pruning import PRUNING_METHODS
+    from prunescope.models.pruning import PRUNING_METHODS
 
     return {
         name: (fn.__doc__ or name).strip().splitlines()[0]
@@ -160,7 +160,7 @@ def submit_pruning_sweep(
 
 
 def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    from models.registry import create_model, default_config, list_architectures
+    from prunescope.models.registry import create_model, default_config, list_architectures
 
     if name not in list_architectures():
         raise InvalidInput(
@@ -409,15 +409,15 @@ def _adopt_checkpoint(
     checkpoint's assets). The first folder uploaded to a `huggingface` project without a
     configuration gives the project its config.json.
     """
-    from models.checkpoints import (
+    from prunescope.models.checkpoints import (
         CheckpointError,
         model_from_state_dict,
         read_checkpoint_upload,
         save_safetensors,
     )
-    from models.hf import HF_ARCHITECTURE, write_assets_zip
-    from models.registry import create_model
-    from models.sparsity import relative_to_dense, sparsity_report
+    from prunescope.models.hf import HF_ARCHITECTURE, write_assets_zip
+    from prunescope.models.registry import create_model
+    from prunescope.models.sparsity import relative_to_dense, sparsity_report
 
     project = get_project(project_id, settings)
     store = _store(settings)
@@ -493,8 +493,8 @@ def _hf_config(
     everything but `pruned_heads` (head pruning with `model.prune_heads` records it there and
     shrinks the attention tensors to match).
     """
-    from models.checkpoints import CheckpointError
-    from models.hf import architecture_summary
+    from prunescope.models.checkpoints import CheckpointError
+    from prunescope.models.hf import architecture_summary
 
     folder = loaded.hf_folder
     if not project.architecture_config:
@@ -573,7 +573,7 @@ def _pruned_name(params: dict[str, Any]) -> str:
 def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> None:
     p = body.params
     if body.kind == "prune":
-        from models.pruning import PRUNING_METHODS, sparsity_error
+        from prunescope.models.pruning import PRUNING_METHODS, sparsity_error
 
         method = p.get("method")
         if method not in PRUNING_METHODS:
@@ -717,11 +717,11 @@ def layer_analysis(project_id: int, settings: Settings | None = None) -> dict[st
 
     Returns {kind: {array name: read-only ndarray} or None, ..., "result_ids": {kind: id or
     None}} for the three kinds; the arrays are those the analyze job wrote
-    (`workers.analyses.evaluation.evaluate_checkpoints`, `workers.analyses.masks_and_neurons`).
+    (`prunescope.workers.analyses.evaluation.evaluate_checkpoints`, `prunescope.workers.analyses.masks_and_neurons`).
     Loads are cached per artifact (artifacts are content-addressed and immutable). A result
     whose artifact has gone from the store counts as missing and is logged.
     """
-    from server.storage import ArtifactNotFound
+    from prunescope.server.storage import ArtifactNotFound
 
     settings = settings or get_settings()
     newest: dict[str, ResultPublic] = {}
@@ -759,7 +759,7 @@ def layer_matrix(
     """
     if matrix not in ("cka", "cka_debiased"):
         raise InvalidInput(f"matrix must be 'cka' or 'cka_debiased', got {matrix!r}")
-    from server.storage import ArtifactNotFound
+    from prunescope.server.storage import ArtifactNotFound
 
     settings = settings or get_settings()
     key = "cka_layers" if matrix == "cka" else "cka_debiased"
@@ -810,7 +810,7 @@ def _newest_arrays(
 ) -> tuple[ResultPublic | None, dict[str, np.ndarray] | None]:
     """The newest result of `kind` (whose summary satisfies `where`, if given) with its
     artifact still in the store, and its read-only arrays; (None, None) when there is none."""
-    from server.storage import ArtifactNotFound
+    from prunescope.server.storage import ArtifactNotFound
 
     for result in reversed(list_results(project_id, settings)):
         if result.kind != kind or (where is not None and not where(result.summary or {})):
@@ -828,7 +828,7 @@ def _newest_arrays(
 def geometry_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """The newest "geometry" result of a project: {"geometry": read-only arrays or None,
     "result_id": id or None, "summary": its summary or None}. The arrays are those the
-    geometry job wrote (`workers.analyses.geometry.geometry_of_checkpoints`)."""
+    geometry job wrote (`prunescope.workers.analyses.geometry.geometry_of_checkpoints`)."""
     result, arrays = _newest_arrays(project_id, "geometry", settings or get_settings())
     return {"geometry": arrays, "result_id": result.id if result else None,
             "summary": result.summary if result else None}
@@ -837,7 +837,7 @@ def geometry_analysis(project_id: int, settings: Settings | None = None) -> dict
 def geometry_failures(geometry: dict[str, np.ndarray], kind: str) -> list[int]:
     """Examples every checkpoint gets wrong ("systemic", Toups et al. 2023) or that the dense
     model gets right and some pruned checkpoint wrong ("pruned_only"), by position."""
-    from workers.metrics.geometry import pruning_only_failures, systemic_failures
+    from prunescope.workers.metrics.geometry import pruning_only_failures, systemic_failures
 
     predictions, labels = geometry["predictions"], geometry["labels"]
     if kind == "systemic":
@@ -878,7 +878,7 @@ def attention_maps(project_id: int, sentence: int,
                    settings: Settings | None = None) -> dict[str, Any]:
     """The newest "attention_maps" result for one sentence (position in the evaluation split):
     {"maps": read-only arrays or None, "result_id"}; the arrays are those
-    `workers.analyses.attention_maps.attention_maps` returns, plus checkpoint_ids and
+    `prunescope.workers.analyses.attention_maps.attention_maps` returns, plus checkpoint_ids and
     sentence. A result computed before a checkpoint was added still serves the checkpoints it
     holds."""
     result, arrays = _newest_arrays(project_id, "attention_maps", settings or get_settings(),
@@ -900,7 +900,7 @@ def request_attention_maps(project_id: int, sentence: int,
 
 def dynamics_analysis(project_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """The newest "dynamics" result: {"dynamics": read-only arrays or None, "result_id"}; the
-    arrays are those `workers.analyses.dynamics.analyse_dynamics` returns (with thumbnails
+    arrays are those `prunescope.workers.analyses.dynamics.analyse_dynamics` returns (with thumbnails
     for image datasets)."""
     result, arrays = _newest_arrays(project_id, "dynamics", settings or get_settings())
     return {"dynamics": arrays, "result_id": result.id if result else None}

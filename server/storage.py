@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
-    from server.config import Settings
+    from prunescope.server.config import Settings
 
 CHUNK_BYTES = 1024 * 1024
 # One request's worth of a remote transfer: S3 refuses multipart parts under 5 MiB, and an

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server import services
-from server.config import Settings, get_settings
-from server.schemas import CheckpointPublic
-from server.services import Conflict, InvalidInput, NotFound, ServiceError, TooLarge
-from server.storage import artifact_store, sha256_file
+from prunescope.server import services
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.schemas import CheckpointPublic
+from prunescope.server.services import Conflict, InvalidInput, NotFound, ServiceError, TooLarge
+from prunescope.server.storage import artifact_store, sha256_file
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,expiration,termination"

@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from server import services
-from server.config import Settings
-from server.db import session_scope
-from server.services import Conflict, InvalidInput, NotFound, _get_or_404
-from server.tables import Bookmark, Project, ViewState
+from prunescope.server import services
+from prunescope.server.config import Settings
+from prunescope.server.db import session_scope
+from prunescope.server.services import Conflict, InvalidInput, NotFound, _get_or_404
+from prunescope.server.tables import Bookmark, Project, ViewState
 
 # 12 random bytes: 96 bits, 16 URL-safe characters; ids can be neither guessed nor enumerated.
 SHORT_ID_BYTES = 12

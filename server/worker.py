@@ -18,14 +18,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from server import jobs
-from server.config import Settings, get_settings
-from server.db import get_engine, session_scope, upgrade_database
-from server.logs import configure_logging, job_context
-from server.resilience import Backoff, database_unavailable, retry_on_outage
-from server.storage import ArtifactStore, artifact_store, sha256_file
-from server.tables import AnalysisResult, Checkpoint, Job, Project
-from workers.jobspec import (
+from prunescope.server import jobs
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.db import get_engine, session_scope, upgrade_database
+from prunescope.server.logs import configure_logging, job_context
+from prunescope.server.resilience import Backoff, database_unavailable, retry_on_outage
+from prunescope.server.storage import ArtifactStore, artifact_store, sha256_file
+from prunescope.server.tables import AnalysisResult, Checkpoint, Job, Project
+from prunescope.workers.jobspec import (
     RESULT_INPUTS,
     CheckpointRef,
     DatasetRef,
@@ -226,7 +226,7 @@ class _Heartbeat(threading.Thread):
 
 def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     """Run one claimed job to a final state; returns that state."""
-    from workers.runner import run_job  # torch is imported only in worker processes
+    from prunescope.workers.runner import run_job  # torch is imported only in worker processes
 
     engine = get_engine(settings)
     try:
@@ -355,7 +355,7 @@ def run_worker(
             continue
         with job_context(job_id, worker_id):
             execute_job(settings, job_id, worker_id)
-        from workers.device import release_device_memory  # torch: worker processes only
+        from prunescope.workers.device import release_device_memory  # torch: worker processes only
 
         release_device_memory()
         ran += 1

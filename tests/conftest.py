@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from server.config import Settings, get_settings
-from server.db import _engine_for, _sessionmaker_for, get_engine, upgrade_database
+from prunescope.server.config import Settings, get_settings
+from prunescope.server.db import _engine_for, _sessionmaker_for, get_engine, upgrade_database
 from tests.postgres import running_postgres
 
 TEST_DATABASE = os.environ.get("PRUNESCOPE_TEST_DATABASE", "sqlite")

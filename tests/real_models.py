@@ -15,7 +15,7 @@ def real_minilm() -> tuple[Any, Any]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from models import hf
+    from prunescope.models import hf
 
     folder = minilm_folder()
     model, report = hf.load_weights(hf.read_config(folder / "config.json"),
@@ -31,10 +31,10 @@ def tiny_bert_checkpoints(folder: Path) -> tuple[dict, list]:
     import json
     import zipfile
 
-    from models import hf
-    from models.checkpoints import save_safetensors
-    from models.pruning import PRUNING_METHODS
-    from workers.jobspec import CheckpointRef
+    from prunescope.models import hf
+    from prunescope.models.checkpoints import save_safetensors
+    from prunescope.models.pruning import PRUNING_METHODS
+    from prunescope.workers.jobspec import CheckpointRef
 
     source = minilm_folder()
     config = {**hf.read_config(source / "config.json"), "num_hidden_layers": 1,

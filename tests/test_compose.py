@@ -24,9 +24,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from server.cli import build_parser
-from server.config import Settings
-from workers.jobspec import JOB_KINDS
+from prunescope.server.cli import build_parser
+from prunescope.server.config import Settings
+from prunescope.workers.jobspec import JOB_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -650,8 +650,8 @@ def test_commands_are_real_cli_commands(services):
 
 
 def test_setup_creates_the_first_account_once(services, tmp_path):
-    from server import auth
-    from server.db import get_engine
+    from prunescope.server import auth
+    from prunescope.server.db import get_engine
 
     setup = services["prunescope-setup"]
     script = _command(setup["command"])

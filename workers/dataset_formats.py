@@ -1,7 +1,7 @@
 """Uploaded evaluation datasets (npz, image-folder zip, CSV, JSONL, Parquet) read safely.
 
-Every loader turns an untrusted file into a `workers.datasets.ClassificationData`, which the
-server stores as one canonical npz (`workers.datasets.save_canonical`), or raises
+Every loader turns an untrusted file into a `prunescope.workers.datasets.ClassificationData`, which the
+server stores as one canonical npz (`prunescope.workers.datasets.save_canonical`), or raises
 `DatasetFormatError` with a message that says what is wrong and what to do. The formats:
 
 - **npz** (`np.savez`): arrays `x` (numbers, one row per example: (n, features) or
@@ -12,7 +12,7 @@ server stores as one canonical npz (`workers.datasets.save_canonical`), or raise
   byte budget; the arrays are then read with `np.load(allow_pickle=False)`.
 - **image_zip**: a .zip/.tar(.gz) with one sub-folder per class (class index = position of
   the folder name in sorted order), optionally under `train/` and `test/` folders that give
-  the split. Unpacked by `models.archives.extract_archive` (no escaping paths, links or
+  the split. Unpacked by `prunescope.models.archives.extract_archive` (no escaping paths, links or
   bombs). Only PNG and JPEG are accepted, recognised by content; each image's pixel count is
   bounded before it is decoded and `verify()` runs first. All images must have the same size
   (nothing is resized: resize them before zipping); they become grey (C=1) when every image
@@ -24,7 +24,7 @@ server stores as one canonical npz (`workers.datasets.save_canonical`), or raise
 
 Labels: integers are class indices as they are; strings are numbered in sorted order (as
 image folders are). Without a split column/array/folder the fixed split of
-`workers.datasets.split_indices` is used (stratified 75/25 where possible).
+`prunescope.workers.datasets.split_indices` is used (stratified 75/25 where possible).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from models.archives import ArchiveError, archive_format, common_root, extract_archive
-from workers.datasets import ClassificationData, from_arrays, split_indices
+from prunescope.models.archives import ArchiveError, archive_format, common_root, extract_archive
+from prunescope.workers.datasets import ClassificationData, from_arrays, split_indices
 
 UPLOAD_FORMATS = ("npz", "image_zip", "csv", "jsonl", "parquet")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

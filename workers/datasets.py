@@ -11,7 +11,7 @@ Three builtins ship with PruneScope, so nothing is downloaded:
   sentence's label is the index of the help topic it comes from (`class_names` are the topic
   names, `groups` the same names); see `english_sentences` for the exact cleaning rules.
 
-Uploaded datasets (`workers.dataset_formats`) are stored as one canonical npz that
+Uploaded datasets (`prunescope.workers.dataset_formats`) are stored as one canonical npz that
 `save_canonical` writes and `load_canonical` reads, so workers load every dataset one way.
 Examples keep their natural shape (C, H, W) or (features,); `as_model_input` is the one place
 that reshapes them for a model.
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.jobspec import DatasetRef, JobInputError
+from prunescope.workers.jobspec import DatasetRef, JobInputError
 
 TEST_FRACTION = 0.25
 SPLIT_SEED = 0  # fixed so every job of a project sees the same test examples

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from models.pruning.common import check_sparsity, global_keep_masks, prunable_weights
-from workers.datasets import ClassificationData
-from workers.training import ProgressFn, train_classifier
+from prunescope.models.pruning.common import check_sparsity, global_keep_masks, prunable_weights
+from prunescope.workers.datasets import ClassificationData
+from prunescope.workers.training import ProgressFn, train_classifier
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -50,7 +50,7 @@ def imp_rewind(
        θ_k, and retrain the masked network for T − k epochs.
 
     Masks are held by `torch.nn.utils.prune` during training, so pruned weights stay zero;
-    each training run is `workers.training.train_classifier` (Adam, a fresh optimizer per
+    each training run is `prunescope.workers.training.train_classifier` (Adam, a fresh optimizer per
     run, shuffling seeded by `seed` + round). The model ends as the retrained sparse network
     with plain dense weights. Returns the history: per round its target sparsity and final
     test accuracy, plus the dense run's.

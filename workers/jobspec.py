@@ -1,7 +1,7 @@
 """The contract between the job queue (server/) and the job runner (workers/).
 
 The server resolves everything a job needs from the database into a `JobSpec` (plain data,
-local file paths), hands it to `workers.runner.run_job`, and commits the returned
+local file paths), hands it to `prunescope.workers.runner.run_job`, and commits the returned
 `JobOutput` in one transaction. Workers therefore never touch the database, which keeps
 them runnable in any executor (local process pool, Ray) and keeps imports pointing down.
 """

@@ -18,18 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoints import CheckpointError, load_model, save_safetensors
-from models.pruning import PRUNING_METHODS, method_flag, sparsity_error
-from models.pruning.attention_heads import attention_head_prune
-from models.pruning.synflow import synflow_prune
-from models.registry import build_config
-from models.sparsity import checkpoint_stats, prunable_parameter_names, sparsity_report
-from workers.analyses.evaluation import evaluate_checkpoints, evaluation_batches, tokenizer_of
-from workers.analyses.layers import CONV_POOLINGS, is_token_model
-from workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
-from workers.datasets import ClassificationData, as_model_input, load_dataset
-from workers.imp import imp_rewind
-from workers.jobspec import (
+from prunescope.models.checkpoints import CheckpointError, load_model, save_safetensors
+from prunescope.models.pruning import PRUNING_METHODS, method_flag, sparsity_error
+from prunescope.models.pruning.attention_heads import attention_head_prune
+from prunescope.models.pruning.synflow import synflow_prune
+from prunescope.models.registry import build_config
+from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names, sparsity_report
+from prunescope.workers.analyses.evaluation import evaluate_checkpoints, evaluation_batches, tokenizer_of
+from prunescope.workers.analyses.layers import CONV_POOLINGS, is_token_model
+from prunescope.workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
+from prunescope.workers.datasets import ClassificationData, as_model_input, load_dataset
+from prunescope.workers.imp import imp_rewind
+from prunescope.workers.jobspec import (
     JOB_KINDS,
     CheckpointRef,
     JobInputError,
@@ -41,7 +41,7 @@ from workers.jobspec import (
     default_pruned_name,
     run_name,
 )
-from workers.training import init_model, train_classifier
+from prunescope.workers.training import init_model, train_classifier
 
 _REQUIRED = object()
 
@@ -491,7 +491,7 @@ def _masks_and_neurons(
 
 
 def _run_geometry(spec: JobSpec, progress: ProgressFn) -> JobOutput:
-    from workers.analyses.geometry import geometry_of_checkpoints
+    from prunescope.workers.analyses.geometry import geometry_of_checkpoints
 
     params = read_params("geometry", spec.params, GEOMETRY_PARAMS)
     data = _dataset(spec)
@@ -542,9 +542,9 @@ def _token_models(spec: JobSpec, refs: list[CheckpointRef], what: str,
 
 
 def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
-    from workers.analyses.evaluation import dense_checkpoint, tokenizer_of
-    from workers.analyses.probing import probe_checkpoints
-    from workers.analyses.probing_tasks import PROBING_TASKS
+    from prunescope.workers.analyses.evaluation import dense_checkpoint, tokenizer_of
+    from prunescope.workers.analyses.probing import probe_checkpoints
+    from prunescope.workers.analyses.probing_tasks import PROBING_TASKS
 
     params = read_params("probe", spec.params, PROBE_PARAMS)
     data = _text_data(spec, "linear probes")
@@ -572,8 +572,8 @@ def _run_probe(spec: JobSpec, progress: ProgressFn) -> JobOutput:
 
 
 def _run_attention_maps(spec: JobSpec, progress: ProgressFn) -> JobOutput:
-    from workers.analyses.attention_maps import attention_maps
-    from workers.analyses.evaluation import dense_checkpoint, tokenizer_of
+    from prunescope.workers.analyses.attention_maps import attention_maps
+    from prunescope.workers.analyses.evaluation import dense_checkpoint, tokenizer_of
 
     params = read_params("attention_maps", spec.params, ATTENTION_MAPS_PARAMS)
     data = _text_data(spec, "attention maps")
@@ -608,8 +608,8 @@ def default_probe_size(num_train: int) -> int:
 
 
 def _run_train_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
-    from models.registry import list_architectures
-    from workers.analyses.dynamics_training import (
+    from prunescope.models.registry import list_architectures
+    from prunescope.workers.analyses.dynamics_training import (
         DynamicsWriter,
         GmpSchedule,
         build_probe_suites,
@@ -688,9 +688,9 @@ def _run_train_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
 
 
 def _run_dynamics(spec: JobSpec, progress: ProgressFn) -> JobOutput:
-    from workers.analyses.dynamics import RunRecord, SuiteArrays, analyse_dynamics
-    from workers.analyses.dynamics_training import ProbeSuites, read_dynamics
-    from workers.analyses.geometry import thumbnails
+    from prunescope.workers.analyses.dynamics import RunRecord, SuiteArrays, analyse_dynamics
+    from prunescope.workers.analyses.dynamics_training import ProbeSuites, read_dynamics
+    from prunescope.workers.analyses.geometry import thumbnails
 
     params = read_params("dynamics", spec.params, DYNAMICS_PARAMS)
     # The newest recording of each run (a rerun under the same name replaces the older one).

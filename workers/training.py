@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import create_model
-from workers.datasets import ClassificationData, as_model_input, check_model_fits
-from workers.jobspec import JobInputError
+from prunescope.models.registry import create_model
+from prunescope.workers.datasets import ClassificationData, as_model_input, check_model_fits
+from prunescope.workers.jobspec import JobInputError
 
 ProgressFn = Callable[[float, str], None]
 

@@ -1,7 +1,7 @@
 """Attention consistency figures: does each head of a pruned Transformer attend as the dense one?
 
 Pure builders over the analyze job's evaluation arrays (`attention_*`, [C, A, H]: checkpoints,
-attention layers, heads; see `workers.analyses.layers.compare_layers`).
+attention layers, heads; see `prunescope.workers.analyses.layers.compare_layers`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.overview import empty_figure, method_colour
+from prunescope.dashboard.figures.overview import empty_figure, method_colour
 
 Arrays = Mapping[str, np.ndarray]
 

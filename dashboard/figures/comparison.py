@@ -2,7 +2,7 @@
 
 Pure builders over what the project's analyses stored: the checkpoints' own statistics
 (`services.list_checkpoints`), the analyze job's evaluation arrays (`services.layer_analysis`,
-see `workers.analyses.evaluation.evaluate_checkpoints`), the "dynamics" arrays
+see `prunescope.workers.analyses.evaluation.evaluate_checkpoints`), the "dynamics" arrays
 (`services.dynamics_analysis`) and the "geometry" arrays (`services.geometry_analysis`).
 Nothing is recomputed from examples; each headline is a short reduction of a stored array:
 
@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
+from prunescope.dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
 
 Arrays = Mapping[str, Any]
 DENSE = "dense"

@@ -16,7 +16,7 @@ def class_counts_figure(
     """Stacked bars, one per class: how many train and test examples it has.
 
     `counts` maps "train" and "test" to one count per class, in `class_names` order (the
-    `class_counts` of `workers.dataset_formats.preview`).
+    `class_counts` of `prunescope.workers.dataset_formats.preview`).
     """
     names = [str(c) for c in class_names]
     fig = go.Figure()

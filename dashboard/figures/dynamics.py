@@ -1,7 +1,7 @@
 """Dynamics figures: how each training example is learned (MAP-D, Dataset Cartography) and
 which examples pruning forgets (pruning-identified exemplars), as pure builders.
 
-Inputs are the arrays of the "dynamics" result (`workers.analyses.dynamics.analyse_dynamics`):
+Inputs are the arrays of the "dynamics" result (`prunescope.workers.analyses.dynamics.analyse_dynamics`):
 R training runs, N training examples, E epochs, K MAP-D probe suites, M test examples,
 C classes, P pruned populations. A population is the runs of one (mode, sparsity); the dense
 population is the runs of mode "dense". Wherever a view shows "a run", it may also show a
@@ -24,8 +24,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
-from dashboard.state import decode_selection, encode_selection
+from prunescope.dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
+from prunescope.dashboard.state import decode_selection, encode_selection
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -38,7 +38,7 @@ MEAN_PREFIX = "mean:"
 DENSE_COLOUR = METHOD_COLOURS["dense"]
 # The pruning modes in a fixed order, so each keeps its colour on every figure.
 MODE_ORDER = ("gmp", "finetune")
-# Colours of the MAP-D categories named by `workers.analyses.dynamics_training`; other names
+# Colours of the MAP-D categories named by `prunescope.workers.analyses.dynamics_training`; other names
 # take FALLBACK in the order of the result's categories.
 CATEGORY_COLOURS = {
     "typical": "#2ca02c",
@@ -762,7 +762,7 @@ def default_category(dyn: Arrays | None) -> str | None:
 def resolve_dynamics_view(query: Mapping[str, str], dyn: Arrays | None) -> dict[str, Any]:
     """The view a URL query asks for (VIEW_KEYS and "sel"), each value checked against what
     the result offers and replaced by the default where it is not; "sel" becomes the list of
-    selected training-example indices (`dashboard.state.decode_selection`)."""
+    selected training-example indices (`prunescope.dashboard.state.decode_selection`)."""
     options = dynamics_view_options(dyn)
 
     def pick(key: str, choices: str, default: Any) -> Any:

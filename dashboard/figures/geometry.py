@@ -7,7 +7,7 @@ rows for a table). C checkpoints, N examples, K classes, G groups; checkpoints a
 inconsistent array, or a choice that is not in the result (checkpoint, class, colouring) gives
 an explanatory empty figure (and no rows), never an exception.
 
-The measures (computed by `workers.metrics.geometry`, not here):
+The measures (computed by `prunescope.workers.metrics.geometry`, not here):
 
 - per example, after Li et al., "Understanding Robustness Lottery" (IEEE TVCG 2024): the
   feature length ‖f‖, the angle between f and the true class's weight vector W_y, and the
@@ -35,7 +35,7 @@ import numpy as np
 import plotly.colors
 import plotly.graph_objects as go
 
-from dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
+from prunescope.dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
 
 Arrays = Mapping[str, Any]
 

@@ -1,13 +1,13 @@
 """Layers page figures: where pruned networks drift from the dense model, layer by layer.
 
-Every builder takes the arrays of one stored result (`server.services.layer_analysis`) and
+Every builder takes the arrays of one stored result (`prunescope.server.services.layer_analysis`) and
 returns a Plotly figure; the `*_table` helpers return the same numbers as rows for CSV
 export, so a downloaded table always matches the figure it came from. Missing results or
 arrays give an explanatory empty figure (and no rows); arrays whose shapes disagree raise
 ValueError naming the array.
 
-The measures (computed by `workers.analyses.layers.compare_layers` and
-`workers.analyses.masks_and_neurons`, not here):
+The measures (computed by `prunescope.workers.analyses.layers.compare_layers` and
+`prunescope.workers.analyses.masks_and_neurons`, not here):
 
 - linear CKA, ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) (Kornblith et al., ICML 2019), and its debiased
   form with the unbiased HSIC of Song et al. (2012);
@@ -40,7 +40,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
+from prunescope.dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
 
 Arrays = Mapping[str, Any]
 

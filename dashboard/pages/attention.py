@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import (
+from prunescope.dashboard.components import (
     export_buttons,
     export_inputs,
     open_project,
@@ -24,7 +24,7 @@ from dashboard.components import (
     queued_message,
     table_download,
 )
-from dashboard.figures.attention import (
+from prunescope.dashboard.figures.attention import (
     ATTENTION_MEASURES,
     DRIFT_MEASURES,
     as_int,
@@ -46,9 +46,9 @@ from dashboard.figures.attention import (
     sparsity_marks,
     viewer_rows,
 )
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
-from dashboard.state import parse_query
-from server import dataset_service, services
+from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
+from prunescope.dashboard.state import parse_query
+from prunescope.server import dataset_service, services
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/attention", title="PruneScope — attention"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from dashboard.components import open_project, project_missing
-from server import services, view_service
+from prunescope.dashboard.components import open_project, project_missing
+from prunescope.server import services, view_service
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/bookmarks", title="PruneScope — bookmarks"

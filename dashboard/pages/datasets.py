@@ -9,11 +9,11 @@ from urllib.parse import urlencode
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
-from dashboard.components import open_project, project_missing
-from dashboard.figures.datasets import class_counts_figure, preview_rows
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
-from dashboard.state import parse_query
-from server import dataset_service, services
+from prunescope.dashboard.components import open_project, project_missing
+from prunescope.dashboard.figures.datasets import class_counts_figure, preview_rows
+from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
+from prunescope.dashboard.state import parse_query
+from prunescope.server import dataset_service, services
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/datasets", title="PruneScope — datasets"
@@ -342,7 +342,7 @@ def upload_dataset(  # noqa: ANN201
     version: dict | None,
 ):
     """Store a file dropped on the page as a dataset of the project, or say why not."""
-    from workers.dataset_formats import ColumnNames
+    from prunescope.workers.dataset_formats import ColumnNames
 
     if not contents:
         return no_update, no_update

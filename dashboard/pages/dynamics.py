@@ -3,9 +3,9 @@
 Reads the "dynamics" analysis (`services.dynamics_analysis`): per-suite loss trajectories of
 the MAP-D probe suites, Dataset Cartography's data map, MAP-D's held-out probe confusion,
 and the pruning-identified exemplars (PIEs) of each pruned population. Every control is in
-the URL (`dashboard.figures.dynamics.VIEW_KEYS`); a lasso on the data map selects training
+the URL (`prunescope.dashboard.figures.dynamics.VIEW_KEYS`); a lasso on the data map selects training
 examples, fills the gallery and is written to the URL as `sel`
-(`dashboard.state.encode_selection`), so a copied link reopens the same view.
+(`prunescope.dashboard.state.encode_selection`), so a copied link reopens the same view.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import dash
 import numpy as np
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
-from dashboard.components import (
+from prunescope.dashboard.components import (
     card,
     control,
     dropdown,
@@ -31,7 +31,7 @@ from dashboard.components import (
     running_job,
     table_download,
 )
-from dashboard.figures.dynamics import (
+from prunescope.dashboard.figures.dynamics import (
     GALLERY_SIZE,
     category_transition_figure,
     class_recall_figure,
@@ -52,10 +52,10 @@ from dashboard.figures.dynamics import (
     suite_loss_figure,
     surfaced_rows,
 )
-from dashboard.figures.overview import GRAPH_CONFIG
-from dashboard.geometry_view import thumbnail_uri
-from dashboard.state import parse_query
-from server import services
+from prunescope.dashboard.figures.overview import GRAPH_CONFIG
+from prunescope.dashboard.geometry_view import thumbnail_uri
+from prunescope.dashboard.state import parse_query
+from prunescope.server import services
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics"

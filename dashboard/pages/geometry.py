@@ -4,7 +4,7 @@ The dense model's map and a chosen checkpoint's map share their axes; a lasso or
 either selects the same examples in both (the selection travels as a list of example
 positions and reaches the figures as a `Patch` of `selectedpoints`, so no coordinates are
 sent again), fills the example gallery, and is written to the URL with every other control
-(`dashboard.state.encode_selection`), so a copied link reopens the same view, selection
+(`prunescope.dashboard.state.encode_selection`), so a copied link reopens the same view, selection
 included. Everything drawn comes from the geometry job's stored result.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import dash
 from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
 
-from dashboard.components import (
+from prunescope.dashboard.components import (
     card,
     control,
     dropdown,
@@ -27,7 +27,7 @@ from dashboard.components import (
     running_job,
     table_download,
 )
-from dashboard.figures.geometry import (
+from prunescope.dashboard.figures.geometry import (
     angle_norm_figure,
     class_accuracy_figure,
     confusion_difference_figure,
@@ -39,8 +39,8 @@ from dashboard.figures.geometry import (
     movement_figure,
     reliability_figure,
 )
-from dashboard.figures.overview import empty_figure
-from dashboard.geometry_view import (
+from prunescope.dashboard.figures.overview import empty_figure
+from prunescope.dashboard.geometry_view import (
     GALLERY_SIZE,
     default_checkpoint,
     failures,
@@ -49,8 +49,8 @@ from dashboard.geometry_view import (
     reference_name,
     resolve_geometry_view,
 )
-from dashboard.state import decode_selection, parse_query
-from server import services
+from prunescope.dashboard.state import decode_selection, parse_query
+from prunescope.server import services
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry"

@@ -7,7 +7,7 @@ from collections import Counter
 import dash
 from dash import dcc, html
 
-from server import services
+from prunescope.server import services
 
 dash.register_page(__name__, path="/", title="PruneScope — projects")
 

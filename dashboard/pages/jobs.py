@@ -8,9 +8,9 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html
 
-from dashboard.components import export_buttons, export_inputs, table_download
-from server import services
-from server.tables import utcnow
+from prunescope.dashboard.components import export_buttons, export_inputs, table_download
+from prunescope.server import services
+from prunescope.server.tables import utcnow
 
 dash.register_page(__name__, path="/jobs", title="PruneScope — jobs")
 

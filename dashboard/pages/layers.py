@@ -1,6 +1,6 @@
 """Layers page: which layers of the pruned networks drift from the dense model, and how.
 
-Every control's value is in the query string (`dashboard.figures.layers.VIEW_KEYS`), so a
+Every control's value is in the query string (`prunescope.dashboard.figures.layers.VIEW_KEYS`), so a
 copied link reopens the same view. The page only reads the analyze job's stored results
 through `services.layer_analysis`; it computes nothing the job already stored.
 """
@@ -15,7 +15,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from dashboard.components import (
+from prunescope.dashboard.components import (
     export_buttons,
     export_inputs,
     open_project,
@@ -23,7 +23,7 @@ from dashboard.components import (
     queued_message,
     table_download,
 )
-from dashboard.figures.layers import (
+from prunescope.dashboard.figures.layers import (
     VIEW_KEYS,
     checkpoint_id,
     complexity_by_layer,
@@ -43,8 +43,8 @@ from dashboard.figures.layers import (
     wasserstein_neurons_scatter,
     wasserstein_neurons_table,
 )
-from dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
-from server import services
+from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
+from prunescope.server import services
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers"

@@ -8,8 +8,8 @@ import re
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
-from dashboard.components import ACTIVE, jobs_panel, open_project, project_missing
-from dashboard.figures.comparison import (
+from prunescope.dashboard.components import ACTIVE, jobs_panel, open_project, project_missing
+from prunescope.dashboard.figures.comparison import (
     comparison_columns,
     comparison_csv,
     comparison_parquet,
@@ -18,7 +18,7 @@ from dashboard.figures.comparison import (
     headline_vs_sparsity,
     plottable_columns,
 )
-from dashboard.figures.overview import (
+from prunescope.dashboard.figures.overview import (
     GRAPH_CONFIG,
     accuracy_vs_sparsity,
     checkpoint_rows,
@@ -27,10 +27,10 @@ from dashboard.figures.overview import (
     layer_sparsity_heatmap,
     loading_figure,
 )
-from dashboard.report import comparison_of, pinnable_options, project_report_html, report_inputs
-from dashboard.state import parse_list, parse_sparsities, project_view_query
-from server import services, uploads
-from server.schemas import JobCreate
+from prunescope.dashboard.report import comparison_of, pinnable_options, project_report_html, report_inputs
+from prunescope.dashboard.state import parse_list, parse_sparsities, project_view_query
+from prunescope.server import services, uploads
+from prunescope.server.schemas import JobCreate
 
 dash.register_page(__name__, path_template="/projects/<project_id>", title="PruneScope — project")
 

@@ -5,12 +5,12 @@ registry keys are what jobs and checkpoints record as `method`. Attributes on a 
 caller what it needs:
 
 - `needs_calibration = True`: it scores weights with data; `calibration` is a list of
-  `(inputs, labels)` batches (`models.pruning.calibration`), and it raises ValueError without.
+  `(inputs, labels)` batches (`prunescope.models.pruning.calibration`), and it raises ValueError without.
 - `uses_calibration = True`: it reads calibration data when given and falls back otherwise.
 - `fixed_sparsity`: an N:M method, which only prunes to exactly this sparsity.
 - `updates_weights = True`: surviving weights change too (SparseGPT), not only the mask.
 - `needs_training = True`: it trains between pruning rounds (`imp_rewind`); the training loop
-  belongs to workers, so the prune job runs it through `workers.imp`, and calling the entry
+  belongs to workers, so the prune job runs it through `prunescope.workers.imp`, and calling the entry
   here raises ValueError.
 
 `progress(fraction, message)` is called by the long methods (SynFlow iterations, Wanda and
@@ -24,18 +24,18 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from models.pruning.attention_heads import attention_head_prune
-from models.pruning.calibration import Calibration, ProgressFn
-from models.pruning.common import check_sparsity
-from models.pruning.grasp import grasp_prune
-from models.pruning.layerwise import l1_structured_prune, layerwise_magnitude_prune
-from models.pruning.magnitude import global_magnitude_prune
-from models.pruning.n_m import n_m_magnitude_prune
-from models.pruning.random_unstructured import random_unstructured_prune
-from models.pruning.snip import snip_prune
-from models.pruning.sparsegpt import sparsegpt_prune
-from models.pruning.synflow import synflow_prune
-from models.pruning.wanda import wanda_prune
+from prunescope.models.pruning.attention_heads import attention_head_prune
+from prunescope.models.pruning.calibration import Calibration, ProgressFn
+from prunescope.models.pruning.common import check_sparsity
+from prunescope.models.pruning.grasp import grasp_prune
+from prunescope.models.pruning.layerwise import l1_structured_prune, layerwise_magnitude_prune
+from prunescope.models.pruning.magnitude import global_magnitude_prune
+from prunescope.models.pruning.n_m import n_m_magnitude_prune
+from prunescope.models.pruning.random_unstructured import random_unstructured_prune
+from prunescope.models.pruning.snip import snip_prune
+from prunescope.models.pruning.sparsegpt import sparsegpt_prune
+from prunescope.models.pruning.synflow import synflow_prune
+from prunescope.models.pruning.wanda import wanda_prune
 
 
 class PruningMethod(Protocol):
@@ -85,7 +85,7 @@ def _imp_rewind_outside_a_job(model: nn.Module, sparsity: float) -> nn.Module:
     check_sparsity(sparsity)
     raise ValueError(
         "imp_rewind trains the model between pruning rounds, which models/ cannot do; run it "
-        "as a prune job (params.method='imp_rewind'), or call workers.imp.imp_rewind"
+        "as a prune job (params.method='imp_rewind'), or call prunescope.workers.imp.imp_rewind"
     )
 
 
@@ -94,7 +94,7 @@ _IMP_REWIND_DOC = """Iterative magnitude pruning with rewinding (Frankle et al. 
     Lottery Ticket Hypothesis"): rounds of train, prune p % of the remaining weights by
     global magnitude, rewind the survivors to their values at epoch k, retrain.
 
-    It trains, so it runs as a prune job (`workers.imp.imp_rewind`, which documents the
+    It trains, so it runs as a prune job (`prunescope.workers.imp.imp_rewind`, which documents the
     rounds); calling this entry directly raises ValueError.
     """
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.pruning.calibration import (
+from prunescope.models.pruning.calibration import (
     Calibration,
     MissingLossError,
     batch_loss,
     require_calibration,
     scoring_mode,
 )
-from models.pruning.common import check_sparsity
+from prunescope.models.pruning.common import check_sparsity
 
 _PATTERNS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("q_proj", "k_proj", "v_proj", ("o_proj", "out_proj")),

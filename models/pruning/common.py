@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from models.sparsity import prunable_modules
+from prunescope.models.sparsity import prunable_modules
 
 
 def check_sparsity(sparsity: float) -> float:

@@ -6,14 +6,14 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from models.pruning.calibration import (
+from prunescope.models.pruning.calibration import (
     Calibration,
     batch_loss,
     require_calibration,
     scoring_mode,
     weight_gradients,
 )
-from models.pruning.common import (
+from prunescope.models.pruning.common import (
     apply_keep_masks,
     check_sparsity,
     global_keep_masks,

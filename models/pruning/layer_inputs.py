@@ -9,7 +9,7 @@ position of one example, so W·X reproduces the convolution's output exactly (te
 
 Column order for convolutions is kernel position major, input channel minor — the weight's
 `(out, in, *k)` moved to `(out, *k, in)`. That puts the M consecutive input channels of one
-kernel position next to each other, the N:M groups of `models.sparsity.follows_n_m`. A grouped
+kernel position next to each other, the N:M groups of `prunescope.models.sparsity.follows_n_m`. A grouped
 convolution is G independent products, one per group, so everything here carries a leading
 group dimension (G = 1 for linear layers).
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.pruning.calibration import CalibrationBatch, run_model
+from prunescope.models.pruning.calibration import CalibrationBatch, run_model
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Unfolded conv inputs are built this many values at a time, so memory stays bounded.

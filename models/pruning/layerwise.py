@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import prune
 
-from models.pruning.common import check_sparsity
-from models.sparsity import prunable_modules
+from prunescope.models.pruning.common import check_sparsity
+from prunescope.models.sparsity import prunable_modules
 
 
 def _prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import prune
 
-from models.pruning.common import global_unstructured_prune
+from prunescope.models.pruning.common import global_unstructured_prune
 
 
 def global_magnitude_prune(model: nn.Module, sparsity: float) -> nn.Module:

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from models.sparsity import prunable_modules
+from prunescope.models.sparsity import prunable_modules
 
 
 def n_m_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the `n` largest |w| of every group of `m` consecutive inputs (dim 1) of each output.
 
-    Groups follow `models.sparsity.follows_n_m`: along the input dimension of a linear weight,
+    Groups follow `prunescope.models.sparsity.follows_n_m`: along the input dimension of a linear weight,
     along input channels at each kernel position of a conv weight.
     """
     moved = weight.detach().movedim(1, -1)

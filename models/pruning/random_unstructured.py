@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from models.pruning.common import check_sparsity, global_unstructured_prune
+from prunescope.models.pruning.common import check_sparsity, global_unstructured_prune
 
 
 def random_unstructured_prune(model: nn.Module, sparsity: float, seed: int) -> nn.Module:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.pruning.calibration import (
+from prunescope.models.pruning.calibration import (
     Calibration,
     require_calibration,
     scoring_mode,
     weight_gradients,
 )
-from models.pruning.common import (
+from prunescope.models.pruning.common import (
     apply_keep_masks,
     check_sparsity,
     global_keep_masks,

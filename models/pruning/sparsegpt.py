@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.pruning.calibration import (
+from prunescope.models.pruning.calibration import (
     Calibration,
     ProgressFn,
     no_progress,
     require_calibration,
     scoring_mode,
 )
-from models.pruning.common import apply_keep_masks, check_sparsity, prunable_weights
-from models.pruning.layer_inputs import (
+from prunescope.models.pruning.common import apply_keep_masks, check_sparsity, prunable_weights
+from prunescope.models.pruning.layer_inputs import (
     accumulate_group_inputs,
     block_groups,
     forward_order,
@@ -136,7 +136,7 @@ def sparsegpt_prune(
     (GPTQ's "true sequential" order; see `layer_inputs.block_groups`). X is the layer's input
     over every calibration token; a convolution's input is unfolded so a column is one
     (kernel position, input channel) pair, and a grouped convolution gets one H per group
-    (see `models.pruning.layer_inputs`).
+    (see `prunescope.models.pruning.layer_inputs`).
 
     Every layer loses exactly round(sparsity × numel) weights (per-row counts vary, as the
     block mask ranks all rows together); with `n_m=(n, m)` every group of m consecutive

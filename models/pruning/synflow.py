@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.pruning.calibration import ProgressFn, no_progress, scoring_mode
-from models.pruning.common import (
+from prunescope.models.pruning.calibration import ProgressFn, no_progress, scoring_mode
+from prunescope.models.pruning.common import (
     apply_keep_masks,
     check_sparsity,
     global_keep_masks,

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.pruning.calibration import (
+from prunescope.models.pruning.calibration import (
     Calibration,
     ProgressFn,
     no_progress,
     require_calibration,
     scoring_mode,
 )
-from models.pruning.common import apply_keep_masks, check_sparsity, prunable_weights
-from models.pruning.layer_inputs import (
+from prunescope.models.pruning.common import apply_keep_masks, check_sparsity, prunable_weights
+from prunescope.models.pruning.layer_inputs import (
     accumulate_group_inputs,
     block_groups,
     forward_order,
@@ -46,7 +46,7 @@ def wanda_prune(
 
     X is the layer's input over every calibration token (all positions of all batches). For
     a convolution a column j is one (input channel, kernel position) pair of the unfolded
-    input (see `models.pruning.layer_inputs`), so ‖X_j‖₂ is that channel's norm over the
+    input (see `prunescope.models.pruning.layer_inputs`), so ‖X_j‖₂ is that channel's norm over the
     positions that kernel tap reads, padding included. Each row loses the lowest-scoring
     fraction `sparsity` (rows differ by at most one weight; each layer is exact); with
     `n_m=(n, m)` each group of m consecutive input columns keeps its n highest scores

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from server.api import (
+from prunescope.server.api import (
     auth,
     checkpoints,
     datasets,

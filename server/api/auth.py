@@ -10,8 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from server import auth
-from server.api.deps import SettingsDep
+from prunescope.server import auth
+from prunescope.server.api.deps import SettingsDep
 
 pages_router = APIRouter(include_in_schema=False)
 router = APIRouter(prefix="/auth", tags=["auth"])

@@ -7,10 +7,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from server import services, uploads
-from server.api.deps import SettingsDep
-from server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
-from server.storage import CHUNK_BYTES
+from prunescope.server import services, uploads
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
+from prunescope.server.storage import CHUNK_BYTES
 
 router = APIRouter(tags=["checkpoints"])
 

@@ -6,16 +6,16 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from server import dataset_service
-from server.api.deps import SettingsDep
-from server.schemas import (
+from prunescope.server import dataset_service
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.schemas import (
     ActiveDatasetChoice,
     BuiltinDatasetCreate,
     DatasetDetail,
     DatasetPublic,
     DatasetsPublic,
 )
-from server.storage import CHUNK_BYTES
+from prunescope.server.storage import CHUNK_BYTES
 
 router = APIRouter(tags=["datasets"])
 
@@ -48,7 +48,7 @@ async def upload_dataset(
     split_column: Annotated[str, Form(description="values 'train' or 'test'")] = "split",
 ) -> DatasetDetail:
     """Upload an evaluation dataset; it is validated against the project's model first."""
-    from workers.dataset_formats import ColumnNames
+    from prunescope.workers.dataset_formats import ColumnNames
 
     def chunks():  # noqa: ANN202
         file.file.seek(0)

@@ -4,6 +4,6 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from server.config import Settings, get_settings
+from prunescope.server.config import Settings, get_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

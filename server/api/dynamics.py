@@ -6,11 +6,11 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from server import dynamics_upload, services
-from server.api.deps import SettingsDep
-from server.config import Settings
-from server.schemas import ResultPublic
-from server.storage import CHUNK_BYTES
+from prunescope.server import dynamics_upload, services
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.config import Settings
+from prunescope.server.schemas import ResultPublic
+from prunescope.server.storage import CHUNK_BYTES
 
 router = APIRouter(tags=["dynamics"])
 
@@ -73,7 +73,7 @@ async def upload_dynamics_run(
       order counts), `loss` float (per-example loss), `prediction` int (top-1 class), `p_gold`
       float in [0, 1] (probability of the label as trained), optional `margin` float (that
       label's logit minus the largest other logit). The file
-      `workers.analyses.dynamics_training.DynamicsWriter` writes has exactly these columns.
+      `prunescope.workers.analyses.dynamics_training.DynamicsWriter` writes has exactly these columns.
     - **probes**: one row per MAP-D probe. `example` int, `suite` text (e.g. typical,
       atypical, mislabeled, corrupted), optional `reference` bool (the kNN references; left
       out, each suite is split in halves at random with seed 0), optional `label` int (the

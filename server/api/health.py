@@ -3,9 +3,9 @@
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from server.api.deps import SettingsDep
-from server.db import get_engine
-from server.schemas import Health
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.db import get_engine
+from prunescope.server.schemas import Health
 
 router = APIRouter(tags=["health"])
 

@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter, status
 
-from server import services
-from server.api.deps import SettingsDep
-from server.schemas import JobCreate, JobPublic, JobsPublic
+from prunescope.server import services
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.schemas import JobCreate, JobPublic, JobsPublic
 
 router = APIRouter(tags=["jobs"])
 

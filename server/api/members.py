@@ -5,8 +5,8 @@ from typing import Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from server import auth
-from server.api.deps import SettingsDep
+from prunescope.server import auth
+from prunescope.server.api.deps import SettingsDep
 
 router = APIRouter(prefix="/projects/{project_id}/members", tags=["members"])
 

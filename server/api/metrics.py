@@ -2,9 +2,9 @@
 
 from fastapi import APIRouter, Request, Response
 
-from server.auth import current_principal
-from server.metrics import exposition
-from server.services import Forbidden
+from prunescope.server.auth import current_principal
+from prunescope.server.metrics import exposition
+from prunescope.server.services import Forbidden
 
 router = APIRouter(tags=["metrics"])
 

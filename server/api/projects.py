@@ -4,9 +4,9 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from server import services
-from server.api.deps import SettingsDep
-from server.schemas import ProjectCreate, ProjectPublic, ProjectsPublic
+from prunescope.server import services
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.schemas import ProjectCreate, ProjectPublic, ProjectsPublic
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 architectures_router = APIRouter(prefix="/architectures", tags=["projects"])

@@ -3,9 +3,9 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from server import services
-from server.api.deps import SettingsDep
-from server.schemas import ResultPublic, ResultsPublic
+from prunescope.server import services
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.schemas import ResultPublic, ResultsPublic
 
 router = APIRouter(tags=["results"])
 

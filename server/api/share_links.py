@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from server import auth
-from server.api.deps import SettingsDep
+from prunescope.server import auth
+from prunescope.server.api.deps import SettingsDep
 
 router = APIRouter(prefix="/projects/{project_id}/share-links", tags=["share links"])
 pages_router = APIRouter(include_in_schema=False)

@@ -19,9 +19,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from server import uploads
-from server.api.deps import SettingsDep
-from server.services import ServiceError
+from prunescope.server import uploads
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.services import ServiceError
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Query, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from server import view_service
-from server.api.deps import SettingsDep
-from server.services import InvalidInput
-from server.view_service import (
+from prunescope.server import view_service
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.services import InvalidInput
+from prunescope.server.view_service import (
     ArrayFormat,
     ArraysPublic,
     BookmarkCreate,
@@ -51,7 +51,7 @@ def delete_bookmark(bookmark_id: int, settings: SettingsDep) -> Response:
 @router.get("/views/{view_id}", response_model=ViewStatePublic, tags=["views"])
 def get_view_state(view_id: str, settings: SettingsDep) -> ViewStatePublic:
     """The long view state a link names by a short id: a `sel=v<id>` selection in a page's
-    query is `dashboard.state.decode_selection` of this text."""
+    query is `prunescope.dashboard.state.decode_selection` of this text."""
     return ViewStatePublic(id=view_id, text=view_service.load_view_state(view_id, settings))
 
 
@@ -98,8 +98,8 @@ def method_comparison(
     population of recorded training runs) with each analysis's headline number. `json` gives
     `{"data": [...rows], "count": n}`; `csv` and `parquet` the columns the page exports
     (text as strings, counts as int64, other numbers as float64, empty cells null)."""
-    from dashboard.figures.comparison import comparison_csv, comparison_parquet, export_records
-    from dashboard.report import comparison_of, report_inputs
+    from prunescope.dashboard.figures.comparison import comparison_csv, comparison_parquet, export_records
+    from prunescope.dashboard.report import comparison_of, report_inputs
 
     rows = comparison_of(report_inputs(project_id, settings))
     stem = f"project{project_id}-comparison"
@@ -124,7 +124,7 @@ def project_report(
     """The self-contained HTML report the project page exports: the comparison table,
     accuracy versus sparsity and each `pin`ned figure (keys as the page's "pin" list:
     `cka_heatmap`, `layer_sparsity`, `comparison:<column>`, ...); opens offline."""
-    from dashboard.report import pinnable_options, report_html, report_inputs
+    from prunescope.dashboard.report import pinnable_options, report_html, report_inputs
 
     inputs = report_inputs(project_id, settings)
     known = {o["value"] for o in pinnable_options(inputs)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from server.main import create_app
+from prunescope.server.main import create_app
 
 
 def test_a_first_visit_straight_to_a_project_page_loads_the_assets(settings) -> None:
@@ -22,7 +22,7 @@ def test_a_slow_callback_does_not_hold_up_other_requests(settings, monkeypatch) 
     import httpx
     import uvicorn
 
-    from server import services
+    from prunescope.server import services
 
     entered, release = threading.Event(), threading.Event()
     real_list_projects = services.list_projects

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dashboard.figures.attention import (
+from prunescope.dashboard.figures.attention import (
     NO_ATTENTION,
     NO_LM_HEAD,
     NO_MAPS,
@@ -76,7 +76,7 @@ def test_missing_attention_says_what_to_do_and_rows_export_every_head() -> None:
 
 
 def test_probe_lines_draw_each_checkpoint_and_the_majority_floor() -> None:
-    from dashboard.figures.attention import NO_PROBES, probe_lines, probe_tasks
+    from prunescope.dashboard.figures.attention import NO_PROBES, probe_lines, probe_tasks
 
     rng = np.random.default_rng(1)
     probing = {
@@ -191,10 +191,10 @@ def test_layer_drift_and_language_model_quality_lines() -> None:
 
 
 def test_attention_maps_are_found_per_sentence_and_requested_by_position(settings, tmp_path):
-    from server import services
-    from server.db import session_scope
-    from server.schemas import ProjectCreate
-    from server.tables import AnalysisResult
+    from prunescope.server import services
+    from prunescope.server.db import session_scope
+    from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.tables import AnalysisResult
 
     pid = services.create_project(ProjectCreate(name="p", architecture="huggingface"),
                                   settings).id

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dashboard.figures.attention import checkpoint_at, resolve_attention_view
-from dashboard.figures.comparison import (
+from prunescope.dashboard.figures.attention import checkpoint_at, resolve_attention_view
+from prunescope.dashboard.figures.comparison import (
     COMPARISON_COLUMNS,
     comparison_columns,
     comparison_csv,
@@ -27,11 +27,11 @@ from dashboard.figures.comparison import (
     headline_vs_sparsity,
     view_url,
 )
-from dashboard.figures.dynamics import resolve_dynamics_view
-from dashboard.figures.layers import layers_view_options, resolve_layers_view
-from dashboard.geometry_view import resolve_geometry_view
-from dashboard.report import ReportInputs, pinnable_options, project_report_html, report_html
-from dashboard.state import parse_query
+from prunescope.dashboard.figures.dynamics import resolve_dynamics_view
+from prunescope.dashboard.figures.layers import layers_view_options, resolve_layers_view
+from prunescope.dashboard.geometry_view import resolve_geometry_view
+from prunescope.dashboard.report import ReportInputs, pinnable_options, project_report_html, report_html
+from prunescope.dashboard.state import parse_query
 
 PID = 7
 ANALYSIS_COLUMNS = [k for k in COMPARISON_COLUMNS
@@ -446,7 +446,7 @@ def test_pinnable_figures_are_those_the_analyses_can_draw() -> None:
 
 
 def _patch_services(monkeypatch: pytest.MonkeyPatch) -> None:
-    from server import services
+    from prunescope.server import services
 
     project = SimpleNamespace(id=PID, name="Pruning <study>", description="ResNet & friends",
                               architecture="resnet20", datasets=[])
@@ -477,10 +477,10 @@ def test_the_project_page_wires_the_comparison_and_the_report(settings, monkeypa
 
     import dash
 
-    from server.main import create_app
+    from prunescope.server.main import create_app
 
     create_app(settings)  # registers the dashboard's pages
-    # The page as Dash registered it: importing `dashboard.pages.project` again would register
+    # The page as Dash registered it: importing `prunescope.dashboard.pages.project` again would register
     # a second module with the same path, and Dash then answers every request with an error.
     module = next(p["module"] for p in dash.page_registry.values()
                   if p.get("path_template") == "/projects/<project_id>")
@@ -528,7 +528,7 @@ def test_the_api_serves_the_comparison_as_json_csv_and_parquet_and_the_report(
     import pyarrow.parquet as pq
     from fastapi.testclient import TestClient
 
-    from server.main import create_app
+    from prunescope.server.main import create_app
 
     _patch_services(monkeypatch)
     expected = export_records(_rows())

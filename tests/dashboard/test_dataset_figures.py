@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dashboard.figures.datasets import class_counts_figure, preview_rows
-from workers.dataset_formats import preview
-from workers.datasets import from_arrays, load_builtin
+from prunescope.dashboard.figures.datasets import class_counts_figure, preview_rows
+from prunescope.workers.dataset_formats import preview
+from prunescope.workers.datasets import from_arrays, load_builtin
 
 
 def test_class_counts_stack_train_and_test_per_class():

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dashboard.figures.dynamics import (
+from prunescope.dashboard.figures.dynamics import (
     BACKGROUND_COLOUR,
     CATEGORY_COLOURS,
     DENSE_COLOUR,
@@ -37,7 +37,7 @@ from dashboard.figures.dynamics import (
     surfaced_indices,
     surfaced_rows,
 )
-from dashboard.state import decode_selection, parse_query
+from prunescope.dashboard.state import decode_selection, parse_query
 
 RUNS = ["dense-s0", "dense-s1", "gmp80-s0", "gmp80-s1", "ft50-s0", "gmp50-s0"]
 MODES = ["dense", "dense", "gmp", "gmp", "finetune", "gmp"]
@@ -480,8 +480,8 @@ def dynamics_page(monkeypatch):  # noqa: ANN201
     import dash
     from fastapi import FastAPI
 
-    from dashboard.app import create_dash
-    from server import services
+    from prunescope.dashboard.app import create_dash
+    from prunescope.server import services
 
     create_dash(FastAPI())
     page = next(p for p in dash.page_registry.values()
@@ -508,7 +508,7 @@ def _find(component, id_: str):  # noqa: ANN001, ANN202
 
 def test_the_page_without_a_result_offers_to_run_the_analysis(dynamics_page,  # noqa: ANN001
                                                               monkeypatch) -> None:
-    from server import services
+    from prunescope.server import services
 
     monkeypatch.setattr(services, "dynamics_analysis",
                         lambda pid, *a, **k: {"dynamics": None, "result_id": None},
@@ -523,7 +523,7 @@ def test_the_page_without_a_result_offers_to_run_the_analysis(dynamics_page,  # 
 
 def test_the_page_with_a_result_restores_the_view_from_the_url(dynamics_page,  # noqa: ANN001
                                                                monkeypatch) -> None:
-    from server import services
+    from prunescope.server import services
 
     dyn = _dynamics()
     monkeypatch.setattr(services, "dynamics_analysis",
@@ -562,7 +562,7 @@ def test_the_galleries_show_thumbnails_and_rows(dynamics_page) -> None:  # noqa:
 
 
 def test_category_transitions_groups_and_the_taxicab_column() -> None:
-    from dashboard.figures.dynamics import category_transition_figure, group_impact_figure
+    from prunescope.dashboard.figures.dynamics import category_transition_figure, group_impact_figure
 
     dyn = _dynamics()
     k, p, m = len(CATEGORIES), len(POPULATIONS), len(dyn["test_labels"])
@@ -593,7 +593,7 @@ def test_category_transitions_groups_and_the_taxicab_column() -> None:
 
 
 def test_a_webgl_lasso_without_customdata_maps_back_through_the_drawn_traces() -> None:
-    from dashboard.figures.dynamics import data_map_figure, map_traces
+    from prunescope.dashboard.figures.dynamics import data_map_figure, map_traces
 
     dyn = _dynamics()
     run = RUNS[0]

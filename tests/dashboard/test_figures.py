@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from dashboard.figures.overview import (
+from prunescope.dashboard.figures.overview import (
     accuracy_vs_sparsity,
     checkpoint_rows,
     empty_figure,
     layer_cka_heatmap,
 )
-from dashboard.state import parse_list, parse_query, project_view_query
+from prunescope.dashboard.state import parse_list, parse_query, project_view_query
 
 ROWS = [
     {
@@ -139,7 +139,7 @@ def test_empty_figure_says_why():
 
 
 def test_sparsity_lists_parse_percentages_and_name_bad_entries():
-    from dashboard.state import parse_sparsities
+    from prunescope.dashboard.state import parse_sparsities
 
     assert parse_sparsities("0.8, 50%;.95, 0.8") == [0.5, 0.8, 0.95]
     for text, word in [("0.5, lots", "'lots'"), ("1.0", "outside"), ("", "at least one")]:
@@ -148,7 +148,7 @@ def test_sparsity_lists_parse_percentages_and_name_bad_entries():
 
 
 def test_layer_sparsity_heatmap_shows_percent_zeros_and_gaps():
-    from dashboard.figures.overview import layer_sparsity_heatmap
+    from prunescope.dashboard.figures.overview import layer_sparsity_heatmap
 
     fig = layer_sparsity_heatmap(
         ["conv1.0.weight", "classifier.weight"], ["dense", "m-50"], [[0.0, 0.2], [0.0, None]]
@@ -162,7 +162,7 @@ def test_layer_sparsity_heatmap_shows_percent_zeros_and_gaps():
 
 
 def test_layer_sparsity_heatmap_labels_sparse_layers_that_follow_an_n_m_pattern():
-    from dashboard.figures.overview import layer_sparsity_heatmap
+    from prunescope.dashboard.figures.overview import layer_sparsity_heatmap
 
     fig = layer_sparsity_heatmap(
         ["fc.weight", "out.weight"],
@@ -178,7 +178,7 @@ def test_layer_sparsity_heatmap_labels_sparse_layers_that_follow_an_n_m_pattern(
 
 
 def test_models_without_a_classifier_head_get_no_accuracy_and_say_why():
-    from dashboard.figures.overview import accuracy_vs_sparsity, checkpoint_rows
+    from prunescope.dashboard.figures.overview import accuracy_vs_sparsity, checkpoint_rows
 
     checkpoints = [
         {"id": 1, "name": "dense", "role": "dense", "method": "dense", "measured_sparsity": 0.0,
@@ -198,7 +198,7 @@ def test_models_without_a_classifier_head_get_no_accuracy_and_say_why():
 def test_the_loading_placeholder_is_the_empty_figure_and_each_copy_is_its_own():
     import json
 
-    from dashboard.figures.overview import empty_figure, loading_figure
+    from prunescope.dashboard.figures.overview import empty_figure, loading_figure
 
     first = loading_figure()
     assert first == json.loads(empty_figure("loading…").to_json())

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from plotly.colors import hex_to_rgb, unlabel_rgb
 
-from dashboard.figures.geometry import (
+from prunescope.dashboard.figures.geometry import (
     COLOR_BY,
     NO_GEOMETRY,
     NO_GROUP_COLOUR,
@@ -516,6 +516,6 @@ def test_view_options_list_checkpoints_classes_and_colourings(geom):
 
 
 def test_the_figures_module_does_not_import_torch():
-    code = "import sys, dashboard.figures.geometry; print('torch' in sys.modules)"
+    code = "import sys, prunescope.dashboard.figures.geometry; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

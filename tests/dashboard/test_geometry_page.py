@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dashboard.geometry_view import failures, gallery, geometry_view_query, resolve_geometry_view
-from dashboard.state import decode_selection, parse_query
+from prunescope.dashboard.geometry_view import failures, gallery, geometry_view_query, resolve_geometry_view
+from prunescope.dashboard.state import decode_selection, parse_query
 
 
 def _geom() -> dict[str, np.ndarray]:
@@ -66,8 +66,8 @@ def test_the_gallery_shows_inputs_and_both_predictions() -> None:
 def test_a_queue_button_reports_the_job_or_the_servers_refusal() -> None:
     from types import SimpleNamespace
 
-    from dashboard.components import queued_message
-    from server import services
+    from prunescope.dashboard.components import queued_message
+    from prunescope.server import services
 
     assert queued_message(lambda: SimpleNamespace(id=7), "Geometry") == "Geometry job #7 queued."
 

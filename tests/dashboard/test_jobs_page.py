@@ -11,12 +11,12 @@ import dash
 import pytest
 from fastapi.testclient import TestClient
 
-from server import auth
-from server.db import session_scope
-from server.main import create_app
-from server.schemas import ProjectCreate
-from server.services import create_project
-from server.tables import Job, utcnow
+from prunescope.server import auth
+from prunescope.server.db import session_scope
+from prunescope.server.main import create_app
+from prunescope.server.schemas import ProjectCreate
+from prunescope.server.services import create_project
+from prunescope.server.tables import Job, utcnow
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from dashboard.figures.layers import (
+from prunescope.dashboard.figures.layers import (
     NO_EVALUATION,
     NO_MASKS,
     NO_NEURONS,
@@ -33,8 +33,8 @@ from dashboard.figures.layers import (
     wasserstein_neurons_scatter,
     wasserstein_neurons_table,
 )
-from dashboard.figures.overview import METHOD_COLOURS
-from dashboard.state import parse_query
+from prunescope.dashboard.figures.overview import METHOD_COLOURS
+from prunescope.dashboard.state import parse_query
 
 LAYERS = ["conv", "fc", "head"]
 # Rows deliberately out of sparsity order: the lines must sort them.
@@ -345,10 +345,10 @@ def test_the_view_comes_from_the_url_with_defaults_for_what_it_lacks_or_gets_wro
 
 
 def test_layer_analysis_returns_the_newest_result_of_each_kind_read_only(settings, tmp_path):
-    from server import services
-    from server.db import session_scope
-    from server.schemas import ProjectCreate
-    from server.tables import AnalysisResult
+    from prunescope.server import services
+    from prunescope.server.db import session_scope
+    from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.tables import AnalysisResult
 
     pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
     assert services.layer_analysis(pid, settings) == {
@@ -406,10 +406,10 @@ def test_a_layer_pair_heatmap_names_both_checkpoints_and_says_what_is_missing():
 
 
 def test_layer_matrix_finds_a_pair_from_either_side_and_requests_missing_ones(settings, tmp_path):
-    from server import services
-    from server.db import session_scope
-    from server.schemas import ProjectCreate
-    from server.tables import AnalysisResult, Checkpoint
+    from prunescope.server import services
+    from prunescope.server.db import session_scope
+    from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.tables import AnalysisResult, Checkpoint
 
     pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
     store = services._store(settings)

@@ -8,14 +8,14 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from dashboard.state import (
+from prunescope.dashboard.state import (
     SELECTION_URL_LIMIT,
     decode_selection,
     encode_selection,
     storing_long_selections,
 )
-from server import view_service
-from server.config import get_settings
+from prunescope.server import view_service
+from prunescope.server.config import get_settings
 
 
 def _scattered(n: int, fraction: float, seed: int = 0) -> list[int]:
@@ -96,9 +96,9 @@ def test_a_failing_store_keeps_the_long_code() -> None:
 
 
 def test_pages_served_by_the_dashboard_write_short_ids(settings) -> None:
-    from dashboard.app import create_dash
-    from dashboard.geometry_view import geometry_view_query
-    from dashboard.state import parse_query
+    from prunescope.dashboard.app import create_dash
+    from prunescope.dashboard.geometry_view import geometry_view_query
+    from prunescope.dashboard.state import parse_query
 
     chosen = _scattered(27_000, 0.4, seed=7)
     server = FastAPI()

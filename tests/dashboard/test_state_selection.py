@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dashboard.state import decode_selection, encode_selection
+from prunescope.dashboard.state import decode_selection, encode_selection
 
 
 @pytest.mark.parametrize("seed", range(5))

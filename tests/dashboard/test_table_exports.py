@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 
-from server.main import create_app
+from prunescope.server.main import create_app
 from tests.dashboard.test_layer_figures import _evaluation
 
 
@@ -36,10 +36,10 @@ def test_every_download_answers_a_csv_and_a_parquet_button(settings):
 
 
 def _project_with_evaluation(settings, tmp_path) -> int:
-    from server import services
-    from server.db import session_scope
-    from server.schemas import ProjectCreate
-    from server.tables import AnalysisResult
+    from prunescope.server import services
+    from prunescope.server.db import session_scope
+    from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.tables import AnalysisResult
 
     pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
     path = tmp_path / "evaluation.npz"
@@ -66,7 +66,7 @@ def _press(client: TestClient, button: str, pid: int) -> dict:
 
 
 def test_a_layers_table_downloads_as_csv_and_parquet_with_equal_rows(settings, tmp_path):
-    from dashboard.figures.layers import metric_vs_sparsity_table
+    from prunescope.dashboard.figures.layers import metric_vs_sparsity_table
 
     pid = _project_with_evaluation(settings, tmp_path)
     expected = metric_vs_sparsity_table(_evaluation(), "cka")

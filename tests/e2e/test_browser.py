@@ -49,7 +49,7 @@ def run_demo(tmp_path_factory, projects: str, timeout_s: float = DEMO_TIMEOUT_S)
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "prunescope.server.cli",
             "demo",
             "--port",
             str(port),
@@ -383,7 +383,7 @@ def test_browser_upload_of_several_chunks_resumes_after_a_lost_response(
 ):
     from safetensors.torch import save_file
 
-    from models.registry import create_model
+    from prunescope.models.registry import create_model
 
     base = demo_server["base"]
     wide = {"in_features": 64, "hidden": [2048, 2048], "num_classes": 10}

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dashboard.state import decode_selection, parse_query
+from prunescope.dashboard.state import decode_selection, parse_query
 from tests.e2e.test_browser import (  # noqa: F401 - fixtures are used by name
     _get_json,
     _new_browser,

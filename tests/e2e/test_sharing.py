@@ -48,7 +48,7 @@ def secured_server(tmp_path_factory):
     env = {**os.environ, "PRUNESCOPE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
            "PRUNESCOPE_AUTH": "on"}
     added = subprocess.run(
-        [sys.executable, "-m", "server.cli", "users", "add", "alice", "--password-stdin",
+        [sys.executable, "-m", "prunescope.server.cli", "users", "add", "alice", "--password-stdin",
          "--token"], input=PASSWORD + "\n", env=env, capture_output=True, text=True,
         timeout=120)
     assert added.returncode == 0, added.stderr
@@ -57,7 +57,7 @@ def secured_server(tmp_path_factory):
     log_path = data_dir / "server.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.capture import capture_layer_outputs, layer_outputs
-from models.checkpoints import load_model, load_state_dict_file, save_safetensors
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model, default_config
-from models.sparsity import prunable_modules, sparsity_report
+from prunescope.models.capture import capture_layer_outputs, layer_outputs
+from prunescope.models.checkpoints import load_model, load_state_dict_file, save_safetensors
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model, default_config
+from prunescope.models.sparsity import prunable_modules, sparsity_report
 
 NEW = ["resnet20", "resnet18", "vit_small"]
 

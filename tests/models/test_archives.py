@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.archives import ArchiveError, archive_format, common_root, extract_archive
+from prunescope.models.archives import ArchiveError, archive_format, common_root, extract_archive
 
 LIMIT = 1024 * 1024
 

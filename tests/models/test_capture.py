@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.capture import capture_layer_outputs, layer_outputs
-from models.registry import create_model
+from prunescope.models.capture import capture_layer_outputs, layer_outputs
+from prunescope.models.registry import create_model
 
 
 def _hook_count(model: torch.nn.Module) -> int:

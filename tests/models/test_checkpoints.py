@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from models.checkpoints import (
+from prunescope.models.checkpoints import (
     CheckpointError,
     load_model,
     load_state_dict_file,
     save_safetensors,
     validate_for_architecture,
 )
-from models.registry import create_model, default_config
+from prunescope.models.registry import create_model, default_config
 
 
 class _WritesMarker:
@@ -203,8 +203,8 @@ def _torch_pruned_mlp():  # noqa: ANN202
     """A real torch.nn.utils.prune model: weight_orig (unzeroed) + weight_mask per layer."""
     import torch.nn.utils.prune as tprune
 
-    from models.registry import create_model, default_config
-    from models.sparsity import prunable_modules
+    from prunescope.models.registry import create_model, default_config
+    from prunescope.models.sparsity import prunable_modules
 
     torch.manual_seed(0)
     model = create_model("mlp", **default_config("mlp"))
@@ -214,8 +214,8 @@ def _torch_pruned_mlp():  # noqa: ANN202
 
 
 def test_torch_prune_state_dict_folds_to_orig_times_mask(tmp_path):
-    from models.checkpoints import load_state_dict_file, validate_for_architecture
-    from models.sparsity import prunable_modules
+    from prunescope.models.checkpoints import load_state_dict_file, validate_for_architecture
+    from prunescope.models.sparsity import prunable_modules
 
     model = _torch_pruned_mlp()
     raw = model.state_dict()
@@ -240,7 +240,7 @@ def test_torch_prune_state_dict_folds_to_orig_times_mask(tmp_path):
 def test_shrinkbench_weight_mask_buffers_fold_and_safetensors_too(tmp_path):
     from safetensors.torch import save_file
 
-    from models.checkpoints import load_state_dict_file
+    from prunescope.models.checkpoints import load_state_dict_file
 
     torch.manual_seed(1)
     weight = torch.randn(4, 6)
@@ -258,7 +258,7 @@ def test_shrinkbench_weight_mask_buffers_fold_and_safetensors_too(tmp_path):
     [(torch.full((4, 6), 0.5), "other than 0 and 1"), (torch.ones(3, 6), "shape")],
 )
 def test_inconsistent_masks_are_refused(tmp_path, mask, message):
-    from models.checkpoints import CheckpointError, load_state_dict_file
+    from prunescope.models.checkpoints import CheckpointError, load_state_dict_file
 
     path = tmp_path / "bad.pt"
     torch.save({"fc.weight_orig": torch.randn(4, 6), "fc.weight_mask": mask}, path)

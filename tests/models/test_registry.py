@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from models.capture import layer_outputs
-from models.registry import (
+from prunescope.models.capture import layer_outputs
+from prunescope.models.registry import (
     UnknownArchitectureError,
     create_model,
     default_config,
     list_architectures,
     register,
 )
-from models.sparsity import prunable_modules
+from prunescope.models.sparsity import prunable_modules
 
 ARCHITECTURES = ["mlp", "cnn_small", "resnet20", "resnet18", "vit_small"]
 

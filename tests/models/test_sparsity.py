@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.registry import create_model
-from models.sparsity import checkpoint_stats, prunable_parameter_names
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names
 
 
 def test_prunable_weights_are_linear_and_conv_weights_only():
@@ -61,7 +61,7 @@ def test_a_prunable_name_missing_from_the_state_dict_is_an_error():
 
 
 def test_n_m_patterns_on_hand_built_weights():
-    from models.sparsity import follows_n_m
+    from prunescope.models.sparsity import follows_n_m
 
     two_four = torch.tensor([[1.0, 0, 2, 0, 0, 3, 4, 0], [0, 0, 5, 6, 7, 0, 0, 0]])
     assert follows_n_m(two_four, 2, 4) and follows_n_m(two_four, 4, 8)
@@ -80,9 +80,9 @@ def test_n_m_patterns_on_hand_built_weights():
 
 
 def test_cost_of_cnn_small_matches_a_hand_count_and_pruning_scales_it():
-    from models.pruning import PRUNING_METHODS
-    from models.registry import create_model
-    from models.sparsity import sparsity_report
+    from prunescope.models.pruning import PRUNING_METHODS
+    from prunescope.models.registry import create_model
+    from prunescope.models.sparsity import sparsity_report
 
     model = create_model("cnn_small")
     dense = sparsity_report(model)

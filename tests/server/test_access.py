@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from server import auth, uploads, view_service
-from server.cli import main as cli_main
-from server.db import session_scope
-from server.main import create_app
-from server.services import Conflict, Forbidden, NotFound, _store, get_project, list_projects
-from server.tables import AnalysisResult, Checkpoint, Dataset, Job
+from prunescope.server import auth, uploads, view_service
+from prunescope.server.cli import main as cli_main
+from prunescope.server.db import session_scope
+from prunescope.server.main import create_app
+from prunescope.server.services import Conflict, Forbidden, NotFound, _store, get_project, list_projects
+from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset, Job
 
 MISSING = 99999
 UPLOAD_HEADERS = {"Tus-Resumable": "1.0.0", "Upload-Length": "0"}
@@ -246,7 +246,7 @@ def test_membership_changes_take_effect_at_once(world):
 
 def test_dashboard_callbacks_meet_the_same_checks(world, secured):
     """Dash callbacks call the service layer with the request's principal, like routes do."""
-    from dashboard.app import save_bookmark
+    from prunescope.dashboard.app import save_bookmark
 
     _, _, ids, _ = world
     pid = ids["project_id"]
@@ -265,8 +265,8 @@ def test_dashboard_callbacks_meet_the_same_checks(world, secured):
 
 
 def test_cli_gives_an_unowned_project_an_owner(settings, capsys):
-    from server.schemas import ProjectCreate
-    from server.services import create_project
+    from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.services import create_project
 
     project = create_project(ProjectCreate(name="legacy", architecture="mlp"), settings)
     auth.add_user("dana", None, token=True, settings=settings)
@@ -293,7 +293,7 @@ def test_a_private_projects_name_is_no_secret_to_guess(world, secured):
     # carol sees alice's "private" (viewer) and owns none: the name finds alice's
     alice, bob = (auth.Principal("user", user_id=auth.find_user_id(n, secured), name=n)
                   for n in ("alice", "bob"))
-    from server.services import find_project
+    from prunescope.server.services import find_project
 
     with auth.acting_as(alice):
         assert find_project("private", secured).id == ids["project_id"]

@@ -11,8 +11,8 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
-from models.registry import create_model, default_config
-from server.main import create_app
+from prunescope.models.registry import create_model, default_config
+from prunescope.server.main import create_app
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_bad_uploads_get_4xx_and_leave_nothing(client, settings, project, name, 
 
 def test_oversized_upload_is_refused_before_it_is_read(settings, monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_MAX_UPLOAD_BYTES", "2048")
-    from server.config import get_settings
+    from prunescope.server.config import get_settings
 
     get_settings.cache_clear()
     small = get_settings()
@@ -210,7 +210,7 @@ def test_job_submission_validates_parameters(client, project):
 def test_upload_of_a_torch_prune_state_dict_measures_the_masked_sparsity(client, project):
     import torch.nn.utils.prune as tprune
 
-    from models.sparsity import prunable_modules
+    from prunescope.models.sparsity import prunable_modules
 
     torch.manual_seed(0)
     model = create_model("mlp", **default_config("mlp"))

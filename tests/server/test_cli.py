@@ -6,14 +6,14 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from models.registry import create_model
-from server import services
-from server.schemas import ProjectCreate
+from prunescope.models.registry import create_model
+from prunescope.server import services
+from prunescope.server.schemas import ProjectCreate
 
 
 def _cli(*args: str, data_dir) -> subprocess.CompletedProcess:  # noqa: ANN001
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "prunescope.server.cli", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,7 +56,7 @@ def test_serve_with_several_processes_answers_from_each(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", "0",
+        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port), "--workers", "0",
          "--processes", "2"],
         env={**os.environ, "PRUNESCOPE_DATA_DIR": str(tmp_path)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from server import dataset_service, services
-from server.cli import main as cli_main
-from server.main import create_app
-from server.schemas import JobCreate, ProjectCreate
-from server.worker import run_worker
-from workers.datasets import load_builtin
+from prunescope.server import dataset_service, services
+from prunescope.server.cli import main as cli_main
+from prunescope.server.main import create_app
+from prunescope.server.schemas import JobCreate, ProjectCreate
+from prunescope.server.worker import run_worker
+from prunescope.workers.datasets import load_builtin
 
 DIGITS = load_digits()
 X = (DIGITS.images / 16.0).astype(np.float32)[:, None]
@@ -262,7 +262,7 @@ def test_refused_uploads_say_why_and_leave_nothing_behind(client, settings, tmp_
 
 def test_a_zip_bomb_and_an_oversized_upload_are_refused(settings, monkeypatch):
     monkeypatch.setenv("PRUNESCOPE_MAX_UPLOAD_BYTES", str(1024 * 1024))
-    from server.config import get_settings
+    from prunescope.server.config import get_settings
 
     get_settings.cache_clear()
     small = get_settings()

@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from server import services
-from server.config import get_settings
-from server.main import API_PREFIX, create_app
-from server.schemas import JobCreate
-from server.worker import run_worker
-from workers.analyses.dynamics_training import ProbeSuites, read_dynamics
-from workers.datasets import load_builtin
+from prunescope.server import services
+from prunescope.server.config import get_settings
+from prunescope.server.main import API_PREFIX, create_app
+from prunescope.server.schemas import JobCreate
+from prunescope.server.worker import run_worker
+from prunescope.workers.analyses.dynamics_training import ProbeSuites, read_dynamics
+from prunescope.workers.datasets import load_builtin
 
 DIGITS = load_builtin("digits")
 N, M, C, E = DIGITS.num_train, DIGITS.num_test, DIGITS.num_classes, 3

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from server import jobs
-from server.db import get_engine, session_scope
-from server.tables import Job, Project
+from prunescope.server import jobs
+from prunescope.server.db import get_engine, session_scope
+from prunescope.server.tables import Job, Project
 
 
 def _project(settings) -> int:

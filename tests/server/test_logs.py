@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from server.logs import configure_logging, job_context
+from prunescope.server.logs import configure_logging, job_context
 
 
 @pytest.fixture

@@ -13,17 +13,17 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import auth
-from server.db import session_scope
-from server.main import create_app
-from server.metrics import (
+from prunescope.server import auth
+from prunescope.server.db import session_scope
+from prunescope.server.main import create_app
+from prunescope.server.metrics import (
     JOB_DURATION_BUCKETS,
     QUEUE_WAIT_BUCKETS,
     JobCollector,
     cumulative_buckets,
     route_template,
 )
-from server.tables import JOB_STATES, Job, Project, utcnow
+from prunescope.server.tables import JOB_STATES, Job, Project, utcnow
 
 HOUR = 3600.0
 

@@ -6,8 +6,8 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from server.db import MIGRATIONS_DIR
-from server.tables import Base
+from prunescope.server.db import MIGRATIONS_DIR
+from prunescope.server.tables import Base
 
 
 def _config(url: str) -> Config:

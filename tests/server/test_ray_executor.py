@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import ray
 
-from server import services
-from server.config import Settings
-from server.ray_executor import RayExecutor, task_settings
-from server.schemas import JobCreate, ProjectCreate
-from server.worker import run_worker
+from prunescope.server import services
+from prunescope.server.config import Settings
+from prunescope.server.ray_executor import RayExecutor, task_settings
+from prunescope.server.schemas import JobCreate, ProjectCreate
+from prunescope.server.worker import run_worker
 from tests.server.test_worker import wait_until_running
 
 

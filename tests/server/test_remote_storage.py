@@ -24,10 +24,10 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
-from models.registry import create_model, default_config
-from server.config import get_settings
-from server.main import create_app
-from server.storage import (
+from prunescope.models.registry import create_model, default_config
+from prunescope.server.config import get_settings
+from prunescope.server.main import create_app
+from prunescope.server.storage import (
     REMOTE_BLOCK_BYTES,
     ArtifactNotFound,
     ArtifactStore,
@@ -258,8 +258,8 @@ def test_settings_choose_the_store(settings, tmp_path, monkeypatch):
 def test_local_stores_import_no_remote_backend(tmp_path):
     code = f"""
         import sys
-        from server.config import Settings
-        from server.storage import artifact_store
+        from prunescope.server.config import Settings
+        from prunescope.server.storage import artifact_store
         for url in (None, {str(tmp_path / 'a')!r}, {'file://' + str(tmp_path / 'b')!r}):
             store = artifact_store(Settings(data_dir={str(tmp_path / 'data')!r}, storage_url=url))
             store.put_stream(__import__("io").BytesIO(b"x"))
@@ -283,7 +283,7 @@ def test_a_full_disk_during_a_write_is_a_clear_error_and_spares_earlier_artifact
     # A real EFBIG: the child may write files of at most 1 MB, then tries to store 3 MB.
     code = f"""
         import io, json, os, resource, signal
-        from server.storage import ArtifactStore, StorageError
+        from prunescope.server.storage import ArtifactStore, StorageError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE,
                            (1_000_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
@@ -344,7 +344,7 @@ def test_an_uploaded_checkpoint_comes_back_from_s3_after_the_cache_is_gone(
 def test_a_resumable_upload_of_content_only_the_remote_holds_completes_at_once(
     settings, bucket, monkeypatch
 ):
-    from server.uploads import create_upload
+    from prunescope.server.uploads import create_upload
 
     monkeypatch.setenv("PRUNESCOPE_STORAGE_URL", f"s3://{bucket}/lab")
     get_settings.cache_clear()

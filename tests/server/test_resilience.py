@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from server.main import create_app
-from server.resilience import (
+from prunescope.server.main import create_app
+from prunescope.server.resilience import (
     RETRY_AFTER_SECONDS,
     Backoff,
     DatabaseUnavailableMiddleware,
@@ -164,7 +164,7 @@ def test_an_outage_under_a_running_job_loses_nothing_and_runs_nothing_twice(own_
            "PRUNESCOPE_POLL_SECONDS": "0.2", "PRUNESCOPE_LOG_LEVEL": "INFO"}
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port), "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait(lambda: _request(f"{base}/health")[0] == 200, 120, "the server")
@@ -210,8 +210,8 @@ def test_an_outage_under_a_running_job_loses_nothing_and_runs_nothing_twice(own_
 @pytest.mark.parametrize(("code", "status"), [(28, 507), (27, 507), (111, 503)])
 def test_a_store_that_refuses_a_write_answers_507_when_full_else_503(settings, monkeypatch,
                                                                        code, status):
-    from server import services
-    from server.storage import StorageError
+    from prunescope.server import services
+    from prunescope.server.storage import StorageError
 
     store = services._store(settings)
 
@@ -246,11 +246,11 @@ def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_p
     ENOSPC); the database is a PostgreSQL server, which the limit does not reach."""
     import hashlib
 
-    from server import services
-    from server.config import get_settings
-    from server.db import upgrade_database
-    from server.schemas import JobCreate, ProjectCreate
-    from server.worker import run_worker
+    from prunescope.server import services
+    from prunescope.server.config import get_settings
+    from prunescope.server.db import upgrade_database
+    from prunescope.server.schemas import JobCreate, ProjectCreate
+    from prunescope.server.worker import run_worker
 
     monkeypatch.setenv("PRUNESCOPE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PRUNESCOPE_DATABASE_URL",
@@ -267,7 +267,7 @@ def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_p
 
     prune = services.submit_job(pid, JobCreate(kind="prune", params={
         "method": "magnitude_global", "sparsity": 0.5}), settings)
-    worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"],
+    worker = subprocess.Popen([sys.executable, "-m", "prunescope.server.cli", "worker"],
                               env={**os.environ, "PRUNESCOPE_POLL_SECONDS": "0.2"},
                               preexec_fn=_limited_file_size(4096),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -287,10 +287,10 @@ def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_p
 
 
 def test_an_unusable_store_fails_the_job_and_not_the_worker(settings, tmp_path, monkeypatch):
-    from server import services
-    from server.config import get_settings
-    from server.schemas import JobCreate, ProjectCreate
-    from server.worker import run_worker
+    from prunescope.server import services
+    from prunescope.server.config import get_settings
+    from prunescope.server.schemas import JobCreate, ProjectCreate
+    from prunescope.server.worker import run_worker
 
     shared = tmp_path / "shared-store"
     monkeypatch.setenv("PRUNESCOPE_STORAGE_URL", shared.as_uri())
@@ -318,7 +318,7 @@ def test_an_unusable_store_fails_the_job_and_not_the_worker(settings, tmp_path, 
 def test_full_storage_is_recognised_however_a_library_words_it():
     import errno as codes
 
-    from server.worker import storage_full
+    from prunescope.server.worker import storage_full
 
     assert storage_full(OSError(codes.ENOSPC, "No space left on device"))
     assert storage_full(RuntimeError("Error while serializing: I/O error: File too large "

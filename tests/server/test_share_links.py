@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from server import auth, view_service
-from server.db import session_scope
-from server.main import create_app
-from server.services import Forbidden
-from server.tables import ShareLink, utcnow
+from prunescope.server import auth, view_service
+from prunescope.server.db import session_scope
+from prunescope.server.main import create_app
+from prunescope.server.services import Forbidden
+from prunescope.server.tables import ShareLink, utcnow
 
 ORIGIN = {"Origin": "http://testserver"}
 
@@ -161,7 +161,7 @@ def test_unknown_tokens_open_nothing(setup):
 
 
 def test_share_visitors_change_nothing_through_dashboard_callbacks(setup, secured):
-    from dashboard.app import save_bookmark, signed_in_as
+    from prunescope.dashboard.app import save_bookmark, signed_in_as
 
     _, _, (pid, _) = setup
     visitor = auth.Principal("share", project_id=pid, name="share link", share_link_id=1)

@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from server.storage import ArtifactNotFound, ArtifactStore, UploadTooLarge
+from prunescope.server.storage import ArtifactNotFound, ArtifactStore, UploadTooLarge
 
 
 def test_stream_is_content_addressed_and_deduplicated(tmp_path):

@@ -18,11 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
-from models.registry import create_model, default_config
-from server import uploads
-from server.config import get_settings
-from server.main import create_app
-from server.storage import ArtifactStore
+from prunescope.models.registry import create_model, default_config
+from prunescope.server import uploads
+from prunescope.server.config import get_settings
+from prunescope.server.main import create_app
+from prunescope.server.storage import ArtifactStore
 
 TUS = {"Tus-Resumable": "1.0.0"}
 CHUNK = {**TUS, "Content-Type": "application/offset+octet-stream"}

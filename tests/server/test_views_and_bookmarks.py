@@ -19,11 +19,11 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
 
-from server import view_service
-from server.db import MIGRATIONS_DIR, session_scope
-from server.services import Conflict, InvalidInput, NotFound
-from server.storage import ArtifactStore
-from server.tables import AnalysisResult, Bookmark, Project
+from prunescope.server import view_service
+from prunescope.server.db import MIGRATIONS_DIR, session_scope
+from prunescope.server.services import Conflict, InvalidInput, NotFound
+from prunescope.server.storage import ArtifactStore
+from prunescope.server.tables import AnalysisResult, Bookmark, Project
 
 BOOKMARKS_PATH = "/api/v1/projects/{project_id}/bookmarks"
 
@@ -236,16 +236,16 @@ def test_a_fresh_database_gets_the_tables(tmp_path) -> None:
 @pytest.fixture
 def client(settings, monkeypatch):
     """The real app; the views router is mounted here until server/api/__init__.py has it."""
-    import server.main
-    from server.api import views
+    import prunescope.server.main
+    from prunescope.server.api import views
 
-    routes = {getattr(r, "path", None) for r in server.main.api_router.routes}
+    routes = {getattr(r, "path", None) for r in prunescope.server.main.api_router.routes}
     if "/projects/{project_id}/bookmarks" not in routes:
         combined = APIRouter()
-        combined.include_router(server.main.api_router)
+        combined.include_router(prunescope.server.main.api_router)
         combined.include_router(views.router)
-        monkeypatch.setattr(server.main, "api_router", combined)
-    with TestClient(server.main.create_app(settings, dashboard=False)) as c:
+        monkeypatch.setattr(prunescope.server.main, "api_router", combined)
+    with TestClient(prunescope.server.main.create_app(settings, dashboard=False)) as c:
         yield c
 
 
@@ -392,7 +392,7 @@ def test_arrays_without_a_table_form_point_to_npy() -> None:
 
 
 def test_the_project_of_a_path() -> None:
-    from dashboard.app import bookmark_controls, project_id_from_path
+    from prunescope.dashboard.app import bookmark_controls, project_id_from_path
 
     assert project_id_from_path("/projects/12/geometry") == 12
     assert project_id_from_path("/projects/12") == 12
@@ -404,7 +404,7 @@ def test_the_project_of_a_path() -> None:
 
 
 def test_the_header_saves_the_shown_page_as_a_bookmark(project_ids) -> None:
-    from dashboard.app import save_bookmark
+    from prunescope.dashboard.app import save_bookmark
 
     one, _ = project_ids
     url = f"/projects/{one}/geometry?checkpoint=dense&sel=3-5"
@@ -422,7 +422,7 @@ def test_the_header_and_the_bookmarks_page(project_ids, monkeypatch) -> None:
     import dash
     from fastapi import FastAPI
 
-    from dashboard.app import create_dash
+    from prunescope.dashboard.app import create_dash
 
     one, _ = project_ids
     app = create_dash(FastAPI())

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from server import services
-from server.demo import DIGITS, DIGITS_DYNAMICS, MINILM, ensure_demo_project
-from server.schemas import JobCreate, ProjectCreate
-from server.worker import run_worker
+from prunescope.server import services
+from prunescope.server.demo import DIGITS, DIGITS_DYNAMICS, MINILM, ensure_demo_project
+from prunescope.server.schemas import JobCreate, ProjectCreate
+from prunescope.server.worker import run_worker
 from tests.postgres import stop_process
 
 
@@ -83,7 +83,7 @@ def wait_until_running(settings, job_id: int, timeout: float = 120.0):  # noqa: 
 def _start_worker(settings, env_extra) -> subprocess.Popen:  # noqa: ANN001
     env = {**os.environ, "PRUNESCOPE_DATA_DIR": str(settings.resolved_data_dir), **env_extra}
     return subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "worker"],
+        [sys.executable, "-m", "prunescope.server.cli", "worker"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,7 +92,7 @@ def _start_worker(settings, env_extra) -> subprocess.Popen:  # noqa: ANN001
 
 def _whole_artifacts(settings) -> int:  # noqa: ANN001
     """Every artifact the store shows is complete (its bytes hash to its name); their count."""
-    from server.storage import sha256_file
+    from prunescope.server.storage import sha256_file
 
     files = [p for p in settings.artifacts_dir.joinpath("sha256").glob("*/*") if p.is_file()]
     for path in files:
@@ -184,7 +184,7 @@ def test_the_dynamics_demo_queues_each_run_once_then_the_analysis(settings):
 
 
 def test_a_failed_job_shows_its_error_in_the_dashboard_panel(settings):
-    from dashboard.components import jobs_panel
+    from prunescope.dashboard.components import jobs_panel
 
     pid = _project(settings)
     job = _submit(settings, pid, "prune", method="random", sparsity=0.5)  # nothing to prune
@@ -230,8 +230,8 @@ def test_a_pool_worker_leaves_when_its_server_is_killed(tmp_path):
 
     script = (
         "import os, sys, time\n"
-        "from server.worker import worker_process_main\n"
-        "from workers.executors import LocalProcessPool\n"
+        "from prunescope.server.worker import worker_process_main\n"
+        "from prunescope.workers.executors import LocalProcessPool\n"
         "if __name__ == '__main__':\n"
         "    pool = LocalProcessPool(1, worker_process_main)\n"
         "    pool.start()\n"
@@ -266,8 +266,8 @@ def test_a_pool_worker_leaves_when_its_server_is_killed(tmp_path):
 def test_a_local_worker_yields_to_its_server(tmp_path):
     code = (
         "import os, torch\n"
-        "from server.config import Settings\n"
-        "from server.worker import share_the_machine_with_the_server\n"
+        "from prunescope.server.config import Settings\n"
+        "from prunescope.server.worker import share_the_machine_with_the_server\n"
         "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
         "threads = share_the_machine_with_the_server(Settings(data_dir=r'%s', torch_threads=%s))\n"
         "print(os.getpriority(os.PRIO_PROCESS, 0) - before, threads, torch.get_num_threads())\n"

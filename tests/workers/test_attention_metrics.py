@@ -11,8 +11,8 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy as scipy_entropy
 
-import workers.metrics.attention as attention_metrics
-from workers.metrics.attention import (
+import prunescope.workers.metrics.attention as attention_metrics
+from prunescope.workers.metrics.attention import (
     AttentionConsistencyAccumulator,
     attention_entropy,
     js_divergence,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist, squareform
 
-from workers.metrics import cka as cka_module
-from workers.metrics.cka import (
+from prunescope.workers.metrics import cka as cka_module
+from prunescope.workers.metrics.cka import (
     GramCKAAccumulator,
     LinearCKAAccumulator,
     LinearGramAccumulator,
@@ -420,7 +420,7 @@ def _minibatch_cka_loop(xs, ys, batch):  # noqa: ANN001, ANN202
 
 @pytest.mark.parametrize("batch", [16, 50, 203])
 def test_minibatch_cka_equals_the_pairwise_transcription(batch: int) -> None:
-    from workers.metrics.cka import MinibatchCKAAccumulator
+    from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
 
     rng = np.random.default_rng(3)
     base = rng.normal(size=(205, 5))
@@ -443,7 +443,7 @@ def test_minibatch_cka_equals_the_pairwise_transcription(batch: int) -> None:
 
 
 def test_minibatch_cka_of_one_batch_is_the_debiased_cka_of_centred_inputs() -> None:
-    from workers.metrics.cka import MinibatchCKAAccumulator
+    from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(60, 6))
@@ -455,7 +455,7 @@ def test_minibatch_cka_of_one_batch_is_the_debiased_cka_of_centred_inputs() -> N
 
 
 def test_minibatch_cka_without_a_full_batch_says_so() -> None:
-    from workers.metrics.cka import MinibatchCKAAccumulator
+    from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
 
     acc = MinibatchCKAAccumulator(1, [1])
     acc.update([torch.ones(3, 2)], [[torch.ones(3, 2)]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.metrics.complexity import (
+from prunescope.workers.metrics.complexity import (
     RANKME_EPSILON,
     complexity_from_covariance,
     complexity_from_gram,

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from models.registry import create_model
-from workers.dataset_formats import (
+from prunescope.models.registry import create_model
+from prunescope.workers.dataset_formats import (
     ColumnNames,
     DatasetFormatError,
     DatasetLimits,
@@ -26,7 +26,7 @@ from workers.dataset_formats import (
     preview,
     read_dataset_file,
 )
-from workers.datasets import (
+from prunescope.workers.datasets import (
     ModelInput,
     check_data_fits,
     english_sentences_table,
@@ -36,7 +36,7 @@ from workers.datasets import (
     save_canonical,
     with_num_classes,
 )
-from workers.jobspec import JobInputError
+from prunescope.workers.jobspec import JobInputError
 
 DIGITS = load_digits()
 X = (DIGITS.images / 16.0).astype(np.float32)[:, None]  # (1797, 1, 8, 8), as the builtin

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn import model_selection  # noqa: F401 - imported once here, not inside a timed example
 
-from workers.dataset_formats import DatasetFormatError, DatasetLimits, read_dataset_file
-from workers.datasets import ClassificationData
+from prunescope.workers.dataset_formats import DatasetFormatError, DatasetLimits, read_dataset_file
+from prunescope.workers.datasets import ClassificationData
 
 # Small limits keep every example cheap, so a mutation that inflates a size fails fast.
 LIMITS = DatasetLimits(max_bytes=4 * 1024 * 1024, max_examples=5000, max_image_pixels=256 * 256)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.registry import create_model
-from workers.datasets import as_model_input, check_model_fits, load_builtin, load_dataset
-from workers.jobspec import DatasetRef, JobInputError
+from prunescope.models.registry import create_model
+from prunescope.workers.datasets import as_model_input, check_model_fits, load_builtin, load_dataset
+from prunescope.workers.jobspec import DatasetRef, JobInputError
 
 DIGITS = DatasetRef(name="digits", source="builtin", builtin_name="digits")
 
@@ -66,7 +66,7 @@ def test_unknown_datasets_are_refused(ref, word):
 
 
 def test_augmented_digits_are_shifted_noisy_copies_of_their_own_split() -> None:
-    from workers.datasets import AUGMENTED_NOISE, AUGMENTED_TEST_COPIES
+    from prunescope.workers.datasets import AUGMENTED_NOISE, AUGMENTED_TEST_COPIES
 
     base, big = load_builtin("digits"), load_builtin("digits_augmented")
     assert big.num_test == AUGMENTED_TEST_COPIES * base.num_test >= 20_000

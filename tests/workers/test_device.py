@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workers.device import pick_device, release_device_memory, to_device
+from prunescope.workers.device import pick_device, release_device_memory, to_device
 
 
 def test_the_device_follows_the_request_and_else_what_is_visible():
@@ -56,7 +56,7 @@ def _mlp() -> torch.nn.Module:
 
 
 def test_a_streamed_model_computes_the_same_with_one_block_resident_at_a_time():
-    from workers.device import WeightStream, module_bytes
+    from prunescope.workers.device import WeightStream, module_bytes
 
     model = _mlp()
     x = torch.randn(5, 16)
@@ -83,7 +83,7 @@ def test_a_streamed_model_computes_the_same_with_one_block_resident_at_a_time():
 
 
 def test_a_parent_too_large_for_a_block_streams_its_own_tensors_with_itself():
-    from workers.device import WeightStream
+    from prunescope.workers.device import WeightStream
 
     class Scaled(torch.nn.Module):
         def __init__(self) -> None:
@@ -113,8 +113,8 @@ def test_a_parent_too_large_for_a_block_streams_its_own_tensors_with_itself():
 
 def test_place_models_keeps_them_whole_when_they_fit_else_streams_with_equal_results():
     from tests.workers.test_layers_analysis import digits_models as _fixture
-    from workers.analyses.layers import compare_layers, tensor_batches
-    from workers.device import module_bytes, place_models
+    from prunescope.workers.analyses.layers import compare_layers, tensor_batches
+    from prunescope.workers.device import module_bytes, place_models
 
     dense, pruned, x, y = _fixture.__wrapped__()
     assert place_models([dense, pruned], torch.device("cpu")) == []  # no budget on the CPU
@@ -137,11 +137,11 @@ def test_place_models_keeps_them_whole_when_they_fit_else_streams_with_equal_res
 def test_the_real_minilm_streamed_block_by_block_gives_the_same_attention_and_cka():
     import copy
 
-    from models.pruning import PRUNING_METHODS
+    from prunescope.models.pruning import PRUNING_METHODS
     from tests.real_models import real_minilm
-    from workers.analyses.layers import compare_layers, text_batches
-    from workers.datasets import load_builtin
-    from workers.device import module_bytes
+    from prunescope.workers.analyses.layers import compare_layers, text_batches
+    from prunescope.workers.datasets import load_builtin
+    from prunescope.workers.device import module_bytes
 
     dense, tokenizer = real_minilm()
     pruned = copy.deepcopy(dense)
@@ -161,7 +161,7 @@ def test_the_real_minilm_streamed_block_by_block_gives_the_same_attention_and_ck
 
 
 def test_the_batch_grows_to_fill_the_free_memory_within_its_bounds():
-    from workers.device import DEVICE_MEMORY_SHARE, fill_device_batch_size
+    from prunescope.workers.device import DEVICE_MEMORY_SHARE, fill_device_batch_size
 
     def probe(n: int) -> int:
         calls.append(n)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from workers.analyses.dynamics import (
+from prunescope.workers.analyses.dynamics import (
     RunRecord,
     SuiteArrays,
     analyse_dynamics,
     category_enrichment,
     modal_category,
 )
-from workers.metrics.dynamics import enrichment, map_d, probe_validation
+from prunescope.workers.metrics.dynamics import enrichment, map_d, probe_validation
 
 CATEGORIES = ("typical", "atypical", "mislabeled", "corrupted")
 TYPICAL, ATYPICAL, MISLABELED, CORRUPTED = range(4)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.registry import default_config
+from prunescope.models.registry import default_config
 from tests.workers.test_runner import ARCH, Recorder, _spec
-from workers.analyses.dynamics_training import ProbeSuites, read_dynamics
-from workers.datasets import load_builtin
-from workers.jobspec import CheckpointRef, JobInputError, ResultRef
-from workers.runner import default_probe_size, run_job
+from prunescope.workers.analyses.dynamics_training import ProbeSuites, read_dynamics
+from prunescope.workers.datasets import load_builtin
+from prunescope.workers.jobspec import CheckpointRef, JobInputError, ResultRef
+from prunescope.workers.runner import default_probe_size, run_job
 
 EPOCHS = 6
 
@@ -115,9 +115,9 @@ def test_a_run_can_plant_a_fifth_suite_of_random_inputs(tmp_path):
 
 
 def test_a_pruned_checkpoint_fine_tunes_with_its_zeros_kept(runs, tmp_path):
-    from models.checkpoints import save_safetensors
-    from models.pruning import PRUNING_METHODS
-    from workers.training import init_model
+    from prunescope.models.checkpoints import save_safetensors
+    from prunescope.models.pruning import PRUNING_METHODS
+    from prunescope.workers.training import init_model
 
     model = init_model(ARCH, default_config(ARCH), 0)
     PRUNING_METHODS["magnitude_global"](model, 0.7)

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from workers.metrics.dynamics import (
+from prunescope.workers.metrics.dynamics import (
     LEARNED_NEVER,
     auroc,
     cartography,

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.pruning.magnitude import global_magnitude_prune
-from models.sparsity import prunable_modules
-from workers.analyses.dynamics_training import (
+from prunescope.models.pruning.magnitude import global_magnitude_prune
+from prunescope.models.sparsity import prunable_modules
+from prunescope.workers.analyses.dynamics_training import (
     NOT_A_PROBE,
     DynamicsWriter,
     GmpSchedule,
@@ -25,9 +25,9 @@ from workers.analyses.dynamics_training import (
     read_dynamics,
     train_with_dynamics,
 )
-from workers.datasets import load_builtin
-from workers.metrics.dynamics import split_probe_suites
-from workers.training import init_model
+from prunescope.workers.datasets import load_builtin
+from prunescope.workers.metrics.dynamics import split_probe_suites
+from prunescope.workers.training import init_model
 
 TINY_MLP = {"hidden": [32]}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.analyses import embeddings
-from workers.analyses.embeddings import (
+from prunescope.workers.analyses import embeddings
+from prunescope.workers.analyses.embeddings import (
     ProjectionCache,
     principal_axes,
     project_features,

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from models import hf
-from models.capture import layer_outputs
-from models.checkpoints import load_model, save_safetensors
-from models.pruning import PRUNING_METHODS
-from models.registry import default_config
-from workers.analyses.evaluation import evaluate_checkpoints
-from workers.analyses.language_model import language_model_quality
-from workers.datasets import load_builtin, load_dataset
-from workers.jobspec import CheckpointRef, DatasetRef, JobInputError
-from workers.metrics.cka import linear_cka
-from workers.training import init_model, train_classifier
+from prunescope.models import hf
+from prunescope.models.capture import layer_outputs
+from prunescope.models.checkpoints import load_model, save_safetensors
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import default_config
+from prunescope.workers.analyses.evaluation import evaluate_checkpoints
+from prunescope.workers.analyses.language_model import language_model_quality
+from prunescope.workers.datasets import load_builtin, load_dataset
+from prunescope.workers.jobspec import CheckpointRef, DatasetRef, JobInputError
+from prunescope.workers.metrics.cka import linear_cka
+from prunescope.workers.training import init_model, train_classifier
 
 CONFIG = default_config("mlp")
 
@@ -284,9 +284,9 @@ def test_a_tokenizer_without_padding_pads_with_its_end_of_sequence_token(tmp_pat
     from transformers import AutoTokenizer
 
     from tests.real_models import minilm_folder
-    from workers.analyses.evaluation import tokenizer_of
-    from workers.analyses.layers import text_batches
-    from workers.jobspec import CheckpointRef
+    from prunescope.workers.analyses.evaluation import tokenizer_of
+    from prunescope.workers.analyses.layers import text_batches
+    from prunescope.workers.jobspec import CheckpointRef
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True)
     tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"  # as GPT-2's ships

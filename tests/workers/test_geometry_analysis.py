@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoints import load_model
-from models.registry import default_config
+from prunescope.models.checkpoints import load_model
+from prunescope.models.registry import default_config
 from tests.workers.test_runner import ARCH, Recorder, _ref, _spec, trained  # noqa: F401
-from workers.datasets import as_model_input, load_builtin
-from workers.jobspec import DatasetRef, JobInputError
-from workers.runner import run_job
+from prunescope.workers.datasets import as_model_input, load_builtin
+from prunescope.workers.jobspec import DatasetRef, JobInputError
+from prunescope.workers.runner import run_job
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from scipy.special import softmax
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix
 
-from workers.metrics import geometry
-from workers.metrics.geometry import (
+from prunescope.workers.metrics import geometry
+from prunescope.workers.metrics.geometry import (
     cannibalized_classes,
     class_angle,
     confusion_matrices,

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from models.checkpoints import save_safetensors
-from models.registry import default_config
-from models.sparsity import prunable_modules, sparsity_report
-from workers.datasets import ClassificationData, load_dataset
-from workers.imp import imp_rewind, round_sparsities
-from workers.jobspec import CheckpointRef, DatasetRef, JobInputError, JobSpec
-from workers.runner import run_job
-from workers.training import init_model, train_classifier
+from prunescope.models.checkpoints import save_safetensors
+from prunescope.models.registry import default_config
+from prunescope.models.sparsity import prunable_modules, sparsity_report
+from prunescope.workers.datasets import ClassificationData, load_dataset
+from prunescope.workers.imp import imp_rewind, round_sparsities
+from prunescope.workers.jobspec import CheckpointRef, DatasetRef, JobInputError, JobSpec
+from prunescope.workers.runner import run_job
+from prunescope.workers.training import init_model, train_classifier
 
 DIGITS = DatasetRef(name="digits", source="builtin", builtin_name="digits")
 CONFIG = default_config("cnn_small")

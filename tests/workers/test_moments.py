@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.linalg import orthogonal_procrustes
 
-from workers.metrics.cca import pwcca
-from workers.metrics.cka import linear_cka
-from workers.metrics.moments import (
+from prunescope.workers.metrics.cca import pwcca
+from prunescope.workers.metrics.cka import linear_cka
+from prunescope.workers.metrics.moments import (
     MomentAccumulator,
     linear_cka_from_scatter,
     procrustes_from_scatter,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from workers.metrics import pies as pies_module
-from workers.metrics.pies import (
+from prunescope.workers.metrics import pies as pies_module
+from prunescope.workers.metrics.pies import (
     cie_ranking,
     class_recall,
     class_recall_change,

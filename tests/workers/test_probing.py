@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 
-from workers.analyses.probing import probe_accuracy, probe_checkpoints
-from workers.datasets import load_builtin
-from workers.jobspec import JobInputError
+from prunescope.workers.analyses.probing import probe_accuracy, probe_checkpoints
+from prunescope.workers.datasets import load_builtin
+from prunescope.workers.jobspec import JobInputError
 
 
 def test_a_probe_finds_a_linear_signal_and_not_noise() -> None:
@@ -24,7 +24,7 @@ def test_a_probe_finds_a_linear_signal_and_not_noise() -> None:
 
 
 def test_minilm_layers_encode_sentence_length_above_the_majority_baseline() -> None:
-    from models.pruning import PRUNING_METHODS
+    from prunescope.models.pruning import PRUNING_METHODS
     from tests.real_models import real_minilm
 
     dense, tokenizer = real_minilm()
@@ -48,7 +48,7 @@ def test_minilm_layers_encode_sentence_length_above_the_majority_baseline() -> N
 
 def test_the_probe_job_refuses_a_dataset_without_text(tmp_path) -> None:  # noqa: ANN001
     from tests.workers.test_runner import _spec
-    from workers.runner import run_job
+    from prunescope.workers.runner import run_job
 
     with pytest.raises(JobInputError, match="has no text"):
         run_job(_spec(tmp_path, "probe", {}), lambda f, m: None)
@@ -56,8 +56,8 @@ def test_the_probe_job_refuses_a_dataset_without_text(tmp_path) -> None:  # noqa
 
 def test_the_probe_job_reads_a_transformer_project_with_its_tokenizer(tmp_path) -> None:  # noqa: ANN001
     from tests.real_models import tiny_bert_checkpoints
-    from workers.jobspec import DatasetRef, JobSpec
-    from workers.runner import run_job
+    from prunescope.workers.jobspec import DatasetRef, JobSpec
+    from prunescope.workers.runner import run_job
 
     config, refs = tiny_bert_checkpoints(tmp_path)
     scratch = tmp_path / "scratch"

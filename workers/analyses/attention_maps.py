@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.metrics.attention import js_divergence
+from prunescope.workers.metrics.attention import js_divergence
 
 ProgressFn = Callable[[float, str], None]
 MAX_TOKENS = 64
@@ -54,7 +54,7 @@ def attention_maps(
     (rows are queries, columns keys; each row sums to 1 up to float16 rounding), and
     head_js float64 [C, layers, heads]: this sentence's Jensen–Shannon divergence (bits) from
     the reference checkpoint per head, averaged over query tokens other than the special ones
-    (the analysis' own convention, `workers.metrics.attention.query_mask`).
+    (the analysis' own convention, `prunescope.workers.metrics.attention.query_mask`).
     """
     if not text or not text.strip():
         raise ValueError("the sentence is empty; choose another one")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.metrics.dynamics import (
+from prunescope.workers.metrics.dynamics import (
     MAPD_NEIGHBOURS,
     ProbeSplit,
     cartography,
@@ -37,7 +37,7 @@ from workers.metrics.dynamics import (
     probe_validation,
     suite_curves,
 )
-from workers.metrics.pies import (
+from prunescope.workers.metrics.pies import (
     as_predictions,
     cie_ranking,
     class_recall_change,
@@ -107,7 +107,7 @@ class SuiteArrays:
 
     @classmethod
     def from_probe_suites(cls, suites: Any, train_labels: Any) -> SuiteArrays:
-        """From a `workers.analyses.dynamics_training.ProbeSuites` and the trained labels."""
+        """From a `prunescope.workers.analyses.dynamics_training.ProbeSuites` and the trained labels."""
         return cls(
             categories=tuple(str(c) for c in suites.categories),
             suite=np.asarray(suites.suite),

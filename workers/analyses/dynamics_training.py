@@ -4,8 +4,8 @@
   Hooker, "Metadata Archaeology", ICLR 2023) in a copy of the training set: typical and
   atypical examples by a typicality score, mislabeled examples, corrupted inputs and,
   optionally, random inputs. They stay in training; their loss trajectories are the kNN
-  references of `workers.metrics.dynamics.map_d`.
-- `train_with_dynamics` trains like `workers.training.train_classifier` and, after every
+  references of `prunescope.workers.metrics.dynamics.map_d`.
+- `train_with_dynamics` trains like `prunescope.workers.training.train_classifier` and, after every
   epoch, evaluates every training example without gradients: loss, prediction, probability
   of the given label and margin, the inputs of MAP-D, forgetting events and cartography.
   It can prune gradually on Zhu & Gupta's schedule (`gmp_sparsity`) or keep a pruned
@@ -13,7 +13,7 @@
 - `DynamicsWriter` appends each epoch's records to a Parquet file (one row group per epoch)
   and `read_dynamics` reads them back as [epochs, examples] arrays, checking they are complete.
 
-Arrays here are [E epochs, N examples]; the metrics in `workers.metrics.dynamics` take
+Arrays here are [E epochs, N examples]; the metrics in `prunescope.workers.metrics.dynamics` take
 [N, E], i.e. the transpose.
 """
 
@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.pruning.common import check_sparsity, global_keep_masks, prunable_weights
-from models.sparsity import prunable_modules
-from workers.datasets import ClassificationData, as_model_input, check_model_fits
-from workers.jobspec import JobInputError
-from workers.metrics.dynamics import ProbeSplit, split_probe_suites
-from workers.training import ProgressFn, predict
+from prunescope.models.pruning.common import check_sparsity, global_keep_masks, prunable_weights
+from prunescope.models.sparsity import prunable_modules
+from prunescope.workers.datasets import ClassificationData, as_model_input, check_model_fits
+from prunescope.workers.jobspec import JobInputError
+from prunescope.workers.metrics.dynamics import ProbeSplit, split_probe_suites
+from prunescope.workers.training import ProgressFn, predict
 
 RecordFn = Callable[[int, dict[str, np.ndarray]], None]
 
@@ -134,7 +134,7 @@ class _WeightMasks:
 
 def measured_sparsity(model: nn.Module) -> float:
     """Fraction of the prunable weights (linear/conv `weight`s, biases excluded) that are zero,
-    the `models.sparsity.checkpoint_stats` definition; 0.0 for a model without any."""
+    the `prunescope.models.sparsity.checkpoint_stats` definition; 0.0 for a model without any."""
     weights = [module.weight for _, module in prunable_modules(model)]
     total = sum(w.numel() for w in weights)
     zeros = sum(int(w.numel() - torch.count_nonzero(w)) for w in weights)
@@ -179,7 +179,7 @@ class ProbeSuites:
         return np.asarray(self.categories, dtype=np.str_)[self.suite[self.probe_index]]
 
     def split(self) -> ProbeSplit:
-        """The reference / held-out split, as `workers.metrics.dynamics.probe_validation` takes."""
+        """The reference / held-out split, as `prunescope.workers.metrics.dynamics.probe_validation` takes."""
         index, category = self.probe_index, self.probe_category
         is_reference = self.reference[index]
         return ProbeSplit(

@@ -1,13 +1,13 @@
 """Evaluate checkpoints: accuracy, predictions and every layer statistic, in one pass.
 
 All checkpoints are loaded together and every evaluation batch goes through each of them
-once (`workers.analyses.layers.compare_layers`): the logits give predictions and accuracy,
+once (`prunescope.workers.analyses.layers.compare_layers`): the logits give predictions and accuracy,
 the pooled layer outputs fold into exact streaming moments against the dense model, from
 which come per-layer CKA (the full layer × layer matrix and its diagonal), SVCCA, PWCCA,
 Procrustes distance and representation complexity. Image and tabular datasets feed registry
 models; text datasets feed Hugging Face models through their own tokenizer, in
 length-bucketed batches. Hugging Face models with a language-model head are also scored as
-language models on the test texts (`workers.analyses.language_model`): perplexity for causal
+language models on the test texts (`prunescope.workers.analyses.language_model`): perplexity for causal
 LMs, masked-token accuracy for masked LMs.
 
 Keeping every checkpoint in memory at once is what makes one pass possible; at the sizes a
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import hf
-from models.checkpoints import CheckpointError, load_model
-from models.sparsity import checkpoint_stats, prunable_parameter_names
-from workers.analyses.language_model import language_model_quality, lm_kind
-from workers.analyses.layers import (
+from prunescope.models import hf
+from prunescope.models.checkpoints import CheckpointError, load_model
+from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names
+from prunescope.workers.analyses.language_model import language_model_quality, lm_kind
+from prunescope.workers.analyses.layers import (
     Batch,
     compare_layers,
     is_token_model,
@@ -38,9 +38,9 @@ from workers.analyses.layers import (
     tensor_batches,
     text_batches,
 )
-from workers.datasets import ClassificationData, as_model_input, check_model_fits
-from workers.device import fill_device_batch_size, peak_memory_probe, pick_device, to_device
-from workers.jobspec import CheckpointRef, JobInputError
+from prunescope.workers.datasets import ClassificationData, as_model_input, check_model_fits
+from prunescope.workers.device import fill_device_batch_size, peak_memory_probe, pick_device, to_device
+from prunescope.workers.jobspec import CheckpointRef, JobInputError
 
 ProgressFn = Callable[[float, str], None]
 TEXT_BATCH_SIZE = 32

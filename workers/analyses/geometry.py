@@ -6,11 +6,11 @@ the final linear layer (the last-layer features f) and the logits W f + b. From 
 - the geometric concepts of Li et al. (IEEE TVCG 2024) per example and checkpoint, each
   against that checkpoint's own W and b: feature length ‖f‖, angle between f and the true
   class's weight vector W_y, signed distance to the nearest decision boundary
-  (`workers.metrics.geometry`);
+  (`prunescope.workers.metrics.geometry`);
 - class level: accuracy per class, confusion matrices, reliability bins and ECE (max softmax
   probability as confidence), the pairwise disagreement of the checkpoints, accuracy per
   group where the dataset has groups;
-- a 2-D map of every checkpoint's features on shared axes (`workers.analyses.embeddings`),
+- a 2-D map of every checkpoint's features on shared axes (`prunescope.workers.analyses.embeddings`),
   cached by content hash, so a second request for the same map costs a file read.
 
 The features of all checkpoints are held together ([C, N, d] float32: 27,000 digits × 64
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.analyses.embeddings import ProjectionCache, project_features
-from workers.analyses.evaluation import dense_checkpoint, load_checkpoint
-from workers.analyses.layers import is_token_model, tensor_batches
-from workers.datasets import ClassificationData, as_model_input, check_model_fits
-from workers.jobspec import CheckpointRef, JobInputError
-from workers.metrics.geometry import (
+from prunescope.workers.analyses.embeddings import ProjectionCache, project_features
+from prunescope.workers.analyses.evaluation import dense_checkpoint, load_checkpoint
+from prunescope.workers.analyses.layers import is_token_model, tensor_batches
+from prunescope.workers.datasets import ClassificationData, as_model_input, check_model_fits
+from prunescope.workers.jobspec import CheckpointRef, JobInputError
+from prunescope.workers.metrics.geometry import (
     class_angle,
     confusion_matrices,
     decision_margin,
@@ -142,7 +142,7 @@ def geometry_of_checkpoints(
     (the dataset's ids, else the positions) and, for small images, thumbnails uint8
     [N, H, W(, 3)] for the example gallery.
     """
-    from models.sparsity import checkpoint_stats, prunable_parameter_names
+    from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names
 
     progress = progress or _no_progress
     dense_ref = dense_checkpoint(checkpoints)

@@ -2,7 +2,7 @@
 accuracy for encoders with their MLM head, on the same tokens for every checkpoint.
 
 Which measure a model gets follows from its class (`lm_kind`). Both read the model's own
-vocabulary logits, in length-bucketed batches (`workers.analyses.layers.text_batches`) padded
+vocabulary logits, in length-bucketed batches (`prunescope.workers.analyses.layers.text_batches`) padded
 on the right, so padding never changes a text's numbers.
 
 - Causal LMs: perplexity exp(Σ CE / Σ n) over every real token that has a preceding token,
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.analyses.layers import text_batches
+from prunescope.workers.analyses.layers import text_batches
 
 LM_MEASURES = {"causal": "perplexity", "masked": "masked_token_accuracy"}
 MASK_FRACTION = 0.15

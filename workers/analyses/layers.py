@@ -3,7 +3,7 @@
 Every batch goes through every model once (all models stay loaded; the reference's
 activations are not recomputed per checkpoint). The chosen layers' outputs are pooled to one
 vector per example and folded into exact float64 running sums on the worker's device
-(`workers.metrics.moments.MomentAccumulator`), so no analysis ever holds all examples'
+(`prunescope.workers.metrics.moments.MomentAccumulator`), so no analysis ever holds all examples'
 activations. From the sums come, for every checkpoint:
 
 - linear CKA, biased and debiased, for every (reference layer, checkpoint layer) pair — the
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.capture import capture_layer_outputs
-from workers.device import pick_device, place_models, to_device
-from workers.metrics.cka import MinibatchCKAAccumulator
-from workers.metrics.moments import (
+from prunescope.models.capture import capture_layer_outputs
+from prunescope.workers.device import pick_device, place_models, to_device
+from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
+from prunescope.workers.metrics.moments import (
     MomentAccumulator,
     eigen_decomposition,
     linear_cka_from_scatter,
@@ -164,7 +164,7 @@ def _token_outputs(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tupl
 def _fold_attention(consistency: dict[int, Any], model: int, reference: Sequence[torch.Tensor],
                     attentions: Sequence[torch.Tensor], inputs: Mapping[str, torch.Tensor],
                     special: torch.Tensor | None, reference_terms: dict) -> None:
-    from workers.metrics.attention import AttentionConsistencyAccumulator
+    from prunescope.workers.metrics.attention import AttentionConsistencyAccumulator
 
     if model not in consistency:
         consistency[model] = AttentionConsistencyAccumulator(len(reference),
@@ -215,7 +215,7 @@ def compare_layers(
     The models sit on `device` whole when their weights fit there together (within
     `device_budget_bytes`, by default most of a GPU's free memory), else their weights stay in
     host memory and stream to the device block by block as each forward reaches them
-    (`workers.device.place_models`), so models larger than the device are still compared
+    (`prunescope.workers.device.place_models`), so models larger than the device are still compared
     layer by layer, with the same results.
 
     Returns npz-ready arrays (C = len(models), L = layers of the reference, rows in model
@@ -234,11 +234,11 @@ def compare_layers(
       the same forward passes: attention_js (Jensen–Shannon divergence, bits),
       attention_entropy (the checkpoint's), attention_entropy_change (checkpoint −
       reference), attention_topk_overlap (top-3 attended keys shared), token-weighted over
-      every real, non-special query token (`workers.metrics.attention`); never stored per
+      every real, non-special query token (`prunescope.workers.metrics.attention`); never stored per
       example
     All models must expose the same layer names (one architecture).
     """
-    from workers.metrics.complexity import (
+    from prunescope.workers.metrics.complexity import (
         complexity_from_covariance,
         subsample_indices,
         twonn_intrinsic_dimension,

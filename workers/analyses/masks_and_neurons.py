@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.capture import capture_layer_outputs
-from models.sparsity import TRANSPOSED_CONV_TYPES, prunable_modules
-from workers.metrics.masks import mask_overlap, top_magnitude_overlap_layers
-from workers.metrics.wasserstein import (
+from prunescope.models.capture import capture_layer_outputs
+from prunescope.models.sparsity import TRANSPOSED_CONV_TYPES, prunable_modules
+from prunescope.workers.metrics.masks import mask_overlap, top_magnitude_overlap_layers
+from prunescope.workers.metrics.wasserstein import (
     DEFAULT_CAPACITY,
     NeuronSample,
     neuron_rows,
@@ -93,7 +93,7 @@ def mask_analysis(
     - checkpoint_names str [C]; layers str [L]; skipped_layers str [S]; numel int64 [L]
     - kept_fraction float64 [C, L]: share of each layer's weights kept (non-zero)
     - iou_kept float64 [L, C, C] and iou_kept_overall [C, C]: IoU of kept sets, per layer and
-      pooled over layers (`workers.metrics.masks.MaskOverlap.iou_matrix`)
+      pooled over layers (`prunescope.workers.metrics.masks.MaskOverlap.iou_matrix`)
     - iou_kept_chance [L, C, C], iou_kept_chance_overall [C, C]: the same for independent
       random masks of the same per-layer counts (`independent_iou`)
     - iou_pruned, iou_pruned_overall, iou_pruned_chance, iou_pruned_chance_overall: the same
@@ -192,9 +192,9 @@ def wasserstein_analysis(
 ) -> dict[str, np.ndarray]:
     """Per neuron of each layer: dense W1 to a Gaussian, pruned share, and shift per checkpoint.
 
-    `layers` are names of linear/conv modules (`models.sparsity.prunable_modules`; None: all);
+    `layers` are names of linear/conv modules (`prunescope.models.sparsity.prunable_modules`; None: all);
     a neuron is an output unit, a conv channel pooling examples and positions, and its value
-    is the layer's output before any nonlinearity (`workers.metrics.wasserstein`). `batches`
+    is the layer's output before any nonlinearity (`prunescope.workers.metrics.wasserstein`). `batches`
     is a re-iterable sequence of model inputs (or (inputs, labels) pairs), passed once per
     model; models are put in eval mode. Up to `capacity` values per neuron are kept exactly,
     beyond that a reservoir sample with `seed`, the same rows for every model.

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from workers.metrics.cka import as_activation_matrix
-from workers.metrics.complexity import directions_from_eigenvalues
+from prunescope.workers.metrics.cka import as_activation_matrix
+from prunescope.workers.metrics.complexity import directions_from_eigenvalues
 
 _CONSTANT_RTOL = 1e-20
 

@@ -736,7 +736,7 @@ class MinibatchCKAAccumulator:
 
     with K_b = X_b X_bᵀ the Gram matrix of minibatch b and HSIC₁ the unbiased estimator
     (`hsic_unbiased`). This is an estimate whose value depends on the batch size (the exact
-    full-data CKA is `workers.metrics.moments`' job); it is offered for very large evaluation
+    full-data CKA is `prunescope.workers.metrics.moments`' job); it is offered for very large evaluation
     sets and to compare like with like against tools that compute it (torch_cka).
 
     One update costs a B × B Gram per layer (B²·d multiply-adds, float64 on the batch's device)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from workers.metrics.cka import as_activation_matrix
+from prunescope.workers.metrics.cka import as_activation_matrix
 
 RANKME_EPSILON = 1e-7  # Garrido et al.'s ε added to each normalised singular value
 _SPECTRUM_RTOL = 1e-12

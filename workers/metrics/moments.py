@@ -17,7 +17,7 @@ much less (the "shifted data" method of computing variances), and all metrics he
 invariant to a shift of either representation.
 
 The metric functions take the centred scatter matrices Sxx = Σ (x−μ)(x−μ)ᵀ, Syy, Sxy; they
-are independent formulations of the data-based functions in `workers.metrics`, which the
+are independent formulations of the data-based functions in `prunescope.workers.metrics`, which the
 tests compare them with.
 """
 

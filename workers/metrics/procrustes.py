@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.metrics.cka import as_activation_matrix
+from prunescope.workers.metrics.cka import as_activation_matrix
 
 _CONSTANT_RTOL = 1e-20
 
