@@ -33,8 +33,10 @@ RUN groupadd --system --gid 10001 prunescope \
 # install never replaces it (e.g. the CPU build by PyPI's much larger CUDA build).
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
-# Only what the build needs (pyproject's readme and the four packages); no .venv, tests, bench.
+# Only what the build needs (pyproject's readme, the light `prunescope` package and the four
+# folders that install beneath it); no .venv, tests, bench.
 COPY pyproject.toml README.md /src/
+COPY prunescope /src/prunescope
 COPY server /src/server
 COPY dashboard /src/dashboard
 COPY workers /src/workers

@@ -818,10 +818,8 @@ def test_ray_in_the_image_serves_clients_and_the_dashboard(services):
 
 def test_dockerfile_copies_what_the_build_needs():
     project = _pyproject()
-    needed = {
-        pattern.rstrip("*")
-        for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]
-    }
+    # Every folder pyproject maps into the `prunescope` namespace (package-dir).
+    needed = set(project["tool"]["setuptools"]["package-dir"].values())
     needed |= {"pyproject.toml", project["project"]["readme"]}
     copied: set[str] = set()
     for keyword, args in _dockerfile_instructions():
