@@ -122,7 +122,10 @@ def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> 
     a = compare_layers([dense, pruned], bucketed, len(texts), subsample=40)
     assert list(a["layers"]) == ["embeddings", "encoder.layer.0", "encoder.layer.1"]
     np.testing.assert_allclose(a["cka_diag"][0], 1.0, atol=1e-12)
-    assert np.all(a["cka_diag"][1] < 1.0) and np.all(a["cka_diag"][1] > 0.0)
+    # Magnitude pruning takes conv and linear weights only: the embeddings are the dense
+    # model's, so their output is too (CKA 1 up to rounding); every encoder layer changed.
+    np.testing.assert_allclose(a["cka_diag"][1][0], 1.0, atol=1e-6)
+    assert np.all(a["cka_diag"][1][1:] < 1.0) and np.all(a["cka_diag"][1] > 0.0)
     assert (a["predictions"] == -1).all()  # a base model has no logits
     # One batch of all sentences, padded to the longest: pooling ignores the padding.
     enc = tokenizer(texts, padding=True, return_tensors="pt")
