@@ -41,4 +41,4 @@ lint: setup
 	$(VENV)/bin/ruff check server dashboard workers models tests bench
 
 clean:
-	rm -rf $(VENV) .prunescope .pytest_cache
+	rm -rf $(VENV) .venv-py3* .prunescope .pytest_cache

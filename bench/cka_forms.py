@@ -1,5 +1,7 @@
 """Does `choose_form` pick the faster exact route to linear CKA, and what does float32 cost?
 
+The forms measured are the data-based references in `tests/reference/cka.py` (the layers
+analysis computes CKA from streamed moments instead; `bench/layer_divergence.py` times that).
 For each shape, linear CKA of the same (x, y) is timed three ways through the public `cka`:
 the feature form, the Gram form and form="auto" (`choose_form`'s pick), in rotating order
 after a warm-up, taking medians (see ../shared/BENCH.md); calls shorter than 0.2 s are looped.
@@ -27,13 +29,17 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from prunescope.workers.metrics.cka import _feature_form, _gram_form, choose_form, cka
+# The linear CKA forms measured here are the references that live with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.reference.cka import _feature_form, _gram_form, choose_form, cka  # noqa: E402
 
 SHAPES = [(2000, 64, 64), (2000, 4096, 4096), (500, 16384, 16384)]
 

@@ -2,8 +2,8 @@
 
 The scatter endpoint is the Dash callback that draws the two linked maps (`draw_maps` in
 `dashboard/pages/geometry.py`), reached the way the browser reaches it: a POST to
-`/_dash-update-component` of the real ASGI app (`prunescope.server.main.create_app`, in process through
-httpx, so no network time), reading a stored geometry result through the service layer.
+`/_dash-update-component` of the real ASGI app (`prunescope.server.main.create_app`, in process
+through httpx, so no network time), reading a stored geometry result through the service layer.
 The result is synthetic but shaped like the job's (3 checkpoints, 10 classes, clustered 2-D
 maps), stored as a real artifact in a temporary data directory.
 

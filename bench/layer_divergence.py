@@ -1,7 +1,7 @@
 """What the one-pass layer analysis costs: over its forward passes, against torch_cka, in memory.
 
-`prunescope.workers.analyses.layers.compare_layers` runs every model once over the data and folds pooled
-layer features into exact float64 moments, from which come the layer × layer linear CKA
+`prunescope.workers.analyses.layers.compare_layers` runs every model once over the data and
+folds pooled layer features into exact float64 moments, from which come the layer × layer linear CKA
 matrices (biased and debiased), SVCCA, PWCCA, Procrustes and the complexity measures. Each part
 compares it with a baseline measured in the same run, on the same inputs, device and batch size,
 A and B alternating, medians reported (../shared/BENCH.md):
@@ -27,7 +27,8 @@ A and B alternating, medians reported (../shared/BENCH.md):
     torch_cka runs under torch.no_grad() (its own loop leaves autograd on, ~30 % slower).
 (c) Peak memory of the streaming pass against a naive analysis that stores every layer's
     features of every example and model, then computes the same CKA matrices with
-    `prunescope.workers.metrics.cka.linear_cka` (only those: a lower bound on a naive analysis' peak).
+    the reference `tests/reference/cka.linear_cka` (only those: a lower bound on a naive
+    analysis' peak).
     Each runs in a fresh subprocess that resets the kernel's peak-RSS mark after loading models
     and data; the increase of the peak over the resident size before the run is reported, and
     peak GPU memory on CUDA. Digits test split ×1, ×8 and ×32 with conv maps averaged (the
@@ -85,9 +86,12 @@ from prunescope.workers.analyses.layers import (
     text_batches,
 )
 from prunescope.workers.datasets import as_model_input, load_builtin
-from prunescope.workers.metrics.cka import linear_cka
 from prunescope.workers.metrics.complexity import subsample_indices, twonn_intrinsic_dimension
 from prunescope.workers.metrics.moments import MomentAccumulator
+
+# The naive analysis of part (c) uses the reference CKA, which lives with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.reference.cka import linear_cka  # noqa: E402
 
 DIGITS_PRUNINGS = [("magnitude_global", 0.5), ("magnitude_global", 0.9), ("random", 0.5),
                    ("random", 0.9)]

@@ -1,7 +1,7 @@
 """Latency and errors of concurrent dashboard users while jobs run, against the bare HTTP floor.
 
-The real server (`python -m prunescope.server.cli serve --workers 1` in a subprocess of its own process
-group, temporary data directory) first gets a project on the built-in digits data with a
+The real server (`python -m prunescope.server.cli serve --workers 1` in a subprocess of its own
+process group, temporary data directory) first gets a project on the built-in digits data with a
 `train`, two `magnitude_global` prunes (0.5, 0.9) and an `analyze` job, all through the REST
 API; once the analysis result exists, a long `train` in a second project keeps the worker
 busy, and it is checked to be running when the load starts and still running at the end.
@@ -437,8 +437,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], measured: dict[str, A
     print(f"PruneScope under load on loopback: {args.users} users, {args.seconds:g} s per phase, "
           f"think time uniform 0–{args.think_ms:g} ms, {args.repeats} alternating floor/real "
           f"runs after {args.warmup:g} s warm-up (medians over runs)")
-    print("server: python -m prunescope.server.cli serve --workers 1; percentiles: numpy.percentile "
-          "(linear interpolation); error = non-2xx or exception")
+    print("server: python -m prunescope.server.cli serve --workers 1; percentiles: "
+          "numpy.percentile (linear interpolation); error = non-2xx or exception")
     print(f"browsed: project {info['project_id']} (cnn_small on digits: dense + "
           f"magnitude_global 0.5/0.9, {info['num_results']} results), result "
           f"{info['result_id']}, array {info['array']!r}")

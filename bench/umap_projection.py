@@ -1,11 +1,11 @@
 """What a shared UMAP map of five checkpoints costs, against PCA on the same features.
 
-`prunescope.workers.analyses.embeddings.project_features` on realistic penultimate-layer features: a digits
-MLP with 384 hidden units (scikit-learn, trained on the 1,797 digits), its hidden activations
-for N examples resampled from digits with pixel noise (σ = 0.1 on [0, 1] pixels), and four
-pruned copies whose first layer is magnitude-pruned to 50 / 70 / 90 / 95 % (no fine-tuning; the
-units stay the units of the dense model). Per size, medians over repeats (../shared/BENCH.md),
-A and B alternating:
+`prunescope.workers.analyses.embeddings.project_features` on realistic penultimate-layer
+features: a digits MLP with 384 hidden units (scikit-learn, trained on the 1,797 digits), its
+hidden activations for N examples resampled from digits with pixel noise (σ = 0.1 on [0, 1]
+pixels), and four pruned copies whose first layer is magnitude-pruned to 50 / 70 / 90 / 95 % (no
+fine-tuning; the units stay the units of the dense model). Per size, medians over repeats
+(../shared/BENCH.md), A and B alternating:
 
 - baseline: PCA map of the five checkpoints (the dense model's two principal axes, float64);
 - UMAP "reference": one seeded UMAP fit on the dense features, then `.transform` of the four

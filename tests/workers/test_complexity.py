@@ -8,15 +8,17 @@ import pytest
 from prunescope.workers.metrics.complexity import (
     RANKME_EPSILON,
     complexity_from_covariance,
-    complexity_from_gram,
-    covariance_eigenvalues,
     directions_from_eigenvalues,
-    effective_rank,
     effective_rank_from_eigenvalues,
-    participation_ratio,
-    spectral_complexity,
     subsample_indices,
     twonn_intrinsic_dimension,
+)
+from tests.reference.complexity import (
+    complexity_from_gram,
+    covariance_eigenvalues,
+    effective_rank,
+    participation_ratio,
+    spectral_complexity,
     variance_directions,
 )
 

@@ -20,8 +20,8 @@ from prunescope.workers.analyses.evaluation import evaluate_checkpoints
 from prunescope.workers.analyses.language_model import language_model_quality
 from prunescope.workers.datasets import load_builtin, load_dataset
 from prunescope.workers.jobspec import CheckpointRef, DatasetRef, JobInputError
-from prunescope.workers.metrics.cka import linear_cka
 from prunescope.workers.training import init_model, train_classifier
+from tests.reference.cka import linear_cka
 
 CONFIG = default_config("mlp")
 
@@ -283,10 +283,10 @@ def test_a_tokenizer_without_padding_pads_with_its_end_of_sequence_token(tmp_pat
 
     from transformers import AutoTokenizer
 
-    from tests.real_models import minilm_folder
     from prunescope.workers.analyses.evaluation import tokenizer_of
     from prunescope.workers.analyses.layers import text_batches
     from prunescope.workers.jobspec import CheckpointRef
+    from tests.real_models import minilm_folder
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()), local_files_only=True)
     tokenizer.pad_token, tokenizer.eos_token = None, "[SEP]"  # as GPT-2's ships

@@ -8,12 +8,18 @@ import torch
 
 from prunescope.models.pruning import PRUNING_METHODS
 from prunescope.models.registry import create_model
-from prunescope.workers.analyses.layers import compare_layers, layer_features, tensor_batches, text_batches
+from prunescope.workers.analyses.layers import (
+    compare_layers,
+    layer_features,
+    tensor_batches,
+    text_batches,
+)
 from prunescope.workers.datasets import as_model_input, load_builtin
-from prunescope.workers.metrics.cca import pwcca, svcca
-from prunescope.workers.metrics.cka import linear_cka
-from prunescope.workers.metrics.complexity import spectral_complexity, twonn_intrinsic_dimension
-from prunescope.workers.metrics.procrustes import procrustes_distance
+from prunescope.workers.metrics.complexity import twonn_intrinsic_dimension
+from tests.reference.cca import pwcca, svcca
+from tests.reference.cka import hsic_unbiased, linear_cka
+from tests.reference.complexity import spectral_complexity
+from tests.reference.procrustes import procrustes_distance
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +151,6 @@ def test_text_models_pool_non_padding_tokens_and_bucketing_changes_nothing() -> 
 
 def test_minibatch_cka_is_offered_beside_the_exact_values(digits_models) -> None:
     from prunescope.workers.analyses.layers import minibatch_layer_cka
-    from prunescope.workers.metrics.cka import hsic_unbiased
-
     dense, pruned, x, y = digits_models
     x = x[:300]
     out = compare_layers([dense, pruned], tensor_batches(x, y[:300], 64), len(x),
@@ -172,8 +176,8 @@ def test_minibatch_cka_is_offered_beside_the_exact_values(digits_models) -> None
 def test_attention_consistency_comes_from_the_same_pass_on_the_real_minilm() -> None:
     import copy
 
-    from tests.real_models import real_minilm
     from prunescope.workers.metrics.attention import AttentionConsistencyAccumulator, query_mask
+    from tests.real_models import real_minilm
 
     dense, tokenizer = real_minilm()
     pruned = copy.deepcopy(dense)

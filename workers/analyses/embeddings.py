@@ -128,7 +128,7 @@ def _umap_module() -> ModuleType:
 
 
 def _has_variance(x: np.ndarray) -> bool:
-    """Whether the rows of x differ by more than rounding (same rule as `metrics.cka`)."""
+    """Whether the rows of x differ by more than rounding (the 1e-20 rule of the CKA reference)."""
     x = x.astype(np.float64, copy=False)
     centred = x - x.mean(axis=0)
     return float(np.vdot(centred, centred)) > _CONSTANT_RTOL * float(np.vdot(x, x))

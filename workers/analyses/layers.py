@@ -37,7 +37,7 @@ from torch import nn
 
 from prunescope.models.capture import capture_layer_outputs
 from prunescope.workers.device import pick_device, place_models, to_device
-from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
+from prunescope.workers.metrics.minibatch_cka import MinibatchCKAAccumulator
 from prunescope.workers.metrics.moments import (
     MomentAccumulator,
     eigen_decomposition,
@@ -227,7 +227,7 @@ def compare_layers(
     - effective_rank, participation_ratio, dims_99, twonn float64 [C, L]
     - predictions int64 [C, N] (−1 where a model has no logits), labels int64 [N] (−1 if none)
     - with `minibatch_cka`: cka_minibatch float64 [C, L, L], Nguyen et al.'s minibatch
-      estimate over the given batches (`cka.MinibatchCKAAccumulator`), an estimate labelled as
+      estimate over the given batches (`minibatch_cka.MinibatchCKAAccumulator`), labelled as
       such beside the exact values, for comparison with tools that report it
     - with `attention` (Hugging Face models): attention consistency of every checkpoint with
       the reference per (layer, head), float64 [C, A, H] (A attention layers, H heads), from

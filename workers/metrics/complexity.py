@@ -10,20 +10,21 @@ Four measures of an (n examples × p features) representation X:
 - the TwoNN intrinsic dimension (Facco, d'Errico, Rodriguez & Laio, "Estimating the intrinsic
   dimension of datasets by a minimal neighborhood information", Sci. Rep. 2017).
 
-The first three depend only on the covariance spectrum, so they can be computed from streamed
-sums: `complexity_from_covariance(cov, n)` (p × p) or `complexity_from_gram(gram, p)` (the
-n × n centred Gram, e.g. from `cka.LinearGramAccumulator`), which share their non-zero
-eigenvalues. TwoNN needs the points themselves and runs on a fixed random subsample
+The first three depend only on the covariance spectrum, so the layers analysis computes them
+from its streamed sums: `complexity_from_covariance(cov, n)` (p × p). The data route (an SVD of
+X) and the n × n Gram route are the references in `tests/reference/complexity.py` that the
+tests hold it to. TwoNN needs the points themselves and runs on a fixed random subsample
 (`subsample_indices`, at most 5,000 examples by default), so a streaming caller keeps only
 those rows.
 
-Conventions shared by the spectral measures: activations are centred per feature (centre=True;
-RankMe as published uses raw embeddings, centre=False), the spectrum has min(n, p) values (as
-an SVD of X has, whichever route computed it), and eigenvalues below 1e-12·λ_max — singular
-values below 1e-6·σ_max, the accuracy limit of the covariance route — are set to zero in every
-route so that the routes agree. A layer with no variance (every feature constant across
-examples, e.g. dead after pruning; same 1e-20 rule as `cka`) has effective rank 0.0,
-participation ratio 0.0, 0 directions and TwoNN dimension 0.0. NaN or Inf raise ValueError.
+Conventions shared by the spectral measures: activations are centred per feature (a
+covariance; RankMe as published uses raw embeddings, a second-moment matrix), the spectrum has
+min(n, p) values (as an SVD of X has, whichever route computed it), and eigenvalues below
+1e-12·λ_max — singular values below 1e-6·σ_max, the accuracy limit of the covariance route —
+are set to zero in every route so that the routes agree. A layer with no variance (every
+feature constant across examples, e.g. dead after pruning: centred sum of squares ≤ 1e-20 of
+the raw one) has effective rank 0.0, participation ratio 0.0, 0 directions and TwoNN
+dimension 0.0. NaN or Inf raise ValueError.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prunescope.workers.metrics.cka import as_activation_matrix
+from prunescope.workers.metrics.activations import as_activation_matrix
 
 RANKME_EPSILON = 1e-7  # Garrido et al.'s ε added to each normalised singular value
 _SPECTRUM_RTOL = 1e-12
@@ -112,61 +113,18 @@ def _summary(lam: np.ndarray, fraction: float) -> SpectralComplexity:
     )
 
 
-def covariance_eigenvalues(x: Any, *, centre: bool = True) -> np.ndarray:
-    """The min(n, p) eigenvalues of X's covariance XcᵀXc/(n−1), descending, via an SVD of X.
-
-    centre=False gives those of the second-moment matrix XᵀX/n instead. All zero when X has
-    no variance across examples.
-    """
-    x = as_activation_matrix(x)
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"a covariance spectrum needs at least 2 examples, got {n}")
-    if centre:
-        xc = x - x.mean(axis=0, keepdims=True)
-        if not float(np.vdot(xc, xc)) > _CONSTANT_RTOL * float(np.vdot(x, x)):
-            return np.zeros(min(x.shape))
-        x, scale = xc, n - 1
-    else:
-        scale = n
-    singular_values = np.linalg.svd(x, compute_uv=False)
-    return _clean_spectrum(singular_values**2 / scale)
-
-
-def effective_rank(x: Any, *, centre: bool = True, eps: float = RANKME_EPSILON) -> float:
-    """RankMe effective rank (Garrido et al. 2023) of activations x (n × p)."""
-    return effective_rank_from_eigenvalues(covariance_eigenvalues(x, centre=centre), eps)
-
-
-def participation_ratio(x: Any, *, centre: bool = True) -> float:
-    """Participation ratio (Σλ)² / Σλ² of the covariance eigenvalues of x (n × p)."""
-    return participation_ratio_from_eigenvalues(covariance_eigenvalues(x, centre=centre))
-
-
-def variance_directions(x: Any, fraction: float = 0.99, *, centre: bool = True) -> int:
-    """Number of principal directions of x (n × p) that explain `fraction` of its variance."""
-    return directions_from_eigenvalues(covariance_eigenvalues(x, centre=centre), fraction)
-
-
-def spectral_complexity(
-    x: Any, *, fraction: float = 0.99, centre: bool = True
-) -> SpectralComplexity:
-    """Effective rank, participation ratio and directions for `fraction`, from one SVD."""
-    return _summary(covariance_eigenvalues(x, centre=centre), fraction)
-
-
 def complexity_from_covariance(
     cov: Any, n: int | None = None, *, fraction: float = 0.99, mean: Any = None,
     eigenvalues: Any = None,
 ) -> SpectralComplexity:
     """The spectral measures from a p × p covariance (or second-moment) matrix of n examples.
 
-    Equals `spectral_complexity` of the data it came from (any normalisation of cov: the
-    measures are scale-free). n matters because the data route sees only min(n, p) singular
-    values, and RankMe's ε counts each; n=None keeps all p (the same when n ≥ p). Pass the
-    feature means as `mean` to let a covariance
-    whose trace is rounding noise next to ‖mean‖² count as "no variance"; without it only a
-    trace ≤ 0 does. `eigenvalues`: those of cov (any order) when already computed.
+    Equals the data route (`tests/reference/complexity.spectral_complexity`) of the data it
+    came from (any normalisation of cov: the measures are scale-free). n matters because the
+    data route sees only min(n, p) singular values, and RankMe's ε counts each; n=None keeps
+    all p (the same when n ≥ p). Pass the feature means as `mean` to let a covariance whose
+    trace is rounding noise next to ‖mean‖² count as "no variance"; without it only a trace
+    ≤ 0 does. `eigenvalues`: those of cov (any order) when already computed.
     """
     cov = np.asarray(cov, dtype=np.float64)
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
@@ -183,18 +141,6 @@ def complexity_from_covariance(
     if eigenvalues is None:
         eigenvalues = np.linalg.eigvalsh((cov + cov.T) / 2)
     return _summary(_clean_spectrum(np.sort(np.asarray(eigenvalues, np.float64)), keep), fraction)
-
-
-def complexity_from_gram(gram: Any, p: int, *, fraction: float = 0.99) -> SpectralComplexity:
-    """The spectral measures from the n × n centred Gram matrix HXXᵀH of p-feature activations.
-
-    XcXcᵀ and XcᵀXc share their non-zero eigenvalues, so this equals the covariance route;
-    `cka.LinearGramAccumulator.gram()` supplies such a matrix for very wide layers.
-    """
-    gram = np.asarray(gram, dtype=np.float64)
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square n × n matrix, got shape {gram.shape}")
-    return complexity_from_covariance(gram, p, fraction=fraction)
 
 
 def subsample_indices(n: int, max_points: int = 5000, seed: int = 0) -> np.ndarray:

@@ -17,8 +17,8 @@ much less (the "shifted data" method of computing variances), and all metrics he
 invariant to a shift of either representation.
 
 The metric functions take the centred scatter matrices Sxx = Σ (x−μ)(x−μ)ᵀ, Syy, Sxy; they
-are independent formulations of the data-based functions in `prunescope.workers.metrics`, which the
-tests compare them with.
+are independent formulations of the data-based references in `tests/reference/` (CKA, CCA,
+Procrustes, complexity), which the tests compare them with.
 """
 
 from __future__ import annotations
@@ -318,18 +318,11 @@ def eigen_decomposition(scatter: np.ndarray) -> Eigen:
     return values[::-1], vectors[:, ::-1]
 
 
-def _principal(
-    scatter: np.ndarray, keep_variance: float | None, eig: Eigen | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of a scatter matrix, largest first, trimmed to the numerical rank
-    and (if given) to the fewest directions explaining `keep_variance` of the variance."""
+def _principal(scatter: np.ndarray, eig: Eigen | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a scatter matrix, largest first, trimmed to the numerical rank."""
     values, vectors = eig if eig is not None else eigen_decomposition(scatter)
     keep = values > _RANK_RTOL * max(values[0], 0.0) if values.size and values[0] > 0 else []
-    values, vectors = values[keep], vectors[:, keep]
-    if keep_variance is not None and values.size:
-        k = _directions_explaining(values, keep_variance)
-        values, vectors = values[:k], vectors[:, :k]
-    return values, vectors
+    return values[keep], vectors[:, keep]
 
 
 def _directions_explaining(values: np.ndarray, keep_variance: float) -> int:
@@ -339,14 +332,13 @@ def _directions_explaining(values: np.ndarray, keep_variance: float) -> int:
 
 
 def _whitened_cross(
-    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, keep_variance: float | None,
-    eig_x: Eigen | None, eig_y: Eigen | None,
+    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, eig_x: Eigen | None, eig_y: Eigen | None,
 ) -> tuple[np.ndarray, ...] | None:
     """(M, Wx, Wy, λx, λy) with Wx = Ux Λx^{-1/2} over each side's principal directions (see
     `_principal`) and M = Wxᵀ Sxy Wy, whose singular values are the canonical correlations;
     None when either side has no variance."""
-    lx, ux = _principal(sxx, keep_variance, eig_x)
-    ly, uy = _principal(syy, keep_variance, eig_y)
+    lx, ux = _principal(sxx, eig_x)
+    ly, uy = _principal(syy, eig_y)
     if lx.size == 0 or ly.size == 0:
         return None
     wx = ux / np.sqrt(lx)
@@ -354,65 +346,28 @@ def _whitened_cross(
     return wx.T @ sxy @ wy, wx, wy, lx, ly
 
 
-def canonical_correlations_from_scatter(
-    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float | None = None,
-    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ρ, A, B): canonical correlations, largest first, and both sides' directions.
-
-    CCA in the principal subspace of each side: with Sxx ≈ Ux Λx Uxᵀ (numerical rank, or the
-    directions explaining `keep_variance`, as SVCCA's first step), the correlations are the
-    singular values of Λx^{-1/2} Uxᵀ Sxy Uy Λy^{-1/2}. A (p × kx) and B (q × ky) map centred
-    x and y to their unit-norm canonical variates (the first len(ρ) columns pair up). Empty
-    arrays when either side has no variance. `eig_x`/`eig_y`: `eigen_decomposition` of Sxx
-    and Syy when already computed.
-    """
-    whitened = _whitened_cross(sxy, sxx, syy, keep_variance, eig_x, eig_y)
-    if whitened is None:
-        return np.zeros(0), np.zeros((sxx.shape[0], 0)), np.zeros((syy.shape[0], 0))
-    m, wx, wy, _, _ = whitened
-    u, rho, vt = np.linalg.svd(m, full_matrices=True)
-    return np.clip(rho, 0.0, 1.0), wx @ u, wy @ vt.T
-
-
-def svcca_from_scatter(
-    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float = 0.99,
-    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
-) -> float:
-    """SVCCA (Raghu et al. 2017): keep each side's top principal directions explaining 99 % of
-    the variance, then the mean canonical correlation between the two subspaces. 0.0 when
-    either side has no variance."""
-    whitened = _whitened_cross(sxy, sxx, syy, keep_variance, eig_x, eig_y)
-    return 0.0 if whitened is None else _mean_correlation(whitened[0])
-
-
-def pwcca_from_scatter(
-    sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *,
-    eig_x: Eigen | None = None, eig_y: Eigen | None = None,
-) -> float:
-    """PWCCA (Morcos, Raghu & Bengio 2018): canonical correlations weighted by how much of a
-    representation each canonical variate accounts for.
-
-    With unit-norm canonical variates h_i = X a_i, the weight is α_i = Σ_j |⟨h_i, x_j⟩| over
-    the neurons x_j, i.e. the row sums of |Aᵀ Sxx|; PWCCA = Σ α_i ρ_i / Σ α_i. As in the
-    reference code, the side with fewer canonical directions (x on a tie) sets the weights,
-    since each of its variates has a partner correlation. Where correlations nearly tie, the
-    directions inside the tie are ill-determined and |⟨h_i, x_j⟩| is not rotation invariant,
-    so equivalent computations (other batching, data vs moments) agree to about 1e-4 there.
-    """
-    whitened = _whitened_cross(sxy, sxx, syy, None, eig_x, eig_y)
-    return 0.0 if whitened is None else _pwcca(*whitened[:3], sxx, syy)
-
-
 def svcca_and_pwcca_from_scatter(
     sxy: np.ndarray, sxx: np.ndarray, syy: np.ndarray, *, keep_variance: float = 0.99,
     eig_x: Eigen | None = None, eig_y: Eigen | None = None,
 ) -> tuple[float, float]:
-    """(`svcca_from_scatter`, `pwcca_from_scatter`) of one pair, sharing their work: SVCCA's
-    principal directions are the leading ones of PWCCA's (the same eigenvalues, cut at
-    `keep_variance`), so its whitened cross-covariance is a leading block of PWCCA's, and its
-    correlations need singular values only."""
-    whitened = _whitened_cross(sxy, sxx, syy, None, eig_x, eig_y)
+    """(SVCCA, PWCCA) of one pair from its scatter matrices; 0.0 each when either side has no
+    variance.
+
+    SVCCA (Raghu et al. 2017): keep each side's top principal directions explaining
+    `keep_variance` (99 %) of the variance, then the mean canonical correlation between the two
+    subspaces. PWCCA (Morcos, Raghu & Bengio 2018): canonical correlations weighted by how much
+    of a representation each canonical variate accounts for — with unit-norm canonical
+    variates h_i = X a_i, α_i = Σ_j |⟨h_i, x_j⟩| over the neurons x_j, i.e. the row sums of
+    |Aᵀ Sxx|, and PWCCA = Σ α_i ρ_i / Σ α_i. As in the reference code, the side with fewer
+    canonical directions (x on a tie) sets the weights, since each of its variates has a
+    partner correlation. Where correlations nearly tie, the directions inside the tie are
+    ill-determined and |⟨h_i, x_j⟩| is not rotation invariant, so equivalent computations
+    (other batching, data vs moments) agree to about 1e-4 there.
+
+    The two share their work: SVCCA's principal directions are the leading ones of PWCCA's
+    (the same eigenvalues, cut at `keep_variance`), so its whitened cross-covariance is a
+    leading block of PWCCA's, and its correlations need singular values only."""
+    whitened = _whitened_cross(sxy, sxx, syy, eig_x, eig_y)
     if whitened is None:
         return 0.0, 0.0
     m, wx, wy, lx, ly = whitened

@@ -1,22 +1,17 @@
-"""CKA: the published demo numbers, formulations agreeing, invariances, and streaming."""
+"""Reference CKA: the published demo numbers, formulations agreeing, invariances, edge cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy.spatial.distance import pdist, squareform
 
-from prunescope.workers.metrics import cka as cka_module
-from prunescope.workers.metrics.cka import (
-    GramCKAAccumulator,
-    LinearCKAAccumulator,
-    LinearGramAccumulator,
+from tests.reference import cka as cka_module
+from tests.reference.cka import (
     _debiased_hsic_scaled,
     choose_form,
     cka,
     cka_from_grams,
-    gram_accumulator_cka,
     hsic_biased,
     hsic_unbiased,
     linear_cka,
@@ -24,6 +19,7 @@ from prunescope.workers.metrics.cka import (
     rbf_cka,
     rbf_gram,
 )
+from tests.reference.cka_streaming import LinearCKAAccumulator
 
 
 @pytest.fixture
@@ -127,39 +123,6 @@ def test_constant_columns_next_to_varying_ones_change_nothing():
 def test_unusable_inputs_raise(x, y, debiased, message):
     with pytest.raises(ValueError, match=message):
         linear_cka(x, y, debiased)
-
-
-@pytest.mark.parametrize("batch_sizes", [[100], [1, 99], [7] * 14 + [2], [33, 0, 33, 34]])
-@pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_streaming_accumulator_equals_full_data_cka(batch_sizes, offset):
-    x, y = _pair(100, 12, 9, seed=6)
-    x = x + offset  # a large mean tests the centring from running sums
-    accumulator = LinearCKAAccumulator()
-    start = 0
-    for size in batch_sizes:
-        accumulator.update(x[start : start + size], y[start : start + size])
-        start += size
-    assert accumulator.num_examples == 100
-    assert abs(accumulator.value() - linear_cka(x, y)) < 1e-10
-
-
-def test_streaming_differs_from_averaging_per_batch_cka():
-    # The accumulator is the full-data value; the mean of per-batch CKAs is another quantity.
-    x, y = _pair(100, 12, 9, seed=7)
-    per_batch = np.mean([linear_cka(x[i : i + 10], y[i : i + 10]) for i in range(0, 100, 10)])
-    accumulator = LinearCKAAccumulator()
-    for i in range(0, 100, 10):
-        accumulator.update(x[i : i + 10], y[i : i + 10])
-    assert abs(per_batch - accumulator.value()) > 0.01
-
-
-def test_accumulator_refuses_changing_widths_and_too_few_examples():
-    accumulator = LinearCKAAccumulator()
-    with pytest.raises(ValueError, match="at least 2"):
-        accumulator.value()
-    accumulator.update(np.ones((3, 4)), np.ones((3, 2)))
-    with pytest.raises(ValueError, match="features"):
-        accumulator.update(np.ones((3, 5)), np.ones((3, 2)))
 
 
 # --- form choice ---------------------------------------------------------------------------
@@ -299,165 +262,3 @@ def test_too_few_examples_and_nan_raise_everywhere(metric):
     bad[2, 1] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         metric(bad, np.ones((6, 2)))
-
-
-# --- streaming -----------------------------------------------------------------------------
-
-
-def _fill(accumulator, x, y, sizes):  # noqa: ANN001, ANN202
-    start = 0
-    for size in sizes:
-        accumulator.update(x[start : start + size], y[start : start + size])
-        start += size
-
-
-@pytest.mark.parametrize("sizes", [[60], [1, 59], [25, 0, 25, 10]])
-def test_gram_accumulator_equals_full_data_cka(sizes):
-    x, y = _pair(60, 80, 7, seed=17)  # wider than the number of examples
-    x = x + 1e3  # a large mean: columns are centred by their full-data mean before the Gram
-    accumulator = GramCKAAccumulator()
-    _fill(accumulator, x, y, sizes)
-    assert accumulator.num_examples == 60
-    assert accumulator.value() == pytest.approx(cka(x, y), abs=1e-10)
-    assert accumulator.value(debiased=True) == pytest.approx(cka(x, y, debiased=True), abs=1e-10)
-    assert accumulator.rbf_value() == pytest.approx(rbf_cka(x, y), abs=1e-10)
-
-
-def test_gram_accumulator_chunks_features_keeps_dtype_and_copies_rows(monkeypatch):
-    monkeypatch.setattr(LinearGramAccumulator, "_CHUNK_ELEMENTS", 60 * 7)  # 7-feature chunks
-    x, y = _pair(60, 50, 9, seed=18)
-    x32 = x.astype(np.float32)
-    accumulator = GramCKAAccumulator()
-    buffer = np.empty((20, 50), dtype=np.float32)
-    for start in range(0, 60, 20):
-        buffer[:] = x32[start : start + 20]  # one reused buffer, as a hook might hand out
-        accumulator.update(buffer, y[start : start + 20])
-    buffer[:] = np.nan
-    # float32 rows are kept as float32, which float64 represents exactly.
-    assert accumulator.value() == pytest.approx(cka(x32, y), abs=1e-12)
-
-
-def test_gram_accumulators_pair_up_for_reuse_and_free_their_rows():
-    x, y = _pair(40, 30, 30, seed=19)
-    dense = LinearGramAccumulator()
-    pruned = LinearGramAccumulator()
-    for start in range(0, 40, 16):
-        dense.update(x[start : start + 16])
-        pruned.update(torch.from_numpy(y[start : start + 16]).float())
-    dense.finalize()
-    with pytest.raises(ValueError, match="finalized"):
-        dense.update(x[:4])
-    assert gram_accumulator_cka(dense, pruned) == pytest.approx(
-        cka(x, y.astype(np.float32)), abs=1e-10
-    )
-    dead = LinearGramAccumulator()
-    dead.update(np.full((40, 5), 0.1))
-    assert not dead.has_variance
-    assert gram_accumulator_cka(dense, dead) == 0.0
-    with pytest.raises(ValueError, match="same examples"):
-        gram_accumulator_cka(dense, LinearGramAccumulator())
-    with pytest.raises(ValueError, match="kernel"):
-        gram_accumulator_cka(dense, pruned, kernel="cosine")
-
-
-def test_gram_accumulator_refuses_bad_batches():
-    accumulator = LinearGramAccumulator()
-    with pytest.raises(ValueError, match="no examples"):
-        accumulator.gram()
-    accumulator.update(np.ones((3, 4)))
-    with pytest.raises(ValueError, match="features"):
-        accumulator.update(np.ones((3, 5)))
-    with pytest.raises(ValueError, match="NaN"):
-        accumulator.update(np.full((3, 4), np.nan))
-    with pytest.raises(ValueError, match="same examples"):
-        GramCKAAccumulator().update(np.ones((3, 4)), np.ones((2, 4)))
-
-
-@pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_torch_batches_accumulate_like_numpy_batches(offset):
-    x, y = _pair(90, 12, 9, seed=20)
-    x = x + offset
-    from_numpy, from_torch, mixed = (LinearCKAAccumulator() for _ in range(3))
-    _fill(from_numpy, x, y, [30, 30, 30])
-    _fill(from_torch, torch.from_numpy(x), torch.from_numpy(y), [30, 30, 30])
-    for start in range(0, 90, 30):
-        mixed.update(x[start : start + 30], torch.from_numpy(y[start : start + 30]))
-    value = from_torch.value()
-    assert isinstance(value, float)
-    assert abs(value - from_numpy.value()) < 1e-10
-    assert abs(mixed.value() - from_numpy.value()) < 1e-10
-    assert from_torch._xtx.dtype == torch.float64  # float64 sums on the batch's device
-
-
-def test_torch_accumulator_takes_float32_feature_maps_and_rejects_nan():
-    rng = np.random.default_rng(21)
-    maps_x = rng.normal(size=(40, 3, 4, 4)).astype(np.float32)  # conv outputs, flattened
-    maps_y = np.maximum(maps_x, 0) + 0.1 * rng.normal(size=maps_x.shape).astype(np.float32)
-    accumulator = LinearCKAAccumulator()
-    _fill(accumulator, torch.from_numpy(maps_x), torch.from_numpy(maps_y), [16, 16, 8])
-    assert abs(accumulator.value() - linear_cka(maps_x, maps_y)) < 1e-10
-    with pytest.raises(ValueError, match="NaN"):
-        accumulator.update(torch.full((2, 3, 4, 4), float("nan")), torch.ones(2, 3, 4, 4))
-    dead = LinearCKAAccumulator()
-    _fill(dead, torch.from_numpy(maps_x), torch.full((40, 5), 0.1), [20, 20])
-    assert dead.value() == 0.0
-
-
-def _minibatch_cka_loop(xs, ys, batch):  # noqa: ANN001, ANN202
-    """Nguyen et al. (2021), transcribed pair by pair with the NumPy HSIC₁."""
-    hxy = np.zeros((len(xs), len(ys)))
-    hxx, hyy = np.zeros(len(xs)), np.zeros(len(ys))
-    for s in range(0, xs[0].shape[0], batch):
-        kb = [x[s : s + batch] @ x[s : s + batch].T for x in xs]
-        lb = [y[s : s + batch] @ y[s : s + batch].T for y in ys]
-        if kb[0].shape[0] < 4:
-            continue
-        hxx += [hsic_unbiased(k, k) for k in kb]
-        hyy += [hsic_unbiased(m, m) for m in lb]
-        hxy += [[hsic_unbiased(k, m) for m in lb] for k in kb]
-    return hxy / np.sqrt(np.outer(hxx, hyy))
-
-
-@pytest.mark.parametrize("batch", [16, 50, 203])
-def test_minibatch_cka_equals_the_pairwise_transcription(batch: int) -> None:
-    from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
-
-    rng = np.random.default_rng(3)
-    base = rng.normal(size=(205, 5))
-    xs = [base @ rng.normal(size=(5, 7)), np.tanh(base @ rng.normal(size=(5, 3))) + 2.0]
-    ys = [xs[0] @ np.linalg.qr(rng.normal(size=(7, 7)))[0], rng.normal(size=(205, 4)),
-          base[:, :2] ** 2]
-    acc = MinibatchCKAAccumulator(2, [3, 2])
-    for s in range(0, 205, batch):
-        acc.update([torch.from_numpy(x[s : s + batch]) for x in xs],
-                   [[torch.from_numpy(y[s : s + batch]) for y in ys],
-                    [torch.from_numpy(x[s : s + batch]) for x in xs]])
-    versus_ys, versus_self = acc.values()
-    np.testing.assert_allclose(versus_ys, _minibatch_cka_loop(xs, ys, batch), rtol=1e-9,
-                               atol=1e-12)
-    # A layer against itself is 1; a rotated copy too (CKA's invariance holds per batch).
-    np.testing.assert_allclose(np.diag(versus_self), 1.0, rtol=1e-12)
-    assert versus_ys[0, 0] == pytest.approx(1.0, rel=1e-12)
-    # A last batch of fewer than 4 examples (205 = 203 + 2) carries no unbiased HSIC: skipped.
-    assert acc.skipped_examples == (205 % batch if 205 % batch < 4 else 0)
-
-
-def test_minibatch_cka_of_one_batch_is_the_debiased_cka_of_centred_inputs() -> None:
-    from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
-
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(60, 6))
-    y = np.sin(x @ rng.normal(size=(6, 5)))
-    x, y = x - x.mean(0), y - y.mean(0)
-    acc = MinibatchCKAAccumulator(1, [1])
-    acc.update([torch.from_numpy(x)], [[torch.from_numpy(y)]])
-    assert acc.values()[0][0, 0] == pytest.approx(linear_cka(x, y, debiased=True), rel=1e-10)
-
-
-def test_minibatch_cka_without_a_full_batch_says_so() -> None:
-    from prunescope.workers.metrics.cka import MinibatchCKAAccumulator
-
-    acc = MinibatchCKAAccumulator(1, [1])
-    acc.update([torch.ones(3, 2)], [[torch.ones(3, 2)]])
-    with pytest.raises(ValueError, match="at least one batch of 4"):
-        acc.values()

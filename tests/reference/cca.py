@@ -1,4 +1,4 @@
-"""Canonical correlation analysis (CCA) similarities of two representations: SVCCA and PWCCA.
+"""Reference CCA similarities on the data itself: canonical correlations, SVCCA and PWCCA.
 
 For column-centred X (n × p) and Y (n × q) describing the same n examples, the canonical
 correlations ρ₁ ≥ ρ₂ ≥ … are the cosines of the principal angles between the column spaces of
@@ -22,6 +22,10 @@ examples (constant features, centred to rounding dust) are zeroed first, by the 
 list is empty and SVCCA / PWCCA are defined as 0.0, as CKA is. CCA needs n well above the
 ranks to mean anything: with rank(X) + rank(Y) ≥ n the spaces share directions by necessity
 and correlations of 1 appear. NaN/Inf, mismatched rows or n < 2 raise ValueError.
+
+The analysis computes SVCCA and PWCCA from streamed scatter matrices
+(`prunescope.workers.metrics.moments.svcca_and_pwcca_from_scatter`); these data-space forms,
+through orthonormal bases of the example space, are what the tests compare it with.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from prunescope.workers.metrics.cka import as_activation_matrix
+from prunescope.workers.metrics.activations import as_activation_matrix
 from prunescope.workers.metrics.complexity import directions_from_eigenvalues
 
 _CONSTANT_RTOL = 1e-20

@@ -1,4 +1,4 @@
-"""CCA (SVCCA, PWCCA) and orthogonal Procrustes: hand cases, second routes, invariances, edges."""
+"""Reference CCA (SVCCA, PWCCA) and Procrustes: hand cases, second routes, invariances, edges."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes, subspace_angles
 
-from prunescope.workers.metrics.cca import canonical_correlations, pwcca, svcca
-from prunescope.workers.metrics.procrustes import procrustes_distance
+from tests.reference.cca import canonical_correlations, pwcca, svcca
+from tests.reference.procrustes import procrustes_distance
 
 # Three centred, mutually orthogonal vectors over four examples: a hand-checkable geometry.
 A = np.array([1.0, 1.0, -1.0, -1.0])

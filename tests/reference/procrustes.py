@@ -1,4 +1,4 @@
-"""Orthogonal Procrustes distance between two representations of the same examples.
+"""Reference orthogonal Procrustes distance, on the data itself, for the tests.
 
 Ding, Denain & Steinhardt, "Grounding Representation Similarity with Statistical Testing",
 NeurIPS 2021: for X (n × p) and Y (n × q), each column-centred and scaled to ‖·‖_F = 1,
@@ -9,6 +9,10 @@ NeurIPS 2021: for X (n × p) and Y (n × q), each column-centred and scaled to �
 where ‖·‖_* is the nuclear norm (sum of singular values). d lies in [0, 2]; it is 0 exactly
 when one representation is a rotation/reflection (times a scalar) of the other, and it is
 symmetric. Unlike CKA it is sensitive to every direction in proportion to its variance.
+
+The analysis computes it from streamed scatter matrices
+(`prunescope.workers.metrics.moments.procrustes_from_scatter`); this data-space form is what
+the tests compare that with.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from prunescope.workers.metrics.cka import as_activation_matrix
+from prunescope.workers.metrics.activations import as_activation_matrix
 
 _CONSTANT_RTOL = 1e-20
 
