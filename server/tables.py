@@ -171,7 +171,7 @@ class ViewState(Base):
 
     __tablename__ = "view_states"
 
-    # URL-safe random text (server.view_service), so ids cannot be enumerated.
+    # URL-safe random text (server.services.views), so ids cannot be enumerated.
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # SHA-256 of the text: the same text keeps the same id.
     digest: Mapped[str] = mapped_column(String(64), unique=True)
