@@ -1,4 +1,8 @@
-"""The `prunescope` command: serve, demo, worker and database administration."""
+"""The `prunescope` command: serve, demo, worker and database administration.
+
+Each command imports what it uses inside itself, so `prunescope --help` or a worker starts
+without loading the web app, the database layer or torch it does not need.
+"""
 
 from __future__ import annotations
 

