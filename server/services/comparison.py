@@ -256,7 +256,7 @@ def comparison_rows(
 ) -> list[dict[str, Any]]:
     """One row of headline numbers per checkpoint, then one per unmatched training population.
 
-    `checkpoints`: dicts as `services.list_checkpoints` gives them (id, name, role, method,
+    `checkpoints`: dicts as `checkpoints.list_checkpoints` gives them (id, name, role, method,
     target_sparsity, measured_sparsity, compression_ratio, theoretical_speedup). The arrays
     are the newest evaluation, dynamics and geometry results, or None.
 

@@ -341,7 +341,7 @@ async def _complete(p: UploadFiles, record: dict[str, Any], hasher: Any) -> None
 def claim_completed_upload(settings: Settings, upload_id: str) -> Iterator[CompletedUpload]:
     """Take a complete upload out of the protocol and lend its file to the `with` block.
 
-    The block may move or delete `path` (e.g. `services.add_checkpoint_file` does); whatever
+    The block may move or delete `path` (e.g. `checkpoints.add_checkpoint_file` does); whatever
     is left is deleted when the block ends, success or not. Raises NotFound (404), Conflict
     (409) while bytes are missing (the upload is left as it was) and UploadLocked (423).
     """
