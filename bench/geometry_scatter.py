@@ -138,11 +138,12 @@ def main() -> None:
     os.environ["PRUNESCOPE_DATA_DIR"] = folder
     from fastapi.testclient import TestClient
 
-    from prunescope.server import services
     from prunescope.server.config import get_settings
     from prunescope.server.db import session_scope
     from prunescope.server.main import create_app
     from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.services import projects
+    from prunescope.server.storage import artifact_store
     from prunescope.server.tables import AnalysisResult
 
     get_settings.cache_clear()  # read PRUNESCOPE_DATA_DIR set above
@@ -152,13 +153,13 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; data in {folder}")
     rows = []
     for n in args.sizes:
-        pid = services.create_project(ProjectCreate(name=f"bench-{n}",
+        pid = projects.create_project(ProjectCreate(name=f"bench-{n}",
                                                     architecture="cnn_small"), settings).id
         path = Path(folder) / f"geometry-{n}.npz"
         np.savez(path, **synthetic_geometry(n))
         with session_scope(settings) as s:
             row = AnalysisResult(project_id=pid, kind="geometry",
-                                 artifact_digest=services._store(settings).put_file(path),
+                                 artifact_digest=artifact_store(settings).put_file(path),
                                  summary={})
             s.add(row)
             s.flush()

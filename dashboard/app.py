@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prunescope.dashboard.state import storing_long_selections
-from prunescope.server import view_service
 from prunescope.server.auth import current_principal
-from prunescope.server.services import ServiceError
+from prunescope.server.errors import ServiceError
+from prunescope.server.services import members, views
 
 HERE = Path(__file__).parent
 _PROJECT_PATH = re.compile(r"/projects/(\d+)(?:/|$)")
@@ -90,7 +90,7 @@ def save_bookmark(request: dict[str, Any] | None) -> tuple[Any, Any]:
     if project_id is None:
         return html.Span("open a project page to bookmark it", style=_HEADER_ERROR), no_update
     try:
-        bookmark = view_service.add_bookmark(project_id, str(request.get("name") or ""), url)
+        bookmark = views.add_bookmark(project_id, str(request.get("name") or ""), url)
     except ServiceError as exc:
         return html.Span(exc.detail, id="bookmark-error", style=_HEADER_ERROR), no_update
     return html.Span(f"saved “{bookmark.name}”", id="bookmark-saved", style=_HEADER_TEXT), ""
@@ -126,8 +126,6 @@ function(n_clicks) {
 def share_view(request: dict[str, Any] | None) -> Any:
     """A read-only share link to the view the browser showed (owners only; the link opens
     that one view without an account until it is revoked through the API)."""
-    from prunescope.server import auth
-
     if not request:
         return no_update
     url = str(request.get("url") or "")
@@ -135,7 +133,7 @@ def share_view(request: dict[str, Any] | None) -> Any:
     if project_id is None:
         return html.Span("open a project page to share it", style=_HEADER_ERROR)
     try:
-        link = auth.create_share_link(project_id, view_path=url)
+        link = members.create_share_link(project_id, view_path=url)
     except ServiceError as exc:
         return html.Span(exc.detail, id="share-error", style=_HEADER_ERROR)
     origin = str(request.get("origin") or "")

@@ -49,11 +49,11 @@ def jobs_panel(jobs) -> list:  # noqa: ANN001
 def queued_message(submit, what: str, then: str = "") -> str:  # noqa: ANN001
     """Submit a job through `submit()` (a service call) and say what happened: the job's
     number, or why the server refused it."""
-    from prunescope.server import services
+    from prunescope.server.errors import Conflict, InvalidInput
 
     try:
         job = submit()
-    except (services.InvalidInput, services.Conflict) as exc:
+    except (InvalidInput, Conflict) as exc:
         return f"Not queued: {exc}"
     return f"{what} job #{job.id} queued{then}."
 
@@ -106,12 +106,13 @@ def export_inputs(prefix: str) -> list:
 def open_project(project_id: str | None) -> tuple[int, Any] | None:
     """(id, project) of a page's `<project_id>` path segment, or None when it names no
     project the visitor can see."""
-    from prunescope.server import services
+    from prunescope.server.errors import NotFound
+    from prunescope.server.services import projects
 
     try:
         pid = int(project_id or "")
-        return pid, services.get_project(pid)
-    except (ValueError, services.NotFound):
+        return pid, projects.get_project(pid)
+    except (ValueError, NotFound):
         return None
 
 
@@ -122,9 +123,9 @@ def project_missing() -> html.Div:
 
 def running_job(project_id: int, kind: str, prefix: str) -> html.Div | None:
     """A progress bar for the newest queued or running job of `kind`, or None."""
-    from prunescope.server import services
+    from prunescope.server.services import jobs
 
-    running = [j for j in services.list_jobs(project_id) if j.kind == kind and j.state in ACTIVE]
+    running = [j for j in jobs.list_jobs(project_id) if j.kind == kind and j.state in ACTIVE]
     if not running:
         return None
     job = running[-1]

@@ -68,10 +68,10 @@ def geometry_view_query(view: dict[str, Any], selection: list[int], n: int) -> s
 
 
 def failures(geom: Any, kind: str) -> list[int]:
-    """The examples a failure button selects (`services.geometry_failures`)."""
-    from prunescope.server import services
+    """The examples a failure button selects (`analyses.geometry_failures`)."""
+    from prunescope.server.services import analyses
 
-    return services.geometry_failures(geom, kind)
+    return analyses.geometry_failures(geom, kind)
 
 
 def thumbnail_uri(image: np.ndarray, scale: int = 6) -> str:

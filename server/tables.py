@@ -114,7 +114,8 @@ class Checkpoint(Base):
 
     @staticmethod
     def stat_columns(stats: dict[str, Any]) -> dict[str, Any]:
-        """Column values from `prunescope.models.sparsity.sparsity_report` (missing figures stay NULL)."""
+        """Column values from `prunescope.models.sparsity.sparsity_report` (missing figures
+        stay NULL)."""
         return dict(
             measured_sparsity=float(stats.get("sparsity", 0.0)),
             num_params=int(stats.get("num_params", 0)),
@@ -171,7 +172,7 @@ class ViewState(Base):
 
     __tablename__ = "view_states"
 
-    # URL-safe random text (server.view_service), so ids cannot be enumerated.
+    # URL-safe random text (server.services.views), so ids cannot be enumerated.
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # SHA-256 of the text: the same text keeps the same id.
     digest: Mapped[str] = mapped_column(String(64), unique=True)

@@ -79,7 +79,7 @@ def _checkpoints_for(job: Job, project: Project) -> list[Checkpoint]:
 
 def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) -> JobSpec:  # noqa: ANN001
     project = session.get(Project, job.project_id)
-    # The active dataset at the time the job starts (one per project; see dataset_service).
+    # The active dataset at the time the job starts (one per project; see services.datasets).
     dataset = next((d for d in project.datasets if d.active), None)
     dataset = dataset or (project.datasets[0] if project.datasets else None)
     dataset_ref = None

@@ -1,8 +1,9 @@
 """Layers page figures: where pruned networks drift from the dense model, layer by layer.
 
-Every builder takes the arrays of one stored result (`prunescope.server.services.layer_analysis`) and
-returns a Plotly figure; the `*_table` helpers return the same numbers as rows for CSV
-export, so a downloaded table always matches the figure it came from. Missing results or
+Every builder takes the arrays of one stored result
+(`prunescope.server.services.analyses.layer_analysis`) and returns a Plotly figure; the
+`*_table` helpers return the same numbers as rows for CSV export, so a downloaded table
+always matches the figure it came from. Missing results or
 arrays give an explanatory empty figure (and no rows); arrays whose shapes disagree raise
 ValueError naming the array.
 
@@ -687,7 +688,7 @@ def _option(value: str, label: str | None = None) -> dict[str, str]:
 
 
 def layers_view_options(data: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
-    """The choices each control offers, from `services.layer_analysis`'s result."""
+    """The choices each control offers, from `analyses.layer_analysis`'s result."""
     evaluation, masks, neurons = data.get("evaluation"), data.get("masks"), data.get("neurons")
 
     def names(arrays: Arrays | None, key: str) -> list[str]:

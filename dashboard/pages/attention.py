@@ -1,7 +1,7 @@
 """Attention page: does each head of a pruned Transformer still attend as the dense one?
 
 Reads the attention-consistency arrays the analyze job stores for Hugging Face checkpoints
-(`services.layer_analysis`'s evaluation), the probe job's accuracies and, for the sentence
+(`analyses.layer_analysis`'s evaluation), the probe job's accuracies and, for the sentence
 viewer, one sentence's maps (an `attention_maps` job, queued from the page on request).
 Every choice is in the URL (`VIEW_KEYS`): measure, method, sparsity (percent), layer, head,
 sentence, probing task and drift measure; an older link's `checkpoint` still opens its
@@ -48,7 +48,10 @@ from prunescope.dashboard.figures.attention import (
 )
 from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
 from prunescope.dashboard.state import parse_query
-from prunescope.server import dataset_service, services
+from prunescope.server.errors import Conflict, InvalidInput
+from prunescope.server.services import analyses
+from prunescope.server.services import datasets as dataset_service
+from prunescope.server.services import jobs as job_service
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/attention", title="PruneScope — attention"
@@ -62,7 +65,7 @@ POLL_MS = 2000
 
 
 def _evaluation(project_id: int) -> Any:
-    return services.layer_analysis(project_id)["evaluation"]
+    return analyses.layer_analysis(project_id)["evaluation"]
 
 
 def _sentence_options(sentences: list[str]) -> list[dict[str, Any]]:
@@ -87,7 +90,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     methods = methods_of(checkpoints)
     marks, low, high = sparsity_marks(evaluation, view["method"])
     layers, heads = attention_shape(evaluation)
-    probing = services.probing_results(pid)["probing"]
+    probing = analyses.probing_results(pid)["probing"]
     tasks = probe_tasks(probing)
     task = view["task"] if view["task"] in tasks else (tasks[0] if tasks else None)
     return html.Div([
@@ -259,7 +262,7 @@ def draw_viewer(sentence: int | None, method: str | None, sparsity: int | None, 
                 layer: int | None, head: int | None, job: dict | None, project_id: int):
     if sentence is None:
         return empty_figure("This project's dataset has no sentences."), "", {"display": "none"}
-    maps = services.attention_maps(project_id, int(sentence))["maps"]
+    maps = analyses.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
     message = ""
     if job and job.get("sentence") == sentence and job.get("message"):
@@ -285,8 +288,8 @@ def show_attention(n_clicks: int, sentence: int | None, project_id: int):  # noq
     if not n_clicks or sentence is None:
         return no_update
     try:
-        job = services.request_attention_maps(project_id, int(sentence))
-    except (services.InvalidInput, services.Conflict) as exc:
+        job = analyses.request_attention_maps(project_id, int(sentence))
+    except (InvalidInput, Conflict) as exc:
         return {"sentence": sentence, "message": f"Not queued: {exc}"}
     return {"sentence": sentence, "id": job.id,
             "message": f"Attention job #{job.id} queued; the maps appear when it finishes."}
@@ -294,7 +297,7 @@ def show_attention(n_clicks: int, sentence: int | None, project_id: int):  # noq
 
 def _maps_job(project_id: int, sentence: int) -> Any:
     """The newest queued or running attention-maps job for a sentence, or None."""
-    active = [j for j in services.list_jobs(project_id) if j.kind == "attention_maps"
+    active = [j for j in job_service.list_jobs(project_id) if j.kind == "attention_maps"
               and j.state in ("queued", "running") and j.params.get("sentence") == sentence]
     return active[-1] if active else None
 
@@ -319,7 +322,7 @@ def poll_maps_job(_n: int, sentence: int | None, job: dict | None,  # noqa: ANN2
         if found is None:
             return no_update
         ident = found.id
-    state = services.get_job(ident)
+    state = job_service.get_job(ident)
     if state.state in ("queued", "running"):
         new = {"sentence": sentence, "id": ident,
                "message": f"Attention job #{ident} {state.state} ({100 * state.progress:.0f}%)"}
@@ -336,7 +339,7 @@ def poll_maps_job(_n: int, sentence: int | None, job: dict | None,  # noqa: ANN2
     State("attention-project-id", "data"),
 )
 def draw_probes(task: str | None, project_id: int):  # noqa: ANN201
-    probing = services.probing_results(project_id)["probing"]
+    probing = analyses.probing_results(project_id)["probing"]
     evaluation = _evaluation(project_id)
     methods = {}
     if evaluation is not None and "checkpoint_methods" in evaluation:
@@ -364,7 +367,7 @@ def draw_drift(measure: str, project_id: int):  # noqa: ANN201
 def run_probes(n_clicks: int, project_id: int):  # noqa: ANN201
     if not n_clicks:
         return no_update
-    return queued_message(lambda: services.request_probing(project_id), "Probe",
+    return queued_message(lambda: analyses.request_probing(project_id), "Probe",
                           "; reload the page when it has finished")
 
 
@@ -409,7 +412,7 @@ def download_viewer(_n: int, _p: int, sentence: int | None, method: str | None, 
                     project_id: int):
     if sentence is None:
         return no_update
-    maps = services.attention_maps(project_id, int(sentence))["maps"]
+    maps = analyses.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
     return table_download(viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0)),
                         f"project{project_id}-sentence{sentence}-layer{layer}-head{head}")

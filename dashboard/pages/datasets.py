@@ -13,7 +13,8 @@ from prunescope.dashboard.components import open_project, project_missing
 from prunescope.dashboard.figures.datasets import class_counts_figure, preview_rows
 from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
 from prunescope.dashboard.state import parse_query
-from prunescope.server import dataset_service, services
+from prunescope.server.errors import ServiceError
+from prunescope.server.services import datasets as dataset_service
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/datasets", title="PruneScope — datasets"
@@ -364,7 +365,7 @@ def upload_dataset(  # noqa: ANN201
             active=bool(activate),
             columns=ColumnNames(label=(label_column or "").strip() or "label"),
         )
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return error(exc.detail)
     message = html.Div(
         f"stored {dataset.name}: {dataset.num_train + dataset.num_test:,} examples, "
@@ -393,7 +394,7 @@ def add_builtin(  # noqa: ANN201
         dataset = dataset_service.add_builtin_dataset(
             project_id, builtin, name=(name or "").strip() or None
         )
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return html.Div(exc.detail, className="error", id="builtin-error"), no_update
     return html.Div(f"added {dataset.name}", className="ok"), _bumped(version, dataset.id)
 
@@ -412,7 +413,7 @@ def activate(_clicks: list[int], project_id: int, version: dict | None):  # noqa
     dataset_id = int(ctx.triggered_id["index"])
     try:
         dataset = dataset_service.set_active_dataset(project_id, dataset_id)
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return html.Span(exc.detail, className="error"), no_update
     message = html.Span(
         f"jobs now use {dataset.name}; run the analysis again to evaluate on it",

@@ -1,6 +1,6 @@
 """Dynamics page: how each training example is learned, and which examples pruning forgets.
 
-Reads the "dynamics" analysis (`services.dynamics_analysis`): per-suite loss trajectories of
+Reads the "dynamics" analysis (`analyses.dynamics_analysis`): per-suite loss trajectories of
 the MAP-D probe suites, Dataset Cartography's data map, MAP-D's held-out probe confusion,
 and the pruning-identified exemplars (PIEs) of each pruned population. Every control is in
 the URL (`prunescope.dashboard.figures.dynamics.VIEW_KEYS`); a lasso on the data map selects training
@@ -55,7 +55,7 @@ from prunescope.dashboard.figures.dynamics import (
 from prunescope.dashboard.figures.overview import GRAPH_CONFIG
 from prunescope.dashboard.geometry_view import thumbnail_uri
 from prunescope.dashboard.state import parse_query
-from prunescope.server import services
+from prunescope.server.services import analyses
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics"
@@ -66,7 +66,7 @@ THUMBNAIL_PIXELS = 56  # a thumbnail's longer side on screen, about
 
 
 def _dynamics(project_id: int) -> Any:
-    return services.dynamics_analysis(project_id)["dynamics"]
+    return analyses.dynamics_analysis(project_id)["dynamics"]
 
 
 def _examples(dyn: Any) -> int:
@@ -183,7 +183,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     if opened is None:
         return project_missing()
     pid, project = opened
-    data = services.dynamics_analysis(pid)
+    data = analyses.dynamics_analysis(pid)
     dyn = data["dynamics"]
     view = resolve_dynamics_view(query, dyn)
     options = dynamics_view_options(dyn)
@@ -284,8 +284,8 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
 
 
 # Looked up at call time, so the service can be replaced (tests do).
-result_polling("dynamics", lambda pid: services.dynamics_analysis(pid), _status,
-               lambda pid: services.request_dynamics(pid), "Dynamics analysis",
+result_polling("dynamics", lambda pid: analyses.dynamics_analysis(pid), _status,
+               lambda pid: analyses.request_dynamics(pid), "Dynamics analysis",
                then="; the page fills in when it has finished")
 
 

@@ -50,7 +50,7 @@ from prunescope.dashboard.geometry_view import (
     resolve_geometry_view,
 )
 from prunescope.dashboard.state import decode_selection, parse_query
-from prunescope.server import services
+from prunescope.server.services import analyses
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry"
@@ -86,7 +86,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     if opened is None:
         return project_missing()
     pid, project = opened
-    data = services.geometry_analysis(pid)
+    data = analyses.geometry_analysis(pid)
     geom = data["geometry"]
     view = resolve_geometry_view(query, geom)
     n = int(geom["labels"].shape[0]) if geom is not None else 0
@@ -171,12 +171,12 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
 
 
 def _geometry(project_id: int) -> Any:
-    return services.geometry_analysis(project_id)["geometry"]
+    return analyses.geometry_analysis(project_id)["geometry"]
 
 
 # Looked up at call time, so the service can be replaced (tests do).
-result_polling("geometry", lambda pid: services.geometry_analysis(pid), _status,
-               lambda pid: services.request_geometry(pid), "Geometry")
+result_polling("geometry", lambda pid: analyses.geometry_analysis(pid), _status,
+               lambda pid: analyses.request_geometry(pid), "Geometry")
 
 
 @callback(

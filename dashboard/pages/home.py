@@ -7,14 +7,16 @@ from collections import Counter
 import dash
 from dash import dcc, html
 
-from prunescope.server import services
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects as project_service
 
 dash.register_page(__name__, path="/", title="PruneScope — projects")
 
 
 def _project_card(project) -> html.Div:  # noqa: ANN001
-    checkpoints = services.list_checkpoints(project.id)
-    states = Counter(j.state for j in services.list_jobs(project.id))
+    checkpoints = checkpoint_service.list_checkpoints(project.id)
+    states = Counter(j.state for j in job_service.list_jobs(project.id))
     job_text = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no jobs"
     return html.Div(
         [
@@ -30,7 +32,7 @@ def _project_card(project) -> html.Div:  # noqa: ANN001
 
 
 def layout(**_query: str) -> html.Div:
-    projects = services.list_projects()
+    projects = project_service.list_projects()
     if not projects:
         body = [
             html.P(

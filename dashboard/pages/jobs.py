@@ -9,7 +9,8 @@ import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html
 
 from prunescope.dashboard.components import export_buttons, export_inputs, table_download
-from prunescope.server import services
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects as project_service
 from prunescope.server.tables import utcnow
 
 dash.register_page(__name__, path="/jobs", title="PruneScope — jobs")
@@ -51,9 +52,9 @@ def job_rows(now: datetime | None = None) -> list[dict[str, Any]]:
     never started. Times are naive UTC, as the job table keeps them.
     """
     now = now or utcnow()
-    names = {p.id: p.name for p in services.list_projects()}
+    names = {p.id: p.name for p in project_service.list_projects()}
     rows = []
-    for job in sorted(services.list_jobs(), key=lambda j: j.id, reverse=True):
+    for job in sorted(job_service.list_jobs(), key=lambda j: j.id, reverse=True):
         queued = job.state == "queued"
         rows.append({
             "id": job.id,

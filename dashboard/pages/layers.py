@@ -2,7 +2,7 @@
 
 Every control's value is in the query string (`prunescope.dashboard.figures.layers.VIEW_KEYS`), so a
 copied link reopens the same view. The page only reads the analyze job's stored results
-through `services.layer_analysis`; it computes nothing the job already stored.
+through `analyses.layer_analysis`; it computes nothing the job already stored.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ from prunescope.dashboard.figures.layers import (
     wasserstein_neurons_table,
 )
 from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
-from prunescope.server import services
+from prunescope.server.services import analyses
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import jobs as job_service
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers"
@@ -117,7 +119,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     if opened is None:
         return project_missing()
     pid, project = opened
-    data = services.layer_analysis(pid)
+    data = analyses.layer_analysis(pid)
     options = layers_view_options(data)
     view = resolve_layers_view(query, options, data)
     return html.Div(
@@ -218,7 +220,7 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
     """What the page can show, and which job to run when something is missing."""
     evaluation = data["evaluation"]
     running = [
-        j for j in services.list_jobs(project_id)
+        j for j in job_service.list_jobs(project_id)
         if j.kind == "analyze" and j.state in ("queued", "running")
     ]
     if running:
@@ -240,7 +242,8 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
             className="card", id="layers-no-evaluation",
         )
     evaluated = {int(i) for i in evaluation["checkpoint_ids"].tolist()}
-    newer = [c.name for c in services.list_checkpoints(project_id) if c.id not in evaluated]
+    newer = [c.name for c in checkpoint_service.list_checkpoints(project_id)
+             if c.id not in evaluated]
     if newer:
         return html.Div(
             f"{len(newer)} checkpoint(s) came after this evaluation ({', '.join(newer[:5])}"
@@ -262,7 +265,7 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
     prevent_initial_call=True,
 )
 def poll_results(_n: int, project_id: int, version: str | None):  # noqa: ANN201
-    data = services.layer_analysis(project_id)
+    data = analyses.layer_analysis(project_id)
     new_version = _version(data)
     return (new_version if new_version != version else no_update), _status(project_id, data)
 
@@ -278,7 +281,7 @@ def poll_results(_n: int, project_id: int, version: str | None):  # noqa: ANN201
 def refresh_choices(_version: str, *state: Any):  # noqa: ANN201
     """A new analysis can bring new checkpoints and layers; keep each choice that still exists."""
     *current, project_id = state
-    data = services.layer_analysis(project_id)
+    data = analyses.layer_analysis(project_id)
     options = layers_view_options(data)
     view = resolve_layers_view(dict(zip(DATA_CONTROLS, current, strict=True)), options, data)
     return (*[options[k] for k in DATA_CONTROLS], *[view[k] for k in DATA_CONTROLS])
@@ -312,7 +315,7 @@ def _drawn(builder: Callable[..., go.Figure], *args: Any) -> go.Figure:
     State("layers-project-id", "data"),
 )
 def draw_metric(metric: str, _version: str, project_id: int):  # noqa: ANN201
-    data = services.layer_analysis(project_id)
+    data = analyses.layer_analysis(project_id)
     return _drawn(metric_vs_sparsity, data["evaluation"], metric or "cka")
 
 
@@ -320,13 +323,13 @@ def _pair(project_id: int, rows: str | None, checkpoint: str | None,
           matrix: str) -> tuple[Any, dict[str, Any] | None, bool]:
     """(evaluation, the rows × checkpoint matrix if rows is not the evaluation's reference,
     whether that pair still has to be computed)."""
-    evaluation = services.layer_analysis(project_id)["evaluation"]
+    evaluation = analyses.layer_analysis(project_id)["evaluation"]
     if rows is None or rows == dense_name(evaluation) or checkpoint is None:
         return evaluation, None, False
     row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
     if row_id is None or column_id is None:
         return evaluation, None, False
-    found = services.layer_matrix(project_id, row_id, column_id, matrix)
+    found = analyses.layer_matrix(project_id, row_id, column_id, matrix)
     return evaluation, found, found is None
 
 
@@ -364,12 +367,12 @@ def draw_heatmap(rows: str | None, checkpoint: str | None, matrix: str, _version
     prevent_initial_call=True,
 )
 def compute_pair(_n: int, rows: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
-    evaluation = services.layer_analysis(project_id)["evaluation"]
+    evaluation = analyses.layer_analysis(project_id)["evaluation"]
     row_id, column_id = checkpoint_id(evaluation, rows), checkpoint_id(evaluation, checkpoint)
     if row_id is None or column_id is None:
         return "Choose two checkpoints of the evaluation."
     return queued_message(
-        lambda: services.request_layer_comparison(project_id, row_id, column_id), "Analysis",
+        lambda: analyses.request_layer_comparison(project_id, row_id, column_id), "Analysis",
         "; the heatmap appears when it finishes")
 
 
@@ -380,7 +383,7 @@ def compute_pair(_n: int, rows: str | None, checkpoint: str | None, project_id: 
     State("layers-project-id", "data"),
 )
 def draw_complexity(measure: str, _version: str, project_id: int):  # noqa: ANN201
-    data = services.layer_analysis(project_id)
+    data = analyses.layer_analysis(project_id)
     return _drawn(complexity_by_layer, data["evaluation"], measure or "effective_rank")
 
 
@@ -391,7 +394,7 @@ def draw_complexity(measure: str, _version: str, project_id: int):  # noqa: ANN2
     State("layers-project-id", "data"),
 )
 def draw_iou(layer: str | None, _version: str, project_id: int):  # noqa: ANN201
-    data = services.layer_analysis(project_id)
+    data = analyses.layer_analysis(project_id)
     return _drawn(mask_iou_heatmap, data["masks"], layer)
 
 
@@ -403,7 +406,7 @@ def draw_iou(layer: str | None, _version: str, project_id: int):  # noqa: ANN201
     State("layers-project-id", "data"),
 )
 def draw_neurons(layer: str | None, checkpoint: str | None, _version: str, project_id: int):  # noqa: ANN201
-    data = services.layer_analysis(project_id)
+    data = analyses.layer_analysis(project_id)
     return _drawn(wasserstein_neurons_scatter, data["neurons"], layer, checkpoint)
 
 
@@ -415,7 +418,7 @@ def draw_neurons(layer: str | None, checkpoint: str | None, _version: str, proje
     prevent_initial_call=True,
 )
 def download_metric(_n: int, _p: int, metric: str, project_id: int):  # noqa: ANN201
-    rows = metric_vs_sparsity_table(services.layer_analysis(project_id)["evaluation"], metric)
+    rows = metric_vs_sparsity_table(analyses.layer_analysis(project_id)["evaluation"], metric)
     return table_download(rows, f"project{project_id}-{metric}-vs-sparsity")
 
 
@@ -446,7 +449,7 @@ def download_heatmap(_n: int, _p: int, rows: str | None, checkpoint: str | None,
     prevent_initial_call=True,
 )
 def download_complexity(_n: int, _p: int, measure: str, project_id: int):  # noqa: ANN201
-    rows = complexity_table(services.layer_analysis(project_id)["evaluation"], measure)
+    rows = complexity_table(analyses.layer_analysis(project_id)["evaluation"], measure)
     return table_download(rows, f"project{project_id}-{measure}-by-layer")
 
 
@@ -458,7 +461,7 @@ def download_complexity(_n: int, _p: int, measure: str, project_id: int):  # noq
     prevent_initial_call=True,
 )
 def download_iou(_n: int, _p: int, layer: str | None, project_id: int):  # noqa: ANN201
-    rows = mask_iou_table(services.layer_analysis(project_id)["masks"], layer)
+    rows = mask_iou_table(analyses.layer_analysis(project_id)["masks"], layer)
     return table_download(rows, f"project{project_id}-mask-iou-{layer or 'all'}")
 
 
@@ -471,6 +474,6 @@ def download_iou(_n: int, _p: int, layer: str | None, project_id: int):  # noqa:
     prevent_initial_call=True,
 )
 def download_neurons(_n: int, _p: int, layer: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
-    rows = wasserstein_neurons_table(services.layer_analysis(project_id)["neurons"], layer,
+    rows = wasserstein_neurons_table(analyses.layer_analysis(project_id)["neurons"], layer,
                                      checkpoint)
     return table_download(rows, f"project{project_id}-neurons-{layer}-{checkpoint}")

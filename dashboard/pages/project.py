@@ -11,8 +11,6 @@ from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html
 from prunescope.dashboard.components import ACTIVE, jobs_panel, open_project, project_missing
 from prunescope.dashboard.figures.comparison import (
     comparison_columns,
-    comparison_csv,
-    comparison_parquet,
     comparison_table_rows,
     default_column,
     headline_vs_sparsity,
@@ -27,17 +25,28 @@ from prunescope.dashboard.figures.overview import (
     layer_sparsity_heatmap,
     loading_figure,
 )
-from prunescope.dashboard.report import comparison_of, pinnable_options, project_report_html, report_inputs
+from prunescope.dashboard.report import (
+    comparison_of,
+    pinnable_options,
+    project_report_html,
+    report_inputs,
+)
 from prunescope.dashboard.state import parse_list, parse_sparsities, project_view_query
-from prunescope.server import services, uploads
+from prunescope.server.errors import ServiceError
 from prunescope.server.schemas import JobCreate
+from prunescope.server.services import analyses
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects as project_service
+from prunescope.server.services import results as result_service
+from prunescope.server.services.comparison import comparison_csv, comparison_parquet
 
 dash.register_page(__name__, path_template="/projects/<project_id>", title="PruneScope — project")
 
 
 def _version(project_id: int) -> str:
-    checkpoints = services.list_checkpoints(project_id)
-    results = services.list_results(project_id)
+    checkpoints = checkpoint_service.list_checkpoints(project_id)
+    results = result_service.list_results(project_id)
     return json.dumps([[c.id for c in checkpoints], [r.id for r in results]])
 
 
@@ -182,7 +191,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
                         id="prune-methods",
                         options=[
                             {"label": html.Span(name, title=doc), "value": name}
-                            for name, doc in services.list_pruning_methods().items()
+                            for name, doc in project_service.list_pruning_methods().items()
                         ],
                         value=[],
                         inline=True,
@@ -367,7 +376,7 @@ def layout(project_id: str | None = None, methods: str | None = None, **_query: 
     State("project-version", "data"),
 )
 def poll_project(_n: int, project_id: int, version: str | None):  # noqa: ANN201
-    jobs = services.list_jobs(project_id)
+    jobs = job_service.list_jobs(project_id)
     new_version = _version(project_id)
     active = any(j.state in ACTIVE for j in jobs)
     return (
@@ -391,7 +400,7 @@ def poll_project(_n: int, project_id: int, version: str | None):  # noqa: ANN201
 def refresh_views(version: str | None, project_id: int, selection: list[str] | None):  # noqa: ANN201
     if version is None:
         return (no_update,) * 6
-    overview = services.project_overview(project_id)
+    overview = analyses.project_overview(project_id)
     evaluation = overview["evaluation"]
     rows = checkpoint_rows([c.model_dump() for c in overview["checkpoints"]], evaluation)
     if evaluation:
@@ -402,7 +411,7 @@ def refresh_views(version: str | None, project_id: int, selection: list[str] | N
         heatmap = empty_figure("No layer comparison yet — the analysis job fills this in.")
     methods = sorted({r["method"] for r in rows if r["role"] != "dense" and r["method"]})
     chosen = methods if selection is None else [m for m in methods if m in selection]
-    per_layer = services.layer_sparsity(project_id)
+    per_layer = checkpoint_service.layer_sparsity(project_id)
     sparsity = layer_sparsity_heatmap(
         per_layer["layers"], per_layer["checkpoints"], per_layer["sparsity"], per_layer["n_m"]
     )
@@ -449,11 +458,11 @@ def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN20
         return no_update
     try:
         if trigger == "run-analysis":
-            job = services.submit_job(project_id, JobCreate(kind="analyze"))
+            job = job_service.submit_job(project_id, JobCreate(kind="analyze"))
             return html.Span(f"analysis queued as job #{job.id}", className="ok")
-        job = services.cancel_job(int(trigger["index"]))
+        job = job_service.cancel_job(int(trigger["index"]))
         return html.Span(f"job #{job.id}: {job.message}", className="ok")
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return html.Span(exc.detail, className="error")
 
 
@@ -474,10 +483,10 @@ def finish_upload(event: dict | None, name: str | None, role: str, project_id: i
         message = f"{event.get('filename', 'upload')}: {event.get('error', 'upload failed')}"
         return html.Div(message, className="error", id="upload-error"), no_update
     try:
-        ckpt = uploads.checkpoint_from_upload(
+        ckpt = checkpoint_service.checkpoint_from_upload(
             project_id, str(event["upload_id"]), name=name or None, role=role
         )
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return html.Div(exc.detail, className="error", id="upload-error"), no_update
     message = html.Div(
         f"stored {ckpt.name}: {ckpt.num_nonzero:,} of {ckpt.num_params:,} weights non-zero "
@@ -504,7 +513,7 @@ def queue_pruning(_n: int, methods: list[str], sparsities: str, project_id: int)
         values = parse_sparsities(sparsities)
     except ValueError as exc:
         return html.Span(str(exc), className="error")
-    queued, refused = services.submit_pruning_sweep(project_id, methods, values)
+    queued, refused = job_service.submit_pruning_sweep(project_id, methods, values)
     parts = []
     if queued:
         ids = ", ".join(f"#{j.id}" for j in queued)
@@ -597,9 +606,9 @@ def download_report(n_clicks: int, pins: list[str] | None, project_id: int):  # 
     if not n_clicks:
         return no_update, no_update
     try:
-        name = services.get_project(project_id).name
+        name = project_service.get_project(project_id).name
         text = project_report_html(project_id, list(pins or []))
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return no_update, html.Span(exc.detail, className="error")
     except ValueError as exc:  # a pin the registry does not know
         return no_update, html.Span(str(exc), className="error")

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prunescope.server import auth
 from prunescope.server.api.deps import SettingsDep
+from prunescope.server.auth_middleware import request_origin, sender_origin
 
 pages_router = APIRouter(include_in_schema=False)
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -70,8 +71,8 @@ async def login(
 ) -> Response:
     """Check the password and start a new session (a fresh id: one the browser already held
     is ended, never reused). Failed attempts are limited per user name and per client."""
-    sender = auth.sender_origin(request.headers)
-    if sender is not None and sender != auth.request_origin(request.scope, request.headers):
+    sender = sender_origin(request.headers)
+    if sender is not None and sender != request_origin(request.scope, request.headers):
         return _page(next, "sign-in refused: the form was sent from another site", 403)
     throttle: auth.LoginThrottle = request.app.state.login_throttle
     client = request.client.host if request.client else "unknown"

@@ -7,9 +7,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from prunescope.server import services, uploads
+from prunescope.server.access import require_project
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
+from prunescope.server.services import checkpoints
 from prunescope.server.storage import CHUNK_BYTES
 
 router = APIRouter(tags=["checkpoints"])
@@ -17,7 +18,7 @@ router = APIRouter(tags=["checkpoints"])
 
 @router.get("/projects/{project_id}/checkpoints", response_model=CheckpointsPublic)
 def list_checkpoints(project_id: int, settings: SettingsDep) -> CheckpointsPublic:
-    data = services.list_checkpoints(project_id, settings)
+    data = checkpoints.list_checkpoints(project_id, settings)
     return CheckpointsPublic(data=data, count=len(data))
 
 
@@ -43,7 +44,7 @@ async def upload_checkpoint(
             yield chunk
 
     return await run_in_threadpool(
-        services.add_checkpoint,
+        checkpoints.add_checkpoint,
         project_id,
         chunks(),
         filename=file.filename or "checkpoint",
@@ -76,8 +77,8 @@ def add_checkpoint_from_upload(
     The upload is used up either way; an incomplete upload (409) is left to be continued.
     Access to the project is checked first, so a refused request leaves the upload alone.
     """
-    services.require_project(project_id, "edit", settings)
-    return uploads.checkpoint_from_upload(
+    require_project(project_id, "edit", settings)
+    return checkpoints.checkpoint_from_upload(
         project_id,
         body.upload_id,
         name=body.name,
@@ -90,10 +91,10 @@ def add_checkpoint_from_upload(
 
 @router.get("/checkpoints/{checkpoint_id}", response_model=CheckpointDetail)
 def get_checkpoint(checkpoint_id: int, settings: SettingsDep) -> CheckpointDetail:
-    return services.get_checkpoint(checkpoint_id, settings)
+    return checkpoints.get_checkpoint(checkpoint_id, settings)
 
 
 @router.get("/checkpoints/{checkpoint_id}/download", response_class=FileResponse)
 def download_checkpoint(checkpoint_id: int, settings: SettingsDep) -> FileResponse:
-    path, filename = services.checkpoint_file(checkpoint_id, settings)
+    path, filename = checkpoints.checkpoint_file(checkpoint_id, settings)
     return FileResponse(path, filename=filename, media_type="application/octet-stream")

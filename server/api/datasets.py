@@ -6,7 +6,6 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from prunescope.server import dataset_service
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.schemas import (
     ActiveDatasetChoice,
@@ -15,6 +14,7 @@ from prunescope.server.schemas import (
     DatasetPublic,
     DatasetsPublic,
 )
+from prunescope.server.services import datasets
 from prunescope.server.storage import CHUNK_BYTES
 
 router = APIRouter(tags=["datasets"])
@@ -22,7 +22,7 @@ router = APIRouter(tags=["datasets"])
 
 @router.get("/projects/{project_id}/datasets", response_model=DatasetsPublic)
 def list_datasets(project_id: int, settings: SettingsDep) -> DatasetsPublic:
-    data = dataset_service.list_datasets(project_id, settings)
+    data = datasets.list_datasets(project_id, settings)
     return DatasetsPublic(data=data, count=len(data))
 
 
@@ -48,7 +48,6 @@ async def upload_dataset(
     split_column: Annotated[str, Form(description="values 'train' or 'test'")] = "split",
 ) -> DatasetDetail:
     """Upload an evaluation dataset; it is validated against the project's model first."""
-    from prunescope.workers.dataset_formats import ColumnNames
 
     def chunks():  # noqa: ANN202
         file.file.seek(0)
@@ -56,16 +55,14 @@ async def upload_dataset(
             yield chunk
 
     return await run_in_threadpool(
-        dataset_service.add_dataset,
+        datasets.add_dataset,
         project_id,
         chunks(),
         filename=file.filename or "dataset",
         name=name,
         active=active,
-        columns=ColumnNames(
-            label=label_column, text=text_column, id=id_column, group=group_column,
-            split=split_column,
-        ),
+        columns={"label": label_column, "text": text_column, "id": id_column,
+                 "group": group_column, "split": split_column},
         settings=settings,
     )
 
@@ -79,7 +76,7 @@ def add_builtin_dataset(
     project_id: int, body: BuiltinDatasetCreate, settings: SettingsDep
 ) -> DatasetDetail:
     """Add a builtin dataset (digits, english_sentences) to the project."""
-    return dataset_service.add_builtin_dataset(
+    return datasets.add_builtin_dataset(
         project_id, body.builtin, name=body.name, active=body.active, settings=settings
     )
 
@@ -89,16 +86,16 @@ def set_active_dataset(
     project_id: int, body: ActiveDatasetChoice, settings: SettingsDep
 ) -> DatasetPublic:
     """Choose the dataset the project's jobs use from now on."""
-    return dataset_service.set_active_dataset(project_id, body.dataset_id, settings)
+    return datasets.set_active_dataset(project_id, body.dataset_id, settings)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
 def get_dataset(dataset_id: int, settings: SettingsDep) -> DatasetDetail:
-    return dataset_service.get_dataset(dataset_id, settings)
+    return datasets.get_dataset(dataset_id, settings)
 
 
 @router.get("/datasets/{dataset_id}/download", response_class=FileResponse)
 def download_dataset(dataset_id: int, settings: SettingsDep) -> FileResponse:
     """The canonical npz of an uploaded dataset: `numpy.load(f, allow_pickle=False)`."""
-    path, filename = dataset_service.dataset_file(dataset_id, settings)
+    path, filename = datasets.dataset_file(dataset_id, settings)
     return FileResponse(path, filename=filename, media_type="application/octet-stream")

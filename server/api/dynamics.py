@@ -6,10 +6,11 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from prunescope.server import dynamics_upload, services
+from prunescope.server.access import require_project
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.config import Settings
 from prunescope.server.schemas import ResultPublic
+from prunescope.server.services import dynamics_runs
 from prunescope.server.storage import CHUNK_BYTES
 
 router = APIRouter(tags=["dynamics"])
@@ -29,13 +30,13 @@ def _chunks(file: UploadFile):  # noqa: ANN202
 
 def _add(project_id: int, uploads: dict[str, UploadFile], fields: dict[str, Any],
          settings: Settings) -> dict[str, Any]:
-    services.require_project(project_id, "edit", settings)  # before a byte is written
+    require_project(project_id, "edit", settings)  # before a byte is written
     staged = {}
     try:
         for what, file in uploads.items():
-            staged[what] = dynamics_upload.stage_upload(
+            staged[what] = dynamics_runs.stage_upload(
                 _chunks(file), file.filename or what, what.replace("_", " "), settings)
-        return dynamics_upload.add_dynamics_run(project_id, **staged, **fields,
+        return dynamics_runs.add_dynamics_run(project_id, **staged, **fields,
                                                 settings=settings)
     finally:
         for path in staged.values():
@@ -73,7 +74,8 @@ async def upload_dynamics_run(
       order counts), `loss` float (per-example loss), `prediction` int (top-1 class), `p_gold`
       float in [0, 1] (probability of the label as trained), optional `margin` float (that
       label's logit minus the largest other logit). The file
-      `prunescope.workers.analyses.dynamics_training.DynamicsWriter` writes has exactly these columns.
+      `prunescope.workers.analyses.dynamics_training.DynamicsWriter` writes has exactly these
+      columns.
     - **probes**: one row per MAP-D probe. `example` int, `suite` text (e.g. typical,
       atypical, mislabeled, corrupted), optional `reference` bool (the kNN references; left
       out, each suite is split in halves at random with seed 0), optional `label` int (the

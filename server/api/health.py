@@ -1,5 +1,7 @@
 """Liveness and readiness."""
 
+from importlib.metadata import version
+
 from fastapi import APIRouter
 from sqlalchemy import text
 
@@ -12,8 +14,6 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=Health)
 def health(settings: SettingsDep) -> Health:
-    from importlib.metadata import version
-
     with get_engine(settings).connect() as conn:
         conn.execute(text("SELECT 1"))
     return Health(

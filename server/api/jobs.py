@@ -2,22 +2,22 @@
 
 from fastapi import APIRouter, status
 
-from prunescope.server import services
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.schemas import JobCreate, JobPublic, JobsPublic
+from prunescope.server.services import jobs
 
 router = APIRouter(tags=["jobs"])
 
 
 @router.get("/jobs", response_model=JobsPublic)
 def list_all_jobs(settings: SettingsDep) -> JobsPublic:
-    data = services.list_jobs(None, settings)
+    data = jobs.list_jobs(None, settings)
     return JobsPublic(data=data, count=len(data))
 
 
 @router.get("/projects/{project_id}/jobs", response_model=JobsPublic)
 def list_jobs(project_id: int, settings: SettingsDep) -> JobsPublic:
-    data = services.list_jobs(project_id, settings)
+    data = jobs.list_jobs(project_id, settings)
     return JobsPublic(data=data, count=len(data))
 
 
@@ -26,14 +26,14 @@ def list_jobs(project_id: int, settings: SettingsDep) -> JobsPublic:
 )
 def submit_job(project_id: int, body: JobCreate, settings: SettingsDep) -> JobPublic:
     """Queue a job: `train` (a dense model), `prune` (method, sparsity) or `analyze`."""
-    return services.submit_job(project_id, body, settings)
+    return jobs.submit_job(project_id, body, settings)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
 def get_job(job_id: int, settings: SettingsDep) -> JobPublic:
-    return services.get_job(job_id, settings)
+    return jobs.get_job(job_id, settings)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job_id: int, settings: SettingsDep) -> JobPublic:
-    return services.cancel_job(job_id, settings)
+    return jobs.cancel_job(job_id, settings)

@@ -3,8 +3,8 @@
 from fastapi import APIRouter, Request, Response
 
 from prunescope.server.auth import current_principal
+from prunescope.server.errors import Forbidden
 from prunescope.server.metrics import exposition
-from prunescope.server.services import Forbidden
 
 router = APIRouter(tags=["metrics"])
 

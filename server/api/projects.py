@@ -4,9 +4,9 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from prunescope.server import services
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.schemas import ProjectCreate, ProjectPublic, ProjectsPublic
+from prunescope.server.services import projects
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 architectures_router = APIRouter(prefix="/architectures", tags=["projects"])
@@ -15,20 +15,20 @@ architectures_router = APIRouter(prefix="/architectures", tags=["projects"])
 @architectures_router.get("")
 def list_architectures() -> dict[str, dict[str, Any]]:
     """Registry architectures with their default configuration."""
-    return services.list_architectures()
+    return projects.list_architectures()
 
 
 @router.get("", response_model=ProjectsPublic)
 def list_projects(settings: SettingsDep) -> ProjectsPublic:
-    data = services.list_projects(settings)
+    data = projects.list_projects(settings)
     return ProjectsPublic(data=data, count=len(data))
 
 
 @router.post("", response_model=ProjectPublic, status_code=status.HTTP_201_CREATED)
 def create_project(body: ProjectCreate, settings: SettingsDep) -> ProjectPublic:
-    return services.create_project(body, settings)
+    return projects.create_project(body, settings)
 
 
 @router.get("/{project_id}", response_model=ProjectPublic)
 def get_project(project_id: int, settings: SettingsDep) -> ProjectPublic:
-    return services.get_project(project_id, settings)
+    return projects.get_project(project_id, settings)

@@ -3,26 +3,26 @@
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from prunescope.server import services
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.schemas import ResultPublic, ResultsPublic
+from prunescope.server.services import results
 
 router = APIRouter(tags=["results"])
 
 
 @router.get("/projects/{project_id}/results", response_model=ResultsPublic)
 def list_results(project_id: int, settings: SettingsDep) -> ResultsPublic:
-    data = services.list_results(project_id, settings)
+    data = results.list_results(project_id, settings)
     return ResultsPublic(data=data, count=len(data))
 
 
 @router.get("/results/{result_id}", response_model=ResultPublic)
 def get_result(result_id: int, settings: SettingsDep) -> ResultPublic:
-    return services.get_result(result_id, settings)
+    return results.get_result(result_id, settings)
 
 
 @router.get("/results/{result_id}/artifact", response_class=FileResponse)
 def download_result(result_id: int, settings: SettingsDep) -> FileResponse:
     """The result's arrays as `.npz`; load with `numpy.load(path, allow_pickle=False)`."""
-    path, filename = services.result_file(result_id, settings)
+    path, filename = results.result_file(result_id, settings)
     return FileResponse(path, filename=filename, media_type="application/octet-stream")

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prunescope.server import auth
 from prunescope.server.api.deps import SettingsDep
+from prunescope.server.services import members
 
 router = APIRouter(prefix="/projects/{project_id}/share-links", tags=["share links"])
 pages_router = APIRouter(include_in_schema=False)
@@ -44,7 +45,7 @@ class ShareLinksPublic(BaseModel):
     count: int
 
 
-def _public(link: auth.ShareLinkInfo) -> dict:
+def _public(link: members.ShareLinkInfo) -> dict:
     return {k: getattr(link, k) for k in ShareLinkPublic.model_fields}
 
 
@@ -54,7 +55,7 @@ def create_share_link(
 ) -> ShareLinkCreated:
     """A read-only link for people without an account (the owner only). Keep the URL: only
     a hash of its token is stored."""
-    link = auth.create_share_link(project_id, body.view_path, body.expires_in_hours, settings)
+    link = members.create_share_link(project_id, body.view_path, body.expires_in_hours, settings)
     url = str(request.base_url).rstrip("/") + f"/s/{link.token}"
     return ShareLinkCreated(**_public(link), url=url)
 
@@ -62,14 +63,14 @@ def create_share_link(
 @router.get("", response_model=ShareLinksPublic)
 def list_share_links(project_id: int, settings: SettingsDep) -> ShareLinksPublic:
     data = [ShareLinkPublic(**_public(link))
-            for link in auth.list_share_links(project_id, settings)]
+            for link in members.list_share_links(project_id, settings)]
     return ShareLinksPublic(data=data, count=len(data))
 
 
 @router.delete("/{link_id}", status_code=204)
 def revoke_share_link(project_id: int, link_id: int, settings: SettingsDep) -> Response:
     """Revoke a link; whoever holds it is refused from their next request on."""
-    auth.revoke_share_link(project_id, link_id, settings)
+    members.revoke_share_link(project_id, link_id, settings)
     return Response(status_code=204)
 
 

@@ -19,9 +19,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from prunescope.server import uploads
 from prunescope.server.api.deps import SettingsDep
-from prunescope.server.services import ServiceError
+from prunescope.server.errors import ServiceError
+from prunescope.server.services import uploads
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 

@@ -1,18 +1,17 @@
 """Bookmarks of project views, short view ids, result arrays as Parquet, CSV or `.npy`, and
-the method comparison (JSON, CSV, Parquet) and HTML report of a project."""
+the method comparison (JSON, CSV, Parquet) of a project. (Its HTML report is the
+dashboard's: `prunescope.dashboard.report.router`.)"""
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
-from prunescope.server import view_service
 from prunescope.server.api.deps import SettingsDep
-from prunescope.server.services import InvalidInput
-from prunescope.server.view_service import (
-    ArrayFormat,
-    ArraysPublic,
+from prunescope.server.services import comparison, results, views
+from prunescope.server.services.results import ArrayFormat, ArraysPublic
+from prunescope.server.services.views import (
     BookmarkCreate,
     BookmarkPublic,
     BookmarksPublic,
@@ -26,7 +25,7 @@ router = APIRouter()
     "/projects/{project_id}/bookmarks", response_model=BookmarksPublic, tags=["bookmarks"]
 )
 def list_bookmarks(project_id: int, settings: SettingsDep) -> BookmarksPublic:
-    data = view_service.list_bookmarks(project_id, settings)
+    data = views.list_bookmarks(project_id, settings)
     return BookmarksPublic(data=data, count=len(data))
 
 
@@ -39,12 +38,12 @@ def list_bookmarks(project_id: int, settings: SettingsDep) -> BookmarksPublic:
 def add_bookmark(project_id: int, body: BookmarkCreate, settings: SettingsDep) -> BookmarkPublic:
     """Save a page of the project under a name; `url` is its path and query, e.g.
     `/projects/3/geometry?checkpoint=dense`."""
-    return view_service.add_bookmark(project_id, body.name, body.url, settings)
+    return views.add_bookmark(project_id, body.name, body.url, settings)
 
 
 @router.delete("/bookmarks/{bookmark_id}", status_code=204, tags=["bookmarks"])
 def delete_bookmark(bookmark_id: int, settings: SettingsDep) -> Response:
-    view_service.delete_bookmark(bookmark_id, settings)
+    views.delete_bookmark(bookmark_id, settings)
     return Response(status_code=204)
 
 
@@ -52,12 +51,12 @@ def delete_bookmark(bookmark_id: int, settings: SettingsDep) -> Response:
 def get_view_state(view_id: str, settings: SettingsDep) -> ViewStatePublic:
     """The long view state a link names by a short id: a `sel=v<id>` selection in a page's
     query is `prunescope.dashboard.state.decode_selection` of this text."""
-    return ViewStatePublic(id=view_id, text=view_service.load_view_state(view_id, settings))
+    return ViewStatePublic(id=view_id, text=views.load_view_state(view_id, settings))
 
 
 @router.get("/results/{result_id}/arrays", response_model=ArraysPublic, tags=["results"])
 def list_result_arrays(result_id: int, settings: SettingsDep) -> ArraysPublic:
-    data = view_service.result_arrays(result_id, settings)
+    data = results.result_arrays(result_id, settings)
     return ArraysPublic(data=data, count=len(data))
 
 
@@ -65,14 +64,14 @@ def list_result_arrays(result_id: int, settings: SettingsDep) -> ArraysPublic:
     "/results/{result_id}/arrays/{name}",
     response_class=Response,
     tags=["results"],
-    responses={200: {"content": {t: {} for t in view_service.MEDIA_TYPES.values()}}},
+    responses={200: {"content": {t: {} for t in results.MEDIA_TYPES.values()}}},
 )
 def download_result_array(
     result_id: int, name: str, settings: SettingsDep, format: ArrayFormat = "parquet"
 ) -> Response:
     """One array of a result: Parquet or CSV (a 1-D array is one column, a 2-D array one
     column per column index) or `.npy` (any shape; `numpy.load(path, allow_pickle=False)`)."""
-    content, filename, media_type = view_service.export_result_array(
+    content, filename, media_type = results.export_result_array(
         result_id, name, format, settings
     )
     return Response(
@@ -89,7 +88,7 @@ ComparisonFormat = Literal["json", "csv", "parquet"]
     "/projects/{project_id}/comparison",
     tags=["results"],
     responses={200: {"content": {"application/json": {}, "text/csv": {},
-                                 view_service.MEDIA_TYPES["parquet"]: {}}}},
+                                 results.MEDIA_TYPES["parquet"]: {}}}},
 )
 def method_comparison(
     project_id: int, settings: SettingsDep, format: ComparisonFormat = "json"
@@ -98,41 +97,14 @@ def method_comparison(
     population of recorded training runs) with each analysis's headline number. `json` gives
     `{"data": [...rows], "count": n}`; `csv` and `parquet` the columns the page exports
     (text as strings, counts as int64, other numbers as float64, empty cells null)."""
-    from prunescope.dashboard.figures.comparison import comparison_csv, comparison_parquet, export_records
-    from prunescope.dashboard.report import comparison_of, report_inputs
-
-    rows = comparison_of(report_inputs(project_id, settings))
+    rows = comparison.project_comparison(project_id, settings)
     stem = f"project{project_id}-comparison"
     if format == "csv":
-        return Response(comparison_csv(rows), media_type="text/csv",
+        return Response(comparison.comparison_csv(rows), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{stem}.csv"'})
     if format == "parquet":
-        return Response(comparison_parquet(rows), media_type=view_service.MEDIA_TYPES["parquet"],
+        return Response(comparison.comparison_parquet(rows),
+                        media_type=results.MEDIA_TYPES["parquet"],
                         headers={"Content-Disposition": f'attachment; filename="{stem}.parquet"'})
-    records = export_records(rows)
+    records = comparison.export_records(rows)
     return JSONResponse({"data": jsonable_encoder(records), "count": len(records)})
-
-
-@router.get(
-    "/projects/{project_id}/report",
-    response_class=HTMLResponse,
-    tags=["results"],
-)
-def project_report(
-    project_id: int, settings: SettingsDep, pin: Annotated[list[str] | None, Query()] = None
-) -> HTMLResponse:
-    """The self-contained HTML report the project page exports: the comparison table,
-    accuracy versus sparsity and each `pin`ned figure (keys as the page's "pin" list:
-    `cka_heatmap`, `layer_sparsity`, `comparison:<column>`, ...); opens offline."""
-    from prunescope.dashboard.report import pinnable_options, report_html, report_inputs
-
-    inputs = report_inputs(project_id, settings)
-    known = {o["value"] for o in pinnable_options(inputs)}
-    unknown = [p for p in pin or [] if p not in known]
-    if unknown:
-        raise InvalidInput(f"cannot pin {unknown}; this project offers {sorted(known)}")
-    return HTMLResponse(
-        report_html(inputs, pin or []),
-        headers={"Content-Disposition":
-                 f'attachment; filename="project{project_id}-report.html"'},
-    )

@@ -22,17 +22,17 @@ def test_a_slow_callback_does_not_hold_up_other_requests(settings, monkeypatch) 
     import httpx
     import uvicorn
 
-    from prunescope.server import services
+    from prunescope.server.services import projects as project_service
 
     entered, release = threading.Event(), threading.Event()
-    real_list_projects = services.list_projects
+    real_list_projects = project_service.list_projects
 
     def blocking_list_projects(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         entered.set()
         assert release.wait(30), "never released"
         return real_list_projects(*args, **kwargs)
 
-    monkeypatch.setattr(services, "list_projects", blocking_list_projects)
+    monkeypatch.setattr(project_service, "list_projects", blocking_list_projects)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -191,14 +191,17 @@ def test_layer_drift_and_language_model_quality_lines() -> None:
 
 
 def test_attention_maps_are_found_per_sentence_and_requested_by_position(settings, tmp_path):
-    from prunescope.server import services
     from prunescope.server.db import session_scope
+    from prunescope.server.errors import InvalidInput
     from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.services import analyses
+    from prunescope.server.services import projects as project_service
+    from prunescope.server.storage import artifact_store
     from prunescope.server.tables import AnalysisResult
 
-    pid = services.create_project(ProjectCreate(name="p", architecture="huggingface"),
+    pid = project_service.create_project(ProjectCreate(name="p", architecture="huggingface"),
                                   settings).id
-    store = services._store(settings)
+    store = artifact_store(settings)
 
     def add(sentence: int, value: float) -> int:
         path = tmp_path / f"maps-{sentence}-{value}.npz"
@@ -211,18 +214,18 @@ def test_attention_maps_are_found_per_sentence_and_requested_by_position(setting
             s.flush()
             return row.id
 
-    assert services.attention_maps(pid, 4, settings) == {"maps": None, "result_id": None}
+    assert analyses.attention_maps(pid, 4, settings) == {"maps": None, "result_id": None}
     add(4, 0.25)
     newest = add(4, 0.5)
     add(7, 0.75)
-    found = services.attention_maps(pid, 4, settings)
+    found = analyses.attention_maps(pid, 4, settings)
     assert found["result_id"] == newest and float(found["maps"]["attention"].max()) == 0.5
     assert not found["maps"]["attention"].flags.writeable
-    job = services.request_attention_maps(pid, 12, settings)
+    job = analyses.request_attention_maps(pid, 12, settings)
     assert job.kind == "attention_maps" and job.params == {"sentence": 12}
     for bad in (-1, True, "3"):
-        with pytest.raises(services.InvalidInput, match="non-negative integer"):
-            services.request_attention_maps(pid, bad, settings)
+        with pytest.raises(InvalidInput, match="non-negative integer"):
+            analyses.request_attention_maps(pid, bad, settings)
 
 
 def test_the_view_comes_from_the_url_with_bad_values_replaced() -> None:

@@ -16,22 +16,29 @@ import pytest
 
 from prunescope.dashboard.figures.attention import checkpoint_at, resolve_attention_view
 from prunescope.dashboard.figures.comparison import (
-    COMPARISON_COLUMNS,
     comparison_columns,
-    comparison_csv,
-    comparison_parquet,
-    comparison_rows,
     comparison_table_rows,
     default_column,
-    export_records,
     headline_vs_sparsity,
-    view_url,
 )
 from prunescope.dashboard.figures.dynamics import resolve_dynamics_view
 from prunescope.dashboard.figures.layers import layers_view_options, resolve_layers_view
 from prunescope.dashboard.geometry_view import resolve_geometry_view
-from prunescope.dashboard.report import ReportInputs, pinnable_options, project_report_html, report_html
+from prunescope.dashboard.report import (
+    ReportInputs,
+    pinnable_options,
+    project_report_html,
+    report_html,
+)
 from prunescope.dashboard.state import parse_query
+from prunescope.server.services.comparison import (
+    COMPARISON_COLUMNS,
+    comparison_csv,
+    comparison_parquet,
+    comparison_rows,
+    export_records,
+    view_url,
+)
 
 PID = 7
 ANALYSIS_COLUMNS = [k for k in COMPARISON_COLUMNS
@@ -446,20 +453,22 @@ def test_pinnable_figures_are_those_the_analyses_can_draw() -> None:
 
 
 def _patch_services(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prunescope.server import services
+    from prunescope.server.services import analyses, projects
+    from prunescope.server.services import checkpoints as checkpoint_service
 
     project = SimpleNamespace(id=PID, name="Pruning <study>", description="ResNet & friends",
                               architecture="resnet20", datasets=[])
     checkpoints = [SimpleNamespace(**c, model_dump=lambda c=c: dict(c)) for c in _checkpoints()]
-    monkeypatch.setattr(services, "get_project", lambda pid, settings=None: project)
-    monkeypatch.setattr(services, "list_checkpoints", lambda pid, settings=None: checkpoints)
-    monkeypatch.setattr(services, "layer_analysis",
+    monkeypatch.setattr(projects, "get_project", lambda pid, settings=None: project)
+    monkeypatch.setattr(checkpoint_service, "list_checkpoints",
+                        lambda pid, settings=None: checkpoints)
+    monkeypatch.setattr(analyses, "layer_analysis",
                         lambda pid, settings=None: {"evaluation": _evaluation()})
-    monkeypatch.setattr(services, "dynamics_analysis",
+    monkeypatch.setattr(analyses, "dynamics_analysis",
                         lambda pid, settings=None: {"dynamics": _dynamics()})
-    monkeypatch.setattr(services, "geometry_analysis",
+    monkeypatch.setattr(analyses, "geometry_analysis",
                         lambda pid, settings=None: {"geometry": _geometry()})
-    monkeypatch.setattr(services, "layer_sparsity", lambda pid, settings=None: {
+    monkeypatch.setattr(checkpoint_service, "layer_sparsity", lambda pid, settings=None: {
         "layers": ["l1.weight"], "checkpoints": ["dense"], "sparsity": [[0.0]], "n_m": [[[]]]})
 
 

@@ -481,15 +481,15 @@ def dynamics_page(monkeypatch):  # noqa: ANN201
     from fastapi import FastAPI
 
     from prunescope.dashboard.app import create_dash
-    from prunescope.server import services
+    from prunescope.server.services import jobs, projects
 
     create_dash(FastAPI())
     page = next(p for p in dash.page_registry.values()
                 if p.get("path_template") == "/projects/<project_id>/dynamics")
     assert page["title"] == "PruneScope — dynamics"
     project = SimpleNamespace(id=3, name="digits", architecture="cnn_small")
-    monkeypatch.setattr(services, "get_project", lambda pid, *a, **k: project)
-    monkeypatch.setattr(services, "list_jobs", lambda pid=None, *a, **k: [])
+    monkeypatch.setattr(projects, "get_project", lambda pid, *a, **k: project)
+    monkeypatch.setattr(jobs, "list_jobs", lambda pid=None, *a, **k: [])
     module = sys.modules[page["module"]]
     assert module.layout is page["layout"]
     return module
@@ -508,9 +508,9 @@ def _find(component, id_: str):  # noqa: ANN001, ANN202
 
 def test_the_page_without_a_result_offers_to_run_the_analysis(dynamics_page,  # noqa: ANN001
                                                               monkeypatch) -> None:
-    from prunescope.server import services
+    from prunescope.server.services import analyses
 
-    monkeypatch.setattr(services, "dynamics_analysis",
+    monkeypatch.setattr(analyses, "dynamics_analysis",
                         lambda pid, *a, **k: {"dynamics": None, "result_id": None},
                         raising=False)
     page = dynamics_page.layout(project_id="3", run="dense-s0", sel="1-3")
@@ -523,10 +523,10 @@ def test_the_page_without_a_result_offers_to_run_the_analysis(dynamics_page,  # 
 
 def test_the_page_with_a_result_restores_the_view_from_the_url(dynamics_page,  # noqa: ANN001
                                                                monkeypatch) -> None:
-    from prunescope.server import services
+    from prunescope.server.services import analyses
 
     dyn = _dynamics()
-    monkeypatch.setattr(services, "dynamics_analysis",
+    monkeypatch.setattr(analyses, "dynamics_analysis",
                         lambda pid, *a, **k: {"dynamics": dyn, "result_id": 4}, raising=False)
     page = dynamics_page.layout(project_id="3", run="gmp80-s1", population="gmp 50%", color="suite",
                          cat="typical", sel="2.5", suite_view="overlay")
@@ -562,7 +562,10 @@ def test_the_galleries_show_thumbnails_and_rows(dynamics_page) -> None:  # noqa:
 
 
 def test_category_transitions_groups_and_the_taxicab_column() -> None:
-    from prunescope.dashboard.figures.dynamics import category_transition_figure, group_impact_figure
+    from prunescope.dashboard.figures.dynamics import (
+        category_transition_figure,
+        group_impact_figure,
+    )
 
     dyn = _dynamics()
     k, p, m = len(CATEGORIES), len(POPULATIONS), len(dyn["test_labels"])

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunescope.dashboard.geometry_view import failures, gallery, geometry_view_query, resolve_geometry_view
+from prunescope.dashboard.geometry_view import (
+    failures,
+    gallery,
+    geometry_view_query,
+    resolve_geometry_view,
+)
 from prunescope.dashboard.state import decode_selection, parse_query
 
 
@@ -67,11 +72,11 @@ def test_a_queue_button_reports_the_job_or_the_servers_refusal() -> None:
     from types import SimpleNamespace
 
     from prunescope.dashboard.components import queued_message
-    from prunescope.server import services
+    from prunescope.server.errors import Conflict
 
     assert queued_message(lambda: SimpleNamespace(id=7), "Geometry") == "Geometry job #7 queued."
 
     def refused():  # noqa: ANN202
-        raise services.Conflict("a geometry job is already queued")
+        raise Conflict("a geometry job is already queued")
 
     assert queued_message(refused, "Geometry") == "Not queued: a geometry job is already queued"

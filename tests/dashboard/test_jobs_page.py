@@ -15,7 +15,7 @@ from prunescope.server import auth
 from prunescope.server.db import session_scope
 from prunescope.server.main import create_app
 from prunescope.server.schemas import ProjectCreate
-from prunescope.server.services import create_project
+from prunescope.server.services.projects import create_project
 from prunescope.server.tables import Job, utcnow
 
 

@@ -345,18 +345,21 @@ def test_the_view_comes_from_the_url_with_defaults_for_what_it_lacks_or_gets_wro
 
 
 def test_layer_analysis_returns_the_newest_result_of_each_kind_read_only(settings, tmp_path):
-    from prunescope.server import services
     from prunescope.server.db import session_scope
     from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.services import analyses
+    from prunescope.server.services import projects as project_service
+    from prunescope.server.storage import artifact_store
     from prunescope.server.tables import AnalysisResult
 
-    pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
-    assert services.layer_analysis(pid, settings) == {
+    pid = project_service.create_project(
+        ProjectCreate(name="p", architecture="cnn_small"), settings).id
+    assert analyses.layer_analysis(pid, settings) == {
         "evaluation": None, "masks": None, "neurons": None, "layer_comparison": None,
         "result_ids": {"evaluation": None, "masks": None, "neurons": None,
                        "layer_comparison": None},
     }
-    store = services._store(settings)
+    store = artifact_store(settings)
 
     def add(kind: str, arrays: dict) -> int:
         path = tmp_path / f"{kind}-{len(list(tmp_path.iterdir()))}.npz"
@@ -374,13 +377,13 @@ def test_layer_analysis_returns_the_newest_result_of_each_kind_read_only(setting
     add("other", {"x": np.zeros(1)})
     with session_scope(settings) as s:  # a result whose file has gone from the store
         s.add(AnalysisResult(project_id=pid, kind="neurons", artifact_digest="0" * 64))
-    data = services.layer_analysis(pid, settings)
+    data = analyses.layer_analysis(pid, settings)
     assert data["result_ids"] == {"evaluation": newest, "masks": masks, "neurons": None,
                                   "layer_comparison": None}
     assert np.array_equal(data["evaluation"]["cka"], old["cka"]) and data["neurons"] is None
     with pytest.raises(ValueError, match="read-only"):
         data["evaluation"]["cka"][0, 0] = 5.0
-    assert services.layer_analysis(pid, settings)["evaluation"]["cka"][0, 0] == old["cka"][0, 0]
+    assert analyses.layer_analysis(pid, settings)["evaluation"]["cka"][0, 0] == old["cka"][0, 0]
 
 
 def test_a_layer_pair_heatmap_names_both_checkpoints_and_says_what_is_missing():
@@ -406,13 +409,17 @@ def test_a_layer_pair_heatmap_names_both_checkpoints_and_says_what_is_missing():
 
 
 def test_layer_matrix_finds_a_pair_from_either_side_and_requests_missing_ones(settings, tmp_path):
-    from prunescope.server import services
     from prunescope.server.db import session_scope
+    from prunescope.server.errors import InvalidInput
     from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.services import analyses
+    from prunescope.server.services import projects as project_service
+    from prunescope.server.storage import artifact_store
     from prunescope.server.tables import AnalysisResult, Checkpoint
 
-    pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
-    store = services._store(settings)
+    pid = project_service.create_project(
+        ProjectCreate(name="p", architecture="cnn_small"), settings).id
+    store = artifact_store(settings)
     with session_scope(settings) as s:
         for i, role in enumerate(["dense", "pruned", "pruned"]):
             s.add(Checkpoint(project_id=pid, name=f"c{i}", role=role, source="upload",
@@ -433,20 +440,20 @@ def test_layer_matrix_finds_a_pair_from_either_side_and_requests_missing_ones(se
             s.flush()
             return row.id
 
-    assert services.layer_matrix(pid, ids[1], ids[2], "cka", settings) is None
+    assert analyses.layer_matrix(pid, ids[1], ids[2], "cka", settings) is None
     result = add("layer_comparison", ids[1], [ids[1], ids[2]])
-    found = services.layer_matrix(pid, ids[1], ids[2], "cka", settings)
+    found = analyses.layer_matrix(pid, ids[1], ids[2], "cka", settings)
     assert found["result_id"] == result and found["layers"] == LAYERS
     np.testing.assert_array_equal(found["values"], matrix)
     # Asked from the other side: CKA(A_i, B_j) = CKA(B_j, A_i), the transpose.
     np.testing.assert_array_equal(
-        services.layer_matrix(pid, ids[2], ids[1], "cka_debiased", settings)["values"],
+        analyses.layer_matrix(pid, ids[2], ids[1], "cka_debiased", settings)["values"],
         matrix.T / 2)
-    assert services.layer_matrix(pid, ids[0], ids[2], "cka", settings) is None
-    with pytest.raises(services.InvalidInput, match="matrix"):
-        services.layer_matrix(pid, ids[1], ids[2], "rbf", settings)
-    job = services.request_layer_comparison(pid, ids[2], ids[0], settings)
+    assert analyses.layer_matrix(pid, ids[0], ids[2], "cka", settings) is None
+    with pytest.raises(InvalidInput, match="matrix"):
+        analyses.layer_matrix(pid, ids[1], ids[2], "rbf", settings)
+    job = analyses.request_layer_comparison(pid, ids[2], ids[0], settings)
     assert job.kind == "analyze" and job.params == {
         "checkpoint_ids": [ids[2], ids[0]], "reference_checkpoint_id": ids[2], "neurons": False}
-    with pytest.raises(services.InvalidInput, match="do not belong"):
-        services.request_layer_comparison(pid, ids[2], 9999, settings)
+    with pytest.raises(InvalidInput, match="do not belong"):
+        analyses.request_layer_comparison(pid, ids[2], 9999, settings)

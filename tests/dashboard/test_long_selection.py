@@ -14,8 +14,8 @@ from prunescope.dashboard.state import (
     encode_selection,
     storing_long_selections,
 )
-from prunescope.server import view_service
 from prunescope.server.config import get_settings
+from prunescope.server.services import views
 
 
 def _scattered(n: int, fraction: float, seed: int = 0) -> list[int]:
@@ -32,7 +32,7 @@ def test_long_selections_round_trip_through_a_short_id(settings) -> None:
         assert encode_selection(chosen, 27_000) == short  # the same selection, the same link
     assert short.startswith("v") and len(short) <= 33
     assert all(ch.isalnum() or ch in "-_" for ch in short)
-    assert view_service.load_view_state(short[1:]) == code
+    assert views.load_view_state(short[1:]) == code
     assert decode_selection(short, 27_000) == chosen == decode_selection(code, 27_000)
     with storing_long_selections():
         other = encode_selection(chosen[1:], 27_000)
@@ -67,7 +67,7 @@ def test_unknown_ids_read_as_no_selection(settings) -> None:
     for text in ("vAAAAAAAAAAAAAAAA", "v", "v../../etc/passwd", "v" + "x" * 200, "v!!"):
         assert decode_selection(text, 100) == []
     # A stored text is a code, never another id: no loops.
-    looping = view_service.store_view_state("v" + view_service.store_view_state("z" * 600))
+    looping = views.store_view_state("v" + views.store_view_state("z" * 600))
     assert decode_selection("v" + looping, 100) == []
 
 

@@ -36,15 +36,17 @@ def test_every_download_answers_a_csv_and_a_parquet_button(settings):
 
 
 def _project_with_evaluation(settings, tmp_path) -> int:
-    from prunescope.server import services
     from prunescope.server.db import session_scope
     from prunescope.server.schemas import ProjectCreate
+    from prunescope.server.services import projects as project_service
+    from prunescope.server.storage import artifact_store
     from prunescope.server.tables import AnalysisResult
 
-    pid = services.create_project(ProjectCreate(name="p", architecture="cnn_small"), settings).id
+    pid = project_service.create_project(
+        ProjectCreate(name="p", architecture="cnn_small"), settings).id
     path = tmp_path / "evaluation.npz"
     np.savez(path, **_evaluation())
-    digest = services._store(settings).put_file(path)
+    digest = artifact_store(settings).put_file(path)
     with session_scope(settings) as s:
         s.add(AnalysisResult(project_id=pid, kind="evaluation", artifact_digest=digest))
     return pid

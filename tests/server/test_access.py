@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from prunescope.server import auth, uploads, view_service
+from prunescope.server import auth
 from prunescope.server.cli import main as cli_main
 from prunescope.server.db import session_scope
+from prunescope.server.errors import Conflict, Forbidden, NotFound
 from prunescope.server.main import create_app
-from prunescope.server.services import Conflict, Forbidden, NotFound, _store, get_project, list_projects
+from prunescope.server.services import members, uploads, views
+from prunescope.server.services.projects import get_project, list_projects
+from prunescope.server.storage import artifact_store
 from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset, Job
 
 MISSING = 99999
@@ -43,8 +46,9 @@ def world(secured):
         assert r.status_code == 201, r.text
         buf = io.BytesIO()
         np.savez(buf, values=np.arange(3.0))
-        staged, digest, size = _store(secured).write_stream([buf.getvalue()], max_bytes=10**6)
-        _store(secured).adopt(staged, digest)
+        staged, digest, size = artifact_store(secured).write_stream(
+            [buf.getvalue()], max_bytes=10**6)
+        artifact_store(secured).adopt(staged, digest)
         with session_scope(secured) as s:
             ckpt = Checkpoint(project_id=pid, name="dense", role="dense", source="upload",
                               format="safetensors", artifact_digest=digest, size_bytes=size)
@@ -56,8 +60,8 @@ def world(secured):
             s.flush()
             ids = {"project_id": pid, "checkpoint_id": ckpt.id, "job_id": job.id,
                    "result_id": result.id, "dataset_id": dataset.id}
-        ids["bookmark_id"] = view_service.add_bookmark(pid, "b", f"/projects/{pid}", secured).id
-        ids["link_id"] = auth.create_share_link(pid, settings=secured).id
+        ids["bookmark_id"] = views.add_bookmark(pid, "b", f"/projects/{pid}", secured).id
+        ids["link_id"] = members.create_share_link(pid, settings=secured).id
         ids.update(name="carol", upload_id="no-such-upload", view_id="no-such-view")
 
         def finished_upload() -> str:
@@ -255,7 +259,7 @@ def test_dashboard_callbacks_meet_the_same_checks(world, secured):
     with auth.acting_as(carol):
         assert get_project(pid, secured).id == pid
         with pytest.raises(Forbidden):
-            view_service.add_bookmark(pid, "x", f"/projects/{pid}", secured)
+            views.add_bookmark(pid, "x", f"/projects/{pid}", secured)
         message, _ = save_bookmark({"name": "x", "url": f"/projects/{pid}/layers"})
         assert "viewer" in str(message)
     with auth.acting_as(bob), pytest.raises(NotFound):
@@ -266,7 +270,7 @@ def test_dashboard_callbacks_meet_the_same_checks(world, secured):
 
 def test_cli_gives_an_unowned_project_an_owner(settings, capsys):
     from prunescope.server.schemas import ProjectCreate
-    from prunescope.server.services import create_project
+    from prunescope.server.services.projects import create_project
 
     project = create_project(ProjectCreate(name="legacy", architecture="mlp"), settings)
     auth.add_user("dana", None, token=True, settings=settings)
@@ -276,7 +280,7 @@ def test_cli_gives_an_unowned_project_an_owner(settings, capsys):
     assert cli_main(["projects", "owner", "legacy", "dana"]) == 0
     with auth.acting_as(dana):
         assert get_project(project.id, settings).name == "legacy"
-        assert auth.list_members(project.id, settings) == [auth.Member("dana", "owner")]
+        assert members.list_members(project.id, settings) == [members.Member("dana", "owner")]
     assert cli_main(["projects", "owner", "legacy", "nobody"]) == 1
     assert "no user named" in capsys.readouterr().err
 
@@ -293,7 +297,7 @@ def test_a_private_projects_name_is_no_secret_to_guess(world, secured):
     # carol sees alice's "private" (viewer) and owns none: the name finds alice's
     alice, bob = (auth.Principal("user", user_id=auth.find_user_id(n, secured), name=n)
                   for n in ("alice", "bob"))
-    from prunescope.server.services import find_project
+    from prunescope.server.services.projects import find_project
 
     with auth.acting_as(alice):
         assert find_project("private", secured).id == ids["project_id"]
@@ -312,7 +316,7 @@ def test_a_private_projects_name_is_no_secret_to_guess(world, secured):
         find_project("private", secured)  # two others' projects of that name
     # handing bob's project to alice would give her two of one name
     with auth.acting_as(bob), pytest.raises(Conflict, match="rename one"):
-        auth.set_owner(mine.json()["id"], "alice", secured)
+        members.set_owner(mine.json()["id"], "alice", secured)
 
 
 # ---------------------------------------------------------------- path traversal
@@ -354,8 +358,8 @@ def test_no_file_route_climbs_out_of_its_folder(settings, tmp_path):
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         buf = io.BytesIO()
         np.savez(buf, values=np.arange(3.0))
-        staged, digest, _ = _store(settings).write_stream([buf.getvalue()], max_bytes=10**6)
-        _store(settings).adopt(staged, digest)
+        staged, digest, _ = artifact_store(settings).write_stream([buf.getvalue()], max_bytes=10**6)
+        artifact_store(settings).adopt(staged, digest)
         pid = client.post("/api/v1/projects",
                           json={"name": "p", "architecture": "mlp"}).json()["id"]
         with session_scope(settings) as s:
@@ -389,7 +393,7 @@ def test_a_refused_request_uses_up_no_upload_and_stores_no_file(world, secured):
                         json={"upload_id": upload_id}, headers=headers[who])
         assert r.status_code == status, r.text
         assert uploads.upload_status(secured, upload_id).offset >= 0  # still there
-    staging = _store(secured).root / "tmp"
+    staging = artifact_store(secured).root / "tmp"
     before = sorted(staging.rglob("*")) if staging.exists() else []
     r = client.post(f"/api/v1/projects/{pid}/dynamics", headers=headers["carol"],
                     files={k: (f"{k}.csv", b"example\n0\n") for k in

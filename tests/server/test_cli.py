@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from prunescope.models.registry import create_model
-from prunescope.server import services
 from prunescope.server.schemas import ProjectCreate
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import projects as project_service
 
 
 def _cli(*args: str, data_dir) -> subprocess.CompletedProcess:  # noqa: ANN001
@@ -21,7 +22,7 @@ def _cli(*args: str, data_dir) -> subprocess.CompletedProcess:  # noqa: ANN001
 
 
 def test_checkpoint_add_validates_and_stores(settings, tmp_path):
-    services.create_project(ProjectCreate(name="cli", architecture="mlp"), settings)
+    project_service.create_project(ProjectCreate(name="cli", architecture="mlp"), settings)
     torch.manual_seed(0)
     good = tmp_path / "dense.safetensors"
     save_file(create_model("mlp").state_dict(), str(good))
@@ -38,8 +39,8 @@ def test_checkpoint_add_validates_and_stores(settings, tmp_path):
     missing = _cli("checkpoint", "add", "nope", str(good), data_dir=data_dir)
     assert missing.returncode == 2 and "no project named 'nope'" in missing.stderr
 
-    (pid,) = [p.id for p in services.list_projects(settings)]
-    assert [c.name for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    (pid,) = [p.id for p in project_service.list_projects(settings)]
+    assert [c.name for c in checkpoint_service.list_checkpoints(pid, settings)] == ["dense"]
 
 
 def test_serve_with_several_processes_answers_from_each(tmp_path):

@@ -17,10 +17,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from prunescope.server import dataset_service, services
 from prunescope.server.cli import main as cli_main
+from prunescope.server.errors import TooLarge
 from prunescope.server.main import create_app
 from prunescope.server.schemas import JobCreate, ProjectCreate
+from prunescope.server.services import datasets as dataset_service
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects as project_service
+from prunescope.server.services import results as result_service
 from prunescope.server.worker import run_worker
 from prunescope.workers.datasets import load_builtin
 
@@ -147,11 +151,11 @@ def test_every_format_uploads_with_a_preview(client, settings):
 
 
 def _analyze(settings, pid: int) -> tuple[float, np.ndarray, np.ndarray]:  # noqa: ANN001
-    job = services.submit_job(pid, JobCreate(kind="analyze"), settings)
+    job = job_service.submit_job(pid, JobCreate(kind="analyze"), settings)
     assert run_worker(settings, "test-worker", max_jobs=1) == 1
-    assert services.get_job(job.id, settings).state == "succeeded", services.get_job(job.id)
-    result = services.list_results(pid, settings)[-1]
-    path, _ = services.result_file(result.id, settings)
+    assert job_service.get_job(job.id, settings).state == "succeeded", job_service.get_job(job.id)
+    result = result_service.list_results(pid, settings)[-1]
+    path, _ = result_service.result_file(result.id, settings)
     with np.load(path, allow_pickle=False) as z:
         return float(z["accuracy"][0]), z["predictions"][0], z["labels"]
 
@@ -161,7 +165,7 @@ def test_jobs_use_the_active_dataset_and_an_uploaded_copy_of_digits_scores_the_s
     client, settings
 ):
     pid = _project(client)
-    services.submit_job(pid, JobCreate(kind="train", params={"epochs": 3}), settings)
+    job_service.submit_job(pid, JobCreate(kind="train", params={"epochs": 3}), settings)
     assert run_worker(settings, "test-worker", max_jobs=1) == 1
     builtin_accuracy, builtin_predictions, builtin_labels = _analyze(settings, pid)
     assert builtin_accuracy > 0.7
@@ -277,7 +281,7 @@ def test_a_zip_bomb_and_an_oversized_upload_are_refused(settings, monkeypatch):
         too_big = small.artifacts_dir / "tmp" / "finished-upload.csv"
         too_big.parent.mkdir(parents=True, exist_ok=True)
         too_big.write_bytes(b"1" * (2 * 1024 * 1024))
-        with pytest.raises(services.TooLarge):
+        with pytest.raises(TooLarge):
             dataset_service.add_dataset_file(pid, too_big, filename="f.csv", settings=small)
         assert not too_big.exists()  # consumed even when refused
         assert _stored_files(small) == [] and _leftovers(small) == []
@@ -296,7 +300,7 @@ def test_add_dataset_file_consumes_a_finished_upload(client, settings):
 
 
 def test_cli_dataset_add(settings, tmp_path, capsys):
-    pid = services.create_project(ProjectCreate(name="cli", architecture="mlp"), settings).id
+    pid = project_service.create_project(ProjectCreate(name="cli", architecture="mlp"), settings).id
     path = tmp_path / "digits.npz"
     path.write_bytes(_npz(x=X, y=Y))
     assert cli_main(["dataset", "add", "cli", str(path), "--name", "copy", "--activate"]) == 0

@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from prunescope.server import services
 from prunescope.server.config import get_settings
 from prunescope.server.main import API_PREFIX, create_app
 from prunescope.server.schemas import JobCreate
+from prunescope.server.services import analyses
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import results as result_service
 from prunescope.server.worker import run_worker
 from prunescope.workers.analyses.dynamics_training import ProbeSuites, read_dynamics
 from prunescope.workers.datasets import load_builtin
@@ -133,13 +135,13 @@ def _stored(settings, pid: int) -> tuple[int, list[str], list[str]]:  # noqa: AN
     root, tmp = settings.artifacts_dir / "sha256", settings.artifacts_dir / "tmp"
     files = sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
     leftovers = sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
-    return len(services.list_results(pid, settings)), files, leftovers
+    return len(result_service.list_results(pid, settings)), files, leftovers
 
 
 def _artifacts(settings, body: dict) -> tuple[dict, dict]:  # noqa: ANN001
     by_kind = {r["kind"]: r["id"] for r in body["results"]}
-    trajectories = read_dynamics(services.result_file(by_kind["dynamics_run"], settings)[0])
-    with np.load(services.result_file(by_kind["dynamics_meta"], settings)[0],
+    trajectories = read_dynamics(result_service.result_file(by_kind["dynamics_run"], settings)[0])
+    with np.load(result_service.result_file(by_kind["dynamics_meta"], settings)[0],
                  allow_pickle=False) as npz:
         meta = {key: npz[key] for key in npz.files}
     return trajectories, meta
@@ -167,7 +169,7 @@ def test_a_csv_run_is_stored_as_the_canonical_run_and_meta(client, settings, pid
     for name in ("loss", "p_gold", "prediction"):
         np.testing.assert_array_equal(trajectories[name], run[name])
     assert np.isnan(trajectories["margin"]).all()  # not uploaded
-    path = services.result_file(body["results"][0]["id"], settings)[0]
+    path = result_service.result_file(body["results"][0]["id"], settings)[0]
     assert pq.ParquetFile(path).num_row_groups == E
 
     suites = ProbeSuites.from_arrays(meta)
@@ -238,12 +240,12 @@ def test_the_dynamics_job_analyses_two_uploaded_runs(client, settings, pid):
     r = _post(client, pid, _files(gmp, fmt="parquet"), run="gmp50-s0", mode="gmp",
               sparsity=0.5)
     assert r.status_code == 201, r.text
-    job = services.request_dynamics(pid, settings)
+    job = analyses.request_dynamics(pid, settings)
     assert run_worker(settings, "test-worker", max_jobs=1) == 1
-    finished = services.get_job(job.id, settings)
+    finished = job_service.get_job(job.id, settings)
     assert finished.state == "succeeded", finished.error
     assert finished.result_summary["runs"] == ["dense-s0", "gmp50-s0"]
-    result = services.dynamics_analysis(pid, settings)["dynamics"]
+    result = analyses.dynamics_analysis(pid, settings)["dynamics"]
     assert result["population_names"].tolist() == ["gmp 50%"]
     np.testing.assert_allclose(result["loss"][0], dense["loss"].T)
     np.testing.assert_allclose(result["loss"][1], gmp["loss"].T)
@@ -343,7 +345,7 @@ def test_a_run_name_is_taken_once_and_not_by_a_queued_run(client, settings, pid)
     before = _stored(settings, pid)
     again = _post(client, pid, _files(_run(1)))
     assert again.status_code == 409 and "'dense-s0' is already recorded" in again.json()["detail"]
-    services.submit_job(pid, JobCreate(kind="train_dynamics", params={
+    job_service.submit_job(pid, JobCreate(kind="train_dynamics", params={
         "mode": "gmp", "sparsity": 0.8}), settings)
     queued = _post(client, pid, _files(_run(1)), run="gmp80-s0", mode="gmp", sparsity=0.8)
     assert queued.status_code == 409 and "will record a run named" in queued.json()["detail"]

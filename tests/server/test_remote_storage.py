@@ -344,7 +344,7 @@ def test_an_uploaded_checkpoint_comes_back_from_s3_after_the_cache_is_gone(
 def test_a_resumable_upload_of_content_only_the_remote_holds_completes_at_once(
     settings, bucket, monkeypatch
 ):
-    from prunescope.server.uploads import create_upload
+    from prunescope.server.services.uploads import create_upload
 
     monkeypatch.setenv("PRUNESCOPE_STORAGE_URL", f"s3://{bucket}/lab")
     get_settings.cache_clear()

@@ -27,6 +27,10 @@ from prunescope.server.resilience import (
     database_unavailable,
     retry_on_outage,
 )
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects as project_service
+from prunescope.server.storage import artifact_store
 from tests.postgres import running_postgres, stop_process
 
 
@@ -210,10 +214,9 @@ def test_an_outage_under_a_running_job_loses_nothing_and_runs_nothing_twice(own_
 @pytest.mark.parametrize(("code", "status"), [(28, 507), (27, 507), (111, 503)])
 def test_a_store_that_refuses_a_write_answers_507_when_full_else_503(settings, monkeypatch,
                                                                        code, status):
-    from prunescope.server import services
     from prunescope.server.storage import StorageError
 
-    store = services._store(settings)
+    store = artifact_store(settings)
 
     def refuse(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
         raise StorageError(f"cannot write to {store.root}: errno {code}", errno=code)
@@ -246,7 +249,6 @@ def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_p
     ENOSPC); the database is a PostgreSQL server, which the limit does not reach."""
     import hashlib
 
-    from prunescope.server import services
     from prunescope.server.config import get_settings
     from prunescope.server.db import upgrade_database
     from prunescope.server.schemas import JobCreate, ProjectCreate
@@ -258,21 +260,22 @@ def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_p
     get_settings.cache_clear()
     settings = get_settings()
     upgrade_database(settings)
-    pid = services.create_project(ProjectCreate(name="full", architecture="mlp"), settings).id
-    services.submit_job(pid, JobCreate(kind="train", params={"epochs": 2}), settings)
+    pid = project_service.create_project(
+        ProjectCreate(name="full", architecture="mlp"), settings).id
+    job_service.submit_job(pid, JobCreate(kind="train", params={"epochs": 2}), settings)
     assert run_worker(settings, "unlimited", max_jobs=1) == 1
-    (dense,) = services.list_checkpoints(pid, settings)
-    stored, _ = services.checkpoint_file(dense.id, settings)
+    (dense,) = checkpoint_service.list_checkpoints(pid, settings)
+    stored, _ = checkpoint_service.checkpoint_file(dense.id, settings)
     before = stored.read_bytes()
 
-    prune = services.submit_job(pid, JobCreate(kind="prune", params={
+    prune = job_service.submit_job(pid, JobCreate(kind="prune", params={
         "method": "magnitude_global", "sparsity": 0.5}), settings)
     worker = subprocess.Popen([sys.executable, "-m", "prunescope.server.cli", "worker"],
                               env={**os.environ, "PRUNESCOPE_POLL_SECONDS": "0.2"},
                               preexec_fn=_limited_file_size(4096),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        failed = _wait(lambda: (j := services.get_job(prune.id, settings)).state
+        failed = _wait(lambda: (j := job_service.get_job(prune.id, settings)).state
                        in ("failed", "succeeded") and j, 120, "the pruning job")
         assert worker.poll() is None  # the worker lives on
     finally:
@@ -280,14 +283,13 @@ def test_a_full_disk_during_a_jobs_output_fails_the_job_and_keeps_the_rest(own_p
     assert failed.state == "failed"
     assert "could not write its output" in failed.error and "File too large" in failed.error
     assert "Earlier results are unaffected" in failed.error
-    assert [c.name for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    assert [c.name for c in checkpoint_service.list_checkpoints(pid, settings)] == ["dense"]
     assert stored.read_bytes() == before
     assert hashlib.sha256(before).hexdigest() == dense.artifact_digest
     get_settings.cache_clear()
 
 
 def test_an_unusable_store_fails_the_job_and_not_the_worker(settings, tmp_path, monkeypatch):
-    from prunescope.server import services
     from prunescope.server.config import get_settings
     from prunescope.server.schemas import JobCreate, ProjectCreate
     from prunescope.server.worker import run_worker
@@ -296,18 +298,18 @@ def test_an_unusable_store_fails_the_job_and_not_the_worker(settings, tmp_path, 
     monkeypatch.setenv("PRUNESCOPE_STORAGE_URL", shared.as_uri())
     get_settings.cache_clear()
     settings = get_settings()
-    pid = services.create_project(ProjectCreate(name="p", architecture="mlp"), settings).id
-    services.submit_job(pid, JobCreate(kind="train", params={"epochs": 1}), settings)
+    pid = project_service.create_project(ProjectCreate(name="p", architecture="mlp"), settings).id
+    job_service.submit_job(pid, JobCreate(kind="train", params={"epochs": 1}), settings)
     assert run_worker(settings, "w", max_jobs=1) == 1
-    (dense,) = services.list_checkpoints(pid, settings)
+    (dense,) = checkpoint_service.list_checkpoints(pid, settings)
     staging = shared / "tmp"  # where the store writes before renaming into place
     for leftover in staging.iterdir():
         leftover.rmdir() if leftover.is_dir() else leftover.unlink()
     staging.rmdir()
     staging.write_text("a file where the store's folder was")
-    job = services.submit_job(pid, JobCreate(kind="analyze"), settings)
+    job = job_service.submit_job(pid, JobCreate(kind="analyze"), settings)
     assert run_worker(settings, "w", max_jobs=1) == 1  # returned: the worker did not crash
-    failed = services.get_job(job.id, settings)
+    failed = job_service.get_job(job.id, settings)
     assert failed.state == "failed" and "artifact store cannot be used" in failed.error
     assert "shared-store" in failed.error
     stored = shared / "sha256" / dense.artifact_digest[:2] / dense.artifact_digest

@@ -9,10 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from prunescope.server import auth, view_service
+from prunescope.server import auth
 from prunescope.server.db import session_scope
+from prunescope.server.errors import Forbidden
 from prunescope.server.main import create_app
-from prunescope.server.services import Forbidden
+from prunescope.server.services import views
 from prunescope.server.tables import ShareLink, utcnow
 
 ORIGIN = {"Origin": "http://testserver"}
@@ -167,7 +168,7 @@ def test_share_visitors_change_nothing_through_dashboard_callbacks(setup, secure
     visitor = auth.Principal("share", project_id=pid, name="share link", share_link_id=1)
     with auth.acting_as(visitor):
         with pytest.raises(Forbidden, match="read-only"):
-            view_service.add_bookmark(pid, "x", f"/projects/{pid}", secured)
+            views.add_bookmark(pid, "x", f"/projects/{pid}", secured)
         message, _ = save_bookmark({"name": "x", "url": f"/projects/{pid}/layers"})
         assert "read-only" in str(message)
         assert "read-only" in str(signed_in_as("/"))

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
 from prunescope.models.registry import create_model, default_config
-from prunescope.server import uploads
 from prunescope.server.config import get_settings
 from prunescope.server.main import create_app
+from prunescope.server.services import uploads
 from prunescope.server.storage import ArtifactStore
 
 TUS = {"Tus-Resumable": "1.0.0"}

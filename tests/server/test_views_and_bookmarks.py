@@ -19,9 +19,10 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
 
-from prunescope.server import view_service
 from prunescope.server.db import MIGRATIONS_DIR, session_scope
-from prunescope.server.services import Conflict, InvalidInput, NotFound
+from prunescope.server.errors import Conflict, InvalidInput, NotFound
+from prunescope.server.services import results as result_service
+from prunescope.server.services import views
 from prunescope.server.storage import ArtifactStore
 from prunescope.server.tables import AnalysisResult, Bookmark, Project
 
@@ -46,22 +47,22 @@ def project_ids(settings) -> tuple[int, int]:
 
 def test_view_state_round_trips_through_a_short_random_id(settings) -> None:
     long_text = "z" + "AbC-_" * 400
-    short_id = view_service.store_view_state(long_text)
-    assert view_service.load_view_state(short_id) == long_text
+    short_id = views.store_view_state(long_text)
+    assert views.load_view_state(short_id) == long_text
     # URL-safe base64 of at least 64 random bits.
     assert all(ch.isalnum() or ch in "-_" for ch in short_id)
     assert len(base64.urlsafe_b64decode(short_id + "=" * (-len(short_id) % 4))) * 8 >= 64
-    assert view_service.store_view_state(long_text) == short_id  # same text, same id
-    other = view_service.store_view_state(long_text + "x")
-    assert other != short_id and view_service.load_view_state(other) == long_text + "x"
+    assert views.store_view_state(long_text) == short_id  # same text, same id
+    other = views.store_view_state(long_text + "x")
+    assert other != short_id and views.load_view_state(other) == long_text + "x"
 
 
 def test_unknown_or_malformed_view_ids_are_not_found(settings) -> None:
     for bad in ("AAAAAAAAAAAAAAAA", "", "../etc/passwd", "x" * 100):
         with pytest.raises(NotFound, match="not found"):
-            view_service.load_view_state(bad)
+            views.load_view_state(bad)
     with pytest.raises(InvalidInput, match="empty"):
-        view_service.store_view_state("")
+        views.store_view_state("")
 
 
 # ------------------------------------------------------------------ bookmark addresses
@@ -117,14 +118,14 @@ def _stays_in_project(url: str, project_id: int) -> bool:
 def test_bookmarks_refuse_addresses_outside_the_project(template: str) -> None:
     url = template.format(p=1, q=2)
     with pytest.raises(InvalidInput) as refused:
-        view_service.project_url(1, url)
+        views.project_url(1, url)
     assert "/projects/1" in refused.value.detail or "link" in refused.value.detail
 
 
 @pytest.mark.parametrize("template", ACCEPTED)
 def test_bookmarks_accept_the_project_pages(template: str) -> None:
     url = template.format(p=7)
-    assert view_service.project_url(7, url) == url
+    assert views.project_url(7, url) == url
     assert _stays_in_project(url, 7)
 
 
@@ -138,7 +139,7 @@ def test_every_accepted_address_stays_in_the_project() -> None:
         if rng.random() < 0.5:
             url = "/projects/3" + url
         try:
-            clean = view_service.project_url(3, url)
+            clean = views.project_url(3, url)
         except InvalidInput:
             continue
         accepted += 1
@@ -151,32 +152,32 @@ def test_every_accepted_address_stays_in_the_project() -> None:
 
 def test_bookmarks_are_named_uniquely_per_project(project_ids) -> None:
     one, two = project_ids
-    first = view_service.add_bookmark(one, "  lasso of sevens ", f"/projects/{one}/geometry?sel=3")
+    first = views.add_bookmark(one, "  lasso of sevens ", f"/projects/{one}/geometry?sel=3")
     assert (first.project_id, first.name) == (one, "lasso of sevens")
     with pytest.raises(Conflict, match="already has a bookmark named"):
-        view_service.add_bookmark(one, "lasso of sevens", f"/projects/{one}/layers")
-    same_name_elsewhere = view_service.add_bookmark(two, "lasso of sevens", f"/projects/{two}")
-    second = view_service.add_bookmark(one, "layers", f"/projects/{one}/layers")
-    assert [b.id for b in view_service.list_bookmarks(one)] == [first.id, second.id]
-    assert [b.id for b in view_service.list_bookmarks(two)] == [same_name_elsewhere.id]
-    view_service.delete_bookmark(first.id)
-    assert [b.name for b in view_service.list_bookmarks(one)] == ["layers"]
+        views.add_bookmark(one, "lasso of sevens", f"/projects/{one}/layers")
+    same_name_elsewhere = views.add_bookmark(two, "lasso of sevens", f"/projects/{two}")
+    second = views.add_bookmark(one, "layers", f"/projects/{one}/layers")
+    assert [b.id for b in views.list_bookmarks(one)] == [first.id, second.id]
+    assert [b.id for b in views.list_bookmarks(two)] == [same_name_elsewhere.id]
+    views.delete_bookmark(first.id)
+    assert [b.name for b in views.list_bookmarks(one)] == ["layers"]
     with pytest.raises(NotFound, match=str(first.id)):
-        view_service.delete_bookmark(first.id)
+        views.delete_bookmark(first.id)
     with pytest.raises(InvalidInput, match="name"):
-        view_service.add_bookmark(one, "   ", f"/projects/{one}")
+        views.add_bookmark(one, "   ", f"/projects/{one}")
     with pytest.raises(InvalidInput):
-        view_service.add_bookmark(one, "elsewhere", f"/projects/{two}/geometry")
+        views.add_bookmark(one, "elsewhere", f"/projects/{two}/geometry")
     with pytest.raises(NotFound, match="project 999"):
-        view_service.add_bookmark(999, "x", "/projects/999/geometry")
+        views.add_bookmark(999, "x", "/projects/999/geometry")
     with pytest.raises(NotFound, match="project 999"):
-        view_service.list_bookmarks(999)
+        views.list_bookmarks(999)
 
 
 def test_bookmarks_go_with_their_project(project_ids) -> None:
     one, two = project_ids
-    view_service.add_bookmark(one, "a", f"/projects/{one}")
-    kept = view_service.add_bookmark(two, "a", f"/projects/{two}")
+    views.add_bookmark(one, "a", f"/projects/{one}")
+    kept = views.add_bookmark(two, "a", f"/projects/{two}")
     with session_scope() as s:
         s.delete(s.get(Project, one))
     with session_scope() as s:
@@ -283,7 +284,7 @@ def test_bookmarks_over_the_api(client, project_ids) -> None:
 
 
 def test_view_ids_resolve_over_the_api(client) -> None:
-    short_id = view_service.store_view_state("z" + "Q" * 600)
+    short_id = views.store_view_state("z" + "Q" * 600)
     r = client.get(f"/api/v1/views/{short_id}")
     assert r.status_code == 200 and r.json() == {"id": short_id, "text": "z" + "Q" * 600}
     missing = client.get("/api/v1/views/AAAAAAAAAAAAAAAA")
@@ -385,7 +386,7 @@ def test_three_dimensional_arrays_are_refused_as_tables(client, result_id) -> No
 
 def test_arrays_without_a_table_form_point_to_npy() -> None:
     with pytest.raises(InvalidInput, match="npy"):
-        view_service.array_table(np.array([1 + 2j, 3j]), "z")
+        result_service.array_table(np.array([1 + 2j, 3j]), "z")
 
 
 # ------------------------------------------------------------------ dashboard controls
@@ -410,12 +411,12 @@ def test_the_header_saves_the_shown_page_as_a_bookmark(project_ids) -> None:
     url = f"/projects/{one}/geometry?checkpoint=dense&sel=3-5"
     message, name_value = save_bookmark({"name": "three to five", "url": url})
     assert "three to five" in str(message.children) and name_value == ""
-    assert [(b.name, b.url) for b in view_service.list_bookmarks(one)] == [("three to five", url)]
+    assert [(b.name, b.url) for b in views.list_bookmarks(one)] == [("three to five", url)]
     again, kept = save_bookmark({"name": "three to five", "url": url})
     assert "already has" in str(again.children) and kept is not None and kept != ""
     outside, _ = save_bookmark({"name": "home", "url": "/"})
     assert "project" in str(outside.children)
-    assert len(view_service.list_bookmarks(one)) == 1
+    assert len(views.list_bookmarks(one)) == 1
 
 
 def test_the_header_and_the_bookmarks_page(project_ids, monkeypatch) -> None:
@@ -436,7 +437,7 @@ def test_the_header_and_the_bookmarks_page(project_ids, monkeypatch) -> None:
     page = next(p for p in dash.page_registry.values()
                 if p.get("path_template") == "/projects/<project_id>/bookmarks")
     module = sys.modules[page["module"]]
-    mark = view_service.add_bookmark(one, "sevens", f"/projects/{one}/geometry?sel=7")
+    mark = views.add_bookmark(one, "sevens", f"/projects/{one}/geometry?sel=7")
     drawn = str(module.layout(project_id=str(one)).to_plotly_json())
     assert "sevens" in drawn and f"/projects/{one}/geometry?sel=7" in drawn
     assert "Project not found" in str(module.layout(project_id="999").to_plotly_json())
@@ -447,4 +448,4 @@ def test_the_header_and_the_bookmarks_page(project_ids, monkeypatch) -> None:
     )
     remaining, message = module.delete([1], one)
     assert "deleted" in str(message.children) and "sevens" not in str(remaining.to_plotly_json())
-    assert view_service.list_bookmarks(one) == []
+    assert views.list_bookmarks(one) == []

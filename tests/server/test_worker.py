@@ -10,19 +10,23 @@ import time
 
 import numpy as np
 
-from prunescope.server import services
 from prunescope.server.demo import DIGITS, DIGITS_DYNAMICS, MINILM, ensure_demo_project
 from prunescope.server.schemas import JobCreate, ProjectCreate
+from prunescope.server.services import analyses
+from prunescope.server.services import checkpoints as checkpoint_service
+from prunescope.server.services import jobs as job_service
+from prunescope.server.services import projects as project_service
 from prunescope.server.worker import run_worker
 from tests.postgres import stop_process
 
 
 def _project(settings, name="cnn", architecture="cnn_small") -> int:
-    return services.create_project(ProjectCreate(name=name, architecture=architecture), settings).id
+    return project_service.create_project(
+        ProjectCreate(name=name, architecture=architecture), settings).id
 
 
 def _submit(settings, pid, kind, depends_on=(), **params):  # noqa: ANN001, ANN202
-    return services.submit_job(
+    return job_service.submit_job(
         pid, JobCreate(kind=kind, params=params, depends_on=list(depends_on)), settings
     )
 
@@ -34,16 +38,16 @@ def test_train_prune_analyze_pipeline(settings):
     rnd = _submit(settings, pid, "prune", [train.id], method="random", sparsity=0.9)
     analyze = _submit(settings, pid, "analyze", [mag.id, rnd.id])
     assert run_worker(settings, "test-worker", max_jobs=4) == 4
-    states = {j.id: j.state for j in services.list_jobs(pid, settings)}
+    states = {j.id: j.state for j in job_service.list_jobs(pid, settings)}
     assert states == dict.fromkeys([train.id, mag.id, rnd.id, analyze.id], "succeeded")
 
-    ckpts = {c.name: c for c in services.list_checkpoints(pid, settings)}
+    ckpts = {c.name: c for c in checkpoint_service.list_checkpoints(pid, settings)}
     assert set(ckpts) == {"dense", "magnitude_global-50", "random-90"}
     assert abs(ckpts["magnitude_global-50"].measured_sparsity - 0.5) < 1e-3
     assert abs(ckpts["random-90"].measured_sparsity - 0.9) < 1e-3
     assert ckpts["magnitude_global-50"].parent_id == ckpts["dense"].id
 
-    overview = services.project_overview(pid, settings)
+    overview = analyses.project_overview(pid, settings)
     ev = overview["evaluation"]
     acc = dict(zip(ev["checkpoint_names"], ev["accuracy"], strict=True))
     assert acc["dense"] > 0.9
@@ -52,7 +56,7 @@ def test_train_prune_analyze_pipeline(settings):
     dense_row = ev["checkpoint_names"].index("dense")
     np.testing.assert_allclose(cka[dense_row], 1.0, atol=1e-9)
     assert cka.shape == (3, len(ev["layers"])) and np.all((cka >= 0) & (cka <= 1 + 1e-9))
-    job = services.get_job(analyze.id, settings)
+    job = job_service.get_job(analyze.id, settings)
     assert job.progress == 1.0 and job.finished_at is not None
 
 
@@ -62,18 +66,18 @@ def test_a_failing_job_records_its_error_and_the_worker_keeps_going(settings):
     dependent = _submit(settings, pid, "analyze", [prune.id])
     train = _submit(settings, pid, "train", epochs=1)
     assert run_worker(settings, "w", max_jobs=2) == 2
-    failed = services.get_job(prune.id, settings)
+    failed = job_service.get_job(prune.id, settings)
     assert failed.state == "failed" and "no dense checkpoint" in failed.error
-    assert services.get_job(train.id, settings).state == "succeeded"
-    assert services.get_job(dependent.id, settings).state == "failed"
-    assert f"job {prune.id}" in services.get_job(dependent.id, settings).error
+    assert job_service.get_job(train.id, settings).state == "succeeded"
+    assert job_service.get_job(dependent.id, settings).state == "failed"
+    assert f"job {prune.id}" in job_service.get_job(dependent.id, settings).error
 
 
 def wait_until_running(settings, job_id: int, timeout: float = 120.0):  # noqa: ANN001, ANN201
     """The job once it runs and has made some progress (so a kill lands mid-job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = services.get_job(job_id, settings)
+        job = job_service.get_job(job_id, settings)
         if job.state == "running" and job.progress > 0.05:
             return job
         time.sleep(0.1)
@@ -122,7 +126,7 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             _whole_artifacts(settings)  # checked all along: never half a file under a digest
-            j = services.get_job(job.id, settings)
+            j = job_service.get_job(job.id, settings)
             if j.state in ("succeeded", "failed"):
                 break
             time.sleep(0.2)
@@ -130,7 +134,7 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
         stop_process(second, timeout=10)
     assert j.state == "succeeded", j
     assert j.attempts == 2 and j.worker_id != killed_by
-    (recovered,) = services.list_checkpoints(pid, settings)
+    (recovered,) = checkpoint_service.list_checkpoints(pid, settings)
     assert recovered.name == "dense"
     assert list(settings.artifacts_dir.joinpath("tmp").iterdir()) == []
 
@@ -138,7 +142,7 @@ def test_a_job_whose_worker_is_killed_is_requeued_and_completes(settings):
     undisturbed_project = _project(settings, name="undisturbed")
     _submit(settings, undisturbed_project, "train", epochs=30, seed=3)
     assert run_worker(settings, "undisturbed", max_jobs=1) == 1
-    (undisturbed,) = services.list_checkpoints(undisturbed_project, settings)
+    (undisturbed,) = checkpoint_service.list_checkpoints(undisturbed_project, settings)
     assert undisturbed.artifact_digest == recovered.artifact_digest
     assert _whole_artifacts(settings) == 1
 
@@ -149,8 +153,8 @@ def test_demo_is_idempotent(settings):
     assert [j.kind for j in queued] == ["train"] + ["prune"] * n_prunes + ["analyze", "geometry"]
     again_pid, again = ensure_demo_project(DIGITS, settings)
     assert again_pid == pid and again == []
-    assert len(services.list_projects(settings)) == 1
-    assert len(services.list_jobs(pid, settings)) == len(queued)
+    assert len(project_service.list_projects(settings)) == 1
+    assert len(job_service.list_jobs(pid, settings)) == len(queued)
 
 
 def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(settings):
@@ -167,7 +171,7 @@ def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(se
     assert [j.kind for j in tail] == ["analyze", "probe", "attention_maps"]
     assert tail[-1].params == {"sentence": 0}
     assert all(set(j.depends_on) == {q.id for q in queued if q.kind == "prune"} for j in tail)
-    assert [c.role for c in services.list_checkpoints(pid, settings)] == ["dense"]
+    assert [c.role for c in checkpoint_service.list_checkpoints(pid, settings)] == ["dense"]
     assert ensure_demo_project(MINILM, settings)[1] == []
 
 
@@ -179,7 +183,7 @@ def test_the_dynamics_demo_queues_each_run_once_then_the_analysis(settings):
         DIGITS_DYNAMICS.dynamics_runs)
     assert [j.kind for j in queued[len(runs):]] == ["dynamics"]
     assert set(queued[-1].depends_on) == {j.id for j in runs}
-    assert services.list_checkpoints(pid, settings) == []
+    assert checkpoint_service.list_checkpoints(pid, settings) == []
     assert ensure_demo_project(DIGITS_DYNAMICS, settings)[1] == []
 
 
@@ -189,7 +193,7 @@ def test_a_failed_job_shows_its_error_in_the_dashboard_panel(settings):
     pid = _project(settings)
     job = _submit(settings, pid, "prune", method="random", sparsity=0.5)  # nothing to prune
     run_worker(settings, "w", max_jobs=1)
-    (row,) = jobs_panel(services.list_jobs(pid, settings))
+    (row,) = jobs_panel(job_service.list_jobs(pid, settings))
     text = str(row.to_plotly_json())
     assert row.id == f"job-{job.id}" and "failed" in row.className
     assert "no dense checkpoint" in text  # the worker's message, not a generic one
@@ -201,17 +205,17 @@ def test_a_pruning_sweep_queues_each_pair_then_an_analysis_and_reports_refusals(
     train = _submit(settings, pid, "train", epochs=4)
     run_worker(settings, "w", max_jobs=1)
     existing = _submit(settings, pid, "prune", method="random", sparsity=0.5)
-    queued, refused = services.submit_pruning_sweep(
+    queued, refused = job_service.submit_pruning_sweep(
         pid, ["magnitude_layerwise", "l1_structured", "random"], [0.5], settings
     )
     assert [j.kind for j in queued] == ["prune", "prune", "analyze"]
     assert queued[-1].depends_on == [queued[0].id, queued[1].id]
     assert len(refused) == 1 and "already produces 'random-50'" in refused[0]
     run_worker(settings, "w", max_jobs=4)
-    assert all(services.get_job(j.id, settings).state == "succeeded" for j in queued)
-    names = {c.name for c in services.list_checkpoints(pid, settings)}
+    assert all(job_service.get_job(j.id, settings).state == "succeeded" for j in queued)
+    names = {c.name for c in checkpoint_service.list_checkpoints(pid, settings)}
     assert {"magnitude_layerwise-50", "l1_structured-50", "random-50"} <= names
-    again, refused = services.submit_pruning_sweep(
+    again, refused = job_service.submit_pruning_sweep(
         pid, ["random", "random"], [0.5, 0.7], settings
     )
     assert [j.params.get("sparsity") for j in again] == [0.7, None]  # random-70, then analyze

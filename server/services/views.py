@@ -1,25 +1,22 @@
-"""Views that survive a link: short ids for long view state, named bookmarks, and result arrays
-as files any tool opens."""
+"""Views that survive a link: short ids for long view state, and named bookmarks of a
+project's pages."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import secrets
 from datetime import datetime
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from prunescope.server import services
+from prunescope.server.access import get_or_404
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
-from prunescope.server.services import Conflict, InvalidInput, NotFound, _get_or_404
+from prunescope.server.errors import Conflict, InvalidInput, NotFound
 from prunescope.server.tables import Bookmark, Project, ViewState
 
 # 12 random bytes: 96 bits, 16 URL-safe characters; ids can be neither guessed nor enumerated.
@@ -29,13 +26,6 @@ _SHORT_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_VIEW_STATE_CHARS = 1_000_000
 MAX_BOOKMARK_URL_CHARS = 4096
 MAX_BOOKMARK_NAME_CHARS = 200
-
-ArrayFormat = Literal["parquet", "csv", "npy"]
-MEDIA_TYPES: dict[str, str] = {
-    "parquet": "application/vnd.apache.parquet",
-    "csv": "text/csv",
-    "npy": "application/octet-stream",
-}
 
 
 class BookmarkCreate(BaseModel):
@@ -65,17 +55,6 @@ class BookmarksPublic(BaseModel):
 class ViewStatePublic(BaseModel):
     id: str
     text: str
-
-
-class ArrayInfo(BaseModel):
-    name: str
-    dtype: str
-    shape: list[int]
-
-
-class ArraysPublic(BaseModel):
-    data: list[ArrayInfo]
-    count: int
 
 
 # ---------------------------------------------------------------- long view state
@@ -165,7 +144,7 @@ def add_bookmark(
         "choose another name or delete that bookmark"
     )
     with session_scope(settings) as s:
-        _get_or_404(s, Project, project_id, "project", need="edit")  # access check
+        get_or_404(s, Project, project_id, "project", need="edit")  # access check
         url = project_url(project_id, url)
         taken = select(Bookmark.id).where(
             Bookmark.project_id == project_id, Bookmark.name == name
@@ -183,7 +162,7 @@ def add_bookmark(
 
 def list_bookmarks(project_id: int, settings: Settings | None = None) -> list[BookmarkPublic]:
     with session_scope(settings) as s:
-        _get_or_404(s, Project, project_id, "project")
+        get_or_404(s, Project, project_id, "project")
         rows = s.scalars(
             select(Bookmark).where(Bookmark.project_id == project_id).order_by(Bookmark.id)
         ).all()
@@ -192,76 +171,4 @@ def list_bookmarks(project_id: int, settings: Settings | None = None) -> list[Bo
 
 def delete_bookmark(bookmark_id: int, settings: Settings | None = None) -> None:
     with session_scope(settings) as s:
-        s.delete(_get_or_404(s, Bookmark, bookmark_id, "bookmark", need="edit"))  # access check
-
-
-# ---------------------------------------------------------------- result arrays as files
-
-
-def _result_arrays(result_id: int, settings: Settings | None) -> dict[str, np.ndarray]:
-    path, _ = services.result_file(result_id, settings)
-    # Cached and shared with the pages: read, never change.
-    return services._load_npz(str(path))
-
-
-def result_arrays(result_id: int, settings: Settings | None = None) -> list[ArrayInfo]:
-    """Name, dtype and shape of every array of a result."""
-    return [
-        ArrayInfo(name=name, dtype=str(array.dtype), shape=list(array.shape))
-        for name, array in _result_arrays(result_id, settings).items()
-    ]
-
-
-def array_table(array: np.ndarray, name: str):  # noqa: ANN201 - pyarrow.Table, imported lazily
-    """`array` as a table: a 1-D array is one column named `name`; a 2-D array has one column
-    per column index ("0", "1", …); more dimensions have no table form (InvalidInput)."""
-    import pyarrow as pa
-
-    if array.ndim > 2:
-        raise InvalidInput(
-            f"array {name!r} has {array.ndim} dimensions {tuple(array.shape)}; a table holds "
-            "at most 2. Download it whole with ?format=npy"
-        )
-    if array.ndim < 2:
-        columns = {name: array.reshape(-1)}
-    else:
-        columns = {str(j): np.ascontiguousarray(array[:, j]) for j in range(array.shape[1])}
-    try:
-        return pa.table({key: pa.array(values) for key, values in columns.items()})
-    except pa.ArrowException as exc:
-        raise InvalidInput(
-            f"array {name!r} of dtype {array.dtype} has no table form ({exc}); "
-            "download it with ?format=npy"
-        ) from None
-
-
-def array_file(array: np.ndarray, name: str, fmt: ArrayFormat) -> bytes:
-    """One array as a Parquet, CSV or `.npy` file (the latter without pickles)."""
-    buffer = io.BytesIO()
-    if fmt == "npy":
-        np.save(buffer, array, allow_pickle=False)
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(array_table(array, name), buffer)
-    elif fmt == "csv":
-        import pyarrow.csv as pcsv
-
-        pcsv.write_csv(array_table(array, name), buffer)
-    else:
-        raise InvalidInput(f"unknown format {fmt!r}; choose parquet, csv or npy")
-    return buffer.getvalue()
-
-
-def export_result_array(
-    result_id: int, name: str, fmt: ArrayFormat, settings: Settings | None = None
-) -> tuple[bytes, str, str]:
-    """(file content, file name, media type) of array `name` of result `result_id`."""
-    arrays = _result_arrays(result_id, settings)
-    if name not in arrays:
-        raise NotFound(
-            f"result {result_id} has no array {name!r}; it has: {', '.join(sorted(arrays))}"
-        )
-    result = services.get_result(result_id, settings)
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{result.kind}-{result.id}-{name}")
-    return array_file(arrays[name], name, fmt), f"{stem}.{fmt}", MEDIA_TYPES[fmt]
+        s.delete(get_or_404(s, Bookmark, bookmark_id, "bookmark", need="edit"))  # access check

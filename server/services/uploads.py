@@ -6,13 +6,16 @@ what was declared at creation (length, filename, tus metadata, optional sha256) 
 sha256 once the upload is complete. The offset is the data file's size, so a dropped
 connection, a crashed server or a second server process all agree on where to resume.
 
-Chunk bodies are streamed to disk in blocks of `FLUSH_BYTES`, one block being written by a
-thread while the next arrives, so a request of any size costs a few MiB of memory. An
-exclusive `flock` on the data file serialises writers across threads and processes; a writer
-that receives nothing for `upload_idle_timeout_seconds` stops and releases it.
+Chunk bodies are streamed to disk in blocks of `upload_files.FLUSH_BYTES`, one block being
+written by a thread while the next arrives, so a request of any size costs a few MiB of
+memory. An exclusive `flock` on the data file serialises writers across threads and
+processes; a writer that receives nothing for `upload_idle_timeout_seconds` stops and
+releases it.
 
 A finished upload is handed to its consumer (`claim_completed_upload`), which owns the file
-from then on; `checkpoint_from_upload` is the consumer that turns it into a checkpoint.
+from then on; `prunescope.server.services.checkpoints.checkpoint_from_upload` is the consumer
+that turns it into a checkpoint. The files, their lock and the block writer are
+`prunescope.server.upload_files`.
 """
 
 from __future__ import annotations
@@ -22,37 +25,40 @@ import base64
 import binascii
 import contextlib
 import errno
-import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunescope.server import services
-from prunescope.server.config import Settings, get_settings
-from prunescope.server.schemas import CheckpointPublic
-from prunescope.server.services import Conflict, InvalidInput, NotFound, ServiceError, TooLarge
+from prunescope.server.config import Settings
+from prunescope.server.errors import Conflict, InvalidInput, ServiceError, TooLarge
 from prunescope.server.storage import artifact_store, sha256_file
+from prunescope.server.upload_files import (
+    ID,
+    BlockWriter,
+    UploadFiles,
+    hashers,
+    last_activity,
+    live_record,
+    locked,
+    not_found,
+    read_sidecar,
+    receive,
+    remove,
+    upload_files,
+    write_sidecar,
+)
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,expiration,termination"
-# Received bytes are written in blocks of this size: large enough that the thread hand-off
-# costs nothing measurable, small enough that a request holds only a few blocks in memory.
-FLUSH_BYTES = 1024 * 1024
-_ID = re.compile(r"[0-9a-f]{32}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _METADATA_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-
-
-class UploadLocked(ServiceError):
-    status_code = 423
 
 
 class UploadStalled(ServiceError):
@@ -99,37 +105,6 @@ class CompletedUpload:
     metadata: dict[str, str]
 
 
-@dataclass(frozen=True)
-class _Paths:
-    id: str
-    data: Path
-    sidecar: Path
-    claimed: Path
-
-
-def _paths(settings: Settings, upload_id: str) -> _Paths:
-    # The id names files, so anything but our own hex ids is unknown rather than a path.
-    if not _ID.fullmatch(upload_id):
-        raise NotFound(f"upload {upload_id!r} not found")
-    root = settings.uploads_dir
-    return _Paths(
-        upload_id,
-        root / f"{upload_id}.bin",
-        root / f"{upload_id}.json",
-        root / f"{upload_id}.claimed",
-    )
-
-
-def _not_found(upload_id: str) -> NotFound:
-    return NotFound(f"upload {upload_id} not found (finished, aborted or expired); start a new one")
-
-
-# In-process sha256 state of uploads being received, keyed by id, with the offset it covers.
-# Only the holder of an upload's lock touches its entry; where the entry is missing or covers
-# another offset (another process wrote, or the server restarted) the file is hashed at the end.
-_hashers: dict[str, tuple[Any, int]] = {}
-
-
 # ------------------------------------------------------------------ metadata
 
 
@@ -168,93 +143,19 @@ def _clean_filename(name: str | None) -> str:
     return base[:200] or "upload"
 
 
-def _read_sidecar(p: _Paths) -> dict[str, Any]:
-    try:
-        return json.loads(p.sidecar.read_text())
-    except FileNotFoundError:
-        raise _not_found(p.id) from None
 
-
-def _write_sidecar(p: _Paths, record: dict[str, Any]) -> None:
-    tmp = p.sidecar.with_name(p.sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, p.sidecar)
-
-
-def _last_activity(p: _Paths) -> float:
-    stamps = [f.stat().st_mtime for f in (p.sidecar, p.data) if f.exists()]
-    return max(stamps, default=0.0)
-
-
-def _status(settings: Settings, p: _Paths, record: dict[str, Any], offset: int) -> UploadStatus:
+def _status(settings: Settings, p: UploadFiles, record: dict[str, Any],
+            offset: int) -> UploadStatus:
     return UploadStatus(
         id=p.id,
         filename=record["filename"],
         length=record["length"],
         offset=offset,
-        expires_at=_last_activity(p) + settings.upload_expiry_seconds,
+        expires_at=last_activity(p) + settings.upload_expiry_seconds,
         metadata=record.get("metadata", {}),
         sha256=record.get("sha256"),
     )
 
-
-def _live_record(settings: Settings, p: _Paths) -> dict[str, Any]:
-    """The sidecar of an upload that exists and has not expired (an expired one is removed)."""
-    record = _read_sidecar(p)
-    if time.time() - _last_activity(p) > settings.upload_expiry_seconds:
-        _remove(p, only_if_unlocked=True)
-        raise _not_found(p.id)
-    return record
-
-
-# ------------------------------------------------------------------ locking
-
-
-@contextlib.contextmanager
-def _locked(p: _Paths, flags: int) -> Iterator[int]:
-    """Open the data file and hold its exclusive lock; 423 while another request holds it."""
-    try:
-        fd = os.open(p.data, flags)
-    except FileNotFoundError:
-        raise _not_found(p.id) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UploadLocked(
-                f"upload {p.id} is receiving data in another request; retry in a few seconds"
-            ) from None
-        # Finished or aborted while we waited for the lock: the name now points elsewhere.
-        try:
-            same = os.stat(p.data).st_ino == os.fstat(fd).st_ino and p.sidecar.exists()
-        except FileNotFoundError:
-            same = False
-        if not same:
-            raise _not_found(p.id)
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _remove(p: _Paths, *, only_if_unlocked: bool = False) -> bool:
-    try:
-        fd = os.open(p.data, os.O_RDONLY)
-    except FileNotFoundError:
-        fd = None
-    try:
-        if fd is not None and only_if_unlocked:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-        # Unlinking never truncates: a deduplicated upload's data file is a link to an artifact.
-        p.data.unlink(missing_ok=True)
-        p.sidecar.unlink(missing_ok=True)
-        _hashers.pop(p.id, None)
-        return True
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 # ------------------------------------------------------------------ protocol operations
@@ -287,7 +188,7 @@ def create_upload(
     remove_stale_uploads(settings)
     root = settings.uploads_dir
     root.mkdir(parents=True, exist_ok=True)
-    p = _paths(settings, uuid.uuid4().hex)
+    p = upload_files(settings, uuid.uuid4().hex)
     record: dict[str, Any] = {
         "filename": _clean_filename(filename),
         "length": length,
@@ -312,26 +213,26 @@ def create_upload(
         record["sha256"] = hashlib.sha256().hexdigest()
     else:
         p.data.touch(exist_ok=False)
-    _write_sidecar(p, record)
+    write_sidecar(p, record)
     return _status(settings, p, record, p.data.stat().st_size)
 
 
 def upload_status(settings: Settings, upload_id: str) -> UploadStatus:
     """Where an upload stands (tus HEAD): its offset is the number of bytes kept so far."""
-    p = _paths(settings, upload_id)
-    record = _live_record(settings, p)
+    p = upload_files(settings, upload_id)
+    record = live_record(settings, p)
     try:
         offset = p.data.stat().st_size
     except FileNotFoundError:
-        raise _not_found(upload_id) from None
+        raise not_found(upload_id) from None
     return _status(settings, p, record, offset)
 
 
 def abort_upload(settings: Settings, upload_id: str) -> None:
     """Discard an upload and its bytes (tus termination)."""
-    p = _paths(settings, upload_id)
-    with _locked(p, os.O_RDONLY):
-        _remove(p)
+    p = upload_files(settings, upload_id)
+    with locked(p, os.O_RDONLY):
+        remove(p)
 
 
 async def append_chunk(
@@ -353,16 +254,16 @@ async def append_chunk(
     `upload_idle_timeout_seconds` without data, and InvalidInput (422, upload discarded) when
     the complete file's sha256 differs from the one declared at creation.
     """
-    p = _paths(settings, upload_id)
-    record = await asyncio.to_thread(_live_record, settings, p)
+    p = upload_files(settings, upload_id)
+    record = await asyncio.to_thread(live_record, settings, p)
     length = record["length"]
     if record.get("sha256") is not None:
         # Complete (possibly a link to a stored artifact): never opened for writing again.
         _refuse_more(upload_id, length, offset, content_length)
         return await asyncio.to_thread(upload_status, settings, upload_id)
 
-    with _locked(p, os.O_WRONLY | os.O_APPEND) as fd:
-        if _read_sidecar(p).get("sha256") is not None:  # completed while we took the lock
+    with locked(p, os.O_WRONLY | os.O_APPEND) as fd:
+        if read_sidecar(p).get("sha256") is not None:  # completed while we took the lock
             _refuse_more(upload_id, length, offset, content_length)
             return await asyncio.to_thread(upload_status, settings, upload_id)
         start = os.fstat(fd).st_size
@@ -370,13 +271,13 @@ async def append_chunk(
             raise OffsetMismatch(start, offset)
         if content_length is not None and start + content_length > length:
             raise TooLarge(_beyond_length(length, start, content_length))
-        cached = _hashers.pop(upload_id, None)
+        cached = hashers.pop(upload_id, None)
         hasher = cached[0] if cached and cached[1] == start else None
         if hasher is None and start == 0:
             hasher = hashlib.sha256()
-        sink = _BlockWriter(fd, hasher)
+        sink = BlockWriter(fd, hasher)
         try:
-            outcome = await _receive(body, sink, room=length - start, settings=settings)
+            outcome = await receive(body, sink, room=length - start, settings=settings)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise StorageFull(
@@ -388,7 +289,7 @@ async def append_chunk(
             # The descriptor closes after this block; no write may still be using it.
             await sink.settle()
             if sink.hasher is not None:
-                _hashers[upload_id] = (sink.hasher, start + sink.written)
+                hashers[upload_id] = (sink.hasher, start + sink.written)
         end = os.fstat(fd).st_size
         if end == length:
             await _complete(p, record, sink.hasher if sink.written + start == end else None)
@@ -417,114 +318,20 @@ def _beyond_length(length: int, start: int, content_length: int | None) -> str:
     )
 
 
-class _BlockWriter:
-    """Writes blocks of received bytes in a worker thread, one block in flight at a time."""
 
-    def __init__(self, fd: int, hasher: Any) -> None:
-        self.fd = fd
-        self.hasher = hasher
-        self.written = 0
-        self._pending: asyncio.Future[None] | None = None
-
-    def _write(self, parts: list[bytes]) -> None:
-        try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(self.fd, view) :]
-                if self.hasher is not None:
-                    self.hasher.update(part)
-                self.written += len(part)
-        except BaseException:
-            self.hasher = None  # it may now disagree with the file; hash the file at the end
-            raise
-
-    async def submit(self, parts: list[bytes]) -> None:
-        await self.drain()
-        if parts:
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, parts)
-
-    async def drain(self) -> None:
-        if self._pending is not None:
-            # Shielded: a cancelled request must not forget a block that a thread still writes.
-            await asyncio.shield(self._pending)
-            self._pending = None
-
-    async def settle(self) -> None:
-        """Wait for a block still being written, without raising its error."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await asyncio.wait([pending])
-            if not pending.cancelled():
-                pending.exception()  # retrieved here; the request already reports the failure
-
-
-async def _receive(
-    body: AsyncIterator[bytes], sink: _BlockWriter, *, room: int, settings: Settings
-) -> str:
-    """Stream `body` into `sink`; returns 'done', 'overflow' (past `room`) or 'stalled'."""
-    parts: list[bytes] = []
-    buffered = received = 0
-    outcome = "done"
-    try:
-        async with _idle_timeout(settings.upload_idle_timeout_seconds) as heard_from_client:
-            async for chunk in body:
-                heard_from_client()
-                if received + len(chunk) > room:
-                    # The declared length is kept, deterministically however the body was cut.
-                    chunk = chunk[: room - received]
-                    outcome = "overflow"
-                received += len(chunk)
-                parts.append(chunk)
-                buffered += len(chunk)
-                if outcome == "overflow":
-                    break
-                if buffered >= FLUSH_BYTES:
-                    await sink.submit(parts)
-                    parts, buffered = [], 0
-    except TimeoutError:
-        outcome = "stalled"
-    await sink.submit(parts)
-    await sink.drain()
-    return outcome
-
-
-@contextlib.asynccontextmanager
-async def _idle_timeout(seconds: float) -> AsyncIterator[Callable[[], None]]:
-    """A deadline `seconds` after the last call of the yielded function (Python ≥ 3.11)."""
-    timeout = getattr(asyncio, "timeout", None)
-    if timeout is None:
-        yield lambda: None
-        return
-    loop = asyncio.get_running_loop()
-    # Moving the deadline re-arms a timer, so it moves at most every `step` seconds.
-    step = min(1.0, seconds / 4)
-    async with timeout(seconds) as deadline:
-        moved = loop.time()
-
-        def heard() -> None:
-            nonlocal moved
-            now = loop.time()
-            if now - moved > step:
-                deadline.reschedule(now + seconds)
-                moved = now
-
-        yield heard
-
-
-async def _complete(p: _Paths, record: dict[str, Any], hasher: Any) -> None:
+async def _complete(p: UploadFiles, record: dict[str, Any], hasher: Any) -> None:
     digest = (
         hasher.hexdigest() if hasher is not None else await asyncio.to_thread(sha256_file, p.data)
     )
-    _hashers.pop(p.id, None)
+    hashers.pop(p.id, None)
     declared = record.get("declared_sha256")
     if declared is not None and declared != digest:
-        _remove(p)
+        remove(p)
         raise InvalidInput(
             f"the received file's sha256 is {digest}, not the {declared} declared when the "
             "upload was created; the upload was discarded, upload the file again"
         )
-    await asyncio.to_thread(_write_sidecar, p, {**record, "sha256": digest})
+    await asyncio.to_thread(write_sidecar, p, {**record, "sha256": digest})
 
 
 # ------------------------------------------------------------------ consuming finished uploads
@@ -534,13 +341,13 @@ async def _complete(p: _Paths, record: dict[str, Any], hasher: Any) -> None:
 def claim_completed_upload(settings: Settings, upload_id: str) -> Iterator[CompletedUpload]:
     """Take a complete upload out of the protocol and lend its file to the `with` block.
 
-    The block may move or delete `path` (e.g. `services.add_checkpoint_file` does); whatever
+    The block may move or delete `path` (e.g. `checkpoints.add_checkpoint_file` does); whatever
     is left is deleted when the block ends, success or not. Raises NotFound (404), Conflict
     (409) while bytes are missing (the upload is left as it was) and UploadLocked (423).
     """
-    p = _paths(settings, upload_id)
-    record = _live_record(settings, p)
-    with _locked(p, os.O_RDONLY) as fd:
+    p = upload_files(settings, upload_id)
+    record = live_record(settings, p)
+    with locked(p, os.O_RDONLY) as fd:
         size = os.fstat(fd).st_size
         if record.get("sha256") is None:
             raise Conflict(
@@ -560,37 +367,6 @@ def claim_completed_upload(settings: Settings, upload_id: str) -> Iterator[Compl
     finally:
         p.claimed.unlink(missing_ok=True)
 
-
-def checkpoint_from_upload(
-    project_id: int,
-    upload_id: str,
-    *,
-    name: str | None = None,
-    role: str | None = None,
-    method: str | None = None,
-    target_sparsity: float | None = None,
-    settings: Settings | None = None,
-) -> CheckpointPublic:
-    """Validate a finished upload as a checkpoint of the project and store it.
-
-    The upload is consumed whether or not the file is accepted (a rejected file leaves
-    nothing behind); only an incomplete or busy upload is left in place.
-    """
-    settings = settings or get_settings()
-    with claim_completed_upload(settings, upload_id) as upload:
-        return services.add_checkpoint_file(
-            project_id,
-            upload.path,
-            digest=upload.sha256,
-            filename=upload.filename,
-            name=name,
-            role=role,
-            method=method,
-            target_sparsity=target_sparsity,
-            settings=settings,
-        )
-
-
 # ------------------------------------------------------------------ housekeeping
 
 
@@ -607,9 +383,9 @@ def remove_stale_uploads(settings: Settings, *, now: float | None = None) -> int
     for entry in root.iterdir():
         stem, suffix = entry.stem, entry.suffix
         try:
-            if suffix == ".json" and _ID.fullmatch(stem):
-                p = _paths(settings, stem)
-                if _last_activity(p) < cutoff and _remove(p, only_if_unlocked=True):
+            if suffix == ".json" and ID.fullmatch(stem):
+                p = upload_files(settings, stem)
+                if last_activity(p) < cutoff and remove(p, only_if_unlocked=True):
                     removed += 1
             elif not (suffix == ".bin" and (root / f"{stem}.json").exists()):
                 # Claimed files whose consumer died, data without a sidecar, temp files.

@@ -1,0 +1,205 @@
+"""The one way an uploaded file enters a project — stage → validate → adopt → row — shared by
+checkpoints, datasets and dynamics runs.
+
+- stage: the bytes are streamed (or a finished resumable upload is moved) into the store's
+  staging folder, within the upload limit;
+- validate: one call into `prunescope.workers.ingest`, which reads the staged files, checks
+  them against the project and writes what is to be kept into a scratch folder;
+- adopt: those files enter the content-addressed store;
+- row: the database rows are added in one transaction. A name another request took
+  meanwhile (a unique constraint that fails) is the same 409 as the check made before the
+  bytes were read.
+
+A refused upload leaves nothing behind: staged files and scratch folders are removed however
+the upload ends, and files the upload added to the store go again when its row is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from prunescope.server.config import Settings
+from prunescope.server.db import session_scope
+from prunescope.server.errors import Conflict, InvalidInput, TooLarge
+from prunescope.server.storage import UploadTooLarge, artifact_store, sha256_file
+from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset
+from prunescope.workers.jobspec import JobInputError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An upload's bytes in the store's staging folder."""
+
+    path: Path
+    size: int
+    digest: str | None = None  # sha256, when it came for free
+
+
+def too_large(detail: str, subject: str) -> TooLarge:
+    return TooLarge(f"{detail}; raise PRUNESCOPE_MAX_UPLOAD_BYTES if {subject} is expected")
+
+
+def stage_stream(chunks: Iterable[bytes], settings: Settings, *, subject: str,
+                 label: str = "", suffix: str = "") -> Staged:
+    """Stream `chunks` into a staging file; TooLarge past the upload limit (the message is
+    `label` + the limit + a hint about `subject`, e.g. "this checkpoint")."""
+    try:
+        path, digest, size = artifact_store(settings).write_stream(
+            chunks, max_bytes=settings.max_upload_bytes, suffix=suffix
+        )
+    except UploadTooLarge as exc:
+        raise too_large(f"{label}{exc}", subject) from exc
+    return Staged(path, size, digest)
+
+
+def check_size(path: Path, settings: Settings, *, subject: str, label: str = "") -> int:
+    """The size of a file already on disk; TooLarge past the upload limit."""
+    size = path.stat().st_size
+    if size > settings.max_upload_bytes:
+        raise too_large(f"{label}file exceeds the upload limit of {settings.max_upload_bytes} "
+                        "bytes", subject)
+    return size
+
+
+def stage_file(path: Path, settings: Settings, *, subject: str,
+               digest: str | None = None) -> Staged:
+    """Move a file already on the store's filesystem (a finished upload) into staging.
+
+    `path` is consumed whether or not it is accepted; `digest` is its sha256 when known.
+    """
+    try:
+        size = check_size(path, settings, subject=subject)
+        fd, staged = artifact_store(settings).staging_file()
+        os.close(fd)
+        shutil.move(path, staged)  # a rename, or a copy when the store is another disk
+    finally:
+        path.unlink(missing_ok=True)
+    return Staged(staged, size, digest)
+
+
+@contextmanager
+def workspace(settings: Settings, prefix: str, *staged: Path) -> Iterator[Path]:
+    """A scratch folder inside the store's staging area, for the validate step's files;
+    it and the `staged` files are removed when the block ends, whatever happens."""
+    scratch = Path(tempfile.mkdtemp(dir=artifact_store(settings).tmp_dir, prefix=prefix))
+    try:
+        yield scratch
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- validate
+
+
+def _checks() -> Any:
+    # torch stays out of the web process until validation runs on a worker.
+    from prunescope.workers import ingest
+
+    return ingest
+
+
+def validate(kind: str, **inputs: Any) -> Any:
+    """The validate step: `prunescope.workers.ingest.validate(kind, inputs)` (plain data in and
+    out), its refusals as InvalidInput (422) or TooLarge (413) with the same message."""
+    checks = _checks()
+    try:
+        return checks.validate(kind, inputs)
+    except checks.InputTooLarge as exc:
+        raise TooLarge(str(exc)) from exc
+    except JobInputError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+def builtin_dataset_names() -> list[str]:
+    return _checks().builtin_dataset_names()
+
+
+def builtin_dataset_metadata(builtin_name: str) -> dict[str, Any]:
+    """A builtin dataset's row columns (kind, sizes, classes, preview); {} for an unknown one."""
+    return _checks().builtin_dataset_metadata(builtin_name)
+
+
+# ---------------------------------------------------------------------------- adopt
+
+
+@dataclass
+class Adopted:
+    digests: dict[str, str] = field(default_factory=dict)  # name → digest
+    added: list[str] = field(default_factory=list)  # digests the store did not hold before
+
+
+def adopt(settings: Settings, files: Mapping[str, tuple[Path, str | None]]) -> Adopted:
+    """Move each (path, digest or None) into the store; all of them or, on failure, none of
+    those this call added."""
+    store = artifact_store(settings)
+    adopted = Adopted()
+    try:
+        for name, (path, digest) in files.items():
+            digest = digest or sha256_file(path)
+            if not store.exists(digest):
+                adopted.added.append(digest)
+            adopted.digests[name] = store.adopt(path, digest)
+    except BaseException:
+        _discard(settings, adopted)
+        raise
+    return adopted
+
+
+def _discard(settings: Settings, adopted: Adopted) -> None:
+    """Remove the files this upload added to the store, unless a row has come to use them
+    (the same content uploaded again meanwhile)."""
+    if not adopted.added:
+        return
+    try:
+        used = set()
+        with session_scope(settings) as s:
+            for column in (Checkpoint.artifact_digest, Checkpoint.assets_digest,
+                           Dataset.artifact_digest, AnalysisResult.artifact_digest):
+                used.update(s.scalars(select(column).where(column.in_(adopted.added))))
+        store = artifact_store(settings)
+        for digest in adopted.added:
+            if digest not in used:
+                store.path(digest).unlink(missing_ok=True)
+    except Exception:  # the refusal being reported matters more than the leftover file
+        log.warning("could not remove the refused upload's files %s", adopted.added,
+                    exc_info=True)
+
+
+# ---------------------------------------------------------------------------- row
+
+
+def add_rows(settings: Settings, adopted: Adopted, write: Callable[[Session], T], *,
+             conflict: str) -> T:
+    """Run `write` (it adds the rows and returns what the caller answers) in one
+    transaction. A unique constraint that fails — the name was free when checked, another
+    request took it since — is Conflict(`conflict`), the pre-check's message; on any failure
+    the files this upload added to the store are removed."""
+    try:
+        with session_scope(settings) as s:
+            return write(s)
+    except IntegrityError:
+        _discard(settings, adopted)
+        raise Conflict(conflict) from None
+    except BaseException:
+        _discard(settings, adopted)
+        raise
