@@ -12,6 +12,7 @@ back cannot overwrite the job's newer state.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -143,6 +144,24 @@ def claim_next_job(
         if claim_job(engine, job_id, worker_id):
             return job_id
     return None
+
+
+def wait_until_finished(
+    engine: Engine, job_id: int, *, timeout: float, poll_seconds: float = 0.1
+) -> str | None:
+    """The job's final state as soon as it has one; None when `timeout` seconds pass first.
+
+    For callers that want a synchronous answer from a short job (an upload's validation).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            state = conn.execute(select(Job.state).where(Job.id == job_id)).scalar()
+        if state is None or state in FINISHED_STATES:
+            return state
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
 
 
 def note_queued(engine: Engine, job_id: int, message: str) -> None:

@@ -376,6 +376,17 @@ def run_worker(
     return ran
 
 
+def run_here(settings: Settings, job_id: int) -> str | None:
+    """Run one queued job in this process unless a worker claimed it first; its final state,
+    or None when it was not ours to run. The CLI validates its own uploads this way, so
+    `prunescope checkpoint add` answers without a server running."""
+    worker_id = f"here@{socket.gethostname()}:{os.getpid()}"
+    if not jobs.claim_job(get_engine(settings), job_id, worker_id):
+        return None
+    with job_context(job_id, worker_id):
+        return execute_job(settings, job_id, worker_id)
+
+
 def exit_when_orphaned(parent_pid: int, poll_seconds: float = 1.0) -> threading.Thread:
     """Leave the process as soon as `parent_pid` is gone.
 

@@ -156,3 +156,22 @@ def test_a_failed_job_keeps_its_error_code_until_it_is_claimed_again(settings):
                         error_code="too_large")
     job = _job(settings, job_id)
     assert (job.state, job.error, job.error_code) == ("failed", "too big", "too_large")
+
+
+def test_waiting_for_a_job_returns_its_final_state_or_none_after_the_timeout(settings):
+    pid = _project(settings)
+    engine = get_engine(settings)
+    (job_id,) = _enqueue(settings, pid)
+    started = time.monotonic()
+    assert jobs.wait_until_finished(engine, job_id, timeout=0.3) is None
+    assert time.monotonic() - started >= 0.3
+    assert jobs.claim_next_job(engine, "w") == job_id
+
+    def finish_soon() -> None:
+        time.sleep(0.3)
+        with session_scope(settings) as s:
+            jobs.finish_job(s, job_id, "w", state="succeeded", message="done")
+
+    threading.Thread(target=finish_soon).start()
+    assert jobs.wait_until_finished(engine, job_id, timeout=30) == "succeeded"
+    assert jobs.wait_until_finished(engine, 10**6, timeout=30) is None  # no such job
