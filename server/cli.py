@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
     from prunescope.server.config import get_settings
     from prunescope.server.db import upgrade_database
     from prunescope.server.main import create_app
-    from prunescope.server.worker import worker_process_main
+    from prunescope.server.worker import INGEST_KINDS, worker_process_main
     from prunescope.workers.executors import LocalProcessPool
 
     settings = get_settings()
@@ -64,9 +64,17 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         where = f"jobs run as Ray tasks on {pool.address or 'a local Ray instance'}"
     else:
         pool = LocalProcessPool(settings.workers, worker_process_main)
+        # Uploads are validated by a worker (torch stays out of this process); a lane of
+        # its own keeps that quick while the pool runs long jobs.
+        lanes = settings.ingest_workers if settings.workers else 0
+        ingest = LocalProcessPool(lanes, worker_process_main, (INGEST_KINDS,),
+                                  name_prefix="ingest")
         if settings.workers:
             pool.start()
+            ingest.start()
         where = f"{settings.workers} local worker{'s' if settings.workers != 1 else ''}"
+        if lanes:
+            where += f" and {lanes} for uploads"
     print(f"PruneScope on {url} (data in {settings.resolved_data_dir}, {where})", flush=True)
     if printer:
         printer.start()
@@ -81,6 +89,8 @@ def _serve(args: argparse.Namespace, demo: bool) -> int:
         if printer:
             printer.stop.set()
         pool.stop()
+        if settings.executor != "ray":
+            ingest.stop()
     return 0
 
 

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     # them.
     storage_url: str | None = Field(default=None)
     workers: int = Field(default=1, ge=0, description="Local worker processes started by serve.")
+    ingest_workers: int = Field(
+        default=1, ge=0,
+        description="Local worker processes that serve only upload validation (ingest jobs), so "
+        "an upload is checked at once while other workers run long analyses; started by serve "
+        "beside PRUNESCOPE_WORKERS when that is not 0.")
     # Python runs one request at a time per process (the GIL): more processes serve more users
     # at once. Each is a whole app; all state is in the database and the store.
     server_processes: int = Field(default=1, ge=1, description="HTTP server processes.")

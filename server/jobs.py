@@ -12,7 +12,8 @@ back cannot overwrite the job's newer state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,18 +55,19 @@ def _now() -> datetime:
     return utcnow()
 
 
-def ready_jobs(engine: Engine, *, scan_limit: int = 100) -> list[tuple[int, str]]:
-    """(id, kind) of the oldest queued jobs whose dependencies all succeeded, oldest first.
+def ready_jobs(
+    engine: Engine, *, scan_limit: int = 100, kinds: Collection[str] | None = None
+) -> list[tuple[int, str]]:
+    """(id, kind) of the oldest queued jobs whose dependencies all succeeded, oldest first;
+    only jobs of `kinds` when given.
 
     A job whose dependency failed or was cancelled is failed here with a message naming it.
     """
+    query = select(Job.id, Job.kind, Job.depends_on).where(Job.state == "queued")
+    if kinds is not None:
+        query = query.where(Job.kind.in_(list(kinds)))
     with engine.connect() as conn:
-        queued = conn.execute(
-            select(Job.id, Job.kind, Job.depends_on)
-            .where(Job.state == "queued")
-            .order_by(Job.id)
-            .limit(scan_limit)
-        ).all()
+        queued = conn.execute(query.order_by(Job.id).limit(scan_limit)).all()
         dep_ids = {int(d) for _, _, deps in queued for d in (deps or [])}
         dep_states = (
             dict(conn.execute(select(Job.id, Job.state).where(Job.id.in_(dep_ids))).all())
@@ -117,17 +119,49 @@ def claim_job(engine: Engine, job_id: int, worker_id: str) -> bool:
                 progress=0.0,
                 message="starting",
                 error=None,
+                error_code=None,
             )
         ).rowcount
     return won == 1
 
 
-def claim_next_job(engine: Engine, worker_id: str, *, scan_limit: int = 100) -> int | None:
-    """Claim the oldest queued job whose dependencies all succeeded; returns its id or None."""
-    for job_id, _kind in ready_jobs(engine, scan_limit=scan_limit):
+def claim_next_job(
+    engine: Engine,
+    worker_id: str,
+    *,
+    scan_limit: int = 100,
+    kinds: Collection[str] | None = None,
+    first: Collection[str] = (),
+) -> int | None:
+    """Claim the oldest ready job (of `kinds`, when given); returns its id or None.
+
+    Jobs of the kinds in `first` go before the others: an upload's validation is a short job a
+    person waits for, so it should not queue behind an hour of analysis.
+    """
+    ready = ready_jobs(engine, scan_limit=scan_limit, kinds=kinds)
+    ready.sort(key=lambda job: job[1] not in first)  # stable: oldest first within each group
+    for job_id, _kind in ready:
         if claim_job(engine, job_id, worker_id):
             return job_id
     return None
+
+
+def wait_until_finished(
+    engine: Engine, job_id: int, *, timeout: float, poll_seconds: float = 0.1
+) -> str | None:
+    """The job's final state as soon as it has one; None when `timeout` seconds pass first.
+
+    For callers that want a synchronous answer from a short job (an upload's validation).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            state = conn.execute(select(Job.state).where(Job.id == job_id)).scalar()
+        if state is None or state in FINISHED_STATES:
+            return state
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
 
 
 def note_queued(engine: Engine, job_id: int, message: str) -> None:
@@ -189,6 +223,7 @@ def finish_job(
     state: str,
     message: str,
     error: str | None = None,
+    error_code: str | None = None,
     summary: dict[str, Any] | None = None,
 ) -> None:
     """Move an owned running job to a final state inside the caller's transaction.
@@ -197,7 +232,8 @@ def finish_job(
     'succeeded' state become visible together or not at all.
     """
     assert state in FINISHED_STATES
-    values: dict[str, Any] = dict(state=state, message=message, error=error, finished_at=_now())
+    values: dict[str, Any] = dict(state=state, message=message, error=error,
+                                  error_code=error_code, finished_at=_now())
     if state == "succeeded":
         values["progress"] = 1.0
     if summary is not None:

@@ -150,6 +150,7 @@ class JobPublic(BaseModel):
     max_attempts: int
     worker_id: str | None
     error: str | None
+    error_code: str | None = None
     result_summary: dict[str, Any]
     created_at: datetime
     started_at: datetime | None

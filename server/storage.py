@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -15,6 +17,8 @@ from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     from prunescope.server.config import Settings
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 # One request's worth of a remote transfer: S3 refuses multipart parts under 5 MiB, and an
@@ -65,6 +69,9 @@ class StorageError(OSError):
     def __init__(self, message: str, *, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+_STAGING_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 def _valid_digest(digest: str) -> bool:
@@ -213,6 +220,58 @@ class ArtifactStore:
         finally:
             staged.unlink(missing_ok=True)
 
+    # ---------------------------------------------------------- uploads awaiting validation
+    # An upload waits here, outside the content-addressed artifacts, until a worker has
+    # validated it: bytes nobody vetted never share a name with a stored artifact, and a
+    # refused upload is removed without asking who else holds the same bytes.
+
+    def stage_upload(self, staged: Path, digest: str) -> str:
+        """Move a staged file (with this sha256) where any worker can read it; returns its key.
+
+        With a remote the bytes are uploaded too, since the worker may be another machine.
+        """
+        key = uuid.uuid4().hex
+        target = self._staged_local(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if self.remote is not None:
+                self._upload_to(staged, self._remote_staged_key(key), f"upload {key}")
+            self._rename_into(staged, target)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise self._local_error("stage an upload in", self.root, exc) from exc
+        return key
+
+    def staged_path(self, key: str, digest: str) -> Path:
+        """A local file with the staged upload's bytes (downloaded and checked when remote)."""
+        local = self._staged_local(key)
+        if local.is_file():
+            return local
+        if self.remote is None:
+            raise ArtifactNotFound(key)
+        return self._download_from(self._remote_staged_key(key), digest, local)
+
+    def discard_staged(self, key: str) -> None:
+        """Remove a staged upload here and remotely (nothing happens when it is gone)."""
+        self._staged_local(key).unlink(missing_ok=True)
+        if self.remote is not None:
+            try:
+                self._fs.rm(self._remote_staged_key(key))
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # left behind; the upload itself is decided either way
+                log.warning("could not remove staged upload %s from %s: %s", key, self.remote,
+                            exc)
+
+    def _staged_local(self, key: str) -> Path:
+        if not _STAGING_KEY.fullmatch(key):
+            raise ArtifactNotFound(key)
+        return self.root / "staging" / key
+
+    def _remote_staged_key(self, key: str) -> str:
+        return f"{self._remote_root}/staging/{key}"
+
     # ------------------------------------------------------------------ local helpers
 
     def _rename_into(self, staged: Path, target: Path) -> None:
@@ -258,10 +317,14 @@ class ArtifactStore:
 
     def _upload(self, local: Path, digest: str) -> None:
         """Stream `local` to the remote under the digest unless an equal-sized copy is there."""
-        size = local.stat().st_size
-        if self._remote_size(digest) == size:
+        if self._remote_size(digest) == local.stat().st_size:
             return
-        fs, key = self._fs, self._remote_key(digest)
+        self._upload_to(local, self._remote_key(digest), f"artifact {digest}")
+
+    def _upload_to(self, local: Path, key: str, what: str) -> None:
+        """Stream `local` to the remote `key`, visible there only once whole."""
+        size = local.stat().st_size
+        fs = self._fs
         publishes_on_close = bool(_PUBLISH_ON_CLOSE & set(_protocols(fs)))
         target = key if publishes_on_close else f"{self._remote_root}/tmp/{uuid.uuid4().hex}"
         block = max(REMOTE_BLOCK_BYTES, -(-size // _MAX_PARTS))
@@ -281,7 +344,7 @@ class ArtifactStore:
         except Exception as exc:
             self._discard_upload(remote_file, target, publishes_on_close)
             raise StorageError(
-                f"cannot upload artifact {digest} to {self.remote}: {type(exc).__name__}: "
+                f"cannot upload {what} to {self.remote}: {type(exc).__name__}: "
                 f"{exc}; {_REMOTE_HINT}"
             ) from exc
         except BaseException:
@@ -305,7 +368,10 @@ class ArtifactStore:
                 pass
 
     def _download(self, digest: str, target: Path) -> Path:
-        key = self._remote_key(digest)
+        return self._download_from(self._remote_key(digest), digest, target)
+
+    def _download_from(self, key: str, digest: str, target: Path) -> Path:
+        """Download remote `key` to `target`, refused unless its sha256 is `digest`."""
         fd, staged = self.staging_file(".download")
         sha = hashlib.sha256()
         writing = False  # a local disk error, not the remote's

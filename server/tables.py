@@ -149,6 +149,9 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why it failed, in a word (JobInputError.code: "invalid", "too_large", "conflict"), so an
+    # upload's validation job answers the same status code the upload request used to.
+    error_code: Mapped[str | None] = mapped_column(String(40))
     result_summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Collection
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ from prunescope.workers.jobspec import (
 )
 
 log = logging.getLogger(__name__)
+
+# Uploads are validated by these job kinds; every worker takes them first, and `serve` keeps a
+# worker of its own for them so an upload never waits behind a long analysis.
+INGEST_KINDS: tuple[str, ...] = ("ingest_checkpoint", "ingest_dataset", "ingest_dynamics")
 
 # Write errors that mean "no room": a full disk, a file-size limit, a quota, a read-only store.
 STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
@@ -240,6 +245,7 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
                              f"the artifact store cannot be used: {exc}")
     beat = _Heartbeat(settings, job_id, worker_id)
     last_write = [0.0]
+    error_code = None
 
     def progress(fraction: float, message: str) -> None:
         now = time.monotonic()
@@ -276,6 +282,7 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
         state, message, error = "cancelled", "cancelled by the user", None
     except JobInputError as exc:
         state, message, error = "failed", "failed", str(exc)
+        error_code = getattr(exc, "code", "invalid")
     except Exception as exc:  # the job fails, the worker lives on
         state, message = "failed", "failed"
         if storage_full(exc):  # its output did not fit: say so, and that nothing else changed
@@ -289,20 +296,20 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
         beat.done.set()
         shutil.rmtree(scratch, ignore_errors=True)
     if state != "succeeded":
-        return _record_final(settings, job_id, worker_id, state, message, error)
+        return _record_final(settings, job_id, worker_id, state, message, error, error_code)
     log.info("job %s %s", job_id, state)
     return state
 
 
 def _record_final(settings: Settings, job_id: int, worker_id: str, state: str, message: str,
-                  error: str | None) -> str:
+                  error: str | None, error_code: str | None = None) -> str:
     """Record a job's end other than success (waiting out a database outage); the state, or
     "lost" when the job is no longer this worker's."""
 
     def record() -> None:
         with session_scope(settings) as session:
             jobs.finish_job(session, job_id, worker_id, state=state, message=message,
-                            error=error)
+                            error=error, error_code=error_code)
 
     try:
         retry_on_outage(record, what=f"recording that job {job_id} {state}",
@@ -318,8 +325,13 @@ def run_worker(
     worker_id: str | None = None,
     stop_event: Any = None,
     max_jobs: int | None = None,
+    kinds: Collection[str] | None = None,
 ) -> int:
-    """Claim and run jobs until stopped (or `max_jobs` ran); returns the number run."""
+    """Claim and run jobs until stopped (or `max_jobs` ran); returns the number run.
+
+    `kinds` limits the worker to those job kinds (the ingest lane); ingest jobs go first
+    for every worker either way.
+    """
     settings = settings or get_settings()
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     if settings.torch_threads:
@@ -333,7 +345,7 @@ def run_worker(
     while stop_event is None or not stop_event.is_set():
         try:
             jobs.requeue_stale_jobs(engine, stale_after)
-            job_id = jobs.claim_next_job(engine, worker_id)
+            job_id = jobs.claim_next_job(engine, worker_id, kinds=kinds, first=INGEST_KINDS)
         except Exception as exc:  # database unavailable: back off, keep the worker
             delay = backoff.next_delay()
             if database_unavailable(exc):
@@ -362,6 +374,17 @@ def run_worker(
         if max_jobs is not None and ran >= max_jobs:
             break
     return ran
+
+
+def run_here(settings: Settings, job_id: int) -> str | None:
+    """Run one queued job in this process unless a worker claimed it first; its final state,
+    or None when it was not ours to run. The CLI validates its own uploads this way, so
+    `prunescope checkpoint add` answers without a server running."""
+    worker_id = f"here@{socket.gethostname()}:{os.getpid()}"
+    if not jobs.claim_job(get_engine(settings), job_id, worker_id):
+        return None
+    with job_context(job_id, worker_id):
+        return execute_job(settings, job_id, worker_id)
 
 
 def exit_when_orphaned(parent_pid: int, poll_seconds: float = 1.0) -> threading.Thread:
@@ -399,8 +422,11 @@ def share_the_machine_with_the_server(settings: Settings) -> int:
     return threads
 
 
-def worker_process_main(name: str, stop_event: Any) -> None:
-    """Entry point of a spawned local worker (settings come from the inherited environment)."""
+def worker_process_main(
+    name: str, stop_event: Any, kinds: Collection[str] | None = None
+) -> None:
+    """Entry point of a spawned local worker (settings come from the inherited environment);
+    `kinds` limits it to those job kinds."""
     exit_when_orphaned(os.getppid())
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -408,7 +434,7 @@ def worker_process_main(name: str, stop_event: Any) -> None:
     worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}"
     try:
         with job_context(worker_id=worker_id):
-            run_worker(settings, worker_id, stop_event)
+            run_worker(settings, worker_id, stop_event, kinds=kinds)
     except KeyboardInterrupt:
         pass
 

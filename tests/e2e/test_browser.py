@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,11 +46,14 @@ def run_demo(tmp_path_factory, projects: str, timeout_s: float = DEMO_TIMEOUT_S)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PRUNESCOPE_HEARTBEAT_SECONDS": "1",
            "PRUNESCOPE_DEMO_PROJECTS": projects}
     log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
+    # The server process runs with torch refused (tests/e2e/torchless_server.py): whatever
+    # the browser tests open, the web process must never import it; its workers do.
+    torch_imports = data_dir / "torch-imports.txt"
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "prunescope.server.cli",
+            str(Path(__file__).with_name("torchless_server.py")),
+            str(torch_imports),
             "demo",
             "--port",
             str(port),
@@ -81,7 +85,8 @@ def run_demo(tmp_path_factory, projects: str, timeout_s: float = DEMO_TIMEOUT_S)
             pytest.fail(f"demo jobs did not finish: {jobs}\n{log_path.read_text()[-3000:]}")
         failed = [j for j in jobs if j["state"] != "succeeded"]
         assert not failed, f"demo jobs failed: {failed}"
-        yield {"base": base, "data_dir": data_dir, "log": log_path, "proc": proc}
+        yield {"base": base, "data_dir": data_dir, "log": log_path, "proc": proc,
+               "torch_imports": torch_imports}
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -464,3 +469,64 @@ def test_pruning_form_queues_jobs_whose_results_reach_the_plot(demo_server, brow
         message="layer-wise line",
     )
     assert [round(x) for x in lines["x"]] == [0, 50, 90]
+
+
+PAGES = ("", "/layers", "/geometry", "/attention", "/dynamics", "/datasets", "/bookmarks")
+
+
+def _api_reads(base: str, pid: int) -> list[str]:
+    """Every GET route of the API with its path ids filled from project `pid` (routes whose ids
+    the project cannot fill are left out)."""
+    ids = {"project_id": pid}
+    for key, listing in (("checkpoint_id", "checkpoints"), ("dataset_id", "datasets"),
+                         ("job_id", "jobs"), ("result_id", "results")):
+        rows = _get_json(f"{base}/api/v1/projects/{pid}/{listing}")["data"]
+        if rows:
+            ids[key] = rows[-1]["id"]
+    result = ids.get("result_id")
+    if result is not None:
+        arrays = _get_json(f"{base}/api/v1/results/{result}/arrays")
+        names = [a["name"] for a in arrays.get("data", arrays.get("arrays", []))]
+        if names:
+            ids["name"] = names[0]
+    urls = []
+    for path, ops in _get_json(f"{base}/openapi.json")["paths"].items():
+        if "get" not in ops:
+            continue
+        try:
+            urls.append(base + path.format(**ids))
+        except KeyError:
+            continue
+    return urls
+
+
+def assert_the_web_process_needs_no_torch(server: dict, browser, names: list[str]) -> None:  # noqa: ANN001
+    """Open every page of the named demo projects in Chromium and read every API route; the
+    server process (started with torch refused) must answer all of them and import no torch."""
+    base = server["base"]
+    browser.get(f"{base}/")
+    _wait(browser, lambda d: d.find_elements("link text", names[0]), message="home page")
+    failures = []
+    for name in names:
+        pid = _project_id(base, name)
+        for url in [f"{base}/", f"{base}/jobs", *(f"{base}/projects/{pid}{p}" for p in PAGES)]:
+            browser.get(url)
+            _wait(browser, lambda d: d.execute_script(
+                "var c = document.getElementById('_pages_content');"
+                "return c && c.children.length > 0 && !document.querySelector('._dash-loading');"),
+                message=f"page {url}")
+            time.sleep(1.0)  # the page's first callbacks (figures, tables) answer
+        for url in _api_reads(base, pid):
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    r.read()
+            except urllib.error.HTTPError as exc:
+                if exc.code >= 500:
+                    failures.append(f"{url}: {exc.code}")
+    imports = server["torch_imports"]
+    assert not imports.exists(), f"the web process imported torch:\n{imports.read_text()[:6000]}"
+    assert not failures, failures
+
+
+def test_the_web_process_serves_every_page_and_read_without_torch(demo_server, browser):
+    assert_the_web_process_needs_no_torch(demo_server, browser, ["digits-cnn"])

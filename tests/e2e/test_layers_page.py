@@ -10,6 +10,7 @@ from tests.e2e.test_browser import (  # noqa: F401 - fixtures are used by name
     _plot_data,
     _project_id,
     _wait,
+    assert_the_web_process_needs_no_torch,
     browser,
     demo_server,
     run_demo,
@@ -224,3 +225,10 @@ def test_the_attention_page_compares_heads_methods_and_one_sentence_from_the_url
     probes = _wait(browser, lambda d: (data := _plot_data(d, "attention-probes"))
                    and len(data) == 11 and data, message="probe lines")
     assert probes[-1]["name"] == "majority class"
+
+
+def test_the_web_process_serves_every_minilm_page_and_read_without_torch(
+    minilm_server, browser  # noqa: F811 - the imported fixtures
+):
+    # The Attention page lists the sentences from stored results, never from the dataset.
+    assert_the_web_process_needs_no_torch(minilm_server, browser, ["minilm-sentences"])

@@ -129,3 +129,49 @@ def test_cancel_queued_at_once_and_running_at_next_progress(settings):
     assert jobs.report_progress(engine, queued, "w", 0.4, "working") is True
     progress = _job(settings, queued)
     assert progress.state == "running" and progress.cancel_requested
+
+
+def test_a_lane_claims_only_its_kinds_and_every_worker_takes_first_kinds_first(settings):
+    pid = _project(settings)
+    engine = get_engine(settings)
+    with session_scope(settings) as s:
+        analyze = jobs.enqueue_job(s, project_id=pid, kind="analyze").id
+        ingest = jobs.enqueue_job(s, project_id=pid, kind="ingest_checkpoint").id
+        later = jobs.enqueue_job(s, project_id=pid, kind="ingest_checkpoint").id
+    # An ingest lane never takes the analysis, however old it is.
+    assert jobs.claim_next_job(engine, "lane", kinds=("ingest_checkpoint",)) == ingest
+    # A general worker takes the newer ingest job before the older analysis, then the analysis.
+    assert jobs.claim_next_job(engine, "w", first=("ingest_checkpoint",)) == later
+    assert jobs.claim_next_job(engine, "w", first=("ingest_checkpoint",)) == analyze
+    assert jobs.claim_next_job(engine, "lane", kinds=("ingest_checkpoint",)) is None
+
+
+def test_a_failed_job_keeps_its_error_code_until_it_is_claimed_again(settings):
+    pid = _project(settings)
+    engine = get_engine(settings)
+    (job_id,) = _enqueue(settings, pid)
+    assert jobs.claim_next_job(engine, "w") == job_id
+    with session_scope(settings) as s:
+        jobs.finish_job(s, job_id, "w", state="failed", message="failed", error="too big",
+                        error_code="too_large")
+    job = _job(settings, job_id)
+    assert (job.state, job.error, job.error_code) == ("failed", "too big", "too_large")
+
+
+def test_waiting_for_a_job_returns_its_final_state_or_none_after_the_timeout(settings):
+    pid = _project(settings)
+    engine = get_engine(settings)
+    (job_id,) = _enqueue(settings, pid)
+    started = time.monotonic()
+    assert jobs.wait_until_finished(engine, job_id, timeout=0.3) is None
+    assert time.monotonic() - started >= 0.3
+    assert jobs.claim_next_job(engine, "w") == job_id
+
+    def finish_soon() -> None:
+        time.sleep(0.3)
+        with session_scope(settings) as s:
+            jobs.finish_job(s, job_id, "w", state="succeeded", message="done")
+
+    threading.Thread(target=finish_soon).start()
+    assert jobs.wait_until_finished(engine, job_id, timeout=30) == "succeeded"
+    assert jobs.wait_until_finished(engine, 10**6, timeout=30) is None  # no such job

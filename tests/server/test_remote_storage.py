@@ -138,6 +138,24 @@ def test_what_one_machine_adopts_another_opens_verified(tmp_path, bucket):
     assert _files(second.tmp_dir) == []
 
 
+def test_an_upload_staged_on_the_server_reaches_a_worker_elsewhere_and_is_discarded(
+    tmp_path, bucket
+):
+    url = f"s3://{bucket}/team/artifacts"
+    server = ArtifactStore(tmp_path / "server", remote=url)
+    worker = ArtifactStore(tmp_path / "worker", remote=url)
+    payload = os.urandom(200_000)
+    staged, digest = _stage(server, payload)
+    key = server.stage_upload(staged, digest)
+    assert _keys(bucket) == {f"team/artifacts/staging/{key}": len(payload)}
+    assert worker.staged_path(key, digest).read_bytes() == payload  # downloaded, verified
+    with pytest.raises(StorageError):  # bytes that are not what the server staged
+        ArtifactStore(tmp_path / "other", remote=url).staged_path(key, "0" * 64)
+    worker.discard_staged(key)
+    assert _keys(bucket) == {}
+    server.discard_staged(key)  # the server's copy goes too; gone remotely is fine
+
+
 def test_a_file_of_many_blocks_streams_both_ways(tmp_path, bucket):
     url = f"s3://{bucket}/big"
     writer = ArtifactStore(tmp_path / "writer", remote=url)

@@ -34,3 +34,25 @@ def test_malformed_digests_never_reach_the_filesystem(tmp_path, digest):
     assert not store.exists(digest)
     with pytest.raises(ArtifactNotFound):
         store.open_path(digest)
+
+
+def test_a_staged_upload_waits_apart_from_the_artifacts_and_is_discarded(tmp_path):
+    store = ArtifactStore(tmp_path)
+    payload = b"unvalidated bytes" * 1000
+    staged, digest, _ = store.write_stream([payload])
+    key = store.stage_upload(staged, digest)
+    assert not staged.exists()
+    assert store.staged_path(key, digest).read_bytes() == payload
+    # Never under its content address: a refusal removes it without touching stored artifacts.
+    assert not store.exists(digest)
+    store.discard_staged(key)
+    store.discard_staged(key)  # twice is harmless
+    with pytest.raises(ArtifactNotFound):
+        store.staged_path(key, digest)
+
+
+@pytest.mark.parametrize("key", ["../sha256", "a" * 31, "A" * 32, "a" * 32 + "/x"])
+def test_malformed_staging_keys_never_reach_the_filesystem(tmp_path, key):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(ArtifactNotFound):
+        store.staged_path(key, "0" * 64)

@@ -68,6 +68,7 @@ def test_a_failing_job_records_its_error_and_the_worker_keeps_going(settings):
     assert run_worker(settings, "w", max_jobs=2) == 2
     failed = job_service.get_job(prune.id, settings)
     assert failed.state == "failed" and "no dense checkpoint" in failed.error
+    assert failed.error_code == "invalid"  # a JobInputError: the user's input, a 422
     assert job_service.get_job(train.id, settings).state == "succeeded"
     assert job_service.get_job(dependent.id, settings).state == "failed"
     assert f"job {prune.id}" in job_service.get_job(dependent.id, settings).error
