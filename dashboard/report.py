@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, NamedTuple
 
 import plotly.graph_objects as go
@@ -224,7 +224,7 @@ def report_html(inputs: ReportInputs, pinned: Sequence[str] = ()) -> str:
                           div_id=f"figure-{key.replace(':', '-')}",
                           config={"displaylogo": False, "responsive": True})
         sections.append(f"<section><h2>{html.escape(title)}</h2>{div}</section>")
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     details = f"architecture {inputs.architecture} · generated {when}"
     description = (f"<p>{html.escape(inputs.description)}</p>" if inputs.description else "")
     return (
