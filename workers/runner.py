@@ -3,7 +3,8 @@
 Each kind is declared once under `prunescope.workers.jobs` (parameters, handler, results). The
 runner looks the kind up, checks that the project's architecture can be built and that the
 parameters are valid — so a typo or an out-of-range value fails at once with a message naming
-the parameter, before any work starts — and calls the handler.
+the parameter, before any work starts — calls the handler, and checks that it wrote only what
+the kind declares.
 """
 
 from __future__ import annotations
@@ -24,5 +25,6 @@ def run_job(spec: JobSpec, progress: ProgressFn) -> JobOutput:
         build_config(spec.architecture, **spec.architecture_config)
     except (TypeError, ValueError) as exc:
         raise JobInputError(f"the project's architecture cannot be built: {exc}") from exc
-    params = kind.validate(spec.params)
-    return kind.handler(spec, params, progress)
+    output = kind.handler(spec, kind.validate(spec.params), progress)
+    kind.check_output(output)
+    return output

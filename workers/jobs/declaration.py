@@ -51,3 +51,15 @@ class JobDeclaration:
         if self.check is not None:
             self.check(values, params)
         return values
+
+    def check_output(self, output: JobOutput) -> None:
+        """RuntimeError when the handler wrote what this declaration does not state, so what
+        the declarations say a kind writes (and another kind `reads`) stays true."""
+        undeclared = sorted({r.kind for r in output.results} - set(self.writes))
+        roles = sorted({c.role for c in output.checkpoints} - {self.makes_checkpoint})
+        wrong = [*(f"result kind {k!r}, not in writes={self.writes}" for k in undeclared),
+                 *(f"a {r!r} checkpoint, but makes_checkpoint={self.makes_checkpoint!r}"
+                   for r in roles)]
+        if wrong:
+            raise RuntimeError(f"the {self.name} job wrote what workers/jobs/{self.name}.py "
+                               f"does not declare: {'; '.join(wrong)}")
