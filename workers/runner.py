@@ -10,7 +10,7 @@ the kind declares.
 from __future__ import annotations
 
 from prunescope.models.registry import build_config
-from prunescope.workers.jobs import declaration
+from prunescope.workers.jobs import job_kind
 from prunescope.workers.jobspec import JobInputError, JobOutput, JobSpec, ProgressFn
 
 
@@ -20,7 +20,7 @@ def run_job(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     Raises JobInputError for unusable inputs or parameters (the message says what to change)
     and lets JobCancelled from `progress` propagate.
     """
-    kind = declaration(spec.kind)
+    kind = job_kind(spec.kind)
     try:
         build_config(spec.architecture, **spec.architecture_config)
     except (TypeError, ValueError) as exc:

@@ -21,7 +21,7 @@ from prunescope.workers import jobspec
 from prunescope.workers.jobs import (
     JOB_KINDS,
     checkpoint_params,
-    declaration,
+    job_kind,
     pruning_methods,
     reads,
     validate_params,
@@ -147,8 +147,8 @@ def test_handlers_write_what_their_kinds_declare(tmp_path):
                            **mlp), Recorder())
     analyzed = run_job(_spec(tmp_path, "analyze", {}, [dense, _ref(2, pruned)], **mlp),
                        Recorder())
-    assert [c.role for c in trained.checkpoints] == [declaration("train").makes_checkpoint]
-    assert [c.role for c in pruned.checkpoints] == [declaration("prune").makes_checkpoint]
+    assert [c.role for c in trained.checkpoints] == [job_kind("train").makes_checkpoint]
+    assert [c.role for c in pruned.checkpoints] == [job_kind("prune").makes_checkpoint]
     assert {r.kind for r in analyzed.results} == {"evaluation", "masks", "neurons"}
     assert {r.kind for r in analyzed.results} <= set(writes("analyze"))
 

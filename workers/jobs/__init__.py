@@ -39,8 +39,8 @@ def _discover() -> dict[str, JobDeclaration]:
 JOB_KINDS: dict[str, JobDeclaration] = _discover()
 
 
-def declaration(kind: str) -> JobDeclaration:
-    """The declaration of `kind`; JobInputError naming the known kinds when there is none."""
+def job_kind(kind: str) -> JobDeclaration:
+    """The declaration of job kind `kind`; JobInputError naming the known kinds if none."""
     try:
         return JOB_KINDS[kind]
     except KeyError:
@@ -53,22 +53,22 @@ def validate_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """A `kind` job's parameters, checked, with defaults filled in; JobInputError says which
     parameter is wrong and what it must be. Only the parameters: whether the project can run
     the job (its checkpoints, dataset, architecture) is for the server and the handler."""
-    return declaration(kind).validate(params)
+    return job_kind(kind).validate(params)
 
 
 def checkpoint_params(kind: str) -> tuple[str, ...]:
     """The parameters of a `kind` job that name checkpoints of its project."""
-    return declaration(kind).checkpoint_params
+    return job_kind(kind).checkpoint_params
 
 
 def reads(kind: str) -> tuple[str, ...]:
     """The result kinds of the project that a `kind` job reads (handed over as spec.results)."""
-    return declaration(kind).reads
+    return job_kind(kind).reads
 
 
 def writes(kind: str) -> tuple[str, ...]:
     """The result kinds a `kind` job may write."""
-    return declaration(kind).writes
+    return job_kind(kind).writes
 
 
 def pruning_methods() -> dict[str, str]:
@@ -76,5 +76,5 @@ def pruning_methods() -> dict[str, str]:
     return {name: info.description for name, info in sorted(PRUNING_CATALOGUE.items())}
 
 
-__all__ = ["JOB_KINDS", "JobDeclaration", "checkpoint_params", "declaration", "pruning_methods",
+__all__ = ["JOB_KINDS", "JobDeclaration", "checkpoint_params", "job_kind", "pruning_methods",
            "reads", "validate_params", "writes"]

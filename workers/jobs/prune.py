@@ -119,6 +119,7 @@ def run_prune(spec: JobSpec, params: dict[str, Any], progress: ProgressFn) -> Jo
 def _prune_with(spec: JobSpec, model: nn.Module, params: Mapping[str, Any],
                 progress: ProgressFn) -> dict[str, Any]:
     """Prune `model` in place with params.method; returns extra summary entries."""
+    # torch only in worker processes.
     from prunescope.models.pruning.attention_heads import attention_head_prune
     from prunescope.models.pruning.methods import PRUNING_METHODS
     from prunescope.models.pruning.synflow import synflow_prune
@@ -167,6 +168,7 @@ def _calibration_batches(
     SparseGPT need only the inputs). None when the method can do without and there is no
     usable dataset.
     """
+    # torch only in worker processes.
     import torch
 
     from prunescope.workers.analyses.evaluation import tokenizer_of
