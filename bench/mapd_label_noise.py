@@ -43,9 +43,9 @@ from prunescope.workers.analyses.dynamics_training import (  # noqa: E402
     train_with_dynamics,
 )
 from prunescope.workers.datasets import load_builtin  # noqa: E402
+from prunescope.workers.jobs.train_dynamics import default_probe_size  # noqa: E402
 from prunescope.workers.jobspec import run_name  # noqa: E402
 from prunescope.workers.metrics.dynamics import auroc, enrichment  # noqa: E402
-from prunescope.workers.runner import default_probe_size  # noqa: E402
 from prunescope.workers.training import init_model  # noqa: E402
 
 SPARSITIES = (0.5, 0.8, 0.95)

@@ -9,8 +9,8 @@ count as similar if they agree *where* a feature fires, not merely on channel av
 A layer that outputs a token sequence (batch, tokens, dim) would flatten the same way, to
 tokens × dim features in token order. Transformers choose their own summary instead: the
 ViT's analysis layers are identity taps on each block's CLS token (`blocks.{i}.cls_out`),
-so they arrive here as (batch, dim) already; see `prunescope.models.vit`. Attention maps are captured
-unflattened (`flatten=False`) from the `attention_layers` a model lists, as
+so they arrive here as (batch, dim) already; see `prunescope.models.vit`. Attention maps are
+captured unflattened (`flatten=False`) from the `attention_layers` a model lists, as
 (batch, heads, tokens, tokens).
 """
 

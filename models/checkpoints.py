@@ -9,7 +9,8 @@ Two formats are accepted, recognised from the file's content rather than its nam
   refused, never unpickled.
 
 `read_checkpoint_upload` accepts, besides those single files, a Hugging Face model folder
-packed as .zip, .tar or .tar.gz (unpacked by `prunescope.models.archives`, read by `prunescope.models.hf`).
+packed as .zip, .tar or .tar.gz (unpacked by `prunescope.models.archives`, read by
+`prunescope.models.hf`).
 
 A pruned checkpoint may also be *structurally* pruned (Torch-Pruning output: whole channels,
 neurons or heads removed, so tensors are smaller than the dense model's). Its tensors are

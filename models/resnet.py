@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunescope.models.registry import _positive_int, register
+from prunescope.models.registration import positive_int, register
 
 SHORTCUT_OPTIONS = ("A", "B")
 
@@ -136,7 +136,7 @@ class ResNet20Config:
     def __post_init__(self) -> None:
         owner = "resnet20"
         for key in ("in_channels", "image_size", "num_classes", "base_width"):
-            object.__setattr__(self, key, _positive_int(owner, key, getattr(self, key)))
+            object.__setattr__(self, key, positive_int(owner, key, getattr(self, key)))
         object.__setattr__(self, "shortcut", _check_shortcut(owner, self.shortcut))
 
 
@@ -172,7 +172,7 @@ class ResNet18Config:
 
     def __post_init__(self) -> None:
         for key in ("in_channels", "image_size", "num_classes", "base_width"):
-            object.__setattr__(self, key, _positive_int("resnet18", key, getattr(self, key)))
+            object.__setattr__(self, key, positive_int("resnet18", key, getattr(self, key)))
 
 
 @register("resnet18")

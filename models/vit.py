@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from prunescope.models.registry import _positive_int, register
+from prunescope.models.registration import positive_int, register
 
 
 class SelfAttention(nn.Module):
@@ -87,7 +87,7 @@ class ViTSmallConfig:
     def __post_init__(self) -> None:
         owner = "vit_small"
         for field in fields(self):  # every key is a size or a count
-            value = _positive_int(owner, field.name, getattr(self, field.name))
+            value = positive_int(owner, field.name, getattr(self, field.name))
             object.__setattr__(self, field.name, value)
         if self.image_size % self.patch_size:
             raise ValueError(

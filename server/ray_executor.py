@@ -2,7 +2,8 @@
 the resources its kind asks for; the job table stays the truth for state, progress and retries.
 
 The dispatcher (in the `serve` process) submits a task per job whose dependencies succeeded,
-asking for `settings.gpus_for(kind)` GPUs (fractions share a GPU) and `ray_num_cpus` CPUs.
+asking for `task_gpus` GPUs (fractions share a GPU: PRUNESCOPE_RAY_NUM_GPUS, else the share the
+job kind's declaration gives) and `ray_num_cpus` CPUs.
 The task claims its job with the same conditional update local workers use, so a job is never
 run by two tasks at once, even when a restarted dispatcher submits it again. A task whose node
 dies leaves its job's heartbeat to go stale; the dispatcher re-queues it (as local workers do)
@@ -11,16 +12,19 @@ and submits it anew, up to the job's `max_attempts`. Ray's own retries are off f
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from prunescope.server import jobs
 from prunescope.server.config import Settings
 from prunescope.server.db import get_engine
 from prunescope.server.logs import configure_logging, job_context
+from prunescope.workers.jobs import JOB_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,20 @@ def task_settings(settings: Settings) -> dict[str, Any]:
     return {**shared, "database_url": settings.sqlalchemy_url,
             "storage_url": settings.storage_url or str(settings.artifacts_dir),
             "data_dir": str(settings.resolved_data_dir)}
+
+
+def task_gpus(settings: Settings, kind: str, cluster_gpus: Callable[[], float]) -> float:
+    """GPUs a job's Ray task asks for: PRUNESCOPE_RAY_NUM_GPUS's entry for the kind, else its
+    "default" entry, else the share the kind's declaration gives (`JobDeclaration.gpus`).
+
+    A declared share applies only where the cluster has that many GPUs (`cluster_gpus()`, asked
+    only then): on a CPU-only cluster the job runs on CPUs instead of waiting for a GPU that
+    never comes. A share set in the environment is asked for as it is.
+    """
+    if kind in settings.ray_num_gpus or "default" in settings.ray_num_gpus:
+        return settings.gpus_for(kind)
+    declared = JOB_KINDS[kind].gpus if kind in JOB_KINDS else 0.0
+    return declared if declared > 0 and cluster_gpus() >= declared else 0.0
 
 
 def run_job_task(overrides: dict[str, Any], job_id: int) -> str:
@@ -141,24 +159,22 @@ class RayExecutor:
         submitted = []
         engine = get_engine(self.settings)
         overrides = task_settings(self.settings)
-        cluster_gpus = None
+        # Asked once per round, and only when a GPU share needs it.
+        cluster_gpus = functools.cache(lambda: float(ray.cluster_resources().get("GPU", 0.0)))
         for job_id, kind in jobs.ready_jobs(engine):
             if job_id in self.in_flight:
                 continue
-            gpus = self.settings.gpus_for(kind)
+            gpus = task_gpus(self.settings, kind, cluster_gpus)
             self.in_flight[job_id] = self._remote.options(
                 num_gpus=gpus, num_cpus=self.settings.ray_num_cpus,
                 name=f"prunescope-job-{job_id}-{kind}",
             ).remote(overrides, job_id)
             message = (f"submitted to Ray; waiting for a node with {gpus:g} GPU and "
                        f"{self.settings.ray_num_cpus:g} CPU free")
-            if gpus > 0:
-                if cluster_gpus is None:
-                    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
-                if cluster_gpus < gpus:
-                    message += (f"; the cluster has {cluster_gpus:g} GPU now, so this waits "
-                                "for a GPU node to join (or set PRUNESCOPE_RAY_NUM_GPUS for "
-                                f"{kind!r} to 0)")
+            if gpus > 0 and cluster_gpus() < gpus:
+                message += (f"; the cluster has {cluster_gpus():g} GPU now, so this waits "
+                            "for a GPU node to join (or set PRUNESCOPE_RAY_NUM_GPUS for "
+                            f"{kind!r} to 0)")
             jobs.note_queued(engine, job_id, message)
             submitted.append(job_id)
         return submitted

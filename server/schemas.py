@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prunescope.workers.jobs import JOB_KINDS
+
 
 class Health(BaseModel):
     status: Literal["ok"]
@@ -126,8 +128,8 @@ class CheckpointsPublic(BaseModel):
     count: int
 
 
-JobKind = Literal["train", "prune", "analyze", "geometry", "probe", "attention_maps",
-                  "train_dynamics", "dynamics"]
+# The declared job kinds (prunescope.workers.jobs), so the OpenAPI enum is what workers run.
+JobKind = Literal[tuple(JOB_KINDS)]  # type: ignore[valid-type]
 
 
 class JobCreate(BaseModel):

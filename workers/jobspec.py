@@ -12,9 +12,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Transitional copies of what the declarations in `prunescope.workers.jobs` say (the kind
+# names; the result kinds each kind reads, JobSpec.results), kept for callers that still read
+# them here; tests/workers/test_job_kinds.py checks they agree. Read `prunescope.workers.jobs`
+# instead: deriving them here would make this module and the declarations import each other.
 JOB_KINDS = ("train", "prune", "analyze", "geometry", "probe", "attention_maps",
              "train_dynamics", "dynamics")
-# The result kinds each job kind reads (JobSpec.results).
 RESULT_INPUTS: dict[str, tuple[str, ...]] = {"dynamics": ("dynamics_run", "dynamics_meta")}
 
 
@@ -64,7 +67,7 @@ class ResultRef:
 @dataclass(frozen=True)
 class JobSpec:
     job_id: int
-    kind: str  # one of JOB_KINDS
+    kind: str  # a name in prunescope.workers.jobs.JOB_KINDS
     params: dict[str, Any]
     architecture: str  # registry name, e.g. "cnn_small"
     architecture_config: dict[str, Any]
@@ -73,7 +76,8 @@ class JobSpec:
     scratch_dir: str  # the job may write its output files here; the server moves them into storage
     # A folder kept between jobs for content-addressed caches (e.g. 2-D projections); None: none.
     cache_dir: str | None = None
-    # Earlier results of the project the job reads, oldest first (kinds: RESULT_INPUTS).
+    # Earlier results of the project the job reads, oldest first (the kinds its
+    # declaration's `reads` names).
     results: list[ResultRef] = field(default_factory=list)
 
 

@@ -9,9 +9,10 @@ position of one example, so W·X reproduces the convolution's output exactly (te
 
 Column order for convolutions is kernel position major, input channel minor — the weight's
 `(out, in, *k)` moved to `(out, *k, in)`. That puts the M consecutive input channels of one
-kernel position next to each other, the N:M groups of `prunescope.models.sparsity.follows_n_m`. A grouped
-convolution is G independent products, one per group, so everything here carries a leading
-group dimension (G = 1 for linear layers).
+kernel position next to each other, the N:M groups of
+`prunescope.models.sparsity.follows_n_m`. A grouped convolution is G independent products,
+one per group, so everything here carries a leading group dimension (G = 1 for linear
+layers).
 
 Transposed convolutions scatter rather than gather and have no such column form; the methods
 prune them, and any layer the calibration forward never reaches, by |W_ij| within each row.

@@ -12,8 +12,8 @@ from prunescope.models.sparsity import prunable_modules
 def n_m_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the `n` largest |w| of every group of `m` consecutive inputs (dim 1) of each output.
 
-    Groups follow `prunescope.models.sparsity.follows_n_m`: along the input dimension of a linear weight,
-    along input channels at each kernel position of a conv weight.
+    Groups follow `prunescope.models.sparsity.follows_n_m`: along the input dimension of a
+    linear weight, along input channels at each kernel position of a conv weight.
     """
     moved = weight.detach().movedim(1, -1)
     groups = moved.reshape(-1, m)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from prunescope.models.pruning import PRUNING_METHODS, global_magnitude_prune, random_unstructured_prune
+from prunescope.models.pruning.magnitude import global_magnitude_prune
+from prunescope.models.pruning.methods import PRUNING_METHODS
+from prunescope.models.pruning.random_unstructured import random_unstructured_prune
 from prunescope.models.registry import create_model
 from prunescope.models.sparsity import checkpoint_stats, prunable_parameter_names
 

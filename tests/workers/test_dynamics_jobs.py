@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from prunescope.models.registry import default_config
-from tests.workers.test_runner import ARCH, Recorder, _spec
 from prunescope.workers.analyses.dynamics_training import ProbeSuites, read_dynamics
 from prunescope.workers.datasets import load_builtin
+from prunescope.workers.jobs.train_dynamics import default_probe_size
 from prunescope.workers.jobspec import CheckpointRef, JobInputError, ResultRef
-from prunescope.workers.runner import default_probe_size, run_job
+from prunescope.workers.runner import run_job
+from tests.workers.test_runner import ARCH, Recorder, _spec
 
 EPOCHS = 6
 

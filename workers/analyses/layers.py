@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from prunescope.models.capture import capture_layer_outputs
+from prunescope.workers.analyses.pooling import CONV_POOLINGS
 from prunescope.workers.device import pick_device, place_models, to_device
 from prunescope.workers.metrics.minibatch_cka import MinibatchCKAAccumulator
 from prunescope.workers.metrics.moments import (
@@ -47,7 +48,6 @@ from prunescope.workers.metrics.moments import (
 )
 
 ProgressFn = Callable[[float, str], None]
-CONV_POOLINGS = ("mean", "flatten")
 
 
 @dataclass
