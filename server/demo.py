@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from prunescope.models.pruning.catalogue import method_flag
 from prunescope.server.config import Settings
 from prunescope.server.schemas import DatasetChoice, JobCreate, JobPublic, ProjectCreate
 from prunescope.server.services import checkpoints as checkpoint_service
@@ -182,8 +183,6 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
         )
         queued.append(train)
     upstream = [train.id] if train is not None else []
-
-    from prunescope.models.pruning import method_flag  # deferred: the pruning methods need torch
 
     prune_jobs = []
     for method, sparsity in demo.prunings:

@@ -14,7 +14,8 @@ from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput, ServiceError
 from prunescope.server.schemas import JobCreate, JobPublic
 from prunescope.server.tables import Job, Project
-from prunescope.workers.jobspec import default_pruned_name
+from prunescope.workers import jobs as job_declarations
+from prunescope.workers.jobspec import JobInputError, default_pruned_name
 
 
 def list_jobs(project_id: int | None = None, settings: Settings | None = None) -> list[JobPublic]:
@@ -39,41 +40,31 @@ def _pruned_name(params: dict[str, Any]) -> str:
 
 
 def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> None:
-    p = body.params
+    """The job's parameters against its declaration (`prunescope.workers.jobs`), then what only
+    the project can tell: whose checkpoints it names, and names it would produce twice."""
+    try:
+        p = job_declarations.validate_params(body.kind, body.params)
+    except JobInputError as exc:
+        raise InvalidInput(str(exc)) from exc
+    ids = {c.id for c in project.checkpoints}
+    wanted = []
+    for key in job_declarations.checkpoint_params(body.kind):
+        value = p.get(key)
+        wanted += value if isinstance(value, list) else [value]
+    unknown = [i for i in wanted if i is not None and i not in ids]
+    if unknown:
+        raise InvalidInput(
+            f"checkpoint(s) {unknown} do not belong to project {project.id}; "
+            f"its checkpoints are {sorted(ids)}"
+        )
     if body.kind == "prune":
-        # Deferred: the pruning methods import torch, which only a prune job needs here.
-        from prunescope.models.pruning import PRUNING_METHODS, sparsity_error
-
-        method = p.get("method")
-        if method not in PRUNING_METHODS:
-            raise InvalidInput(
-                f"params.method must be one of {', '.join(sorted(PRUNING_METHODS))}, got {method!r}"
-            )
-        sparsity = p.get("sparsity")
-        if not isinstance(sparsity, (int, float)) or not 0.0 < float(sparsity) < 1.0:
-            raise InvalidInput(f"params.sparsity must be a number in (0, 1), got {sparsity!r}")
-        if error := sparsity_error(method, float(sparsity)):
-            raise InvalidInput(f"params.sparsity: {error}")
         name = _pruned_name(p)
         if any(c.name == name for c in project.checkpoints):
             raise Conflict(f"a checkpoint named {name!r} already exists; pass params.name")
         if any(j.kind == "prune" and _pruned_name(j.params) == name for j in active_jobs):
             raise Conflict(f"a queued or running job already produces {name!r}; pass params.name")
-    if body.kind in ("analyze", "geometry", "probe", "attention_maps", "train_dynamics",
-                     "dynamics"):
-        ids = {c.id for c in project.checkpoints}
-        wanted = [*(p.get("checkpoint_ids") or []), p.get("reference_checkpoint_id")]
-        unknown = [i for i in wanted if i is not None and i not in ids]
-        if unknown:
-            raise InvalidInput(
-                f"checkpoint(s) {unknown} do not belong to project {project.id}; "
-                f"its checkpoints are {sorted(ids)}"
-            )
     if body.kind == "train" and any(c.role == "dense" for c in project.checkpoints):
         raise Conflict("this project already has a dense checkpoint")
-    for key in ("epochs", "batch_size"):
-        if key in p and (not isinstance(p[key], int) or p[key] < 1):
-            raise InvalidInput(f"params.{key} must be a positive integer")
 
 
 def submit_job(project_id: int, body: JobCreate, settings: Settings | None = None) -> JobPublic:
@@ -102,7 +93,6 @@ def cancel_job(job_id: int, settings: Settings | None = None) -> JobPublic:
     with session_scope(settings) as s:
         get_or_404(s, Job, job_id, "job", need="edit")
         return JobPublic.model_validate(queue.request_cancel(s, job_id))
-
 
 
 def submit_pruning_sweep(

@@ -16,6 +16,7 @@ from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, Forbidden, InvalidInput
 from prunescope.server.schemas import ProjectCreate, ProjectPublic
 from prunescope.server.tables import Dataset, Project, ProjectMember
+from prunescope.workers import jobs as job_declarations
 
 
 def list_architectures() -> dict[str, dict[str, Any]]:
@@ -26,15 +27,9 @@ def list_architectures() -> dict[str, dict[str, Any]]:
 
 
 def list_pruning_methods() -> dict[str, str]:
-    """Method name → the first line of its docstring (scoring rule and paper)."""
-    # Deferred: the pruning methods import torch.
-    from prunescope.models.pruning import PRUNING_METHODS
-
-    return {
-        name: (fn.__doc__ or name).strip().splitlines()[0]
-        for name, fn in sorted(PRUNING_METHODS.items())
-    }
-
+    """Method name → its one-line description (scoring rule and paper), from the torch-free
+    catalogue."""
+    return job_declarations.pruning_methods()
 
 
 def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
