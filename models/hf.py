@@ -14,7 +14,6 @@ materialised and can be captured for attention-consistency analyses.
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-HF_ARCHITECTURE = "huggingface"
+# The name and the error class live in the torch-free catalogue; callers also find them here.
+from prunescope.models.architectures import (  # noqa: F401
+    HF_ARCHITECTURE,
+    HFModelError,
+    check_hf_config,
+    hf_class_name,
+)
+
 # Files that travel with a checkpoint besides its weights: what a tokenizer and a config need.
 ASSET_FILES = (
     "config.json",
@@ -46,10 +52,6 @@ _BOOKKEEPING = {"_name_or_path", "transformers_version", "torch_dtype", "dtype",
 # cost grows with it, so it is fixed and stated rather than guessed from data.
 COST_SEQUENCE_LENGTH = 128
 _MAX_CONFIG_BYTES = 1024 * 1024
-
-
-class HFModelError(ValueError):
-    """A Hugging Face folder or config that cannot be used; the message is meant for the user."""
 
 
 def _quiet_transformers() -> Any:
@@ -78,16 +80,9 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def pretrained_config(config: Mapping[str, Any]) -> Any:
     """The transformers config object for a config.json dict, without any remote code."""
+    config = check_hf_config(config)
     transformers = _quiet_transformers()
-    if "auto_map" in config:
-        raise HFModelError(
-            "config.json has an `auto_map`: the model needs code shipped with the checkpoint, "
-            "which PruneScope never runs (trust_remote_code=False). Use a model type that "
-            "transformers implements"
-        )
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
-        raise HFModelError("config.json has no `model_type`; it is not a Hugging Face config")
+    model_type = config["model_type"]
     kwargs = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
     try:
         return transformers.AutoConfig.for_model(model_type, **kwargs)
@@ -104,12 +99,9 @@ def model_class(config: Mapping[str, Any]) -> type[nn.Module]:
     Only classes defined by transformers qualify: the name must be a plain identifier found in
     the transformers namespace and a `PreTrainedModel`.
     """
+    name = hf_class_name(config)
     transformers = _quiet_transformers()
-    names = config.get("architectures") or []
-    if names:
-        name = names[0]
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
-            raise HFModelError(f"config.json names an invalid architecture {name!r}")
+    if name is not None:
         cls = getattr(transformers, name, None)
         if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
             return cls

@@ -11,12 +11,13 @@ Every model exposes
 
 Each network module registers its classes into `prunescope.models.registration`; this module
 imports them all (`small`: mlp, cnn_small; `resnet`: resnet20, resnet18; `vit`: vit_small), so
-`create_model` knows every architecture whichever of them was imported first.
+`create_model` knows every architecture whichever of them was imported first. Names, default
+configs and config checks come from the torch-free catalogue, `prunescope.models.architectures`,
+which the web server reads instead of this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from torch import nn
@@ -24,16 +25,16 @@ from torch import nn
 import prunescope.models.resnet  # noqa: F401  (registers resnet20, resnet18)
 import prunescope.models.small  # noqa: F401  (registers mlp, cnn_small)
 import prunescope.models.vit  # noqa: F401  (registers vit_small)
-from prunescope.models import hf
-from prunescope.models.registration import ARCHITECTURES, UnknownArchitectureError, register
+from prunescope.models import architectures, hf
+from prunescope.models.architectures import (
+    UnknownArchitectureError,
+    default_config,
+    list_architectures,
+)
+from prunescope.models.registration import ARCHITECTURES, register
 
 __all__ = ["UnknownArchitectureError", "build_config", "create_model", "default_config",
            "list_architectures", "register"]
-
-
-def list_architectures() -> list[str]:
-    """Registered architecture names and `huggingface` (any model built from config.json)."""
-    return sorted([*ARCHITECTURES, hf.HF_ARCHITECTURE])
 
 
 def _model_class(name: str) -> type[nn.Module]:
@@ -45,22 +46,6 @@ def _model_class(name: str) -> type[nn.Module]:
         ) from None
 
 
-def default_config(name: str) -> dict[str, Any]:
-    """The architecture's default configuration as JSON-able values (tuples become lists).
-
-    Lists rather than tuples so the dict compares equal after a round trip through JSON,
-    which is how projects store it. A `huggingface` project's config is its config.json,
-    which the first uploaded folder provides, so its default is empty.
-    """
-    if name == hf.HF_ARCHITECTURE:
-        return {}
-    config = _model_class(name).config_class()
-    return {
-        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
-        for f in dataclasses.fields(config)
-    }
-
-
 def build_config(name: str, **config: Any) -> Any:
     """The architecture's config dataclass from keyword values, validated.
 
@@ -69,19 +54,12 @@ def build_config(name: str, **config: Any) -> Any:
     """
     if name == hf.HF_ARCHITECTURE:
         return hf.pretrained_config(config)
-    config_class = _model_class(name).config_class
-    known = [f.name for f in dataclasses.fields(config_class)]
-    unknown = sorted(set(config) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown configuration key(s) {', '.join(map(repr, unknown))} for {name}; "
-            f"known keys: {', '.join(known)}"
-        )
-    return config_class(**config)
+    return architectures.build_config(name, **config)
 
 
 def create_model(name: str, **config: Any) -> nn.Module:
     """Build a freshly initialised model; missing config keys take their defaults."""
     if name == hf.HF_ARCHITECTURE:
         return hf.build_model(config)
-    return _model_class(name)(build_config(name, **config))
+    model_class = _model_class(name)
+    return model_class(build_config(name, **config))

@@ -13,24 +13,12 @@ logits `classifier`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunescope.models.registration import positive_int, register
-
-SHORTCUT_OPTIONS = ("A", "B")
-
-
-def _check_shortcut(owner: str, value: object) -> str:
-    if value not in SHORTCUT_OPTIONS:
-        raise ValueError(
-            f"{owner}.shortcut must be 'A' (zero-padding identity) or 'B' (1x1 projection), "
-            f"got {value!r}"
-        )
-    return str(value)
+from prunescope.models.configs import ResNet18Config, ResNet20Config
+from prunescope.models.registration import register
 
 
 class ZeroPadShortcut(nn.Module):
@@ -80,29 +68,24 @@ class CifarResNet(nn.Module):
     """3×3 stem (stride 1, no max-pool), stages of BasicBlocks, global average pool, linear.
 
     Each stage after the first halves the spatial size in its first block (stride 2) and
-    doubles the width. Subclasses fix the stage layout and take only their config.
+    doubles the width. The config gives the stage layout (`blocks_per_stage`) and the
+    shortcut option; `configs.cifar_resnet_parameters` counts the parameters built here.
     """
 
-    def __init__(
-        self,
-        config: ResNet20Config | ResNet18Config,
-        blocks_per_stage: tuple[int, ...],
-        shortcut: str,
-    ) -> None:
+    def __init__(self, config: ResNet20Config | ResNet18Config) -> None:
         super().__init__()
         self.config = config
-        size = config.image_size
-        self.input_shape: tuple[int, ...] = (config.in_channels, size, size)
+        self.input_shape: tuple[int, ...] = config.input_shape
         width = config.base_width
         self.conv1 = nn.Conv2d(config.in_channels, width, 3, 1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         stage_names = []
-        for i, num_blocks in enumerate(blocks_per_stage):
+        for i, num_blocks in enumerate(config.blocks_per_stage):
             out = config.base_width * 2**i
             strides = [1 if i == 0 else 2] + [1] * (num_blocks - 1)
             blocks = []
             for stride in strides:
-                blocks.append(BasicBlock(width, out, stride, shortcut))
+                blocks.append(BasicBlock(width, out, stride, config.shortcut))
                 width = out
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             stage_names.append(f"layer{i + 1}")
@@ -125,21 +108,6 @@ class CifarResNet(nn.Module):
 # ----------------------------------------------------------------------------------- resnet20
 
 
-@dataclass(frozen=True)
-class ResNet20Config:
-    in_channels: int = 3
-    image_size: int = 32
-    num_classes: int = 10
-    base_width: int = 16
-    shortcut: str = "A"
-
-    def __post_init__(self) -> None:
-        owner = "resnet20"
-        for key in ("in_channels", "image_size", "num_classes", "base_width"):
-            object.__setattr__(self, key, positive_int(owner, key, getattr(self, key)))
-        object.__setattr__(self, "shortcut", _check_shortcut(owner, self.shortcut))
-
-
 @register("resnet20")
 class ResNet20(CifarResNet):
     """ResNet-20 for CIFAR (He et al. 2016, Sec. 4.2): 6n+2 layers with n = 3.
@@ -156,23 +124,8 @@ class ResNet20(CifarResNet):
 
     config_class = ResNet20Config
 
-    def __init__(self, config: ResNet20Config) -> None:
-        super().__init__(config, (3, 3, 3), config.shortcut)
-
 
 # ----------------------------------------------------------------------------------- resnet18
-
-
-@dataclass(frozen=True)
-class ResNet18Config:
-    in_channels: int = 3
-    image_size: int = 32
-    num_classes: int = 10
-    base_width: int = 64
-
-    def __post_init__(self) -> None:
-        for key in ("in_channels", "image_size", "num_classes", "base_width"):
-            object.__setattr__(self, key, positive_int("resnet18", key, getattr(self, key)))
 
 
 @register("resnet18")
@@ -186,6 +139,3 @@ class ResNet18(CifarResNet):
     """
 
     config_class = ResNet18Config
-
-    def __init__(self, config: ResNet18Config) -> None:
-        super().__init__(config, (2, 2, 2, 2), "B")

@@ -1,33 +1,18 @@
 """The small networks: a fully connected `mlp` and a two-layer convolutional `cnn_small`.
 
-Each is a small frozen config dataclass and the `nn.Module`, registered by name for
-`prunescope.models.registry.create_model`.
+Each `nn.Module` is built from its frozen config dataclass (in the torch-free
+`prunescope.models.configs`) and registered by name for `prunescope.models.registry.create_model`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from prunescope.models.registration import positive_int, positive_ints, register
+from prunescope.models.configs import CNNSmallConfig, MLPConfig
+from prunescope.models.registration import register
 
 # ---------------------------------------------------------------------------------------- mlp
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    in_features: int = 64
-    hidden: tuple[int, ...] = (128, 64)
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        # Stored configs come back from JSON with lists; tuples keep configs comparable and
-        # hashable. object.__setattr__ because the dataclass is frozen.
-        for key in ("in_features", "num_classes"):
-            object.__setattr__(self, key, positive_int("mlp", key, getattr(self, key)))
-        object.__setattr__(self, "hidden", positive_ints("mlp", "hidden", self.hidden))
 
 
 @register("mlp")
@@ -39,7 +24,7 @@ class MLP(nn.Module):
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
         self.config = config
-        self.input_shape: tuple[int, ...] = (config.in_features,)
+        self.input_shape: tuple[int, ...] = config.input_shape
         width = config.in_features
         hidden_names = []
         for i, out in enumerate(config.hidden, start=1):
@@ -60,22 +45,6 @@ class MLP(nn.Module):
 # ---------------------------------------------------------------------------------- cnn_small
 
 
-@dataclass(frozen=True)
-class CNNSmallConfig:
-    in_channels: int = 1
-    image_size: int = 8
-    channels: tuple[int, int] = (16, 32)
-    hidden: int = 64
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        owner = "cnn_small"
-        for key in ("in_channels", "image_size", "hidden", "num_classes"):
-            object.__setattr__(self, key, positive_int(owner, key, getattr(self, key)))
-        channels = positive_ints(owner, "channels", self.channels, length=2)
-        object.__setattr__(self, "channels", channels)
-
-
 @register("cnn_small")
 class CNNSmall(nn.Module):
     """Two 3x3 conv + ReLU blocks (the second with stride 2), a ReLU linear layer, a classifier.
@@ -92,9 +61,8 @@ class CNNSmall(nn.Module):
         super().__init__()
         self.config = config
         c1, c2 = config.channels
-        side = (config.image_size + 1) // 2
-        size = config.image_size
-        self.input_shape: tuple[int, ...] = (config.in_channels, size, size)
+        side = config.feature_side
+        self.input_shape: tuple[int, ...] = config.input_shape
         self.conv1 = nn.Sequential(nn.Conv2d(config.in_channels, c1, 3, padding=1), nn.ReLU())
         self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU())
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c2 * side * side, config.hidden), nn.ReLU())

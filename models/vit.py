@@ -9,12 +9,12 @@ the tokens, and a linear classifier reads the final LayerNorm of the CLS token.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from prunescope.models.registration import positive_int, register
+from prunescope.models.configs import ViTSmallConfig
+from prunescope.models.registration import register
 
 
 class SelfAttention(nn.Module):
@@ -73,34 +73,6 @@ class TransformerBlock(nn.Module):
         return x
 
 
-@dataclass(frozen=True)
-class ViTSmallConfig:
-    in_channels: int = 3
-    image_size: int = 32
-    patch_size: int = 4
-    dim: int = 192
-    depth: int = 6
-    heads: int = 3
-    mlp_ratio: int = 2
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        owner = "vit_small"
-        for field in fields(self):  # every key is a size or a count
-            value = positive_int(owner, field.name, getattr(self, field.name))
-            object.__setattr__(self, field.name, value)
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"{owner}.patch_size ({self.patch_size}) must divide image_size "
-                f"({self.image_size}) so the patches tile the image; pick a divisor"
-            )
-        if self.dim % self.heads:
-            raise ValueError(
-                f"{owner}.heads ({self.heads}) must divide dim ({self.dim}) so every head gets "
-                "the same width; pick a divisor"
-            )
-
-
 @register("vit_small")
 class ViTSmall(nn.Module):
     """ViT with a CLS token and learned position embeddings: 6 blocks, 3 heads of 64, dim 192.
@@ -127,9 +99,9 @@ class ViTSmall(nn.Module):
     def __init__(self, config: ViTSmallConfig) -> None:
         super().__init__()
         self.config = config
-        size, dim = config.image_size, config.dim
-        self.input_shape: tuple[int, ...] = (config.in_channels, size, size)
-        self.num_tokens = (size // config.patch_size) ** 2 + 1
+        dim = config.dim
+        self.input_shape: tuple[int, ...] = config.input_shape
+        self.num_tokens = config.num_tokens
         # A conv with kernel = stride = patch size is the linear patch embedding of the paper.
         self.patch_embed = nn.Conv2d(
             config.in_channels, dim, config.patch_size, stride=config.patch_size

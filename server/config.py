@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # at once. Each is a whole app; all state is in the database and the store.
     server_processes: int = Field(default=1, ge=1, description="HTTP server processes.")
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Counted from a project's architecture configuration, never by building the model, so a
+    # configuration asking for a huge network is refused before any worker allocates it.
+    max_model_parameters: int = Field(
+        default=2_000_000_000, gt=0,
+        description="The most parameters a project's model may have (huggingface: estimated "
+        "from config.json's sizes).")
     upload_expiry_seconds: float = Field(
         default=24 * 3600.0, gt=0, description="Unfinished uploads idle this long are removed."
     )

@@ -1,8 +1,9 @@
 """Uploaded evaluation datasets (npz, image-folder zip, CSV, JSONL, Parquet) read safely.
 
-Every loader turns an untrusted file into a `prunescope.workers.datasets.ClassificationData`, which the
-server stores as one canonical npz (`prunescope.workers.datasets.save_canonical`), or raises
-`DatasetFormatError` with a message that says what is wrong and what to do. The formats:
+Every loader turns an untrusted file into a `prunescope.workers.dataset_arrays.ClassificationData`,
+which the server stores as one canonical npz (`prunescope.workers.dataset_arrays.save_canonical`),
+or raises `DatasetFormatError` with a message that says what is wrong and what to do. The
+formats:
 
 - **npz** (`np.savez`): arrays `x` (numbers, one row per example: (n, features) or
   (n, C, H, W); or a 1-D unicode array of texts) and `y` (integer labels, or strings that
@@ -24,7 +25,7 @@ server stores as one canonical npz (`prunescope.workers.datasets.save_canonical`
 
 Labels: integers are class indices as they are; strings are numbered in sorted order (as
 image folders are). Without a split column/array/folder the fixed split of
-`prunescope.workers.datasets.split_indices` is used (stratified 75/25 where possible).
+`prunescope.workers.dataset_arrays.split_indices` is used (stratified 75/25 where possible).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from prunescope.models.archives import ArchiveError, archive_format, common_root, extract_archive
-from prunescope.workers.datasets import ClassificationData, from_arrays, split_indices
+from prunescope.workers.dataset_arrays import ClassificationData, from_arrays, split_indices
 
 UPLOAD_FORMATS = ("npz", "image_zip", "csv", "jsonl", "parquet")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

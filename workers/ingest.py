@@ -19,7 +19,6 @@ import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,14 @@ from prunescope.models.hf import HF_ARCHITECTURE, architecture_summary, write_as
 from prunescope.models.registry import create_model
 from prunescope.models.sparsity import relative_to_dense, sparsity_report
 from prunescope.workers.analyses.dynamics_training import DynamicsWriter, read_dynamics
+from prunescope.workers.dataset_checks import (
+    CheckedDataset,
+    builtin_dataset_metadata,
+    builtin_dataset_names,
+    check_builtin_dataset,
+    dataset_metadata,
+    fitted,
+)
 from prunescope.workers.dataset_formats import (
     ColumnNames,
     DatasetFormatError,
@@ -42,21 +49,14 @@ from prunescope.workers.dataset_formats import (
     preview,
     read_dataset_file,
 )
-from prunescope.workers.datasets import (
-    BUILTIN_DATASETS,
-    ClassificationData,
-    ModelInput,
-    check_data_fits,
-    load_builtin,
-    load_dataset,
-    model_input,
-    save_canonical,
-    with_num_classes,
-)
+from prunescope.workers.datasets import load_dataset, save_canonical
 from prunescope.workers.jobspec import DatasetRef, JobInputError
 from prunescope.workers.recorded_runs import InputTooLarge, read_recorded_run
 
-__all__ = ["InputTooLarge", "JobInputError", "validate"]
+# The builtin checks are re-exported from the torch-free `dataset_checks`, which the web server
+# calls directly.
+__all__ = ["CheckedDataset", "InputTooLarge", "JobInputError", "builtin_dataset_metadata",
+           "builtin_dataset_names", "check_builtin_dataset", "validate"]
 
 
 def _output_dir(scratch_dir: str | Path) -> Path:
@@ -150,13 +150,6 @@ def _hf_config(
 # ---------------------------------------------------------------------------- datasets
 
 
-@dataclass(frozen=True)
-class CheckedDataset:
-    format: str  # one of `prunescope.workers.dataset_formats.UPLOAD_FORMATS`, or "builtin"
-    metadata: dict[str, Any]  # the dataset row's columns: kind, sizes, classes, preview
-    canonical_path: str | None = None  # uploads: the canonical npz that workers read
-
-
 def check_dataset(
     path: str, *, filename: str, name: str, columns: ColumnNames | Mapping[str, str] | None,
     architecture: str, config: Mapping[str, Any], max_bytes: int, scratch_dir: str,
@@ -172,65 +165,11 @@ def check_dataset(
                                    scratch_dir=scratch_dir)
     except (DatasetFormatError, JobInputError) as exc:
         raise JobInputError(f"{filename}: {exc}") from exc
-    data = _fitted(loaded.data, architecture, config, filename)
+    data = fitted(loaded.data, architecture, config, filename)
     summary = preview(data, loaded.split_rule)
     canonical = _output_dir(scratch_dir) / "canonical.npz"
     save_canonical(data, canonical)
-    return CheckedDataset(loaded.format, _metadata(data, summary), str(canonical))
-
-
-def builtin_dataset_names() -> list[str]:
-    return sorted(BUILTIN_DATASETS)
-
-
-def check_builtin_dataset(
-    builtin_name: str, *, architecture: str, config: Mapping[str, Any]
-) -> CheckedDataset:
-    """Check a builtin dataset against the project's model."""
-    _fitted(load_builtin(builtin_name), architecture, config, builtin_name)
-    return CheckedDataset("builtin", builtin_dataset_metadata(builtin_name))
-
-
-@lru_cache(maxsize=8)
-def builtin_dataset_metadata(builtin_name: str) -> dict[str, Any]:
-    """Column values of a builtin dataset's row ({} for an unknown name); builtins never
-    change, so they are computed once per process."""
-    if builtin_name not in BUILTIN_DATASETS:
-        return {}
-    data = load_builtin(builtin_name)
-    return _metadata(data, preview(data, "stratified"))
-
-
-def _metadata(data: ClassificationData, summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": data.kind,
-        "num_train": data.num_train,
-        "num_test": data.num_test,
-        "num_classes": data.num_classes,
-        "input_shape": list(data.input_shape),
-        "preview": summary,
-    }
-
-
-def _fitted(data: ClassificationData, architecture: str, config: Mapping[str, Any],
-            label: str) -> ClassificationData:
-    """`data`, declaring the project model's class count; JobInputError led by `label` if the
-    model cannot read it."""
-    if architecture == HF_ARCHITECTURE and not config:
-        # No model yet (its first checkpoint brings config.json): it will read text.
-        expected = ModelInput("text", None, None)
-    else:
-        try:
-            expected = model_input(create_model(architecture, **config))
-        except (TypeError, ValueError) as exc:
-            raise JobInputError(f"the project's architecture cannot be built: {exc}") from exc
-    try:
-        if expected.num_outputs is not None and data.num_classes < expected.num_outputs:
-            data = with_num_classes(data, expected.num_outputs)
-        check_data_fits(data, expected)
-    except JobInputError as exc:
-        raise JobInputError(f"{label}: {exc}") from exc
-    return data
+    return CheckedDataset(loaded.format, dataset_metadata(data, summary), str(canonical))
 
 
 # ---------------------------------------------------------------------------- dynamics runs

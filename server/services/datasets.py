@@ -172,9 +172,8 @@ def add_builtin_dataset(
         )
     name = _checked_name(project_id, name, builtin_name, settings)
     project = projects.get_project(project_id, settings)
-    checked = ingest.validate("builtin_dataset", builtin_name=builtin_name,
-                              architecture=project.architecture,
-                              config=project.architecture_config)
+    checked = ingest.check_builtin_dataset(builtin_name, architecture=project.architecture,
+                                           config=project.architecture_config)
     row = Dataset(name=name, source="builtin", builtin_name=builtin_name, format=checked.format,
                   **checked.metadata)
     return _insert(project_id, row, active, settings)

@@ -35,6 +35,7 @@ from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput, TooLarge
 from prunescope.server.storage import UploadTooLarge, artifact_store, sha256_file
 from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset
+from prunescope.workers import dataset_checks
 from prunescope.workers.jobspec import JobInputError
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,28 @@ def validate(kind: str, **inputs: Any) -> Any:
         raise InvalidInput(str(exc)) from exc
 
 
+# Builtin datasets are checked here, in the web process: `dataset_checks` reads the model a
+# dataset must fit from the architecture's configuration, so it needs no torch.
+
+
 def builtin_dataset_names() -> list[str]:
-    return _checks().builtin_dataset_names()
+    return dataset_checks.builtin_dataset_names()
 
 
 def builtin_dataset_metadata(builtin_name: str) -> dict[str, Any]:
     """A builtin dataset's row columns (kind, sizes, classes, preview); {} for an unknown one."""
-    return _checks().builtin_dataset_metadata(builtin_name)
+    return dataset_checks.builtin_dataset_metadata(builtin_name)
+
+
+def check_builtin_dataset(builtin_name: str, *, architecture: str,
+                          config: Mapping[str, Any]) -> Any:
+    """The builtin's `CheckedDataset` (format and row columns) once it fits the project's
+    architecture; InvalidInput (422) saying what to change otherwise."""
+    try:
+        return dataset_checks.check_builtin_dataset(builtin_name, architecture=architecture,
+                                                    config=config)
+    except JobInputError as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------- adopt

@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from prunescope.models import architectures
 from prunescope.server.access import get_or_404, visible
 from prunescope.server.auth import Principal, current_principal
-from prunescope.server.config import Settings
+from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, Forbidden, InvalidInput
 from prunescope.server.schemas import ProjectCreate, ProjectPublic
@@ -20,10 +21,9 @@ from prunescope.workers import jobs as job_declarations
 
 
 def list_architectures() -> dict[str, dict[str, Any]]:
-    # Deferred: the registry imports torch (the models themselves).
-    from prunescope.models.registry import default_config, list_architectures
-
-    return {name: default_config(name) for name in list_architectures()}
+    """Architecture name → its default configuration, from the torch-free catalogue."""
+    return {name: architectures.default_config(name)
+            for name in architectures.list_architectures()}
 
 
 def list_pruning_methods() -> dict[str, str]:
@@ -32,21 +32,30 @@ def list_pruning_methods() -> dict[str, str]:
     return job_declarations.pruning_methods()
 
 
-def _resolve_architecture(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    # Deferred: building the model to check its configuration needs torch.
-    from prunescope.models.registry import create_model, default_config, list_architectures
-
-    if name not in list_architectures():
-        raise InvalidInput(
-            f"unknown architecture {name!r}; choose one of {', '.join(list_architectures())}"
-        )
-    full = {**default_config(name), **config}
-    if name == "huggingface" and not full:
+def _resolve_architecture(name: str, config: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The project's whole configuration (missing keys take their defaults), checked from the
+    configuration alone — the model is never built here: InvalidInput (422) for an unknown
+    architecture, unknown keys, bad values, or a model of more parameters than
+    PRUNESCOPE_MAX_MODEL_PARAMETERS."""
+    names = architectures.list_architectures()
+    if name not in names:
+        raise InvalidInput(f"unknown architecture {name!r}; choose one of {', '.join(names)}")
+    full = {**architectures.default_config(name), **config}
+    if name == architectures.HF_ARCHITECTURE and not full:
         return full  # the first uploaded model folder provides config.json
     try:
-        create_model(name, **full)
+        architectures.build_config(name, **full)
+        count = architectures.parameter_count(name, full)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"invalid configuration for {name}: {exc}") from exc
+    if count > settings.max_model_parameters:
+        counted = ("about {:,} parameters (estimated from config.json's sizes)"
+                   if name == architectures.HF_ARCHITECTURE else "{:,} parameters")
+        raise InvalidInput(
+            f"invalid configuration for {name}: the model would have {counted.format(count)}, "
+            f"more than the limit of {settings.max_model_parameters:,}; choose smaller sizes, "
+            "or raise PRUNESCOPE_MAX_MODEL_PARAMETERS if a model this large is expected"
+        )
     return full
 
 
@@ -86,7 +95,8 @@ def create_project(body: ProjectCreate, settings: Settings | None = None) -> Pro
     principal = current_principal()
     if not principal.is_user:
         raise Forbidden("a share link is read-only; sign in to create projects")
-    config = _resolve_architecture(body.architecture, body.architecture_config)
+    config = _resolve_architecture(body.architecture, body.architecture_config,
+                                   settings or get_settings())
     owner_key = _owner_key(principal)
     with session_scope(settings) as s:
         # Only the caller's own names can clash: another's private project stays unknown.
