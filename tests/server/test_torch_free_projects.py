@@ -155,3 +155,12 @@ def test_a_model_over_the_parameter_limit_is_refused(settings):
     with pytest.raises(InvalidInput, match=r"about 108,375,552 parameters \(estimated from "):
         create("huggingface", bert, small)
     assert create("huggingface", bert, settings).architecture_config == bert
+
+
+def test_the_api_schema_names_every_builtin_dataset():
+    from typing import get_args
+
+    from prunescope.server.schemas import BuiltinDatasetName
+    from prunescope.workers.builtin_datasets import builtin_dataset_names
+
+    assert list(get_args(BuiltinDatasetName)) == builtin_dataset_names()
