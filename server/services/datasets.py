@@ -15,7 +15,6 @@ resolves it when a job starts). Projects start with a builtin; adding a dataset 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,11 @@ from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput, NotFound
 from prunescope.server.schemas import DatasetDetail, DatasetPublic, JobPublic
-from prunescope.server.services import ingest, projects
+from prunescope.server.services import ingest, projects, results
 from prunescope.server.storage import artifact_store
 from prunescope.server.tables import Dataset, Project
+from prunescope.workers.jobs.analyze import SENTENCES
+from prunescope.workers.text_arrays import unpack_texts
 
 SUBJECT = "this dataset"  # the upload limit's message: "... if this dataset is expected"
 
@@ -81,27 +82,20 @@ def dataset_file(dataset_id: int, settings: Settings | None = None) -> tuple[Pat
     return artifact_store(settings).open_path(dataset.artifact_digest), f"{dataset.name}.npz"
 
 
-@lru_cache(maxsize=4)
-def _test_texts(source: str, key: str) -> tuple[str, ...]:
-    # key: a builtin's name or an upload's content digest, so the cache never goes stale.
-    # Deferred: the dataset loaders import torch.
-    from prunescope.workers.datasets import load_builtin, load_canonical
-
-    data = load_builtin(key) if source == "builtin" else load_canonical(source, key)
-    return () if data.texts_test is None else tuple(str(t) for t in data.texts_test)
-
-
 def evaluation_sentences(project_id: int, settings: Settings | None = None) -> list[str]:
-    """The active dataset's evaluation (test) sentences, in the order jobs index them
-    (the attention viewer's `sentence`); [] for a dataset without text."""
+    """The active dataset's evaluation (test) sentences, in the order jobs index them (the
+    attention viewer's `sentence`), as the newest analysis of that dataset stored them
+    (`prunescope.workers.jobs.analyze.SENTENCES`); [] before one has run, and for a dataset
+    without text. Read from the result, so the web process never loads a dataset."""
     settings = settings or get_settings()
     dataset = active_dataset(project_id, settings)
     if dataset is None:
         return []
-    if dataset.builtin_name and not dataset.artifact_digest:
-        return list(_test_texts("builtin", dataset.builtin_name))
-    path, _ = dataset_file(dataset.id, settings)
-    return list(_test_texts(str(path), dataset.name))
+    # Only sentences of the active dataset: an attention_maps job indexes into that one.
+    _, arrays = results.newest_arrays(
+        project_id, "evaluation", settings,
+        where=lambda summary: summary.get("sentences_dataset") == dataset.name)
+    return (unpack_texts(arrays, SENTENCES) or []) if arrays is not None else []
 
 
 # ---------------------------------------------------------------------------- writing
