@@ -350,3 +350,22 @@ def _adopt_dataset(
         **_metadata(data, summary),
     )
     return _insert(project_id, row, active, settings)
+
+
+def add_labelled_dataset(
+    project_id: int,
+    chunks: Iterable[bytes],
+    *,
+    label_column: str = "label",
+    filename: str = "dataset",
+    name: str | None = None,
+    active: bool = False,
+    settings: Settings | None = None,
+) -> DatasetDetail:
+    """`add_dataset` with a table's label column named by its name, for callers that hold no
+    worker types (the dashboard); the other columns keep their default names."""
+    # The dataset formats come with the workers' torch-backed datasets: load them only here.
+    from prunescope.workers.dataset_formats import ColumnNames
+
+    return add_dataset(project_id, chunks, filename=filename, name=name, active=active,
+                       columns=ColumnNames(label=label_column), settings=settings)

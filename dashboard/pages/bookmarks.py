@@ -5,7 +5,7 @@ from __future__ import annotations
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from prunescope.dashboard.components import open_project, project_missing
+from prunescope.dashboard.components import open_project, page_heading, project_missing
 from prunescope.server import services, view_service
 
 dash.register_page(
@@ -49,8 +49,7 @@ def layout(project_id: str | None = None, **_query: str) -> html.Div:
     return html.Div(
         [
             dcc.Store(id="bookmarks-project-id", data=pid),
-            html.H2(f"{project.name}: bookmarks", id="bookmarks-title"),
-            html.Div(dcc.Link("← back to the project", href=f"/projects/{pid}"), className="muted"),
+            *page_heading("bookmarks", project, "bookmarks", architecture=False),
             html.Div(
                 [
                     html.Div(bookmarks_list(view_service.list_bookmarks(pid)), id="bookmarks-list"),

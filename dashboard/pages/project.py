@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
-from prunescope.dashboard.components import ACTIVE, jobs_panel, open_project, project_missing
+from prunescope.dashboard.components import (
+    ACTIVE,
+    TableExport,
+    card,
+    dropdown,
+    graph,
+    grid2,
+    jobs_panel,
+    open_project,
+    project_missing,
+    table_download_callback,
+    table_exports,
+)
 from prunescope.dashboard.figures.comparison import (
     comparison_columns,
     comparison_csv,
@@ -19,16 +32,20 @@ from prunescope.dashboard.figures.comparison import (
     plottable_columns,
 )
 from prunescope.dashboard.figures.overview import (
-    GRAPH_CONFIG,
     accuracy_vs_sparsity,
     checkpoint_rows,
     empty_figure,
     layer_cka_heatmap,
     layer_sparsity_heatmap,
-    loading_figure,
 )
-from prunescope.dashboard.report import comparison_of, pinnable_options, project_report_html, report_inputs
-from prunescope.dashboard.state import parse_list, parse_sparsities, project_view_query
+from prunescope.dashboard.report import (
+    comparison_of,
+    pinnable_options,
+    project_report_html,
+    report_inputs,
+)
+from prunescope.dashboard.state import parse_sparsities
+from prunescope.dashboard.views.project import parse_view, view_query
 from prunescope.server import services, uploads
 from prunescope.server.schemas import JobCreate
 
@@ -63,16 +80,135 @@ def comparison_table_columns(rows: list[dict]) -> list[dict]:
     )
 
 
+# ---------------------------------------------------------------------------------- layout
+
+
+def _line(*children: Any, top: str = "0.6rem") -> html.Div:
+    """Small controls on one line under a card's main content."""
+    return html.Div(list(children), style={"display": "flex", "gap": "0.6rem",
+                                           "alignItems": "center", "marginTop": top})
+
+
+def _page_stores(pid: int, view: dict[str, Any]) -> list:
+    return [
+        dcc.Location(id="project-url", refresh=False),
+        dcc.Store(id="project-id", data=pid),
+        dcc.Store(id="project-version"),
+        dcc.Store(id="checkpoint-rows"),
+        dcc.Store(id="comparison-rows"),
+        dcc.Store(id="method-selection", data=view["methods"]),
+        dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
+    ]
+
+
+def _heading(project: Any) -> list:
+    """The project's name, and a line with its architecture, dataset and other pages."""
+    pid = project.id
+    dataset = next((d.name for d in project.datasets if d.active), "none")
+    links = [dcc.Link(page, href=f"/projects/{pid}/{page}", id=f"{page}-link")
+             for page in ("layers", "geometry", "attention", "dynamics")]
+    return [
+        html.H2(project.name, id="project-title"),
+        html.Div(
+            [
+                f"architecture {project.architecture} · dataset {dataset} (",
+                dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
+                ") · ", links[0], " · ", links[1], " · ", links[2], " · ", links[3],
+                f" · {project.description}" if project.description else "",
+            ],
+            className="muted",
+        ),
+    ]
+
+
+def _jobs_card() -> html.Div:
+    return card("Jobs", None, [
+        html.Div(id="jobs-panel"),
+        html.Div(
+            [html.Button("Run analysis", id="run-analysis", n_clicks=0, className="primary"),
+             html.Span(id="action-message", style={"marginLeft": "1rem"})],
+            style={"marginTop": "0.6rem"},
+        ),
+    ])
+
+
+def _prune_card() -> html.Div:
+    return card("Prune the dense checkpoint", None, [
+        dcc.Checklist(
+            id="prune-methods",
+            options=[{"label": html.Span(name, title=doc), "value": name}
+                     for name, doc in services.list_pruning_methods().items()],
+            value=[],
+            inline=True,
+        ),
+        html.Div(
+            [dcc.Input(id="prune-sparsities", value="0.5, 0.8, 0.95",
+                       placeholder="sparsities, e.g. 0.5, 0.8, 0.95", style={"width": "16rem"}),
+             html.Button("Queue pruning jobs", id="prune-submit", n_clicks=0),
+             html.Span(id="prune-message")],
+            style={"display": "flex", "gap": "0.6rem", "marginTop": "0.6rem"},
+        ),
+    ])
+
+
+def _overview_cards() -> list:
+    """Accuracy against sparsity, CKA per layer and sparsity per layer."""
+    return [
+        grid2(
+            card("Accuracy versus sparsity", None, [
+                dcc.Checklist(id="method-filter", inline=True, options=[], value=[]),
+                graph("accuracy-graph"),
+            ]),
+            card("Linear CKA to the dense model, per layer", None, [graph("cka-heatmap")]),
+        ),
+        card("Where each method puts its zeros: sparsity per layer", None,
+             [graph("layer-sparsity")]),
+    ]
+
+
+def _numeric(name: str, id_: str, format_: Any = None) -> dict[str, Any]:
+    column = {"name": name, "id": id_, "type": "numeric"}
+    return {**column, "format": format_} if format_ is not None else column
+
+
+CHECKPOINT_COLUMNS = [
+    {"name": "name", "id": "name"},
+    {"name": "role", "id": "role"},
+    {"name": "method", "id": "method"},
+    _numeric("target sparsity", "target_sparsity", dash_table.FormatTemplate.percentage(1)),
+    _numeric("measured sparsity", "measured_sparsity", dash_table.FormatTemplate.percentage(2)),
+    _numeric("prunable weights", "num_params"),
+    _numeric("non-zero", "num_nonzero"),
+    _numeric("accuracy", "accuracy", dash_table.FormatTemplate.percentage(2)),
+    _numeric("mean CKA", "mean_cka", {"specifier": ".3f"}),
+    _numeric("compression", "compression_ratio", {"specifier": ".2f"}),
+    _numeric("theor. speedup", "theoretical_speedup", {"specifier": ".2f"}),
+    {"name": "format", "id": "format"},
+]
+
+
+def _checkpoints_card() -> html.Div:
+    return card("Checkpoints", None, [
+        dash_table.DataTable(
+            id="checkpoint-table",
+            columns=CHECKPOINT_COLUMNS,
+            data=[],
+            sort_action="native",
+            export_format="csv",
+            style_table={"overflowX": "auto"},
+            style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
+            style_header={"fontWeight": "600"},
+        ),
+    ])
+
+
 def _comparison_card() -> html.Div:
-    return html.Div(
+    return card(
+        "Compare methods",
+        "One row per checkpoint (and per population of recorded training runs), the headline "
+        "number of each analysis; the views column opens the page each number summarises. "
+        "Click a header to sort.",
         [
-            html.H3("Compare methods"),
-            html.P(
-                "One row per checkpoint (and per population of recorded training runs), the "
-                "headline number of each analysis; the views column opens the page each "
-                "number summarises. Click a header to sort.",
-                className="muted",
-            ),
             dash_table.DataTable(
                 id="comparison-table",
                 columns=[],
@@ -83,279 +219,76 @@ def _comparison_card() -> html.Div:
                 style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
                 style_header={"fontWeight": "600", "whiteSpace": "normal"},
             ),
-            html.Div(
-                [
-                    html.Span("export the table:", className="muted"),
-                    html.Button("CSV", id="comparison-csv", n_clicks=0),
-                    html.Button("Parquet", id="comparison-parquet", n_clicks=0),
-                    dcc.Download(id="comparison-download"),
-                ],
-                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                       "marginTop": "0.6rem"},
-            ),
-            html.Div(
-                [
-                    html.Span("plot against sparsity:", className="muted"),
-                    dcc.Dropdown(id="comparison-column", options=[], value=None,
-                                 clearable=False, style={"width": "22rem"}),
-                ],
-                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                       "marginTop": "0.8rem"},
-            ),
-            dcc.Graph(id="comparison-graph", figure=loading_figure(),
-                      config=GRAPH_CONFIG),
+            _line(html.Span("export the table:", className="muted"),
+                  *table_exports("comparison")),
+            _line(html.Span("plot against sparsity:", className="muted"),
+                  dropdown("comparison-column", [], None, "22rem"), top="0.8rem"),
+            graph("comparison-graph"),
             html.H4("Report"),
-            html.P(
-                "One HTML file that opens offline: this table, accuracy versus sparsity and "
-                "the figures pinned here.",
-                className="muted",
-            ),
+            html.P("One HTML file that opens offline: this table, accuracy versus sparsity and "
+                   "the figures pinned here.", className="muted"),
             dcc.Checklist(id="report-pins", options=[], value=[], inline=True),
-            html.Div(
-                [
-                    html.Button("Download report", id="report-button", n_clicks=0),
-                    html.Span(id="report-message"),
-                    dcc.Download(id="report-download"),
-                ],
-                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                       "marginTop": "0.6rem"},
-            ),
+            _line(html.Button("Download report", id="report-button", n_clicks=0),
+                  html.Span(id="report-message"), dcc.Download(id="report-download")),
         ],
-        className="card",
         id="comparison-card",
     )
 
 
-def layout(project_id: str | None = None, methods: str | None = None, **_query: str) -> html.Div:
+def _upload_card(architecture: str) -> html.Div:
+    return card(
+        "Add a checkpoint",
+        f"A safetensors file or a PyTorch state_dict for {architecture}. It is sent in "
+        "resumable chunks (an interrupted upload continues when the same file is chosen "
+        "again) and checked against the architecture before it is kept.",
+        [
+            html.Div(
+                [dcc.Input(id="upload-name", placeholder="name (default: file name)"),
+                 dcc.Dropdown(id="upload-role",
+                              options=[{"label": "pruned", "value": "pruned"},
+                                       {"label": "dense", "value": "dense"}],
+                              value="pruned", clearable=False,
+                              style={"width": "10rem", "display": "inline-block"})],
+                style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem"},
+            ),
+            # assets/checkpoint_upload.js puts a file input into the empty slot and streams
+            # the chosen file to /api/v1/uploads; `upload-event` gets the result.
+            html.Label(
+                [html.Span(id="checkpoint-upload-input"), "Drag and drop or ",
+                 html.Span("choose a file", style={"textDecoration": "underline"})],
+                id="checkpoint-upload", className="upload", style={"display": "block"},
+            ),
+            html.Div(
+                [html.Progress(id="upload-progress", value=0, max=100, style={"flex": "1"}),
+                 html.Span(id="upload-progress-text"),
+                 html.Button("Cancel", id="upload-cancel", style={"display": "none"})],
+                id="upload-progress-box",
+                style={"display": "none"},  # the script shows it while uploading
+            ),
+            dcc.Store(id="upload-event"),
+            html.Div(id="upload-message", style={"marginTop": "0.6rem"}),
+        ],
+    )
+
+
+def layout(project_id: str | None = None, **query: str) -> html.Div:
     opened = open_project(project_id)
     if opened is None:
         return project_missing()
     pid, project = opened
-    dataset = next((d.name for d in project.datasets if d.active), "none")
-    return html.Div(
-        [
-            dcc.Location(id="project-url", refresh=False),
-            dcc.Store(id="project-id", data=pid),
-            dcc.Store(id="project-version"),
-            dcc.Store(id="checkpoint-rows"),
-            dcc.Store(id="comparison-rows"),
-            dcc.Store(id="method-selection", data=parse_list(methods)),
-            dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
-            html.H2(project.name, id="project-title"),
-            html.Div(
-                [
-                    f"architecture {project.architecture} · dataset {dataset} (",
-                    dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
-                    ") · ",
-                    dcc.Link("layers", href=f"/projects/{pid}/layers", id="layers-link"),
-                    " · ",
-                    dcc.Link("geometry", href=f"/projects/{pid}/geometry", id="geometry-link"),
-                    " · ",
-                    dcc.Link("attention", href=f"/projects/{pid}/attention",
-                             id="attention-link"),
-                    " · ",
-                    dcc.Link("dynamics", href=f"/projects/{pid}/dynamics", id="dynamics-link"),
-                    f" · {project.description}" if project.description else "",
-                ],
-                className="muted",
-            ),
-            html.Div(
-                [
-                    html.H3("Jobs"),
-                    html.Div(id="jobs-panel"),
-                    html.Div(
-                        [
-                            html.Button(
-                                "Run analysis", id="run-analysis", n_clicks=0, className="primary"
-                            ),
-                            html.Span(id="action-message", style={"marginLeft": "1rem"}),
-                        ],
-                        style={"marginTop": "0.6rem"},
-                    ),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.H3("Prune the dense checkpoint"),
-                    dcc.Checklist(
-                        id="prune-methods",
-                        options=[
-                            {"label": html.Span(name, title=doc), "value": name}
-                            for name, doc in services.list_pruning_methods().items()
-                        ],
-                        value=[],
-                        inline=True,
-                    ),
-                    html.Div(
-                        [
-                            dcc.Input(
-                                id="prune-sparsities",
-                                value="0.5, 0.8, 0.95",
-                                placeholder="sparsities, e.g. 0.5, 0.8, 0.95",
-                                style={"width": "16rem"},
-                            ),
-                            html.Button("Queue pruning jobs", id="prune-submit", n_clicks=0),
-                            html.Span(id="prune-message"),
-                        ],
-                        style={"display": "flex", "gap": "0.6rem", "marginTop": "0.6rem"},
-                    ),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            html.H3("Accuracy versus sparsity"),
-                            dcc.Checklist(id="method-filter", inline=True, options=[], value=[]),
-                            dcc.Graph(
-                                id="accuracy-graph",
-                                figure=loading_figure(),
-                                config=GRAPH_CONFIG,
-                            ),
-                        ],
-                        className="card",
-                    ),
-                    html.Div(
-                        [
-                            html.H3("Linear CKA to the dense model, per layer"),
-                            dcc.Graph(
-                                id="cka-heatmap",
-                                figure=loading_figure(),
-                                config=GRAPH_CONFIG,
-                            ),
-                        ],
-                        className="card",
-                    ),
-                ],
-                className="grid2",
-            ),
-            html.Div(
-                [
-                    html.H3("Where each method puts its zeros: sparsity per layer"),
-                    dcc.Graph(
-                        id="layer-sparsity", figure=loading_figure(), config=GRAPH_CONFIG
-                    ),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.H3("Checkpoints"),
-                    dash_table.DataTable(
-                        id="checkpoint-table",
-                        columns=[
-                            {"name": "name", "id": "name"},
-                            {"name": "role", "id": "role"},
-                            {"name": "method", "id": "method"},
-                            {
-                                "name": "target sparsity",
-                                "id": "target_sparsity",
-                                "type": "numeric",
-                                "format": dash_table.FormatTemplate.percentage(1),
-                            },
-                            {
-                                "name": "measured sparsity",
-                                "id": "measured_sparsity",
-                                "type": "numeric",
-                                "format": dash_table.FormatTemplate.percentage(2),
-                            },
-                            {"name": "prunable weights", "id": "num_params", "type": "numeric"},
-                            {"name": "non-zero", "id": "num_nonzero", "type": "numeric"},
-                            {
-                                "name": "accuracy",
-                                "id": "accuracy",
-                                "type": "numeric",
-                                "format": dash_table.FormatTemplate.percentage(2),
-                            },
-                            {
-                                "name": "mean CKA",
-                                "id": "mean_cka",
-                                "type": "numeric",
-                                "format": {"specifier": ".3f"},
-                            },
-                            {
-                                "name": "compression",
-                                "id": "compression_ratio",
-                                "type": "numeric",
-                                "format": {"specifier": ".2f"},
-                            },
-                            {
-                                "name": "theor. speedup",
-                                "id": "theoretical_speedup",
-                                "type": "numeric",
-                                "format": {"specifier": ".2f"},
-                            },
-                            {"name": "format", "id": "format"},
-                        ],
-                        data=[],
-                        sort_action="native",
-                        export_format="csv",
-                        style_table={"overflowX": "auto"},
-                        style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
-                        style_header={"fontWeight": "600"},
-                    ),
-                ],
-                className="card",
-            ),
-            _comparison_card(),
-            html.Div(
-                [
-                    html.H3("Add a checkpoint"),
-                    html.P(
-                        f"A safetensors file or a PyTorch state_dict for {project.architecture}. "
-                        "It is sent in resumable chunks (an interrupted upload continues when "
-                        "the same file is chosen again) and checked against the architecture "
-                        "before it is kept.",
-                        className="muted",
-                    ),
-                    html.Div(
-                        [
-                            dcc.Input(id="upload-name", placeholder="name (default: file name)"),
-                            dcc.Dropdown(
-                                id="upload-role",
-                                options=[
-                                    {"label": "pruned", "value": "pruned"},
-                                    {"label": "dense", "value": "dense"},
-                                ],
-                                value="pruned",
-                                clearable=False,
-                                style={"width": "10rem", "display": "inline-block"},
-                            ),
-                        ],
-                        style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem"},
-                    ),
-                    # assets/checkpoint_upload.js puts a file input into the empty slot and
-                    # streams the chosen file to /api/v1/uploads; `upload-event` gets the result.
-                    html.Label(
-                        [
-                            html.Span(id="checkpoint-upload-input"),
-                            "Drag and drop or ",
-                            html.Span("choose a file", style={"textDecoration": "underline"}),
-                        ],
-                        id="checkpoint-upload",
-                        className="upload",
-                        style={"display": "block"},
-                    ),
-                    html.Div(
-                        [
-                            html.Progress(
-                                id="upload-progress", value=0, max=100, style={"flex": "1"}
-                            ),
-                            html.Span(id="upload-progress-text"),
-                            html.Button("Cancel", id="upload-cancel", style={"display": "none"}),
-                        ],
-                        id="upload-progress-box",
-                        style={"display": "none"},  # the script shows it while uploading
-                    ),
-                    dcc.Store(id="upload-event"),
-                    html.Div(id="upload-message", style={"marginTop": "0.6rem"}),
-                ],
-                className="card",
-            ),
-        ]
-    )
+    return html.Div([
+        *_page_stores(pid, parse_view(query)),
+        *_heading(project),
+        _jobs_card(),
+        _prune_card(),
+        *_overview_cards(),
+        _checkpoints_card(),
+        _comparison_card(),
+        _upload_card(project.architecture),
+    ])
+
+
+# ------------------------------------------------------------------------------- callbacks
 
 
 @callback(
@@ -421,7 +354,7 @@ def draw_accuracy(rows: list[dict] | None, methods: list[str], options: list[dic
     if rows is None:
         return no_update, no_update
     all_methods = [o["value"] for o in options]
-    search = project_view_query(methods, all_methods)
+    search = view_query({"methods": methods}, all_methods)
     return accuracy_vs_sparsity(rows, methods), search
 
 
@@ -563,26 +496,16 @@ def in_table_order(rows: list[dict], row_ids: list[str] | None) -> list[dict]:
     return [by_id[i] for i in row_ids if i in by_id]
 
 
-@callback(
-    Output("comparison-download", "data"),
-    Input("comparison-csv", "n_clicks"),
-    Input("comparison-parquet", "n_clicks"),
-    State("comparison-rows", "data"),
-    State("comparison-table", "derived_virtual_row_ids"),
-    State("project-id", "data"),
-    prevent_initial_call=True,
-)
-def export_comparison(  # noqa: ANN201
-    _csv: int, _parquet: int, rows: list[dict] | None, row_ids: list[str] | None,
-    project_id: int,
-):
-    if not rows or not ctx.triggered or not ctx.triggered[0]["value"]:
-        return no_update
-    ordered = in_table_order(rows, row_ids)
-    stem = f"project-{project_id}-comparison"
-    if ctx.triggered_id == "comparison-parquet":
-        return dcc.send_bytes(comparison_parquet(ordered), f"{stem}.parquet")
-    return dcc.send_string(comparison_csv(ordered), f"{stem}.csv", type="text/csv")
+@table_download_callback("comparison", State("comparison-rows", "data"),
+                         State("comparison-table", "derived_virtual_row_ids"),
+                         State("project-id", "data"),
+                         to_csv=comparison_csv, to_parquet=comparison_parquet)
+def comparison_export(rows: list[dict] | None, row_ids: list[str] | None,
+                      project_id: int) -> TableExport | None:
+    """The comparison in the order the table shows it, with every column."""
+    if not rows:
+        return None
+    return TableExport(in_table_order(rows, row_ids), f"project-{project_id}-comparison")
 
 
 @callback(
