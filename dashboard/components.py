@@ -45,11 +45,11 @@ def card(title: str, note: str | None, body: list, **attributes: Any) -> html.Di
     return html.Div([*head, *body], className="card", **attributes)
 
 
-def row_of(*children: Any, **attributes: Any) -> html.Div:
-    """Controls on one line, wrapping where the page is narrow."""
-    return html.Div(list(children), style={"display": "flex", "gap": "1rem",
-                                           "alignItems": "center", "flexWrap": "wrap"},
-                    **attributes)
+def row_of(*children: Any, gap: str = "1rem", style: dict[str, str] | None = None,
+           **attributes: Any) -> html.Div:
+    """Controls on one line, wrapping where the page is narrow; `style` adds to the row's."""
+    return html.Div(list(children), style={"display": "flex", "gap": gap, "alignItems": "center",
+                                           "flexWrap": "wrap", **(style or {})}, **attributes)
 
 
 def grid2(*children: Any) -> html.Div:

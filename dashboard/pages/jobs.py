@@ -8,7 +8,12 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html
 
-from prunescope.dashboard.components import TableExport, table_download_callback, table_exports
+from prunescope.dashboard.components import (
+    TableExport,
+    row_of,
+    table_download_callback,
+    table_exports,
+)
 from prunescope.server import services
 from prunescope.server.tables import utcnow
 
@@ -98,12 +103,8 @@ def layout(**_query: str) -> html.Div:
                                     "overflow": "hidden", "textOverflow": "ellipsis"},
                         style_header={"fontWeight": "600"},
                     ),
-                    html.Div(
-                        [html.Span("export the table:", className="muted"),
-                         *table_exports("jobs")],
-                        style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                               "marginTop": "0.6rem"},
-                    ),
+                    row_of(html.Span("export the table:", className="muted"),
+                           *table_exports("jobs"), gap="0.6rem", style={"marginTop": "0.6rem"}),
                 ],
                 className="card",
             ),

@@ -19,6 +19,7 @@ from prunescope.dashboard.components import (
     jobs_panel,
     open_project,
     project_missing,
+    row_of,
     table_download_callback,
     table_exports,
 )
@@ -81,12 +82,6 @@ def comparison_table_columns(rows: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------- layout
-
-
-def _line(*children: Any, top: str = "0.6rem") -> html.Div:
-    """Small controls on one line under a card's main content."""
-    return html.Div(list(children), style={"display": "flex", "gap": "0.6rem",
-                                           "alignItems": "center", "marginTop": top})
 
 
 def _page_stores(pid: int, view: dict[str, Any]) -> list:
@@ -219,17 +214,19 @@ def _comparison_card() -> html.Div:
                 style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
                 style_header={"fontWeight": "600", "whiteSpace": "normal"},
             ),
-            _line(html.Span("export the table:", className="muted"),
-                  *table_exports("comparison")),
-            _line(html.Span("plot against sparsity:", className="muted"),
-                  dropdown("comparison-column", [], None, "22rem"), top="0.8rem"),
+            row_of(html.Span("export the table:", className="muted"),
+                   *table_exports("comparison"), gap="0.6rem", style={"marginTop": "0.6rem"}),
+            row_of(html.Span("plot against sparsity:", className="muted"),
+                   dropdown("comparison-column", [], None, "22rem"), gap="0.6rem",
+                   style={"marginTop": "0.8rem"}),
             graph("comparison-graph"),
             html.H4("Report"),
             html.P("One HTML file that opens offline: this table, accuracy versus sparsity and "
                    "the figures pinned here.", className="muted"),
             dcc.Checklist(id="report-pins", options=[], value=[], inline=True),
-            _line(html.Button("Download report", id="report-button", n_clicks=0),
-                  html.Span(id="report-message"), dcc.Download(id="report-download")),
+            row_of(html.Button("Download report", id="report-button", n_clicks=0),
+                   html.Span(id="report-message"), dcc.Download(id="report-download"),
+                   gap="0.6rem", style={"marginTop": "0.6rem"}),
         ],
         id="comparison-card",
     )
