@@ -20,7 +20,8 @@ ACTIVE = ("queued", "running")
 # ------------------------------------------------------------------------------ controls
 
 
-def dropdown(id_: str, options: list[dict], value: Any, width: str = "14rem") -> Any:
+def dropdown(id_: str, options: list, value: Any, width: str = "14rem") -> Any:
+    """A dropdown that always holds a value."""
     return dcc.Dropdown(id=id_, options=options, value=value, clearable=False,
                         style={"width": width})
 
@@ -181,7 +182,7 @@ def running_job(project_id: int, kind: str, prefix: str) -> html.Div | None:
     )
 
 
-# ------------------------------------------------------------------------- tables, files
+# ------------------------------------------------------------------ tables and selections
 
 
 def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
