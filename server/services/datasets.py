@@ -277,3 +277,19 @@ def ingested(job: JobPublic, settings: Settings | None = None,
     settings = settings or get_settings()
     return ingest.outcome(settings, job.id,
                           lambda summary: get_dataset(summary["dataset_id"], settings), timeout)
+
+
+def add_labelled_dataset(
+    project_id: int,
+    chunks: Iterable[bytes],
+    *,
+    label_column: str = "label",
+    filename: str = "dataset",
+    name: str | None = None,
+    active: bool = False,
+    settings: Settings | None = None,
+) -> JobPublic:
+    """`add_dataset` with a table's label column named by its name (the other columns keep
+    their default names), for the dashboard's upload form."""
+    return add_dataset(project_id, chunks, filename=filename, name=name, active=active,
+                       columns={"label": label_column}, settings=settings)
