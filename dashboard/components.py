@@ -9,6 +9,7 @@ import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import dash
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from prunescope.dashboard.figures.overview import GRAPH_CONFIG, loading_figure
@@ -105,6 +106,16 @@ def page_heading(prefix: str, project: Any, what: str, *, architecture: bool = T
     line = [link, f" · architecture {project.architecture}"] if architecture else [link]
     return [html.H2(f"{project.name}: {what}", id=f"{prefix}-title"),
             html.Div(line, className="muted")]
+
+
+def analysis_links(project_id: int) -> list:
+    """Links to the project's analysis pages: every registered page that declares an
+    `analysis_link` position (its `dash.register_page` call), in that order, so a new page
+    needs no edit here or on the project page."""
+    pages = sorted((page["analysis_link"], page["path_template"].rsplit("/", 1)[-1])
+                   for page in dash.page_registry.values() if "analysis_link" in page)
+    return [dcc.Link(name, href=f"/projects/{project_id}/{name}", id=f"{name}-link")
+            for _, name in pages]
 
 
 def polled_result_stores(prefix: str, project_id: int, version: Any,

@@ -63,8 +63,10 @@ from prunescope.server.services import analyses
 from prunescope.server.services import datasets as dataset_service
 from prunescope.server.services import jobs as job_service
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/attention", title="PruneScope — attention"
+    __name__, path_template="/projects/<project_id>/attention", title="PruneScope — attention",
+    analysis_link=30,
 )
 
 MEASURE_OPTIONS = [{"label": m.label, "value": k} for k, m in ATTENTION_MEASURES.items()]

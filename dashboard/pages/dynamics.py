@@ -66,8 +66,10 @@ from prunescope.dashboard.views.dynamics import (
 )
 from prunescope.server.services import analyses
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics"
+    __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics",
+    analysis_link=40,
 )
 
 POLL_MS = 4000

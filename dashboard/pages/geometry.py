@@ -58,8 +58,10 @@ from prunescope.dashboard.views.geometry import (
 )
 from prunescope.server.services import analyses
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry"
+    __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry",
+    analysis_link=20,
 )
 
 VIEWS = [{"label": "side by side", "value": "side"},

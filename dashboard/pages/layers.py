@@ -55,8 +55,10 @@ from prunescope.dashboard.views.layers import VIEW_KEYS, control_options, parse_
 from prunescope.server.services import analyses
 from prunescope.server.services import checkpoints as checkpoint_service
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers"
+    __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers",
+    analysis_link=10,
 )
 
 # View key → the id of the control holding it.

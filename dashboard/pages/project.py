@@ -12,6 +12,7 @@ from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html
 from prunescope.dashboard.components import (
     ACTIVE,
     TableExport,
+    analysis_links,
     card,
     dropdown,
     graph,
@@ -107,15 +108,14 @@ def _heading(project: Any) -> list:
     """The project's name, and a line with its architecture, dataset and other pages."""
     pid = project.id
     dataset = next((d.name for d in project.datasets if d.active), "none")
-    links = [dcc.Link(page, href=f"/projects/{pid}/{page}", id=f"{page}-link")
-             for page in ("layers", "geometry", "attention", "dynamics")]
+    links = [part for link in analysis_links(pid) for part in (" · ", link)]
     return [
         html.H2(project.name, id="project-title"),
         html.Div(
             [
                 f"architecture {project.architecture} · dataset {dataset} (",
                 dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
-                ") · ", links[0], " · ", links[1], " · ", links[2], " · ", links[3],
+                ")", *links,
                 f" · {project.description}" if project.description else "",
             ],
             className="muted",

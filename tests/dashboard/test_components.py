@@ -135,3 +135,23 @@ def test_the_url_is_written_only_when_the_view_changed() -> None:
         assert write("cka", "?metric=svcca&n=3") == "?metric=cka&n=3"
         assert write("cka", "?n=3&metric=cka") is None  # the same view, another order
         assert write(None, "") is None
+
+
+def test_the_project_page_links_every_page_that_declares_an_analysis_link(settings):
+    import dash
+
+    from prunescope.dashboard.components import analysis_links
+    from prunescope.server.main import create_app
+
+    create_app(settings)  # registers the pages
+    names = [link.children for link in analysis_links(4)]
+    assert names == ["layers", "geometry", "attention", "dynamics"]
+    assert [link.href for link in analysis_links(4)][0] == "/projects/4/layers"
+    # A page added later takes its place by declaring one, with no edit to the project page.
+    dash.page_registry["tests.new_page"] = {"path_template": "/projects/<project_id>/novel",
+                                            "analysis_link": 25}
+    try:
+        assert [link.children for link in analysis_links(4)] == [
+            "layers", "geometry", "novel", "attention", "dynamics"]
+    finally:
+        del dash.page_registry["tests.new_page"]
