@@ -130,7 +130,8 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
              [row_of(
                  dcc.Dropdown(id="attention-sentence", options=_sentence_options(sentences),
                               value=view["sentence"] if sentences else None, clearable=False,
-                              style={"width": "40rem"}, placeholder="no sentences"),
+                              style={"width": "40rem"},
+                              placeholder="no sentences (they appear once the analysis ran)"),
                  control("layer", dropdown("attention-layer", list(range(layers)),
                                            view["layer"], "5rem")),
                  control("head", dropdown("attention-head", list(range(heads)), view["head"],
@@ -232,7 +233,10 @@ def pick_head(click: dict | None):  # noqa: ANN201
 def draw_viewer(sentence: int | None, method: str | None, sparsity: int | None,  # noqa: ANN201
                 layer: int | None, head: int | None, job: dict | None, project_id: int):
     if sentence is None:
-        return empty_figure("This project's dataset has no sentences."), "", {"display": "none"}
+        # The sentences come from the stored analysis, not from loading the dataset here.
+        why = ("This project's dataset has no sentences." if _evaluation(project_id) is not None
+               else "The sentences appear once the project's analysis has run.")
+        return empty_figure(why), "", {"display": "none"}
     maps = analyses.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
     message = ""
