@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import dash
 from dash import Dash, Input, Output, State, dcc, html, no_update
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prunescope.dashboard.state import storing_long_selections
+from prunescope.server import auth
 from prunescope.server.auth import current_principal
 from prunescope.server.errors import ServiceError
-from prunescope.server.services import members, views
+from prunescope.server.services import views as view_service
 
 HERE = Path(__file__).parent
 _PROJECT_PATH = re.compile(r"/projects/(\d+)(?:/|$)")
@@ -90,7 +94,7 @@ def save_bookmark(request: dict[str, Any] | None) -> tuple[Any, Any]:
     if project_id is None:
         return html.Span("open a project page to bookmark it", style=_HEADER_ERROR), no_update
     try:
-        bookmark = views.add_bookmark(project_id, str(request.get("name") or ""), url)
+        bookmark = view_service.add_bookmark(project_id, str(request.get("name") or ""), url)
     except ServiceError as exc:
         return html.Span(exc.detail, id="bookmark-error", style=_HEADER_ERROR), no_update
     return html.Span(f"saved “{bookmark.name}”", id="bookmark-saved", style=_HEADER_TEXT), ""
@@ -133,7 +137,7 @@ def share_view(request: dict[str, Any] | None) -> Any:
     if project_id is None:
         return html.Span("open a project page to share it", style=_HEADER_ERROR)
     try:
-        link = members.create_share_link(project_id, view_path=url)
+        link = auth.create_share_link(project_id, view_path=url)
     except ServiceError as exc:
         return html.Span(exc.detail, id="share-error", style=_HEADER_ERROR)
     origin = str(request.get("origin") or "")
@@ -209,10 +213,11 @@ def _page_module(path: str) -> str | None:
 def share_refusal(dash_app: Dash, principal: Any, body: dict[str, Any]) -> str | None:
     """Why a one-view share link's visitor may not run this callback, or None.
 
-    A link to one view runs the callbacks of that view's page, the header's and the shared
-    ones of `prunescope.dashboard.components`; Dash's page router only for the view's own path (it would
-    otherwise draw any page of the project). The service layer keeps every callback to the
-    link's project, read-only, in any case."""
+    A link to one view runs the callbacks of that view's page (the ones the page kit,
+    `prunescope.dashboard.components`, registers for it included) and the header's; Dash's
+    page router only for the view's own path (it would otherwise draw any page of the
+    project). The service layer keeps every callback to the link's project, read-only, in
+    any case."""
     if getattr(principal, "kind", None) != "share" or not principal.view_path:
         return None
     view = urlsplit(principal.view_path).path.rstrip("/") or "/"
@@ -227,7 +232,7 @@ def share_refusal(dash_app: Dash, principal: Any, body: dict[str, Any]) -> str |
         if (str(pathname or "").rstrip("/") or "/") == view:
             return None
         return "a share link for one view opens only that view"
-    if module in ("prunescope.dashboard.app", "prunescope.dashboard.components", _page_module(view)):
+    if module in (__name__, _page_module(view)):
         return None
     return "a share link for one view runs only that view's callbacks"
 
@@ -241,11 +246,6 @@ def run_callbacks_in_threads(server: FastAPI, dash_app: Dash) -> None:
     with a copy of the request's context (the request itself, the signed-in principal),
     where the handler's event loop is a private one.
     """
-    import asyncio
-
-    import anyio
-    from fastapi.routing import APIRoute
-
     path = "/_dash-update-component"
     original = next((r for r in server.router.routes
                      if isinstance(r, APIRoute) and r.path == path), None)

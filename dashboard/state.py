@@ -1,12 +1,20 @@
-"""URL ⇄ view state: everything a view shows is named in its query string, so links reopen it."""
+"""What every page's URL view state shares (`prunescope.dashboard.views`): reading a query
+string, and selections of examples written compactly, long ones stored under a short id."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from prunescope.server.services import views as view_service
 
 log = logging.getLogger(__name__)
 
@@ -22,30 +30,13 @@ _long_selection_store: ContextVar[Callable[[str], str] | None] = ContextVar(
 @contextmanager
 def storing_long_selections(store: Callable[[str], str] | None = None) -> Iterator[None]:
     """Within this block `encode_selection` keeps codes longer than `SELECTION_URL_LIMIT`
-    through `store` (text → short id; default
-    `prunescope.server.services.views.store_view_state`) and writes "v" + the id. The
-    dashboard opens it around every request it serves."""
-    if store is None:
-        from prunescope.server.services.views import store_view_state as store
-    token = _long_selection_store.set(store)
+    through `store` (text → short id; default `prunescope.server.view_service.store_view_state`)
+    and writes "v" + the id. The dashboard opens it around every request it serves."""
+    token = _long_selection_store.set(store or view_service.store_view_state)
     try:
         yield
     finally:
         _long_selection_store.reset(token)
-
-
-def parse_list(value: str | None) -> list[str] | None:
-    """`a,b` → ['a', 'b']; absent → None (meaning: all)."""
-    if value is None:
-        return None
-    return [v for v in value.split(",") if v]
-
-
-def project_view_query(methods: list[str] | None, all_methods: list[str]) -> str:
-    """Query string for the project page; the default view (every method) has none."""
-    if methods is None or sorted(methods) == sorted(all_methods):
-        return ""
-    return "?" + urlencode({"methods": ",".join(sorted(methods))})
 
 
 def parse_query(search: str | None) -> dict[str, str]:
@@ -81,14 +72,9 @@ def encode_selection(indices: list[int] | None, n: int) -> str:
     short; otherwise "z" + URL-safe base64 of the zlib-compressed bitset of the n examples,
     whose length stays near n/8 bytes at worst (a lasso over 27,000 points fits in a URL).
     Inside `storing_long_selections`, a code over `SELECTION_URL_LIMIT` characters is stored
-    and "v" + its short id (`prunescope.server.services.views`) is written instead; should
+    and "v" + its short id (`prunescope.server.view_service`) is written instead; should
     storing fail, the long code still opens the same view. Empty or None → "".
     """
-    import base64
-    import zlib
-
-    import numpy as np
-
     if not indices:
         return ""
     values = np.unique(np.asarray(indices, dtype=np.int64))
@@ -118,20 +104,12 @@ def decode_selection(text: str | None, n: int) -> list[int]:
     """The positions `encode_selection` wrote; anything unreadable or out of range is dropped
     (a hand-edited link gives a smaller selection, never an error). "v" + id is looked up in
     the database; an unknown id, or no database at all, reads as no selection."""
-    import base64
-    import binascii
-    import zlib
-
-    import numpy as np
-
     text = (text or "").strip()
     if not text or n <= 0:
         return []
     if text.startswith("v"):
         try:
-            from prunescope.server.services.views import load_view_state
-
-            text = load_view_state(text[1:])
+            text = view_service.load_view_state(text[1:])
         except Exception:  # noqa: BLE001 - unknown id, other server, no database: no selection
             log.info("selection %r not found", text[:40], exc_info=True)
             return []

@@ -152,6 +152,16 @@ def _chunks(f):  # noqa: ANN001, ANN202
     return iter(lambda: f.read(CHUNK_BYTES), b"")
 
 
+def _validated(settings, job, ingested):  # noqa: ANN001, ANN202
+    """What an upload's ingest job stored: run here (this process is no web server, so it
+    may load torch) unless a worker took the job first, then wait for it."""
+    from prunescope.server.worker import run_here
+
+    print(f"validating (job {job.id})…", file=sys.stderr, flush=True)
+    run_here(settings, job.id)
+    return ingested(job, settings, timeout=24 * 3600.0)
+
+
 def _checkpoint_add(args: argparse.Namespace) -> int:
     from prunescope.server.services import checkpoints
 
@@ -160,7 +170,7 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
         return found
     settings, project, path = found
     with open(path, "rb") as f:
-        ckpt = checkpoints.add_checkpoint(
+        job = checkpoints.add_checkpoint(
             project.id,
             _chunks(f),
             filename=path.name,
@@ -170,6 +180,7 @@ def _checkpoint_add(args: argparse.Namespace) -> int:
             target_sparsity=args.target_sparsity,
             settings=settings,
         )
+    ckpt = _validated(settings, job, checkpoints.ingested)
     print(
         f"stored checkpoint {ckpt.id} {ckpt.name!r} ({ckpt.format}): {ckpt.num_nonzero:,} of "
         f"{ckpt.num_params:,} prunable weights non-zero, {100 * ckpt.measured_sparsity:.2f}% sparse"
@@ -185,7 +196,7 @@ def _dataset_add(args: argparse.Namespace) -> int:
         return found
     settings, project, path = found
     with open(path, "rb") as f:
-        dataset = datasets.add_dataset(
+        job = datasets.add_dataset(
             project.id,
             _chunks(f),
             filename=path.name,
@@ -194,6 +205,7 @@ def _dataset_add(args: argparse.Namespace) -> int:
             columns={"label": args.label_column, "text": args.text_column},
             settings=settings,
         )
+    dataset = _validated(settings, job, datasets.ingested)
     print(
         f"stored dataset {dataset.id} {dataset.name!r} ({dataset.format}, {dataset.kind}): "
         f"{dataset.num_train:,} train + {dataset.num_test:,} test examples, "

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         description="Local worker processes that serve only upload validation (ingest jobs), so "
         "an upload is checked at once while other workers run long analyses; started by serve "
         "beside PRUNESCOPE_WORKERS when that is not 0.")
+    ingest_wait_seconds: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="How long an upload with ?wait=true waits for its validation before it "
+        "answers 202 with the job to poll.")
     # Python runs one request at a time per process (the GIL): more processes serve more users
     # at once. Each is a whole app; all state is in the database and the store.
     server_processes: int = Field(default=1, ge=1, description="HTTP server processes.")

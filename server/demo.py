@@ -124,9 +124,10 @@ DEMO_PROJECTS = (DIGITS, DIGITS_AUGMENTED, MINILM, DIGITS_DYNAMICS)
 DEMO_SELECTION_ENV = "PRUNESCOPE_DEMO_PROJECTS"
 
 
-def _upload_folder(project_id: int, folder: Path, settings: Settings) -> None:
+def _upload_folder(project_id: int, folder: Path, settings: Settings) -> JobPublic:
     """Pack a model folder as a zip in the store's scratch space and add it as the dense
-    checkpoint, through the same path a browser upload takes."""
+    checkpoint, through the same path a browser upload takes: the returned ingest job
+    validates it on a worker."""
     scratch = settings.artifacts_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=scratch, suffix=".zip")
@@ -135,7 +136,7 @@ def _upload_folder(project_id: int, folder: Path, settings: Settings) -> None:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 zf.write(path, path.relative_to(folder).as_posix())
-    checkpoint_service.add_checkpoint_file(
+    return checkpoint_service.add_checkpoint_file(
         project_id, Path(name), filename=f"{folder.name}.zip", name="dense", role="dense",
         settings=settings,
     )
@@ -172,11 +173,11 @@ def ensure_demo_project(demo: DemoProject, settings: Settings) -> tuple[int, lis
 
     if demo.dynamics_runs:
         return project.id, _queue_dynamics(project.id, demo, settings, active_job)
-    train = active_job("train")
+    train = active_job("train") or active_job("ingest_checkpoint", role="dense")
     has_dense = any(c.role == "dense" for c in checkpoints.values())
-    if not has_dense and demo.dense_folder is not None:
-        _upload_folder(project.id, demo.dense_folder(), settings)
-        checkpoints = {c.name: c for c in checkpoint_service.list_checkpoints(project.id, settings)}
+    if not has_dense and demo.dense_folder is not None and train is None:
+        train = _upload_folder(project.id, demo.dense_folder(), settings)
+        queued.append(train)
     elif not has_dense and train is None:
         train = job_service.submit_job(
             project.id, JobCreate(kind="train", params=demo.train_params), settings

@@ -30,3 +30,16 @@ class TooLarge(ServiceError):
 
 class Forbidden(ServiceError):
     status_code = 403
+
+
+# A failed job's error_code (`JobInputError.code`, or the service error that refused its
+# result) → the error a caller who waited on the job gets, with the job's message.
+_BY_CODE: dict[str, type[ServiceError]] = {
+    "invalid": InvalidInput, "too_large": TooLarge, "conflict": Conflict, "not_found": NotFound,
+}
+ERROR_CODES: dict[type[ServiceError], str] = {cls: code for code, cls in _BY_CODE.items()}
+
+
+def error_for_code(code: str | None, detail: str) -> ServiceError:
+    """The service error a failed job's code stands for; InvalidInput when it has none."""
+    return _BY_CODE.get(code or "invalid", InvalidInput)(detail)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prunescope.workers.jobs import JOB_KINDS
+from prunescope.workers.jobs import SUBMITTABLE_KINDS
 
 
 class Health(BaseModel):
@@ -129,7 +129,7 @@ class CheckpointsPublic(BaseModel):
 
 
 # The declared job kinds (prunescope.workers.jobs), so the OpenAPI enum is what workers run.
-JobKind = Literal[tuple(JOB_KINDS)]  # type: ignore[valid-type]
+JobKind = Literal[SUBMITTABLE_KINDS]  # type: ignore[valid-type]
 
 
 class JobCreate(BaseModel):

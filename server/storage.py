@@ -71,7 +71,8 @@ class StorageError(OSError):
         self.errno = errno
 
 
-_STAGING_KEY = re.compile(r"[0-9a-f]{32}")
+# A random name, and the staged file's own extension (readers tell formats apart by it too).
+_STAGING_KEY = re.compile(r"[0-9a-f]{32}(\.[a-z0-9]{1,10})?")
 
 
 def _valid_digest(digest: str) -> bool:
@@ -230,7 +231,8 @@ class ArtifactStore:
 
         With a remote the bytes are uploaded too, since the worker may be another machine.
         """
-        key = uuid.uuid4().hex
+        suffix = staged.suffix.lower()
+        key = uuid.uuid4().hex + (suffix if _STAGING_KEY.fullmatch("0" * 32 + suffix) else "")
         target = self._staged_local(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,34 +14,29 @@ import time
 import traceback
 from collections.abc import Collection
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
-
-from sqlalchemy import select
 
 from prunescope.server import jobs
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import get_engine, session_scope, upgrade_database
+from prunescope.server.errors import ERROR_CODES, ServiceError
+from prunescope.server.job_io import (
+    INGEST_KINDS,
+    build_job_spec,
+    commit_output,
+    discard_staged_uploads,
+    outage_patience,
+)
 from prunescope.server.logs import configure_logging, job_context
 from prunescope.server.resilience import Backoff, database_unavailable, retry_on_outage
-from prunescope.server.storage import ArtifactStore, artifact_store, sha256_file
-from prunescope.server.tables import AnalysisResult, Checkpoint, Job, Project
-from prunescope.workers.jobspec import (
-    RESULT_INPUTS,
-    CheckpointRef,
-    DatasetRef,
-    JobCancelled,
-    JobInputError,
-    JobOutput,
-    JobSpec,
-    ResultRef,
-)
+from prunescope.server.storage import artifact_store
+from prunescope.server.tables import Job
+from prunescope.workers.jobspec import JobCancelled, JobInputError, JobSpec
 
 log = logging.getLogger(__name__)
 
-# Uploads are validated by these job kinds; every worker takes them first, and `serve` keeps a
-# worker of its own for them so an upload never waits behind a long analysis.
-INGEST_KINDS: tuple[str, ...] = ("ingest_checkpoint", "ingest_dataset", "ingest_dynamics")
+# Uploads are validated by the ingest kinds (INGEST_KINDS); every worker takes them first, and
+# `serve` keeps a worker of its own for them so an upload never waits behind a long analysis.
 
 # Write errors that mean "no room": a full disk, a file-size limit, a quota, a read-only store.
 STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
@@ -63,147 +58,6 @@ def storage_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-def _checkpoints_for(job: Job, project: Project) -> list[Checkpoint]:
-    ckpts = list(project.checkpoints)
-    if job.kind == "train":
-        return []
-    if job.kind == "prune":
-        wanted = job.params.get("dense_checkpoint_id")
-        dense = [c for c in ckpts if (c.id == wanted if wanted else c.role == "dense")]
-        if not dense:
-            raise JobInputError(
-                "this project has no dense checkpoint to prune; upload one or run a train job"
-            )
-        return dense[:1]
-    ids = job.params.get("checkpoint_ids")
-    reference = job.params.get("reference_checkpoint_id")
-    return [c for c in ckpts if ids is None or c.id in ids or c.id == reference]
-
-
-def build_job_spec(session, job: Job, store: ArtifactStore, scratch_dir: str) -> JobSpec:  # noqa: ANN001
-    project = session.get(Project, job.project_id)
-    # The active dataset at the time the job starts (one per project; see services.datasets).
-    dataset = next((d for d in project.datasets if d.active), None)
-    dataset = dataset or (project.datasets[0] if project.datasets else None)
-    dataset_ref = None
-    if dataset is not None:
-        dataset_ref = DatasetRef(
-            name=dataset.name,
-            source=dataset.source,
-            builtin_name=dataset.builtin_name,
-            path=str(store.open_path(dataset.artifact_digest)) if dataset.artifact_digest else None,
-        )
-    refs = [
-        CheckpointRef(
-            id=c.id,
-            name=c.name,
-            role=c.role,
-            method=c.method,
-            target_sparsity=c.target_sparsity,
-            path=str(store.open_path(c.artifact_digest)),
-            assets_path=str(store.open_path(c.assets_digest)) if c.assets_digest else None,
-        )
-        for c in _checkpoints_for(job, project)
-    ]
-    wanted = RESULT_INPUTS.get(job.kind, ())
-    results = [
-        ResultRef(id=r.id, kind=r.kind, path=str(store.open_path(r.artifact_digest)),
-                  summary=dict(r.summary or {}))
-        for r in session.scalars(
-            select(AnalysisResult).where(AnalysisResult.project_id == project.id,
-                                         AnalysisResult.kind.in_(wanted))
-            .order_by(AnalysisResult.id)
-        )
-    ] if wanted else []
-    return JobSpec(
-        job_id=job.id,
-        kind=job.kind,
-        params=dict(job.params),
-        architecture=project.architecture,
-        architecture_config=dict(project.architecture_config),
-        dataset=dataset_ref,
-        checkpoints=refs,
-        scratch_dir=scratch_dir,
-        cache_dir=str(store.root / "cache"),
-        results=results,
-    )
-
-
-def _commit_output(
-    settings: Settings, store: ArtifactStore, job_id: int, worker_id: str, output: JobOutput
-) -> None:
-    # Files first (content-addressed, invisible until a row names them), then one transaction.
-    try:
-        adopted_ckpts = []
-        for c in output.checkpoints:
-            path = Path(c.path)
-            size = path.stat().st_size
-            adopted_ckpts.append((c, store.adopt(path, sha256_file(path)), size))
-        adopted_results = [(r, store.adopt(Path(r.path))) for r in output.results]
-    except OSError as exc:
-        raise JobInputError(
-            f"could not write the job's results to the artifact store: {exc}. Earlier results "
-            "are unaffected; free space or make the store writable, then resubmit the job"
-        ) from exc
-    retry_on_outage(
-        lambda: _record_output(settings, job_id, worker_id, adopted_ckpts, adopted_results,
-                               output),
-        what=f"recording the results of job {job_id}", give_up_after=_outage_patience(settings))
-
-
-def _outage_patience(settings: Settings) -> float:
-    """How long a worker holding a finished job waits for the database to return. Past
-    `stale_after_seconds` another worker may take the job over; the ownership checks then
-    make sure only one attempt is ever recorded."""
-    return max(60.0, 10 * settings.stale_after_seconds)
-
-
-def _record_output(settings: Settings, job_id: int, worker_id: str, adopted_ckpts: list,
-                   adopted_results: list, output: JobOutput) -> None:
-    with session_scope(settings) as session:
-        job = session.get(Job, job_id)
-        for c, digest, size in adopted_ckpts:
-            clash = session.scalar(
-                select(Checkpoint.id).where(
-                    Checkpoint.project_id == job.project_id, Checkpoint.name == c.name
-                )
-            )
-            if clash is not None:
-                raise JobInputError(
-                    f"a checkpoint named {c.name!r} already exists in this project; "
-                    "delete it or choose another name"
-                )
-            stats = c.stats or {}
-            session.add(
-                Checkpoint(
-                    project_id=job.project_id,
-                    name=c.name,
-                    role=c.role,
-                    source="trained" if job.kind == "train" else "pruned",
-                    method=c.method,
-                    target_sparsity=c.target_sparsity,
-                    **Checkpoint.stat_columns(stats),
-                    format="safetensors",
-                    artifact_digest=digest,
-                    size_bytes=size,
-                    parent_id=c.parent_id,
-                )
-            )
-        for r, digest in adopted_results:
-            session.add(
-                AnalysisResult(
-                    project_id=job.project_id,
-                    job_id=job_id,
-                    kind=r.kind,
-                    artifact_digest=digest,
-                    summary=r.summary,
-                )
-            )
-        jobs.finish_job(
-            session, job_id, worker_id, state="succeeded", message="done", summary=output.summary
-        )
 
 
 class _Heartbeat(threading.Thread):
@@ -265,15 +119,15 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     try:
         def read_spec() -> JobSpec:
             with session_scope(settings) as session:
-                return build_job_spec(session, session.get(Job, job_id), store, scratch)
+                return build_job_spec(session, session.get(Job, job_id), store, scratch, settings)
 
         spec = retry_on_outage(read_spec, what=f"reading job {job_id}",
-                               give_up_after=_outage_patience(settings))
+                               give_up_after=outage_patience(settings))
         log.info("job %s (%s) started on %s", job_id, spec.kind, worker_id)
         beat.start()
         with job_context(kind=spec.kind):
             output = run_job(spec, progress)
-            _commit_output(settings, store, job_id, worker_id, output)
+            commit_output(settings, store, job_id, worker_id, output)
         state, message, error = "succeeded", "done", None
     except jobs.LostJobOwnership:
         log.warning("job %s is no longer owned by %s; dropping its work", job_id, worker_id)
@@ -283,6 +137,9 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     except JobInputError as exc:
         state, message, error = "failed", "failed", str(exc)
         error_code = getattr(exc, "code", "invalid")
+    except ServiceError as exc:  # an ingest job's row refused (a name taken meanwhile, …)
+        state, message, error = "failed", "failed", exc.detail
+        error_code = ERROR_CODES.get(type(exc), "invalid")
     except Exception as exc:  # the job fails, the worker lives on
         state, message = "failed", "failed"
         if storage_full(exc):  # its output did not fit: say so, and that nothing else changed
@@ -296,8 +153,15 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
         beat.done.set()
         shutil.rmtree(scratch, ignore_errors=True)
     if state != "succeeded":
-        return _record_final(settings, job_id, worker_id, state, message, error, error_code)
-    log.info("job %s %s", job_id, state)
+        state = _record_final(settings, job_id, worker_id, state, message, error, error_code)
+    else:
+        log.info("job %s %s", job_id, state)
+    if state != "lost":
+        try:
+            discard_staged_uploads(settings, job_id)
+        except Exception:  # a leftover staged file must not fail a decided job
+            log.warning("job %s: its staged uploads could not be removed", job_id,
+                        exc_info=True)
     return state
 
 
@@ -313,7 +177,7 @@ def _record_final(settings: Settings, job_id: int, worker_id: str, state: str, m
 
     try:
         retry_on_outage(record, what=f"recording that job {job_id} {state}",
-                        give_up_after=_outage_patience(settings))
+                        give_up_after=outage_patience(settings))
     except jobs.LostJobOwnership:
         return "lost"
     log.info("job %s %s%s", job_id, state, f": {error}" if error else "")

@@ -80,17 +80,7 @@ def settings(tmp_path, monkeypatch, request) -> Settings:
 def ingest_worker(settings):
     """A worker in this process serving only upload validation (ingest jobs), as the ingest
     lane of `serve` does; tests that upload and wait for the answer use it."""
-    import threading
+    from tests.ingest_lane import running_ingest_lane
 
-    from prunescope.server.worker import INGEST_KINDS, run_worker
-
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_worker, name="ingest-worker", daemon=True,
-        kwargs={"settings": settings, "worker_id": "ingest-test", "stop_event": stop,
-                "kinds": INGEST_KINDS},
-    )
-    thread.start()
-    yield thread
-    stop.set()
-    thread.join(60)
+    with running_ingest_lane(settings) as thread:
+        yield thread

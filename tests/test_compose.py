@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from prunescope.server.cli import build_parser
 from prunescope.server.config import Settings
-from prunescope.workers.jobspec import JOB_KINDS
+from prunescope.workers.jobs import JOB_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -12,21 +12,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Transitional copies of what the declarations in `prunescope.workers.jobs` say (the kind
-# names; the result kinds each kind reads, JobSpec.results), kept for callers that still read
-# them here; tests/workers/test_job_kinds.py checks they agree. Read `prunescope.workers.jobs`
-# instead: deriving them here would make this module and the declarations import each other.
-JOB_KINDS = ("train", "prune", "analyze", "geometry", "probe", "attention_maps",
-             "train_dynamics", "dynamics")
-RESULT_INPUTS: dict[str, tuple[str, ...]] = {"dynamics": ("dynamics_run", "dynamics_meta")}
-
-
 class JobCancelled(Exception):
     """Raised by a progress callback when the user cancelled the job; the runner lets it fly."""
 
 
 class JobInputError(Exception):
-    """The job's inputs or parameters are unusable; the message says what to change."""
+    """The job's inputs or parameters are unusable; the message says what to change.
+
+    `code` says why in a word the server keeps with the failed job (jobs.error_code) and maps
+    to an HTTP status for callers that waited on it: "invalid" (422), "too_large" (413),
+    "conflict" (409).
+    """
+
+    code = "invalid"
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,8 @@ class JobSpec:
     # Earlier results of the project the job reads, oldest first (the kinds its
     # declaration's `reads` names).
     results: list[ResultRef] = field(default_factory=list)
+    # Uploads an ingest job validates: their role ("upload", "trajectories", …) → local path.
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +108,9 @@ class JobOutput:
     checkpoints: list[NewCheckpoint] = field(default_factory=list)
     results: list[NewResult] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    # An ingest job's verdict on an upload it accepted: the check's plain-data outcome
+    # (`prunescope.workers.ingest`), files in scratch_dir, which the server adopts with the row.
+    ingested: dict[str, Any] | None = None
 
 
 def default_pruned_name(method: str, sparsity: float) -> str:

@@ -78,6 +78,8 @@ TEST_PREDICTION_COLUMNS = (_Column("example", "int64"), _Column("prediction", "i
 class InputTooLarge(JobInputError):
     """An input refused for its size (an HTTP caller gets 413); the message names the limit."""
 
+    code = "too_large"
+
 
 @dataclass(frozen=True)
 class RecordedRun:

@@ -22,7 +22,10 @@ def run_job(spec: JobSpec, progress: ProgressFn) -> JobOutput:
     """
     kind = job_kind(spec.kind)
     try:
-        build_config(spec.architecture, **spec.architecture_config)
+        # An upload's check reads the architecture itself: a Hugging Face project has no
+        # configuration until its first folder arrives.
+        if not kind.internal:
+            build_config(spec.architecture, **spec.architecture_config)
     except (TypeError, ValueError) as exc:
         raise JobInputError(f"the project's architecture cannot be built: {exc}") from exc
     output = kind.handler(spec, kind.validate(spec.params), progress)

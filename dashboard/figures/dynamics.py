@@ -1,10 +1,11 @@
 """Dynamics figures: how each training example is learned (MAP-D, Dataset Cartography) and
 which examples pruning forgets (pruning-identified exemplars), as pure builders.
 
-Inputs are the arrays of the "dynamics" result (`prunescope.workers.analyses.dynamics.analyse_dynamics`):
-R training runs, N training examples, E epochs, K MAP-D probe suites, M test examples,
-C classes, P pruned populations. A population is the runs of one (mode, sparsity); the dense
-population is the runs of mode "dense". Wherever a view shows "a run", it may also show a
+Inputs are the arrays of the "dynamics" result
+(`prunescope.workers.analyses.dynamics.analyse_dynamics`): R training runs, N training
+examples, E epochs, K MAP-D probe suites, M test examples, C classes, P pruned populations.
+A population is the runs of one (mode, sparsity); the dense population is the runs of mode
+"dense". Wherever a view shows "a run", it may also show a
 population's mean: the run choice "mean:dense" or "mean:<population name>" averages the
 member runs' per-example statistics.
 
@@ -18,14 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlencode
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from prunescope.dashboard.figures.overview import METHOD_COLOURS, empty_figure, method_colour
-from prunescope.dashboard.state import decode_selection, encode_selection
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -38,8 +37,8 @@ MEAN_PREFIX = "mean:"
 DENSE_COLOUR = METHOD_COLOURS["dense"]
 # The pruning modes in a fixed order, so each keeps its colour on every figure.
 MODE_ORDER = ("gmp", "finetune")
-# Colours of the MAP-D categories named by `prunescope.workers.analyses.dynamics_training`; other names
-# take FALLBACK in the order of the result's categories.
+# Colours of the MAP-D categories named by `prunescope.workers.analyses.dynamics_training`;
+# other names take FALLBACK in the order of the result's categories.
 CATEGORY_COLOURS = {
     "typical": "#2ca02c",
     "atypical": "#ff7f0e",
@@ -55,7 +54,6 @@ PIE_COLOUR = "#e45756"
 COLOR_BY = {"mapd": "MAP-D top category", "suite": "planted probe suite",
             "pie": "train PIE of the population"}
 SUITE_VIEWS = {"panels": "one panel per suite", "overlay": "suites on one axes"}
-VIEW_KEYS = ("run", "population", "color", "suite_view", "cat")
 GALLERY_SIZE = 48
 SIGNIFICANCE = 0.05
 
@@ -361,13 +359,6 @@ def selection_from_event(selected: Mapping[str, Any] | None,
                 0 <= curve < len(traces) and 0 <= index < len(traces[curve]):
             found.add(int(traces[curve][index]))
     return sorted(found)
-
-
-def selection_revision(selection: Sequence[int] | None) -> str:
-    """Plotly keeps a user's lasso across redraws unless `selectionrevision` changes; tying it
-    to the selection makes the map show exactly the selection stored."""
-    chosen = tuple(selection or ())
-    return f"{len(chosen)}:{hash(chosen) & 0xFFFFFFFF:x}"
 
 
 # ---------------------------------------------------------------------------- PIEs
@@ -723,70 +714,3 @@ def pie_rows(dyn: Arrays | None, population: str | None, split: str = "test",
             row["taxicab distance"] = float(np.asarray(dyn["cie_distance"])[p, i])
         rows.append(row)
     return rows
-
-
-# ------------------------------------------------------------------------ view state
-
-
-def dynamics_view_options(dyn: Arrays | None) -> dict[str, list[dict[str, str]]]:
-    """The choices of the page's controls."""
-    return {
-        "runs": run_options(dyn),
-        "populations": [{"label": n, "value": n} for n in population_names(dyn)],
-        "color_by": [{"label": label, "value": key} for key, label in COLOR_BY.items()
-                     if key != "pie" or population_names(dyn)],
-        "suite_views": [{"label": label, "value": key} for key, label in SUITE_VIEWS.items()],
-        "categories": ([] if dyn is None else
-                       [{"label": c, "value": c} for c in strings(dyn["categories"])]),
-    }
-
-
-def default_population(dyn: Arrays | None) -> str | None:
-    """The sparsest population of the first mode (gmp before finetune): where pruning
-    forgets most."""
-    names = population_names(dyn)
-    if not names:
-        return None
-    modes = strings(dyn["population_modes"])
-    sparsity = np.asarray(dyn["population_sparsity"], dtype=np.float64)
-    rank = [MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER) for m in modes]
-    return names[min(range(len(names)), key=lambda p: (rank[p], -sparsity[p], p))]
-
-
-def default_category(dyn: Arrays | None) -> str | None:
-    """The first category that is not "typical": typical examples are rarely the question."""
-    categories = [] if dyn is None else strings(dyn["categories"])
-    return next((c for c in categories if c != "typical"), categories[0] if categories else None)
-
-
-def resolve_dynamics_view(query: Mapping[str, str], dyn: Arrays | None) -> dict[str, Any]:
-    """The view a URL query asks for (VIEW_KEYS and "sel"), each value checked against what
-    the result offers and replaced by the default where it is not; "sel" becomes the list of
-    selected training-example indices (`prunescope.dashboard.state.decode_selection`)."""
-    options = dynamics_view_options(dyn)
-
-    def pick(key: str, choices: str, default: Any) -> Any:
-        allowed = [o["value"] for o in options[choices]]
-        return query.get(key) if query.get(key) in allowed else default
-
-    runs = [o["value"] for o in options["runs"]]
-    default_run = MEAN_PREFIX + DENSE if MEAN_PREFIX + DENSE in runs else \
-        (runs[0] if runs else None)
-    n = 0 if dyn is None else int(np.asarray(dyn["suite"]).shape[0])
-    return {
-        "run": pick("run", "runs", default_run),
-        "population": pick("population", "populations", default_population(dyn)),
-        "color": pick("color", "color_by", "mapd"),
-        "suite_view": pick("suite_view", "suite_views", "panels"),
-        "cat": pick("cat", "categories", default_category(dyn)),
-        "sel": decode_selection(query.get("sel"), n),
-    }
-
-
-def dynamics_view_query(view: Mapping[str, Any], n: int) -> str:
-    """The query string of a view (`resolve_dynamics_view` reads it back); the selection
-    ("sel", example indices among `n`) is written compactly (`encode_selection`)."""
-    pairs = [(k, view[k]) for k in VIEW_KEYS if view.get(k) is not None]
-    if view.get("sel") and (text := encode_selection(list(view["sel"]), n)):
-        pairs.append(("sel", text))
-    return "?" + urlencode(pairs) if pairs else ""

@@ -854,29 +854,3 @@ def example_rows(
     columns["margin_change"] = _rounded(margin[c, chosen] - margin[reference, chosen], 4)
     keys = list(columns)
     return [dict(zip(keys, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-
-
-def _option(value: str, label: str | None = None) -> dict[str, str]:
-    return {"label": label or value, "value": value}
-
-
-def geometry_view_options(geom: Arrays | None) -> dict[str, list[dict[str, str]]]:
-    """The choices of the page's controls: checkpoints by name, classes (value: the class
-    index as text, label: its name), and the colourings the result supports (group only when
-    the dataset has groups)."""
-    def listed(key: str) -> list[str]:
-        try:
-            return _strings(_array(geom, key))
-        except _Unavailable:
-            return []
-
-    has_groups = bool(listed("group_names"))
-    return {
-        "checkpoints": [_option(name) for name in listed("checkpoint_names")],
-        "classes": [_option(str(k), name) for k, name in enumerate(listed("class_names"))],
-        "color_by": [
-            _option(key, COLOR_BY_LABELS[key])
-            for key in COLOR_BY
-            if key != "group" or has_groups
-        ],
-    }

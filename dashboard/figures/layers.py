@@ -1,11 +1,10 @@
 """Layers page figures: where pruned networks drift from the dense model, layer by layer.
 
 Every builder takes the arrays of one stored result
-(`prunescope.server.services.analyses.layer_analysis`) and returns a Plotly figure; the
-`*_table` helpers return the same numbers as rows for CSV export, so a downloaded table
-always matches the figure it came from. Missing results or
-arrays give an explanatory empty figure (and no rows); arrays whose shapes disagree raise
-ValueError naming the array.
+(`prunescope.server.services.layer_analysis`) and returns a Plotly figure; the `*_table`
+helpers return the same numbers as rows for CSV export, so a downloaded table always matches
+the figure it came from. Missing results or arrays give an explanatory empty figure (and no
+rows); arrays whose shapes disagree raise ValueError naming the array.
 
 The measures (computed by `prunescope.workers.analyses.layers.compare_layers` and
 `prunescope.workers.analyses.masks_and_neurons`, not here):
@@ -29,13 +28,10 @@ The measures (computed by `prunescope.workers.analyses.layers.compare_layers` an
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import urlencode
 
 import numpy as np
 import plotly.graph_objects as go
@@ -660,101 +656,3 @@ def wasserstein_neurons_table(
         }
         for i in range(data.dense_w1_scaled.size)
     ]
-
-
-def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """CSV text with a header from the first row's keys; None becomes an empty cell and
-    floats keep every digit (repr), so the file reads back to the same numbers."""
-    if not rows:
-        return ""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-# ------------------------------------------------------------------ view state
-
-
-VIEW_KEYS = (
-    "metric", "rows", "checkpoint", "matrix", "complexity", "iou_layer", "neuron_layer",
-    "neuron_checkpoint",
-)
-
-
-def _option(value: str, label: str | None = None) -> dict[str, str]:
-    return {"label": label or value, "value": value}
-
-
-def layers_view_options(data: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
-    """The choices each control offers, from `analyses.layer_analysis`'s result."""
-    evaluation, masks, neurons = data.get("evaluation"), data.get("masks"), data.get("neurons")
-
-    def names(arrays: Arrays | None, key: str) -> list[str]:
-        return [] if arrays is None or key not in arrays else _strings(np.asarray(arrays[key]))
-
-    return {
-        "metric": [_option(k, m.label.replace(" to dense", "")) for k, m in
-                   SIMILARITY_METRICS.items()],
-        "checkpoint": [_option(n) for n in names(evaluation, "checkpoint_names")],
-        "rows": [_option(n) for n in names(evaluation, "checkpoint_names")],
-        "matrix": [_option(k, m.label) for k, m in LAYER_MATRICES.items()],
-        "complexity": [_option(k, m.label) for k, m in COMPLEXITY_MEASURES.items()],
-        "iou_layer": [_option(ALL_LAYERS, "all layers")]
-        + [_option(n, short_layer(n)) for n in names(masks, "layers")],
-        "neuron_layer": [_option(n) for n in names(neurons, "layers")],
-        "neuron_checkpoint": [_option(n) for n in names(neurons, "checkpoint_names")],
-    }
-
-
-def _sparsest_pruned(evaluation: Arrays | None) -> str | None:
-    keys = ("checkpoint_names", "checkpoint_roles", "sparsity")
-    if evaluation is None or any(k not in evaluation for k in keys):
-        return None
-    names = _strings(np.asarray(evaluation["checkpoint_names"]))
-    roles = _strings(np.asarray(evaluation["checkpoint_roles"]))
-    sparsity = np.asarray(evaluation["sparsity"], dtype=float)
-    if not len(names) == len(roles) == sparsity.size:
-        return None
-    pruned = [i for i, role in enumerate(roles) if role != "dense"]
-    if not pruned:
-        return names[0] if names else None
-    # The sparsest checkpoint shows the most drift; on a tie the first listed wins.
-    return names[max(pruned, key=lambda i: (sparsity[i], -i))]
-
-
-def resolve_layers_view(
-    query: Mapping[str, str], options: Mapping[str, list[dict[str, str]]],
-    data: Mapping[str, Any] | None = None,
-) -> dict[str, str | None]:
-    """The view a URL asks for: each query value that is one of its control's options, else
-    the default (CKA, linear matrix, effective rank, all layers, the sparsest pruned
-    checkpoint, the first neuron layer); None where a control has nothing to offer."""
-    sparsest = _sparsest_pruned((data or {}).get("evaluation"))
-    defaults = {
-        "metric": "cka",
-        "matrix": "cka",
-        "complexity": "effective_rank",
-        "iou_layer": ALL_LAYERS,
-        "checkpoint": sparsest,
-        "rows": dense_name((data or {}).get("evaluation")),
-        "neuron_checkpoint": sparsest,
-    }
-    view: dict[str, str | None] = {}
-    for key in VIEW_KEYS:
-        values = [o["value"] for o in options.get(key, [])]
-        wanted = query.get(key)
-        if wanted in values:
-            view[key] = wanted
-        elif defaults.get(key) in values:
-            view[key] = defaults[key]
-        else:
-            view[key] = values[0] if values else None
-    return view
-
-
-def layers_view_query(view: Mapping[str, str | None]) -> str:
-    """The query string naming every control's value, in a fixed order."""
-    pairs = [(k, view[k]) for k in VIEW_KEYS if view.get(k) is not None]
-    return "?" + urlencode(pairs) if pairs else ""

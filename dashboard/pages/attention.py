@@ -3,33 +3,39 @@
 Reads the attention-consistency arrays the analyze job stores for Hugging Face checkpoints
 (`analyses.layer_analysis`'s evaluation), the probe job's accuracies and, for the sentence
 viewer, one sentence's maps (an `attention_maps` job, queued from the page on request).
-Every choice is in the URL (`VIEW_KEYS`): measure, method, sparsity (percent), layer, head,
-sentence, probing task and drift measure; an older link's `checkpoint` still opens its
-method and sparsity.
+Every choice is in the URL (`prunescope.dashboard.views.attention`), so a copied link reopens
+the same view.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 import dash
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from prunescope.dashboard.components import (
-    export_buttons,
-    export_inputs,
+    TableExport,
+    active_job,
+    card,
+    control,
+    dropdown,
+    graph,
+    grid2,
     open_project,
+    page_heading,
     project_missing,
     queued_message,
-    table_download,
+    row_of,
+    table_download_callback,
+    table_exports,
+    view_url_writer,
 )
 from prunescope.dashboard.figures.attention import (
     ATTENTION_MEASURES,
     DRIFT_MEASURES,
     as_int,
     attention_rows,
-    attention_shape,
     attention_viewer,
     checkpoint_at,
     head_heatmap,
@@ -42,22 +48,27 @@ from prunescope.dashboard.figures.attention import (
     probe_lines,
     probe_tasks,
     pruned_checkpoints,
-    resolve_attention_view,
-    sparsity_marks,
     viewer_rows,
 )
-from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
-from prunescope.dashboard.state import parse_query
+from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure
+from prunescope.dashboard.views.attention import (
+    VIEW_KEYS,
+    attention_shape,
+    parse_view,
+    sparsity_marks,
+    view_query,
+)
 from prunescope.server.errors import Conflict, InvalidInput
 from prunescope.server.services import analyses
 from prunescope.server.services import datasets as dataset_service
 from prunescope.server.services import jobs as job_service
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/attention", title="PruneScope — attention"
+    __name__, path_template="/projects/<project_id>/attention", title="PruneScope — attention",
+    analysis_link=30,
 )
 
-VIEW_KEYS = ("measure", "method", "sparsity", "layer", "head", "sentence", "task", "drift")
 MEASURE_OPTIONS = [{"label": m.label, "value": k} for k, m in ATTENTION_MEASURES.items()]
 DRIFT_OPTIONS = [{"label": label, "value": k} for k, (_, label) in DRIFT_MEASURES.items()]
 SENTENCE_LABEL = 90  # characters of a sentence shown in the picker
@@ -73,11 +84,6 @@ def _sentence_options(sentences: list[str]) -> list[dict[str, Any]]:
              "value": i} for i, s in enumerate(sentences)]
 
 
-def _row(label: str, component: Any) -> html.Div:
-    return html.Div([html.Span(label, className="muted"), component],
-                    style={"display": "flex", "gap": "0.5rem", "alignItems": "center"})
-
-
 def layout(project_id: str | None = None, **query: str) -> html.Div:
     opened = open_project(project_id)
     if opened is None:
@@ -85,112 +91,78 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     pid, project = opened
     evaluation = _evaluation(pid)
     sentences = dataset_service.evaluation_sentences(pid)
-    view = resolve_attention_view(query, evaluation, len(sentences))
-    checkpoints = pruned_checkpoints(evaluation)
-    methods = methods_of(checkpoints)
+    tasks = probe_tasks(analyses.probing_results(pid)["probing"])
+    view = parse_view(query, evaluation, len(sentences), tasks)
+    methods = methods_of(pruned_checkpoints(evaluation))
     marks, low, high = sparsity_marks(evaluation, view["method"])
     layers, heads = attention_shape(evaluation)
-    probing = analyses.probing_results(pid)["probing"]
-    tasks = probe_tasks(probing)
-    task = view["task"] if view["task"] in tasks else (tasks[0] if tasks else None)
     return html.Div([
         dcc.Location(id="attention-url", refresh=False),
         dcc.Store(id="attention-project-id", data=pid),
         dcc.Store(id="attention-maps-job"),
         dcc.Interval(id="attention-poll", interval=POLL_MS),
-        html.H2(f"{project.name}: attention", id="attention-title"),
-        html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
-                  f" · architecture {project.architecture}"], className="muted"),
-        html.Div([
-            _row("measure", dcc.Dropdown(id="attention-measure", options=MEASURE_OPTIONS,
-                                         value=view["measure"], clearable=False,
-                                         style={"width": "24rem"})),
-            _row("method", dcc.Dropdown(id="attention-method", options=methods,
-                                        value=view["method"], clearable=False,
-                                        style={"width": "14rem"})),
-            _row("sparsity", html.Div(dcc.Slider(
+        *page_heading("attention", project, "attention"),
+        row_of(
+            control("measure", dropdown("attention-measure", MEASURE_OPTIONS, view["measure"],
+                                        "24rem")),
+            control("method", dropdown("attention-method", methods, view["method"])),
+            control("sparsity", html.Div(dcc.Slider(
                 id="attention-sparsity", min=low, max=high, step=None, marks=marks,
                 value=view["sparsity"] if view["sparsity"] is not None else low),
                 style={"width": "18rem"})),
             html.Span(id="attention-checkpoint", className="muted"),
-            *export_buttons("attention"),
-            dcc.Download(id="attention-download"),
-        ], className="card", style={"display": "flex", "gap": "1rem", "flexWrap": "wrap",
-                                    "alignItems": "center"}),
-        html.Div([
-            html.Div([html.H3("Per layer"),
-                      html.P("The mean over heads, one line per checkpoint (sparser darker). "
-                             "Movva & Zhao (2020) find attention stays consistent as sparsity "
-                             "grows.", className="muted"),
-                      dcc.Graph(id="attention-lines", figure=loading_figure(),
-                                config=GRAPH_CONFIG)], className="card"),
-            html.Div([html.H3("Per head"),
-                      html.P("Each layer's heads for the chosen checkpoint; every real, "
-                             "non-special query token counts once. Click a cell to view that "
-                             "head below.", className="muted"),
-                      dcc.Graph(id="attention-heads", figure=loading_figure(),
-                                config=GRAPH_CONFIG)], className="card"),
-        ], className="grid2"),
-        html.Div([html.H3("Across methods"),
-                  html.P("Each method at its checkpoint nearest the chosen sparsity, on one "
-                         "colour scale.", className="muted"),
-                  dcc.Graph(id="attention-methods", figure=loading_figure(),
-                            config=GRAPH_CONFIG)], className="card"),
-        html.Div([
-            html.H3("One sentence"),
-            html.P("The chosen head's attention in the dense and the chosen pruned checkpoint "
-                   "(rows: queries, columns: keys) and their difference.", className="muted"),
-            html.Div([
-                dcc.Dropdown(id="attention-sentence", options=_sentence_options(sentences),
-                             value=view["sentence"] if sentences else None, clearable=False,
-                             style={"width": "40rem"}, placeholder="no sentences"),
-                _row("layer", dcc.Dropdown(id="attention-layer",
-                                           options=list(range(layers)), value=view["layer"],
-                                           clearable=False, style={"width": "5rem"})),
-                _row("head", dcc.Dropdown(id="attention-head", options=list(range(heads)),
-                                          value=view["head"], clearable=False,
-                                          style={"width": "5rem"})),
-                html.Button("Show attention", id="attention-show", n_clicks=0),
-                *export_buttons("attention-viewer"),
-                dcc.Download(id="attention-viewer-download"),
-            ], style={"display": "flex", "gap": "1rem", "alignItems": "center",
-                      "flexWrap": "wrap"}),
-            html.Div(id="attention-maps-message", className="muted"),
-            dcc.Graph(id="attention-viewer", figure=loading_figure(),
-                      config=GRAPH_CONFIG),
-        ], className="card"),
-        html.Div([
-            html.H3("Linear probes per layer"),
-            html.P("What each layer still encodes: a logistic regression per layer and "
-                   "checkpoint on tasks generated from the project's sentences (length, word "
-                   "content, bigram shift, odd-man-out, coordination inversion; Conneau et al. "
-                   "2018), scored on held-out sentences against the majority class.",
-                   className="muted"),
-            html.Div([
-                dcc.Dropdown(id="attention-task", options=[{"label": t, "value": t}
-                                                           for t in tasks],
-                             value=task, clearable=False, style={"width": "16rem"}),
-                html.Button("Run probes", id="attention-run-probes", n_clicks=0),
-                html.Span(id="attention-probe-message", className="muted"),
-            ], style={"display": "flex", "gap": "1rem", "alignItems": "center"}),
-            dcc.Graph(id="attention-probes", figure=loading_figure(),
-                      config=GRAPH_CONFIG),
-        ], className="card"),
-        html.Div([
-            html.Div([html.H3("Layer drift"),
-                      html.P("Hidden states per layer against the dense model (the Layers page "
-                             "has the full set of measures).", className="muted"),
-                      dcc.Dropdown(id="attention-drift", options=DRIFT_OPTIONS,
-                                   value=view["drift"], clearable=False,
-                                   style={"width": "22rem"}),
-                      dcc.Graph(id="attention-drift-lines", figure=loading_figure(),
-                                config=GRAPH_CONFIG)], className="card"),
-            html.Div([html.H3("Language-model quality"),
-                      html.P("Perplexity for decoders, masked-token accuracy for encoders with "
-                             "their MLM head, on the evaluation sentences.", className="muted"),
-                      dcc.Graph(id="attention-lm", figure=lm_quality_lines(evaluation),
-                                config=GRAPH_CONFIG)], className="card"),
-        ], className="grid2"),
+            *table_exports("attention"),
+            className="card",
+        ),
+        grid2(
+            card("Per layer", "The mean over heads, one line per checkpoint (sparser darker). "
+                 "Movva & Zhao (2020) find attention stays consistent as sparsity grows.",
+                 [graph("attention-lines")]),
+            card("Per head", "Each layer's heads for the chosen checkpoint; every real, "
+                 "non-special query token counts once. Click a cell to view that head below.",
+                 [graph("attention-heads")]),
+        ),
+        card("Across methods", "Each method at its checkpoint nearest the chosen sparsity, on "
+             "one colour scale.", [graph("attention-methods")]),
+        card("One sentence",
+             "The chosen head's attention in the dense and the chosen pruned checkpoint "
+             "(rows: queries, columns: keys) and their difference.",
+             [row_of(
+                 dcc.Dropdown(id="attention-sentence", options=_sentence_options(sentences),
+                              value=view["sentence"] if sentences else None, clearable=False,
+                              style={"width": "40rem"},
+                              placeholder="no sentences (they appear once the analysis ran)"),
+                 control("layer", dropdown("attention-layer", list(range(layers)),
+                                           view["layer"], "5rem")),
+                 control("head", dropdown("attention-head", list(range(heads)), view["head"],
+                                          "5rem")),
+                 html.Button("Show attention", id="attention-show", n_clicks=0),
+                 *table_exports("attention-viewer"),
+             ),
+              html.Div(id="attention-maps-message", className="muted"),
+              graph("attention-viewer")]),
+        card("Linear probes per layer",
+             "What each layer still encodes: a logistic regression per layer and checkpoint "
+             "on tasks generated from the project's sentences (length, word content, bigram "
+             "shift, odd-man-out, coordination inversion; Conneau et al. 2018), scored on "
+             "held-out sentences against the majority class.",
+             [row_of(
+                 dropdown("attention-task", [{"label": t, "value": t} for t in tasks],
+                          view["task"], "16rem"),
+                 html.Button("Run probes", id="attention-run-probes", n_clicks=0),
+                 html.Span(id="attention-probe-message", className="muted"),
+             ),
+              graph("attention-probes")]),
+        grid2(
+            card("Layer drift", "Hidden states per layer against the dense model (the Layers "
+                 "page has the full set of measures).",
+                 [dropdown("attention-drift", DRIFT_OPTIONS, view["drift"], "22rem"),
+                  graph("attention-drift-lines")]),
+            card("Language-model quality", "Perplexity for decoders, masked-token accuracy for "
+                 "encoders with their MLM head, on the evaluation sentences.",
+                 [dcc.Graph(id="attention-lm", figure=lm_quality_lines(evaluation),
+                            config=GRAPH_CONFIG)]),
+        ),
     ])
 
 
@@ -261,7 +233,10 @@ def pick_head(click: dict | None):  # noqa: ANN201
 def draw_viewer(sentence: int | None, method: str | None, sparsity: int | None,  # noqa: ANN201
                 layer: int | None, head: int | None, job: dict | None, project_id: int):
     if sentence is None:
-        return empty_figure("This project's dataset has no sentences."), "", {"display": "none"}
+        # The sentences come from the stored analysis, not from loading the dataset here.
+        why = ("This project's dataset has no sentences." if _evaluation(project_id) is not None
+               else "The sentences appear once the project's analysis has run.")
+        return empty_figure(why), "", {"display": "none"}
     maps = analyses.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
     message = ""
@@ -295,13 +270,6 @@ def show_attention(n_clicks: int, sentence: int | None, project_id: int):  # noq
             "message": f"Attention job #{job.id} queued; the maps appear when it finishes."}
 
 
-def _maps_job(project_id: int, sentence: int) -> Any:
-    """The newest queued or running attention-maps job for a sentence, or None."""
-    active = [j for j in job_service.list_jobs(project_id) if j.kind == "attention_maps"
-              and j.state in ("queued", "running") and j.params.get("sentence") == sentence]
-    return active[-1] if active else None
-
-
 @callback(
     Output("attention-maps-job", "data", allow_duplicate=True),
     Input("attention-poll", "n_intervals"),
@@ -318,7 +286,8 @@ def poll_maps_job(_n: int, sentence: int | None, job: dict | None,  # noqa: ANN2
         return no_update
     ident = job.get("id") if job and job.get("sentence") == sentence else None
     if ident is None:
-        found = _maps_job(project_id, int(sentence))
+        found = active_job(project_id, "attention_maps",
+                           lambda j: j.params.get("sentence") == int(sentence))
         if found is None:
             return no_update
         ident = found.id
@@ -371,48 +340,30 @@ def run_probes(n_clicks: int, project_id: int):  # noqa: ANN201
                           "; reload the page when it has finished")
 
 
-@callback(
-    Output("attention-url", "search"),
-    *[Input(f"attention-{key}", "value") for key in VIEW_KEYS],
-    State("attention-url", "search"),
-    prevent_initial_call=True,
-)
-def write_url(*values: Any):  # noqa: ANN201
-    *chosen, search = values
-    pairs = [(k, v) for k, v in zip(VIEW_KEYS, chosen, strict=True) if v is not None]
-    query = "?" + urlencode(pairs)
-    return no_update if parse_query(query) == parse_query(search) else query
+@view_url_writer("attention-url", *[Input(f"attention-{key}", "value") for key in VIEW_KEYS])
+def attention_query(*chosen: Any) -> str:
+    return view_query(dict(zip(VIEW_KEYS, chosen, strict=True)))
 
 
-@callback(
-    Output("attention-download", "data"),
-    *export_inputs("attention"),
-    State("attention-measure", "value"),
-    State("attention-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download(_n: int, _p: int, measure: str, project_id: int):  # noqa: ANN201
-    return table_download(attention_rows(_evaluation(project_id), measure),
-                        f"project{project_id}-attention-{measure}")
+# --------------------------------------------------------------------------- downloads
 
 
-@callback(
-    Output("attention-viewer-download", "data"),
-    *export_inputs("attention-viewer"),
-    State("attention-sentence", "value"),
-    State("attention-method", "value"),
-    State("attention-sparsity", "value"),
-    State("attention-layer", "value"),
-    State("attention-head", "value"),
-    State("attention-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_viewer(_n: int, _p: int, sentence: int | None, method: str | None,  # noqa: ANN201
-                    sparsity: int | None, layer: int | None, head: int | None,
-                    project_id: int):
+@table_download_callback("attention", State("attention-measure", "value"),
+                         State("attention-project-id", "data"))
+def attention_export(measure: str, project_id: int) -> TableExport:
+    return TableExport(attention_rows(_evaluation(project_id), measure),
+                       f"project{project_id}-attention-{measure}")
+
+
+@table_download_callback("attention-viewer", State("attention-sentence", "value"),
+                         State("attention-method", "value"), State("attention-sparsity", "value"),
+                         State("attention-layer", "value"), State("attention-head", "value"),
+                         State("attention-project-id", "data"))
+def viewer_export(sentence: int | None, method: str | None, sparsity: int | None,
+                  layer: int | None, head: int | None, project_id: int) -> TableExport | None:
     if sentence is None:
-        return no_update
+        return None
     maps = analyses.attention_maps(project_id, int(sentence))["maps"]
     checkpoint = checkpoint_at(_evaluation(project_id), method, sparsity)
-    return table_download(viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0)),
-                        f"project{project_id}-sentence{sentence}-layer{layer}-head{head}")
+    return TableExport(viewer_rows(maps, checkpoint, int(layer or 0), int(head or 0)),
+                       f"project{project_id}-sentence{sentence}-layer{layer}-head{head}")

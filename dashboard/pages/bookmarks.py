@@ -5,16 +5,16 @@ from __future__ import annotations
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dcc, html, no_update
 
-from prunescope.dashboard.components import open_project, project_missing
+from prunescope.dashboard.components import open_project, page_heading, project_missing
 from prunescope.server.errors import ServiceError
-from prunescope.server.services import views
+from prunescope.server.services import views as view_service
 
 dash.register_page(
     __name__, path_template="/projects/<project_id>/bookmarks", title="PruneScope — bookmarks"
 )
 
 
-def bookmarks_list(bookmarks: list[views.BookmarkPublic]) -> html.Div:
+def bookmarks_list(bookmarks: list[view_service.BookmarkPublic]) -> html.Div:
     """One row per bookmark: its name as a link to the view, the address, and a delete button."""
     if not bookmarks:
         return html.Div(
@@ -50,11 +50,10 @@ def layout(project_id: str | None = None, **_query: str) -> html.Div:
     return html.Div(
         [
             dcc.Store(id="bookmarks-project-id", data=pid),
-            html.H2(f"{project.name}: bookmarks", id="bookmarks-title"),
-            html.Div(dcc.Link("← back to the project", href=f"/projects/{pid}"), className="muted"),
+            *page_heading("bookmarks", project, "bookmarks", architecture=False),
             html.Div(
                 [
-                    html.Div(bookmarks_list(views.list_bookmarks(pid)), id="bookmarks-list"),
+                    html.Div(bookmarks_list(view_service.list_bookmarks(pid)), id="bookmarks-list"),
                     html.Div(id="bookmarks-message", style={"marginTop": "0.6rem"}),
                 ],
                 className="card",
@@ -74,8 +73,8 @@ def delete(_clicks: list[int], project_id: int):  # noqa: ANN201
     if not ctx.triggered or not ctx.triggered[0]["value"]:
         return no_update, no_update  # the buttons were (re)drawn, not clicked
     try:
-        views.delete_bookmark(int(ctx.triggered_id["index"]))
+        view_service.delete_bookmark(int(ctx.triggered_id["index"]))
         message = html.Span("bookmark deleted", className="ok")
     except ServiceError as exc:
         message = html.Span(exc.detail, className="error")
-    return bookmarks_list(views.list_bookmarks(project_id)), message
+    return bookmarks_list(view_service.list_bookmarks(project_id)), message

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-from urllib.parse import urlencode
 
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
-from prunescope.dashboard.components import open_project, project_missing
+from prunescope.dashboard.components import (
+    card,
+    dropdown,
+    graph,
+    grid2,
+    ingest_outcome,
+    ingest_watch,
+    open_project,
+    page_heading,
+    project_missing,
+    validating_message,
+)
 from prunescope.dashboard.figures.datasets import class_counts_figure, preview_rows
-from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
+from prunescope.dashboard.figures.overview import empty_figure
 from prunescope.dashboard.state import parse_query
+from prunescope.dashboard.views.datasets import datasets_href, parse_view
 from prunescope.server.errors import ServiceError
 from prunescope.server.services import datasets as dataset_service
 
@@ -31,148 +42,76 @@ SPLIT_RULES = {
 }
 
 
-def datasets_href(project_id: int, dataset_id: int | None = None) -> str:
-    """The page's URL; `dataset` in the query names the dataset previewed."""
-    query = f"?{urlencode({'dataset': dataset_id})}" if dataset_id is not None else ""
-    return f"/projects/{project_id}/datasets{query}"
+def _upload_card(architecture: str) -> html.Div:
+    formats = [
+        "NumPy ", html.Code(".npz"), " (arrays x, y; optional ids, group, split), a ",
+        html.Code(".zip"), " with one folder of PNG/JPEG images per class, or ",
+        html.Code(".csv"), ", ", html.Code(".jsonl"), ", ", html.Code(".parquet"),
+        " with a label column and numeric feature columns or a text column. It is checked "
+        f"against {architecture} before it is kept.",
+    ]
+    return card("Upload a dataset", None, [
+        html.P(formats, className="muted"),
+        html.Div(
+            [dcc.Input(id="dataset-name", placeholder="name (default: file name)"),
+             dcc.Input(id="dataset-label-column", placeholder="label column (default: label)"),
+             dcc.Checklist(id="dataset-activate",
+                           options=[{"label": " use it for jobs", "value": "yes"}], value=[])],
+            style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem",
+                   "alignItems": "center", "flexWrap": "wrap"},
+        ),
+        dcc.Upload(id="dataset-upload",
+                   children=html.Div(["Drag and drop or ", html.A("choose a file")]),
+                   className="upload", max_size=DASHBOARD_UPLOAD_LIMIT),
+        *ingest_watch("dataset-upload"),
+        dcc.Loading(html.Div(id="dataset-upload-message", style={"marginTop": "0.6rem"})),
+    ])
 
 
-def layout(project_id: str | None = None, dataset: str | None = None, **_query: str) -> html.Div:
+def _builtin_card() -> html.Div:
+    return card(
+        "Add a builtin dataset",
+        "digits: 1,797 handwritten 8×8 digits (scikit-learn). english_sentences: prose "
+        "sentences from Python's own help text, labelled by help topic, for text models.",
+        [html.Div([dropdown("builtin-choice", [{"label": b, "value": b} for b in BUILTINS],
+                            BUILTINS[0]),
+                   dcc.Input(id="builtin-name", placeholder="name (optional)"),
+                   html.Button("Add", id="builtin-add", n_clicks=0)],
+                  style={"display": "flex", "gap": "0.6rem"}),
+         html.Div(id="builtin-message", style={"marginTop": "0.6rem"})],
+    )
+
+
+def layout(project_id: str | None = None, **query: str) -> html.Div:
     opened = open_project(project_id)
     if opened is None:
         return project_missing()
     pid, project = opened
-    selected = int(dataset) if dataset and dataset.isdigit() else None
-    return html.Div(
-        [
-            dcc.Location(id="datasets-url", refresh=False),
-            dcc.Store(id="datasets-project-id", data=pid),
-            # {"n": change counter, "select": dataset to preview after the change}
-            dcc.Store(id="datasets-version", data={"n": 0, "select": selected}),
-            html.H2(f"{project.name}: datasets", id="datasets-title"),
-            html.Div(
-                [
-                    dcc.Link("← back to the project", href=f"/projects/{pid}"),
-                    f" · architecture {project.architecture}",
-                ],
-                className="muted",
-            ),
-            html.Div(
-                [
-                    html.H3("Datasets"),
-                    html.P(
-                        "Jobs use the active dataset. Choose another one to evaluate on it; "
-                        "then run the analysis again.",
-                        className="muted",
-                    ),
-                    html.Div(id="datasets-list"),
-                    html.Div(id="datasets-message", style={"marginTop": "0.6rem"}),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            html.H3("Upload a dataset"),
-                            html.P(
-                                [
-                                    "NumPy ",
-                                    html.Code(".npz"),
-                                    " (arrays x, y; optional ids, group, split), a ",
-                                    html.Code(".zip"),
-                                    " with one folder of PNG/JPEG images per class, or ",
-                                    html.Code(".csv"), ", ", html.Code(".jsonl"), ", ",
-                                    html.Code(".parquet"),
-                                    " with a label column and numeric feature columns or a "
-                                    "text column. It is checked against "
-                                    f"{project.architecture} before it is kept.",
-                                ],
-                                className="muted",
-                            ),
-                            html.Div(
-                                [
-                                    dcc.Input(
-                                        id="dataset-name", placeholder="name (default: file name)"
-                                    ),
-                                    dcc.Input(
-                                        id="dataset-label-column",
-                                        placeholder="label column (default: label)",
-                                    ),
-                                    dcc.Checklist(
-                                        id="dataset-activate",
-                                        options=[{"label": " use it for jobs", "value": "yes"}],
-                                        value=[],
-                                    ),
-                                ],
-                                style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem",
-                                       "alignItems": "center", "flexWrap": "wrap"},
-                            ),
-                            dcc.Upload(
-                                id="dataset-upload",
-                                children=html.Div(
-                                    ["Drag and drop or ", html.A("choose a file")]
-                                ),
-                                className="upload",
-                                max_size=DASHBOARD_UPLOAD_LIMIT,
-                            ),
-                            dcc.Loading(html.Div(id="dataset-upload-message",
-                                                 style={"marginTop": "0.6rem"})),
-                        ],
-                        className="card",
-                    ),
-                    html.Div(
-                        [
-                            html.H3("Add a builtin dataset"),
-                            html.P(
-                                "digits: 1,797 handwritten 8×8 digits (scikit-learn). "
-                                "english_sentences: prose sentences from Python's own help "
-                                "text, labelled by help topic, for text models.",
-                                className="muted",
-                            ),
-                            html.Div(
-                                [
-                                    dcc.Dropdown(
-                                        id="builtin-choice",
-                                        options=[{"label": b, "value": b} for b in BUILTINS],
-                                        value=BUILTINS[0],
-                                        clearable=False,
-                                        style={"width": "14rem"},
-                                    ),
-                                    dcc.Input(id="builtin-name", placeholder="name (optional)"),
-                                    html.Button("Add", id="builtin-add", n_clicks=0),
-                                ],
-                                style={"display": "flex", "gap": "0.6rem"},
-                            ),
-                            html.Div(id="builtin-message", style={"marginTop": "0.6rem"}),
-                        ],
-                        className="card",
-                    ),
-                ],
-                className="grid2",
-            ),
-            html.Div(
-                [
-                    html.H3(id="preview-title", children="Preview"),
-                    html.Div(id="dataset-summary", className="muted"),
-                    html.Div(
-                        [
-                            html.Div(id="dataset-examples"),
-                            dcc.Graph(
-                                id="class-counts",
-                                figure=loading_figure(),
-                                config=GRAPH_CONFIG,
-                            ),
-                        ],
-                        # minmax(0, …): a wide table scrolls inside its column, not the page.
-                        style={"display": "grid", "gap": "1rem",
-                               "gridTemplateColumns": "minmax(0, 3fr) minmax(0, 2fr)"},
-                    ),
-                ],
-                className="card",
-            ),
-        ]
-    )
+    return html.Div([
+        dcc.Location(id="datasets-url", refresh=False),
+        dcc.Store(id="datasets-project-id", data=pid),
+        # {"n": change counter, "select": dataset to preview after the change}
+        dcc.Store(id="datasets-version", data={"n": 0, "select": parse_view(query)["dataset"]}),
+        *page_heading("datasets", project, "datasets"),
+        card("Datasets", "Jobs use the active dataset. Choose another one to evaluate on it; "
+             "then run the analysis again.",
+             [html.Div(id="datasets-list"),
+              html.Div(id="datasets-message", style={"marginTop": "0.6rem"})]),
+        grid2(_upload_card(project.architecture), _builtin_card()),
+        html.Div(
+            [
+                html.H3(id="preview-title", children="Preview"),
+                html.Div(id="dataset-summary", className="muted"),
+                html.Div(
+                    [html.Div(id="dataset-examples"), graph("class-counts")],
+                    # minmax(0, …): a wide table scrolls inside its column, not the page.
+                    style={"display": "grid", "gap": "1rem",
+                           "gridTemplateColumns": "minmax(0, 3fr) minmax(0, 2fr)"},
+                ),
+            ],
+            className="card",
+        ),
+    ])
 
 
 # -------------------------------------------------------------------------- components
@@ -282,8 +221,7 @@ def _selected(version: dict | None, search: str | None, datasets: list) -> int |
     ids = [d.id for d in datasets]
     chosen = (version or {}).get("select")
     if chosen is None:
-        value = parse_query(search).get("dataset", "")
-        chosen = int(value) if value.isdigit() else None
+        chosen = parse_view(parse_query(search))["dataset"]
     if chosen in ids:
         return chosen
     return next((d.id for d in datasets if d.active), ids[0] if ids else None)
@@ -323,14 +261,14 @@ def _bumped(version: dict | None, select: int | None) -> dict:
 
 @callback(
     Output("dataset-upload-message", "children"),
-    Output("datasets-version", "data", allow_duplicate=True),
+    Output("dataset-upload-job", "data"),
+    Output("dataset-upload-poll", "disabled"),
     Input("dataset-upload", "contents"),
     State("dataset-upload", "filename"),
     State("dataset-name", "value"),
     State("dataset-label-column", "value"),
     State("dataset-activate", "value"),
     State("datasets-project-id", "data"),
-    State("datasets-version", "data"),
     prevent_initial_call=True,
 )
 def upload_dataset(  # noqa: ANN201
@@ -340,33 +278,51 @@ def upload_dataset(  # noqa: ANN201
     label_column: str | None,
     activate: list[str] | None,
     project_id: int,
-    version: dict | None,
 ):
-    """Store a file dropped on the page as a dataset of the project, or say why not."""
-    from prunescope.workers.dataset_formats import ColumnNames
-
+    """Hand a file dropped on the page to a worker to read and check as a dataset of the
+    project, or say why not; `poll_dataset_upload` then shows whether it was stored."""
     if not contents:
-        return no_update, no_update
+        return no_update, no_update, no_update
     filename = filename or "dataset"
 
     def error(message: str) -> tuple:
-        return html.Div(message, className="error", id="dataset-upload-error"), no_update
+        return html.Div(message, className="error", id="dataset-upload-error"), None, True
 
     try:
         content = base64.b64decode(contents.split(",", 1)[1], validate=True)
     except (IndexError, ValueError, binascii.Error):
         return error(f"{filename}: the browser sent an unreadable file; try again")
     try:
-        dataset = dataset_service.add_dataset(
+        job = dataset_service.add_labelled_dataset(
             project_id,
             [content],
+            label_column=(label_column or "").strip() or "label",
             filename=filename,
             name=(name or "").strip() or None,
             active=bool(activate),
-            columns=ColumnNames(label=(label_column or "").strip() or "label"),
         )
     except ServiceError as exc:
         return error(exc.detail)
+    return validating_message("dataset-upload", filename, job), job.id, False
+
+
+@callback(
+    Output("dataset-upload-message", "children", allow_duplicate=True),
+    Output("datasets-version", "data", allow_duplicate=True),
+    Output("dataset-upload-poll", "disabled", allow_duplicate=True),
+    Input("dataset-upload-poll", "n_intervals"),
+    State("dataset-upload-job", "data"),
+    State("datasets-version", "data"),
+    prevent_initial_call=True,
+)
+def poll_dataset_upload(_n: int, job_id: int | None, version: dict | None):  # noqa: ANN201
+    """The stored dataset, or why it was refused, once its validation job has ended."""
+    state, dataset = ingest_outcome(dataset_service.ingested, job_id)
+    if state == "running":
+        return no_update, no_update, no_update
+    if state == "refused":
+        return (html.Div(dataset, className="error", id="dataset-upload-error"), no_update,
+                True)
     message = html.Div(
         f"stored {dataset.name}: {dataset.num_train + dataset.num_test:,} examples, "
         f"{dataset.num_classes} classes ({dataset.format})"
@@ -374,7 +330,7 @@ def upload_dataset(  # noqa: ANN201
         className="ok",
         id="dataset-upload-ok",
     )
-    return message, _bumped(version, dataset.id)
+    return message, _bumped(version, dataset.id), True
 
 
 @callback(

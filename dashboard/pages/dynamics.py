@@ -3,14 +3,13 @@
 Reads the "dynamics" analysis (`analyses.dynamics_analysis`): per-suite loss trajectories of
 the MAP-D probe suites, Dataset Cartography's data map, MAP-D's held-out probe confusion,
 and the pruning-identified exemplars (PIEs) of each pruned population. Every control is in
-the URL (`prunescope.dashboard.figures.dynamics.VIEW_KEYS`); a lasso on the data map selects training
-examples, fills the gallery and is written to the URL as `sel`
-(`prunescope.dashboard.state.encode_selection`), so a copied link reopens the same view.
+the URL (`prunescope.dashboard.views.dynamics`); a lasso on the data map selects training
+examples, fills the gallery and is written to the URL as `sel`, so a copied link reopens the
+same view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import dash
@@ -18,26 +17,28 @@ import numpy as np
 from dash import Input, Output, State, callback, ctx, dcc, html, no_update
 
 from prunescope.dashboard.components import (
+    TableExport,
     card,
     control,
     dropdown,
-    export_buttons,
-    export_inputs,
     graph,
+    grid2,
     open_project,
+    page_heading,
+    polled_result_stores,
     project_missing,
     result_polling,
     row_of,
     running_job,
-    table_download,
+    selection_revision,
+    table_download_callback,
+    table_exports,
+    view_url_writer,
 )
 from prunescope.dashboard.figures.dynamics import (
-    GALLERY_SIZE,
     category_transition_figure,
     class_recall_figure,
     data_map_figure,
-    dynamics_view_options,
-    dynamics_view_query,
     example_rows,
     group_impact_figure,
     map_traces,
@@ -46,31 +47,36 @@ from prunescope.dashboard.figures.dynamics import (
     pie_fraction_figure,
     pie_rows,
     probe_confusion_figure,
-    resolve_dynamics_view,
     selection_from_event,
-    selection_revision,
     suite_loss_figure,
     surfaced_rows,
 )
 from prunescope.dashboard.figures.overview import GRAPH_CONFIG
-from prunescope.dashboard.geometry_view import thumbnail_uri
-from prunescope.dashboard.state import parse_query
+from prunescope.dashboard.galleries import (
+    GALLERY_SIZE,
+    pie_table,
+    selection_gallery,
+    surfaced_gallery,
+)
+from prunescope.dashboard.views.dynamics import (
+    control_options,
+    example_count,
+    parse_view,
+    view_query,
+)
 from prunescope.server.services import analyses
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics"
+    __name__, path_template="/projects/<project_id>/dynamics", title="PruneScope — dynamics",
+    analysis_link=40,
 )
 
 POLL_MS = 4000
-THUMBNAIL_PIXELS = 56  # a thumbnail's longer side on screen, about
 
 
 def _dynamics(project_id: int) -> Any:
     return analyses.dynamics_analysis(project_id)["dynamics"]
-
-
-def _examples(dyn: Any) -> int:
-    return int(np.asarray(dyn["suite"]).shape[0]) if dyn is not None else 0
 
 
 COMPUTE_NOTE = ("The analysis reads every training run recorded with per-epoch dynamics: "
@@ -98,81 +104,12 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
         [f"{len(modes)} runs ({modes.count('dense')} dense, "
          f"{len(modes) - modes.count('dense')} pruned in "
          f"{np.asarray(dyn['population_names']).shape[0]} populations), "
-         f"{_examples(dyn)} training and {np.asarray(dyn['test_labels']).shape[0]} test "
+         f"{example_count(dyn)} training and {np.asarray(dyn['test_labels']).shape[0]} test "
          f"examples, {epochs} epochs. ",
          html.Button("Run the dynamics analysis again", id="dynamics-compute", n_clicks=0,
                      title=COMPUTE_NOTE)],
         className="muted", id="dynamics-about",
     )
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float):
-        return "–" if np.isnan(value) else f"{value:.3f}"
-    return str(value)
-
-
-def example_table(rows: Sequence[dict[str, Any]], thumbnails: Any, id_: str,
-                  empty: str) -> Any:
-    """A table of the first GALLERY_SIZE rows, each example's thumbnail first when the
-    result has thumbnails (grey-level [examples, H, W])."""
-    if not rows:
-        return html.P(empty, className="muted", id=id_)
-    shown = list(rows[:GALLERY_SIZE])
-    columns = list(shown[0])
-    scale = 1
-    if thumbnails is not None:
-        scale = max(1, round(THUMBNAIL_PIXELS / max(np.asarray(thumbnails).shape[1:])))
-
-    def cells(row: dict[str, Any]) -> list:
-        image = []
-        if thumbnails is not None:
-            picture = np.asarray(thumbnails[row["index"]], dtype=np.uint8)
-            image = [html.Td(html.Img(src=thumbnail_uri(picture, scale),
-                                      alt=f"example {row['index']}"))]
-        changed = row.get("label") != row.get("original_label", row.get("label"))
-        return [*image, *(html.Td(_cell(row[c]), style={"color": "#e45756"}
-                                  if changed and c == "original_label" else None)
-                          for c in columns)]
-
-    head = [*(["input"] if thumbnails is not None else []), *columns]
-    return html.Table(
-        [html.Thead(html.Tr([html.Th(h.replace("_", " ")) for h in head])),
-         html.Tbody([html.Tr(cells(r), className="gallery-row") for r in shown])],
-        id=id_,
-    )
-
-
-def _thumbnails(dyn: Any, key: str) -> Any:
-    return dyn[key] if dyn is not None and key in dyn else None
-
-
-def selection_gallery(dyn: Any, selection: list[int], run: str | None,
-                      population: str | None) -> Any:
-    rows = example_rows(dyn, selection[:GALLERY_SIZE], run, population)
-    return example_table(rows, _thumbnails(dyn, "train_thumbnails"), "dynamics-gallery-table",
-                         "Lasso examples in the data map to see them here.")
-
-
-def surfaced_gallery(dyn: Any, run: str | None, category: str | None) -> Any:
-    rows = surfaced_rows(dyn, run, category)
-    return example_table(rows, _thumbnails(dyn, "train_thumbnails"), "dynamics-surfaced-table",
-                         "No training example has this MAP-D top category." if dyn is not None
-                         else "No dynamics analysis yet.")
-
-
-def pie_table(dyn: Any, population: str | None) -> Any:
-    rows = pie_rows(dyn, population, "test", limit=GALLERY_SIZE)
-    return example_table(rows, _thumbnails(dyn, "test_thumbnails"), "dynamics-pie-table",
-                         f"No test PIEs for {population}." if population else
-                         "No pruned population to compare yet.")
 
 
 # --------------------------------------------------------------------------- layout
@@ -185,32 +122,28 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     pid, project = opened
     data = analyses.dynamics_analysis(pid)
     dyn = data["dynamics"]
-    view = resolve_dynamics_view(query, dyn)
-    options = dynamics_view_options(dyn)
+    view = parse_view(query, dyn)
+    options = control_options(dyn)
     selection = view["sel"]
     return html.Div([
         dcc.Location(id="dynamics-url", refresh=False),
-        dcc.Store(id="dynamics-project-id", data=pid),
-        dcc.Store(id="dynamics-version", data=data["result_id"]),
+        *polled_result_stores("dynamics", pid, data["result_id"], POLL_MS),
         dcc.Store(id="dynamics-selection", data=selection),
-        dcc.Interval(id="dynamics-poll", interval=POLL_MS, n_intervals=0),
-        html.H2(f"{project.name}: dynamics", id="dynamics-title"),
-        html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
-                  f" · architecture {project.architecture}"], className="muted"),
+        *page_heading("dynamics", project, "dynamics"),
         html.Div(id="dynamics-status", children=_status(pid, data)),
         html.Div(id="dynamics-compute-message", className="muted"),
         html.Div(row_of(
             control("run", dropdown("dynamics-run", options["runs"], view["run"], "16rem")),
             control("pruned population", dropdown("dynamics-population",
-                                                    options["populations"],
-                                                    view["population"])),
+                                                  options["populations"],
+                                                  view["population"])),
             control("colour", dropdown("dynamics-color", options["color_by"], view["color"],
-                                         "16rem")),
+                                       "16rem")),
             html.Span(f"{len(selection)} selected" if selection else "no selection",
                       id="dynamics-selection-count", className="muted"),
             html.Button("Clear selection", id="dynamics-clear", n_clicks=0),
         ), className="card"),
-        html.Div([
+        grid2(
             card("Loss per probe suite",
                   "Per-epoch loss of each planted probe suite (MAP-D, Siddiqui et al. 2023): "
                   "mean over member runs of each run's suite mean, the band their mean "
@@ -222,14 +155,12 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                   "Each training example's confidence and variability over epochs (Dataset "
                   "Cartography, Swayamdipta et al. 2020); lasso to select.",
                   [graph("dynamics-map", "520px")]),
-        ], className="grid2"),
+        ),
         card("Selected examples",
               f"The selection's examples in the chosen run (the first {GALLERY_SIZE}; the CSV "
               "holds all).",
-              [row_of(*export_buttons("dynamics-gallery"),
-                       dcc.Download(id="dynamics-gallery-download")),
-               html.Div(id="dynamics-gallery")]),
-        html.Div([
+              [row_of(*table_exports("dynamics-gallery")), html.Div(id="dynamics-gallery")]),
+        grid2(
             card("MAP-D probe confusion",
                   "The kNN on loss trajectories, scored on the held-out half of each suite.",
                   [graph("dynamics-confusion")]),
@@ -238,8 +169,8 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                   "set PIEs: above 1, pruning changes that category's predictions more often "
                   "than its share of the data.",
                   [graph("dynamics-enrichment")]),
-        ], className="grid2"),
-        html.Div([
+        ),
+        grid2(
             card("MAP-D category, dense against pruned",
                   "Each training example's MAP-D category under the dense population (rows) "
                   "and under the chosen pruned population (columns; the runs' modal category).",
@@ -248,15 +179,14 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                   "Where the dataset has a group column: the PIE share and the accuracy change "
                   "of each group (Hooker, Moorosi et al. 2020).",
                   [graph("dynamics-groups")]),
-        ], className="grid2"),
+        ),
         card("Surfaced examples",
               "The examples MAP-D assigns to a category, most probable first.",
               [row_of(control("category", dropdown("dynamics-cat", options["categories"],
-                                                      view["cat"])),
-                       *export_buttons("dynamics-surfaced"),
-                       dcc.Download(id="dynamics-surfaced-download")),
+                                                    view["cat"])),
+                     *table_exports("dynamics-surfaced")),
                html.Div(id="dynamics-surfaced")]),
-        html.Div([
+        grid2(
             card("PIEs against sparsity",
                   "Test examples whose modal label over a pruned population differs from the "
                   "dense population's (Hooker et al. 2019).",
@@ -266,7 +196,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
                   "Mean member accuracy of the dense and the pruned population on the PIEs, the "
                   "rest and all test examples.",
                   [graph("dynamics-pie-accuracy")]),
-        ], className="grid2"),
+        ),
         card("Per-class recall change",
               "Each class's recall change, normalised by the overall accuracy change; "
               "coloured and starred where the Welch t-test over member runs is significant.",
@@ -274,9 +204,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         card("Test PIEs",
               "The chosen population's PIEs with every population's modal prediction (the "
               f"first {GALLERY_SIZE}; the CSV holds all).",
-              [row_of(*export_buttons("dynamics-pie"),
-                       dcc.Download(id="dynamics-pie-download")),
-               html.Div(id="dynamics-pies")]),
+              [row_of(*table_exports("dynamics-pie")), html.Div(id="dynamics-pies")]),
     ])
 
 
@@ -285,7 +213,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
 
 # Looked up at call time, so the service can be replaced (tests do).
 result_polling("dynamics", lambda pid: analyses.dynamics_analysis(pid), _status,
-               lambda pid: analyses.request_dynamics(pid), "Dynamics analysis",
+               request=lambda pid: analyses.request_dynamics(pid), what="Dynamics analysis",
                then="; the page fills in when it has finished")
 
 
@@ -310,9 +238,8 @@ def refresh_choices(_version: int, run: str | None, population: str | None,  # n
                     color: str | None, cat: str | None, project_id: int):
     """A new result may bring other runs and populations: keep each choice it still offers."""
     dyn = _dynamics(project_id)
-    options = dynamics_view_options(dyn)
-    view = resolve_dynamics_view({"run": run, "population": population, "color": color,
-                                  "cat": cat}, dyn)
+    options = control_options(dyn)
+    view = parse_view({"run": run, "population": population, "color": color, "cat": cat}, dyn)
     return (options["runs"], view["run"], options["populations"], view["population"],
             options["color_by"], options["categories"], view["cat"], pie_fraction_figure(dyn))
 
@@ -379,23 +306,16 @@ def count(selection: list[int]):  # noqa: ANN201
     return f"{len(selection)} selected" if selection else "no selection"
 
 
-@callback(
-    Output("dynamics-url", "search"),
-    Input("dynamics-run", "value"),
-    Input("dynamics-population", "value"),
-    Input("dynamics-color", "value"),
-    Input("dynamics-suite_view", "value"),
-    Input("dynamics-cat", "value"),
-    Input("dynamics-selection", "data"),
-    State("dynamics-url", "search"),
-    State("dynamics-project-id", "data"),
-    prevent_initial_call=True,
-)
-def write_url(run, population, color, suite_view, cat, selection, search, project_id):  # noqa: ANN001, ANN201
+@view_url_writer("dynamics-url", Input("dynamics-run", "value"),
+                 Input("dynamics-population", "value"), Input("dynamics-color", "value"),
+                 Input("dynamics-suite_view", "value"), Input("dynamics-cat", "value"),
+                 Input("dynamics-selection", "data"), State("dynamics-project-id", "data"))
+def dynamics_query(run: str | None, population: str | None, color: str | None,
+                   suite_view: str | None, cat: str | None, selection: list[int] | None,
+                   project_id: int) -> str:
     view = {"run": run, "population": population, "color": color, "suite_view": suite_view,
             "cat": cat, "sel": selection or []}
-    query = dynamics_view_query(view, _examples(_dynamics(project_id)))
-    return no_update if parse_query(query) == parse_query(search) else query
+    return view_query(view, example_count(_dynamics(project_id)))
 
 
 @callback(
@@ -442,44 +362,30 @@ def draw_population(population: str | None, _version: int, project_id: int):  # 
             category_transition_figure(dyn, population), group_impact_figure(dyn, population))
 
 
-@callback(
-    Output("dynamics-gallery-download", "data"),
-    *export_inputs("dynamics-gallery"),
-    State("dynamics-selection", "data"),
-    State("dynamics-run", "value"),
-    State("dynamics-population", "value"),
-    State("dynamics-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_selection(_n: int, _p: int, selection: list[int], run: str | None,  # noqa: ANN201
-                       population: str | None, project_id: int):
+# --------------------------------------------------------------------------- downloads
+
+
+@table_download_callback("dynamics-gallery", State("dynamics-selection", "data"),
+                         State("dynamics-run", "value"), State("dynamics-population", "value"),
+                         State("dynamics-project-id", "data"))
+def selection_export(selection: list[int], run: str | None, population: str | None,
+                     project_id: int) -> TableExport:
     dyn = _dynamics(project_id)
-    chosen = selection or list(range(_examples(dyn)))
-    return table_download(example_rows(dyn, chosen, run, population),
-                f"project{project_id}-dynamics-examples")
+    chosen = selection or list(range(example_count(dyn)))
+    return TableExport(example_rows(dyn, chosen, run, population),
+                       f"project{project_id}-dynamics-examples")
 
 
-@callback(
-    Output("dynamics-surfaced-download", "data"),
-    *export_inputs("dynamics-surfaced"),
-    State("dynamics-run", "value"),
-    State("dynamics-cat", "value"),
-    State("dynamics-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_surfaced(_n: int, _p: int, run: str | None, cat: str | None, project_id: int):  # noqa: ANN201
-    return table_download(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
-                f"project{project_id}-dynamics-surfaced-{cat}")
+@table_download_callback("dynamics-surfaced", State("dynamics-run", "value"),
+                         State("dynamics-cat", "value"), State("dynamics-project-id", "data"))
+def surfaced_export(run: str | None, cat: str | None, project_id: int) -> TableExport:
+    return TableExport(surfaced_rows(_dynamics(project_id), run, cat, limit=None),
+                       f"project{project_id}-dynamics-surfaced-{cat}")
 
 
-@callback(
-    Output("dynamics-pie-download", "data"),
-    *export_inputs("dynamics-pie"),
-    State("dynamics-population", "value"),
-    State("dynamics-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_pies(_n: int, _p: int, population: str | None, project_id: int):  # noqa: ANN201
+@table_download_callback("dynamics-pie", State("dynamics-population", "value"),
+                         State("dynamics-project-id", "data"))
+def pie_export(population: str | None, project_id: int) -> TableExport:
     name = (population or "").replace(" ", "").replace("%", "pct")
-    return table_download(pie_rows(_dynamics(project_id), population, "test"),
-                f"project{project_id}-dynamics-pies-{name}")
+    return TableExport(pie_rows(_dynamics(project_id), population, "test"),
+                       f"project{project_id}-dynamics-pies-{name}")

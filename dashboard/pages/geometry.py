@@ -4,7 +4,7 @@ The dense model's map and a chosen checkpoint's map share their axes; a lasso or
 either selects the same examples in both (the selection travels as a list of example
 positions and reaches the figures as a `Patch` of `selectedpoints`, so no coordinates are
 sent again), fills the example gallery, and is written to the URL with every other control
-(`prunescope.dashboard.state.encode_selection`), so a copied link reopens the same view, selection
+(`prunescope.dashboard.views.geometry`), so a copied link reopens the same view, selection
 included. Everything drawn comes from the geometry job's stored result.
 """
 
@@ -16,16 +16,23 @@ import dash
 from dash import Input, Output, Patch, State, callback, ctx, dcc, html, no_update
 
 from prunescope.dashboard.components import (
+    TableExport,
     card,
     control,
     dropdown,
-    export_inputs,
     graph,
+    grid2,
     open_project,
+    page_heading,
+    polled_result_stores,
     project_missing,
     result_polling,
+    row_of,
     running_job,
-    table_download,
+    selection_revision,
+    table_download_callback,
+    table_exports,
+    view_url_writer,
 )
 from prunescope.dashboard.figures.geometry import (
     angle_norm_figure,
@@ -34,26 +41,27 @@ from prunescope.dashboard.figures.geometry import (
     disagreement_figure,
     embedding_scatter,
     example_rows,
-    geometry_view_options,
     group_accuracy_figure,
     movement_figure,
     reliability_figure,
 )
 from prunescope.dashboard.figures.overview import empty_figure
-from prunescope.dashboard.geometry_view import (
-    GALLERY_SIZE,
+from prunescope.dashboard.galleries import GALLERY_SIZE, geometry_gallery
+from prunescope.dashboard.views.geometry import (
+    control_options,
     default_checkpoint,
-    failures,
-    gallery,
-    geometry_view_query,
+    example_count,
+    parse_selection,
+    parse_view,
     reference_name,
-    resolve_geometry_view,
+    view_query,
 )
-from prunescope.dashboard.state import decode_selection, parse_query
 from prunescope.server.services import analyses
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry"
+    __name__, path_template="/projects/<project_id>/geometry", title="PruneScope — geometry",
+    analysis_link=20,
 )
 
 VIEWS = [{"label": "side by side", "value": "side"},
@@ -88,30 +96,25 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
     pid, project = opened
     data = analyses.geometry_analysis(pid)
     geom = data["geometry"]
-    view = resolve_geometry_view(query, geom)
-    n = int(geom["labels"].shape[0]) if geom is not None else 0
-    selection = decode_selection(query.get("sel"), n)
-    options = geometry_view_options(geom)
+    view = parse_view(query, geom)
+    selection = parse_selection(query, geom)
+    options = control_options(geom)
     checkpoints = [o for o in options["checkpoints"] if o["value"] != reference_name(geom)]
     return html.Div([
         dcc.Location(id="geometry-url", refresh=False),
-        dcc.Store(id="geometry-project-id", data=pid),
-        dcc.Store(id="geometry-version", data=data["result_id"]),
+        *polled_result_stores("geometry", pid, data["result_id"], POLL_MS),
         dcc.Store(id="geometry-selection", data=selection),
         # The map whose own lasso made the selection (None: a button or a link made it).
         dcc.Store(id="geometry-origin", data=None),
-        dcc.Interval(id="geometry-poll", interval=POLL_MS, n_intervals=0),
-        html.H2(f"{project.name}: geometry", id="geometry-title"),
-        html.Div([dcc.Link("← back to the project", href=f"/projects/{pid}"),
-                  f" · architecture {project.architecture}"], className="muted"),
+        *page_heading("geometry", project, "geometry"),
         html.Div(id="geometry-status", children=_status(pid, data)),
         html.Div(id="geometry-compute-message", className="muted"),
-        html.Div([
+        row_of(
             control("checkpoint", dropdown("geometry-checkpoint", checkpoints,
-                                             view["checkpoint"])),
+                                           view["checkpoint"])),
             control("colour", dropdown("geometry-color", options["color_by"], view["color"])),
             control("view", dcc.RadioItems(id="geometry-view", options=VIEWS, value=view["view"],
-                                            inline=True)),
+                                           inline=True)),
             html.Span(f"{len(selection)} selected" if selection else "no selection",
                       id="geometry-selection-count", className="muted"),
             html.Button("Clear selection", id="geometry-clear", n_clicks=0),
@@ -121,49 +124,44 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
             html.Button("Select: only pruned wrong", id="geometry-select-pruned-only",
                         n_clicks=0, title="the dense model is right and at least one pruned "
                         "checkpoint is wrong"),
-        ], style={"display": "flex", "gap": "1rem", "alignItems": "center", "flexWrap": "wrap"},
-            className="card"),
-        html.Div([
+            className="card",
+        ),
+        grid2(
             card("Dense model", "Each point is one evaluation example; lasso or box to select.",
-                  [graph("geometry-dense", "520px")]),
+                 [graph("geometry-dense", "520px")]),
             card("Pruned checkpoint", "The same examples on the same axes.",
-                  [graph("geometry-pruned", "520px")]),
-        ], className="grid2"),
+                 [graph("geometry-pruned", "520px")]),
+        ),
         card("Selected examples",
-              "The selection's inputs and how each checkpoint sees them (the first "
-              f"{GALLERY_SIZE}; the exports hold all).",
-              [html.Div([html.Button("CSV", id="geometry-csv", n_clicks=0),
-                         html.Button("Parquet", id="geometry-parquet", n_clicks=0),
-                         dcc.Download(id="geometry-download")],
-                        style={"display": "flex", "gap": "1rem"}),
-               html.Div(id="geometry-gallery")]),
-        html.Div([
+             "The selection's inputs and how each checkpoint sees them (the first "
+             f"{GALLERY_SIZE}; the exports hold all).",
+             [row_of(*table_exports("geometry")), html.Div(id="geometry-gallery")]),
+        grid2(
             card("Angle and length per class",
-                  "Feature length against the angle to the true class's weight vector, dense "
-                  "and pruned (Li et al. 2024); crosses are misclassified.",
-                  [html.Div([
-                      control("class", dropdown("geometry-class", options["classes"],
-                                                  view["cls"], width="8rem")),
-                      control("against", dropdown("geometry-compare", options["checkpoints"],
-                                                    view["cmp"], width="12rem")),
-                  ], style={"display": "flex", "gap": "1rem", "flexWrap": "wrap"}),
-                   graph("geometry-angle-norm")]),
+                 "Feature length against the angle to the true class's weight vector, dense "
+                 "and pruned (Li et al. 2024); crosses are misclassified.",
+                 [row_of(
+                     control("class", dropdown("geometry-class", options["classes"],
+                                               view["cls"], width="8rem")),
+                     control("against", dropdown("geometry-compare", options["checkpoints"],
+                                                 view["cmp"], width="12rem")),
+                 ), graph("geometry-angle-norm")]),
             card("Accuracy per class",
-                  "Classes sorted by how much accuracy pruning takes from them (Hooker et al. "
-                  "2019).", [graph("geometry-class-accuracy")]),
-        ], className="grid2"),
-        html.Div([
+                 "Classes sorted by how much accuracy pruning takes from them (Hooker et al. "
+                 "2019).", [graph("geometry-class-accuracy")]),
+        ),
+        grid2(
             card("Confusion change", "Row-normalised confusion, checkpoint minus dense.",
-                  [graph("geometry-confusion")]),
+                 [graph("geometry-confusion")]),
             card("Calibration", "Reliability diagram of the dense model and the checkpoint.",
-                  [graph("geometry-reliability")]),
-        ], className="grid2"),
-        html.Div([
+                 [graph("geometry-reliability")]),
+        ),
+        grid2(
             card("Disagreement", "Share of examples on which two checkpoints predict differently.",
-                  [graph("geometry-disagreement")]),
+                 [graph("geometry-disagreement")]),
             card("Slices", "Accuracy per group of the dataset, and the gap between groups.",
-                  [graph("geometry-groups")]),
-        ], className="grid2"),
+                 [graph("geometry-groups")]),
+        ),
     ])
 
 
@@ -176,7 +174,7 @@ def _geometry(project_id: int) -> Any:
 
 # Looked up at call time, so the service can be replaced (tests do).
 result_polling("geometry", lambda pid: analyses.geometry_analysis(pid), _status,
-               lambda pid: analyses.request_geometry(pid), "Geometry")
+               request=lambda pid: analyses.request_geometry(pid), what="Geometry")
 
 
 @callback(
@@ -192,17 +190,10 @@ result_polling("geometry", lambda pid: analyses.geometry_analysis(pid), _status,
 )
 def refresh_choices(_version: int, checkpoint: str | None, project_id: int):  # noqa: ANN201
     geom = _geometry(project_id)
-    options = geometry_view_options(geom)
+    options = control_options(geom)
     names = [o for o in options["checkpoints"] if o["value"] != reference_name(geom)]
     value = checkpoint if checkpoint in [o["value"] for o in names] else default_checkpoint(geom)
     return names, value, options["color_by"], options["classes"], options["checkpoints"]
-
-
-def selection_revision(selection: list[int] | None) -> str:
-    """Plotly keeps a user's own lasso selection across redraws unless `selectionrevision`
-    changes; tying it to the selection makes every map show exactly the selection stored."""
-    chosen = tuple(selection or ())
-    return f"{len(chosen)}:{hash(chosen) & 0xFFFFFFFF:x}"
 
 
 def _pruned_figure(geom: Any, checkpoint: str | None, color: str, view: str,
@@ -260,7 +251,7 @@ def select(dense: dict | None, pruned: dict | None, _clear: int, _systemic: int,
         if geom is None:
             return no_update, no_update
         kind = "systemic" if trigger.endswith("systemic") else "pruned_only"
-        return failures(geom, kind), None
+        return analyses.geometry_failures(geom, kind), None
     chosen = dense if trigger == "geometry-dense" else pruned
     points = (chosen or {}).get("points", [])
     if not points:
@@ -312,26 +303,15 @@ def show_selection(selection: list[int], origin: str | None, checkpoint: str | N
     return dense, pruned, count
 
 
-@callback(
-    Output("geometry-url", "search"),
-    Input("geometry-checkpoint", "value"),
-    Input("geometry-color", "value"),
-    Input("geometry-view", "value"),
-    Input("geometry-class", "value"),
-    Input("geometry-compare", "value"),
-    Input("geometry-selection", "data"),
-    State("geometry-url", "search"),
-    State("geometry-project-id", "data"),
-    prevent_initial_call=True,
-)
-def write_url(checkpoint, color, view, cls, cmp, selection, search, project_id):  # noqa: ANN001, ANN201
-    geom = _geometry(project_id)
-    n = int(geom["labels"].shape[0]) if geom is not None else 0
-    view_state = {"checkpoint": checkpoint, "color": color, "view": view, "cls": cls, "cmp": cmp}
-    query = geometry_view_query(view_state, selection or [], n)
-    if parse_query(query) == parse_query(search):
-        return no_update
-    return query
+@view_url_writer("geometry-url", Input("geometry-checkpoint", "value"),
+                 Input("geometry-color", "value"), Input("geometry-view", "value"),
+                 Input("geometry-class", "value"), Input("geometry-compare", "value"),
+                 Input("geometry-selection", "data"), State("geometry-project-id", "data"))
+def geometry_query(checkpoint: str | None, color: str | None, view: str | None,
+                   cls: str | None, cmp: str | None, selection: list[int] | None,
+                   project_id: int) -> str:
+    chosen = {"checkpoint": checkpoint, "color": color, "view": view, "cls": cls, "cmp": cmp}
+    return view_query(chosen, selection or [], example_count(_geometry(project_id)))
 
 
 @callback(
@@ -343,25 +323,20 @@ def write_url(checkpoint, color, view, cls, cmp, selection, search, project_id):
 )
 def draw_gallery(selection: list[int], checkpoint: str | None, _version: int,  # noqa: ANN201
                  project_id: int):
-    return gallery(_geometry(project_id), selection or [], checkpoint)
+    return geometry_gallery(_geometry(project_id), selection or [], checkpoint)
 
 
-@callback(
-    Output("geometry-download", "data"),
-    *export_inputs("geometry"),
-    State("geometry-selection", "data"),
-    State("geometry-checkpoint", "value"),
-    State("geometry-project-id", "data"),
-    prevent_initial_call=True,
-)
-def export_selection(_csv: int, _parquet: int, selection: list[int], checkpoint: str | None,  # noqa: ANN201
-                     project_id: int):
+@table_download_callback("geometry", State("geometry-selection", "data"),
+                         State("geometry-checkpoint", "value"),
+                         State("geometry-project-id", "data"))
+def selection_export(selection: list[int], checkpoint: str | None,
+                     project_id: int) -> TableExport | None:
     geom = _geometry(project_id)
     if geom is None or checkpoint is None:
-        return no_update
-    chosen = selection or list(range(int(geom["labels"].shape[0])))
+        return None
+    chosen = selection or list(range(example_count(geom)))
     rows = example_rows(geom, chosen, checkpoint, limit=len(chosen))
-    return table_download(rows, f"project{project_id}-geometry-{checkpoint}")
+    return TableExport(rows, f"project{project_id}-geometry-{checkpoint}")
 
 
 @callback(

@@ -8,7 +8,12 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dash_table, dcc, html
 
-from prunescope.dashboard.components import export_buttons, export_inputs, table_download
+from prunescope.dashboard.components import (
+    TableExport,
+    row_of,
+    table_download_callback,
+    table_exports,
+)
 from prunescope.server.services import jobs as job_service
 from prunescope.server.services import projects as project_service
 from prunescope.server.tables import utcnow
@@ -99,12 +104,8 @@ def layout(**_query: str) -> html.Div:
                                     "overflow": "hidden", "textOverflow": "ellipsis"},
                         style_header={"fontWeight": "600"},
                     ),
-                    html.Div(
-                        [html.Span("export the table:", className="muted"),
-                         *export_buttons("jobs"), dcc.Download(id="jobs-download")],
-                        style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                               "marginTop": "0.6rem"},
-                    ),
+                    row_of(html.Span("export the table:", className="muted"),
+                           *table_exports("jobs"), gap="0.6rem", style={"marginTop": "0.6rem"}),
                 ],
                 className="card",
             ),
@@ -118,17 +119,12 @@ def refresh(_n: int) -> list[dict[str, Any]]:
     return job_rows()
 
 
-@callback(
-    Output("jobs-download", "data"),
-    *export_inputs("jobs"),
-    State("jobs-table", "derived_virtual_data"),
-    prevent_initial_call=True,
-)
-def export(_csv: int, _parquet: int, shown: list[dict[str, Any]] | None):  # noqa: ANN201
+@table_download_callback("jobs", State("jobs-table", "derived_virtual_data"))
+def jobs_export(shown: list[dict[str, Any]] | None) -> TableExport:
     """The rows as filtered and sorted in the table; their values are read again from the
     service layer, not taken from the browser."""
     rows = job_rows()
     if shown is not None:
         by_id = {row["id"]: row for row in rows}
         rows = [by_id[row["id"]] for row in shown if row.get("id") in by_id]
-    return table_download(rows, "prunescope-jobs")
+    return TableExport(rows, "prunescope-jobs")

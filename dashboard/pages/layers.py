@@ -1,6 +1,6 @@
 """Layers page: which layers of the pruned networks drift from the dense model, and how.
 
-Every control's value is in the query string (`prunescope.dashboard.figures.layers.VIEW_KEYS`), so a
+Every control's value is in the query string (`prunescope.dashboard.views.layers`), so a
 copied link reopens the same view. The page only reads the analyze job's stored results
 through `analyses.layer_analysis`; it computes nothing the job already stored.
 """
@@ -13,18 +13,28 @@ from typing import Any
 
 import dash
 import plotly.graph_objects as go
-from dash import Input, Output, State, callback, dcc, html, no_update
+from dash import Input, Output, State, callback, dcc, html
 
 from prunescope.dashboard.components import (
-    export_buttons,
-    export_inputs,
+    TableExport,
+    active_job,
+    card,
+    control,
+    dropdown,
+    graph,
+    grid2,
     open_project,
+    page_heading,
+    polled_result_stores,
     project_missing,
     queued_message,
-    table_download,
+    result_polling,
+    row_of,
+    table_download_callback,
+    table_exports,
+    view_url_writer,
 )
 from prunescope.dashboard.figures.layers import (
-    VIEW_KEYS,
     checkpoint_id,
     complexity_by_layer,
     complexity_table,
@@ -33,23 +43,22 @@ from prunescope.dashboard.figures.layers import (
     layer_by_layer_table,
     layer_pair_heatmap,
     layer_pair_table,
-    layers_view_options,
-    layers_view_query,
     mask_iou_heatmap,
     mask_iou_table,
     metric_vs_sparsity,
     metric_vs_sparsity_table,
-    resolve_layers_view,
     wasserstein_neurons_scatter,
     wasserstein_neurons_table,
 )
-from prunescope.dashboard.figures.overview import GRAPH_CONFIG, empty_figure, loading_figure
+from prunescope.dashboard.figures.overview import empty_figure
+from prunescope.dashboard.views.layers import VIEW_KEYS, control_options, parse_view, view_query
 from prunescope.server.services import analyses
 from prunescope.server.services import checkpoints as checkpoint_service
-from prunescope.server.services import jobs as job_service
 
+# `analysis_link`: the project page links here, in this order (components.analysis_links).
 dash.register_page(
-    __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers"
+    __name__, path_template="/projects/<project_id>/layers", title="PruneScope — layers",
+    analysis_link=10,
 )
 
 # View key → the id of the control holding it.
@@ -72,46 +81,17 @@ def _version(data: dict[str, Any]) -> str:
     return json.dumps(data["result_ids"], sort_keys=True)
 
 
-def _dropdown(key: str, options: list[dict], value: str | None, width: str = "16rem") -> Any:
-    return dcc.Dropdown(
-        id=CONTROL_IDS[key],
-        options=options,
-        value=value,
-        clearable=False,
-        searchable=True,
-        style={"width": width},
-    )
+def _choice(key: str, options: dict[str, list[dict]], view: dict[str, Any],
+            width: str = "16rem") -> Any:
+    """The dropdown of one view key, with its choices and the view's value."""
+    return dropdown(CONTROL_IDS[key], options[key], view[key], width)
 
 
-def _control(label: str, component: Any) -> html.Div:
-    # A Div, not a Label: a label forwards clicks inside the dropdown's open list to the
-    # dropdown's button, which would close the list before the choice registers.
-    return html.Div(
-        [html.Span(label, className="muted"), component],
-        style={"display": "flex", "gap": "0.5rem", "alignItems": "center"},
-    )
-
-
-def _card(
-    title: str, note: str, controls: list, graph_id: str, export_prefix: str, download_id: str
-) -> html.Div:
-    return html.Div(
-        [
-            html.H3(title),
-            html.P(note, className="muted"),
-            html.Div(
-                [
-                    *controls,
-                    *export_buttons(export_prefix),
-                    dcc.Download(id=download_id),
-                ],
-                style={"display": "flex", "gap": "1rem", "alignItems": "center",
-                       "flexWrap": "wrap"},
-            ),
-            dcc.Graph(id=graph_id, figure=loading_figure(), config=GRAPH_CONFIG),
-        ],
-        className="card",
-    )
+def _figure_card(title: str, note: str, controls: list, graph_id: str,
+                 export_prefix: str) -> html.Div:
+    """A card with controls and the table downloads over one figure."""
+    return card(title, note, [row_of(*controls, *table_exports(export_prefix)),
+                              graph(graph_id)])
 
 
 def layout(project_id: str | None = None, **query: str) -> html.Div:
@@ -120,97 +100,67 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
         return project_missing()
     pid, project = opened
     data = analyses.layer_analysis(pid)
-    options = layers_view_options(data)
-    view = resolve_layers_view(query, options, data)
+    options = control_options(data)
+    view = parse_view(query, options, data)
     return html.Div(
         [
             dcc.Location(id="layers-url", refresh=False),
-            dcc.Store(id="layers-project-id", data=pid),
-            dcc.Store(id="layers-version", data=_version(data)),
-            dcc.Interval(id="layers-poll", interval=POLL_MS, n_intervals=0),
-            html.H2(f"{project.name}: layers", id="layers-title"),
-            html.Div(
-                [
-                    dcc.Link("← back to the project", href=f"/projects/{pid}",
-                             id="layers-back-link"),
-                    f" · architecture {project.architecture}",
-                ],
-                className="muted",
-            ),
+            *polled_result_stores("layers", pid, _version(data), POLL_MS),
+            *page_heading("layers", project, "layers", back_link_id="layers-back-link"),
             html.Div(id="layers-status", children=_status(pid, data)),
-            _card(
+            _figure_card(
                 "Similarity to the dense model versus sparsity",
                 "Each panel is one layer; each line one pruning method, from the dense model "
                 "(sparsity 0) to its sparsest checkpoint. Layers whose line falls first drift "
                 "first.",
-                [_control("metric", _dropdown("metric", options["metric"], view["metric"],
-                                              width="22rem"))],
-                "metric-vs-sparsity", "metric", "metric-download",
+                [control("metric", _choice("metric", options, view, width="22rem"))],
+                "metric-vs-sparsity", "metric",
             ),
-            html.Div(
-                [
-                    _card(
-                        "Layer versus layer, any two checkpoints",
-                        "CKA between every layer of one checkpoint (rows, the dense model by "
-                        "default) and every layer of another (columns): off-diagonal weight "
-                        "means a layer now resembles another one. A pair without the dense "
-                        "model is computed on request.",
-                        [
-                            _control("rows", _dropdown(
-                                "rows", options["rows"], view["rows"], width="12rem")),
-                            _control("×", _dropdown(
-                                "checkpoint", options["checkpoint"], view["checkpoint"],
-                                width="12rem")),
-                            dcc.RadioItems(
-                                id=CONTROL_IDS["matrix"],
-                                options=options["matrix"],
-                                value=view["matrix"],
-                                inline=True,
-                            ),
-                            html.Button("Compute this pair", id="layers-compute-pair",
-                                        n_clicks=0, style={"display": "none"}),
-                            html.Span(id="layers-pair-message", className="muted"),
-                        ],
-                        "layer-heatmap", "heatmap", "heatmap-download",
-                    ),
-                    _card(
-                        "Complexity per layer",
-                        "Does pruning make a layer's representation simpler? One line per "
-                        "checkpoint; the dense model in black.",
-                        [_control("measure", _dropdown(
-                            "complexity", options["complexity"], view["complexity"],
-                            width="22rem"))],
-                        "complexity-graph", "complexity", "complexity-download",
-                    ),
-                ],
-                className="grid2",
+            grid2(
+                _figure_card(
+                    "Layer versus layer, any two checkpoints",
+                    "CKA between every layer of one checkpoint (rows, the dense model by "
+                    "default) and every layer of another (columns): off-diagonal weight "
+                    "means a layer now resembles another one. A pair without the dense "
+                    "model is computed on request.",
+                    [
+                        control("rows", _choice("rows", options, view, width="12rem")),
+                        control("×", _choice("checkpoint", options, view, width="12rem")),
+                        dcc.RadioItems(id=CONTROL_IDS["matrix"], options=options["matrix"],
+                                       value=view["matrix"], inline=True),
+                        html.Button("Compute this pair", id="layers-compute-pair",
+                                    n_clicks=0, style={"display": "none"}),
+                        html.Span(id="layers-pair-message", className="muted"),
+                    ],
+                    "layer-heatmap", "heatmap",
+                ),
+                _figure_card(
+                    "Complexity per layer",
+                    "Does pruning make a layer's representation simpler? One line per "
+                    "checkpoint; the dense model in black.",
+                    [control("measure", _choice("complexity", options, view, width="22rem"))],
+                    "complexity-graph", "complexity",
+                ),
             ),
-            html.Div(
-                [
-                    _card(
-                        "Which weights the methods keep",
-                        "IoU of the kept weights of every pair of pruned checkpoints; the "
-                        "hover gives the IoU that independent random masks would reach.",
-                        [_control("layer", _dropdown(
-                            "iou_layer", options["iou_layer"], view["iou_layer"]))],
-                        "mask-iou", "iou", "iou-download",
-                    ),
-                    _card(
-                        "Wasserstein neurons",
-                        "Per neuron: how far the dense model's outputs are from a Gaussian "
-                        "(W1/σ) against the share of its incoming weights a method pruned.",
-                        [
-                            _control("layer", _dropdown(
-                                "neuron_layer", options["neuron_layer"], view["neuron_layer"],
-                                width="10rem")),
-                            _control("checkpoint", _dropdown(
-                                "neuron_checkpoint", options["neuron_checkpoint"],
-                                view["neuron_checkpoint"])),
-                        ],
-                        "neuron-scatter", "neuron", "neuron-download",
-                    ),
-                ],
-                className="grid2",
+            grid2(
+                _figure_card(
+                    "Which weights the methods keep",
+                    "IoU of the kept weights of every pair of pruned checkpoints; the "
+                    "hover gives the IoU that independent random masks would reach.",
+                    [control("layer", _choice("iou_layer", options, view))],
+                    "mask-iou", "iou",
+                ),
+                _figure_card(
+                    "Wasserstein neurons",
+                    "Per neuron: how far the dense model's outputs are from a Gaussian "
+                    "(W1/σ) against the share of its incoming weights a method pruned.",
+                    [
+                        control("layer", _choice("neuron_layer", options, view,
+                                                 width="10rem")),
+                        control("checkpoint", _choice("neuron_checkpoint", options, view)),
+                    ],
+                    "neuron-scatter", "neuron",
+                ),
             ),
         ]
     )
@@ -219,12 +169,7 @@ def layout(project_id: str | None = None, **query: str) -> html.Div:
 def _status(project_id: int, data: dict[str, Any]) -> Any:
     """What the page can show, and which job to run when something is missing."""
     evaluation = data["evaluation"]
-    running = [
-        j for j in job_service.list_jobs(project_id)
-        if j.kind == "analyze" and j.state in ("queued", "running")
-    ]
-    if running:
-        job = running[-1]
+    if (job := active_job(project_id, "analyze")) is not None:
         return html.Div(
             f"The analysis job #{job.id} is {job.state}; this page fills in when it finishes.",
             className="card muted", id="layers-running",
@@ -242,8 +187,7 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
             className="card", id="layers-no-evaluation",
         )
     evaluated = {int(i) for i in evaluation["checkpoint_ids"].tolist()}
-    newer = [c.name for c in checkpoint_service.list_checkpoints(project_id)
-             if c.id not in evaluated]
+    newer = [c.name for c in checkpoint_service.list_checkpoints(project_id) if c.id not in evaluated]
     if newer:
         return html.Div(
             f"{len(newer)} checkpoint(s) came after this evaluation ({', '.join(newer[:5])}"
@@ -256,18 +200,8 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------- callbacks
 
 
-@callback(
-    Output("layers-version", "data"),
-    Output("layers-status", "children"),
-    Input("layers-poll", "n_intervals"),
-    State("layers-project-id", "data"),
-    State("layers-version", "data"),
-    prevent_initial_call=True,
-)
-def poll_results(_n: int, project_id: int, version: str | None):  # noqa: ANN201
-    data = analyses.layer_analysis(project_id)
-    new_version = _version(data)
-    return (new_version if new_version != version else no_update), _status(project_id, data)
+# Looked up at call time, so the service can be replaced (tests do).
+result_polling("layers", lambda pid: analyses.layer_analysis(pid), _status, version=_version)
 
 
 @callback(
@@ -282,23 +216,14 @@ def refresh_choices(_version: str, *state: Any):  # noqa: ANN201
     """A new analysis can bring new checkpoints and layers; keep each choice that still exists."""
     *current, project_id = state
     data = analyses.layer_analysis(project_id)
-    options = layers_view_options(data)
-    view = resolve_layers_view(dict(zip(DATA_CONTROLS, current, strict=True)), options, data)
+    options = control_options(data)
+    view = parse_view(dict(zip(DATA_CONTROLS, current, strict=True)), options, data)
     return (*[options[k] for k in DATA_CONTROLS], *[view[k] for k in DATA_CONTROLS])
 
 
-@callback(
-    Output("layers-url", "search"),
-    *[Input(CONTROL_IDS[k], "value") for k in VIEW_KEYS],
-    State("layers-url", "search"),
-    # Only a change writes the URL: writing it on first render would push a history entry
-    # that the browser's Back button returns to, which writes it again.
-    prevent_initial_call=True,
-)
-def write_url(*values: Any):  # noqa: ANN201
-    *chosen, search = values
-    query = layers_view_query(dict(zip(VIEW_KEYS, chosen, strict=True)))
-    return no_update if query == (search or "") else query
+@view_url_writer("layers-url", *[Input(CONTROL_IDS[k], "value") for k in VIEW_KEYS])
+def layers_query(*chosen: Any) -> str:
+    return view_query(dict(zip(VIEW_KEYS, chosen, strict=True)))
 
 
 def _drawn(builder: Callable[..., go.Figure], *args: Any) -> go.Figure:
@@ -410,70 +335,47 @@ def draw_neurons(layer: str | None, checkpoint: str | None, _version: str, proje
     return _drawn(wasserstein_neurons_scatter, data["neurons"], layer, checkpoint)
 
 
-@callback(
-    Output("metric-download", "data"),
-    *export_inputs("metric"),
-    State(CONTROL_IDS["metric"], "value"),
-    State("layers-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_metric(_n: int, _p: int, metric: str, project_id: int):  # noqa: ANN201
+# --------------------------------------------------------------------------- downloads
+
+
+@table_download_callback("metric", State(CONTROL_IDS["metric"], "value"),
+                         State("layers-project-id", "data"))
+def metric_export(metric: str, project_id: int) -> TableExport:
     rows = metric_vs_sparsity_table(analyses.layer_analysis(project_id)["evaluation"], metric)
-    return table_download(rows, f"project{project_id}-{metric}-vs-sparsity")
+    return TableExport(rows, f"project{project_id}-{metric}-vs-sparsity")
 
 
-@callback(
-    Output("heatmap-download", "data"),
-    *export_inputs("heatmap"),
-    State(CONTROL_IDS["rows"], "value"),
-    State(CONTROL_IDS["checkpoint"], "value"),
-    State(CONTROL_IDS["matrix"], "value"),
-    State("layers-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_heatmap(_n: int, _p: int, rows: str | None, checkpoint: str | None, matrix: str,  # noqa: ANN201
-                     project_id: int):
+@table_download_callback("heatmap", State(CONTROL_IDS["rows"], "value"),
+                         State(CONTROL_IDS["checkpoint"], "value"),
+                         State(CONTROL_IDS["matrix"], "value"), State("layers-project-id", "data"))
+def heatmap_export(rows: str | None, checkpoint: str | None, matrix: str,
+                   project_id: int) -> TableExport:
     evaluation, found, _missing = _pair(project_id, rows, checkpoint, matrix)
     if found is not None:
         table = layer_pair_table(found["values"], found["layers"], rows, checkpoint, matrix)
-        return table_download(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}")
+        return TableExport(table, f"project{project_id}-{matrix}-layers-{rows}-x-{checkpoint}")
     table = layer_by_layer_table(evaluation, checkpoint, matrix)
-    return table_download(table, f"project{project_id}-{matrix}-layers-{checkpoint}")
+    return TableExport(table, f"project{project_id}-{matrix}-layers-{checkpoint}")
 
 
-@callback(
-    Output("complexity-download", "data"),
-    *export_inputs("complexity"),
-    State(CONTROL_IDS["complexity"], "value"),
-    State("layers-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_complexity(_n: int, _p: int, measure: str, project_id: int):  # noqa: ANN201
+@table_download_callback("complexity", State(CONTROL_IDS["complexity"], "value"),
+                         State("layers-project-id", "data"))
+def complexity_export(measure: str, project_id: int) -> TableExport:
     rows = complexity_table(analyses.layer_analysis(project_id)["evaluation"], measure)
-    return table_download(rows, f"project{project_id}-{measure}-by-layer")
+    return TableExport(rows, f"project{project_id}-{measure}-by-layer")
 
 
-@callback(
-    Output("iou-download", "data"),
-    *export_inputs("iou"),
-    State(CONTROL_IDS["iou_layer"], "value"),
-    State("layers-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_iou(_n: int, _p: int, layer: str | None, project_id: int):  # noqa: ANN201
+@table_download_callback("iou", State(CONTROL_IDS["iou_layer"], "value"),
+                         State("layers-project-id", "data"))
+def iou_export(layer: str | None, project_id: int) -> TableExport:
     rows = mask_iou_table(analyses.layer_analysis(project_id)["masks"], layer)
-    return table_download(rows, f"project{project_id}-mask-iou-{layer or 'all'}")
+    return TableExport(rows, f"project{project_id}-mask-iou-{layer or 'all'}")
 
 
-@callback(
-    Output("neuron-download", "data"),
-    *export_inputs("neuron"),
-    State(CONTROL_IDS["neuron_layer"], "value"),
-    State(CONTROL_IDS["neuron_checkpoint"], "value"),
-    State("layers-project-id", "data"),
-    prevent_initial_call=True,
-)
-def download_neurons(_n: int, _p: int, layer: str | None, checkpoint: str | None, project_id: int):  # noqa: ANN201
+@table_download_callback("neuron", State(CONTROL_IDS["neuron_layer"], "value"),
+                         State(CONTROL_IDS["neuron_checkpoint"], "value"),
+                         State("layers-project-id", "data"))
+def neuron_export(layer: str | None, checkpoint: str | None, project_id: int) -> TableExport:
     rows = wasserstein_neurons_table(analyses.layer_analysis(project_id)["neurons"], layer,
                                      checkpoint)
-    return table_download(rows, f"project{project_id}-neurons-{layer}-{checkpoint}")
+    return TableExport(rows, f"project{project_id}-neurons-{layer}-{checkpoint}")

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import dash
 from dash import ALL, Input, Output, State, callback, ctx, dash_table, dcc, html, no_update
 
-from prunescope.dashboard.components import ACTIVE, jobs_panel, open_project, project_missing
+from prunescope.dashboard.components import (
+    ACTIVE,
+    TableExport,
+    analysis_links,
+    card,
+    dropdown,
+    graph,
+    grid2,
+    ingest_outcome,
+    ingest_watch,
+    jobs_panel,
+    open_project,
+    project_missing,
+    row_of,
+    table_download_callback,
+    table_exports,
+    validating_message,
+)
 from prunescope.dashboard.figures.comparison import (
     comparison_columns,
     comparison_table_rows,
@@ -17,13 +35,11 @@ from prunescope.dashboard.figures.comparison import (
     plottable_columns,
 )
 from prunescope.dashboard.figures.overview import (
-    GRAPH_CONFIG,
     accuracy_vs_sparsity,
     checkpoint_rows,
     empty_figure,
     layer_cka_heatmap,
     layer_sparsity_heatmap,
-    loading_figure,
 )
 from prunescope.dashboard.report import (
     comparison_of,
@@ -31,7 +47,8 @@ from prunescope.dashboard.report import (
     project_report_html,
     report_inputs,
 )
-from prunescope.dashboard.state import parse_list, parse_sparsities, project_view_query
+from prunescope.dashboard.state import parse_sparsities
+from prunescope.dashboard.views.project import parse_view, view_query
 from prunescope.server.errors import ServiceError
 from prunescope.server.schemas import JobCreate
 from prunescope.server.services import analyses
@@ -72,16 +89,128 @@ def comparison_table_columns(rows: list[dict]) -> list[dict]:
     )
 
 
+# ---------------------------------------------------------------------------------- layout
+
+
+def _page_stores(pid: int, view: dict[str, Any]) -> list:
+    return [
+        dcc.Location(id="project-url", refresh=False),
+        dcc.Store(id="project-id", data=pid),
+        dcc.Store(id="project-version"),
+        dcc.Store(id="checkpoint-rows"),
+        dcc.Store(id="comparison-rows"),
+        dcc.Store(id="method-selection", data=view["methods"]),
+        dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
+    ]
+
+
+def _heading(project: Any) -> list:
+    """The project's name, and a line with its architecture, dataset and other pages."""
+    pid = project.id
+    dataset = next((d.name for d in project.datasets if d.active), "none")
+    links = [part for link in analysis_links(pid) for part in (" · ", link)]
+    return [
+        html.H2(project.name, id="project-title"),
+        html.Div(
+            [
+                f"architecture {project.architecture} · dataset {dataset} (",
+                dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
+                ")", *links,
+                f" · {project.description}" if project.description else "",
+            ],
+            className="muted",
+        ),
+    ]
+
+
+def _jobs_card() -> html.Div:
+    return card("Jobs", None, [
+        html.Div(id="jobs-panel"),
+        html.Div(
+            [html.Button("Run analysis", id="run-analysis", n_clicks=0, className="primary"),
+             html.Span(id="action-message", style={"marginLeft": "1rem"})],
+            style={"marginTop": "0.6rem"},
+        ),
+    ])
+
+
+def _prune_card() -> html.Div:
+    return card("Prune the dense checkpoint", None, [
+        dcc.Checklist(
+            id="prune-methods",
+            options=[{"label": html.Span(name, title=doc), "value": name}
+                     for name, doc in project_service.list_pruning_methods().items()],
+            value=[],
+            inline=True,
+        ),
+        html.Div(
+            [dcc.Input(id="prune-sparsities", value="0.5, 0.8, 0.95",
+                       placeholder="sparsities, e.g. 0.5, 0.8, 0.95", style={"width": "16rem"}),
+             html.Button("Queue pruning jobs", id="prune-submit", n_clicks=0),
+             html.Span(id="prune-message")],
+            style={"display": "flex", "gap": "0.6rem", "marginTop": "0.6rem"},
+        ),
+    ])
+
+
+def _overview_cards() -> list:
+    """Accuracy against sparsity, CKA per layer and sparsity per layer."""
+    return [
+        grid2(
+            card("Accuracy versus sparsity", None, [
+                dcc.Checklist(id="method-filter", inline=True, options=[], value=[]),
+                graph("accuracy-graph"),
+            ]),
+            card("Linear CKA to the dense model, per layer", None, [graph("cka-heatmap")]),
+        ),
+        card("Where each method puts its zeros: sparsity per layer", None,
+             [graph("layer-sparsity")]),
+    ]
+
+
+def _numeric(name: str, id_: str, format_: Any = None) -> dict[str, Any]:
+    column = {"name": name, "id": id_, "type": "numeric"}
+    return {**column, "format": format_} if format_ is not None else column
+
+
+CHECKPOINT_COLUMNS = [
+    {"name": "name", "id": "name"},
+    {"name": "role", "id": "role"},
+    {"name": "method", "id": "method"},
+    _numeric("target sparsity", "target_sparsity", dash_table.FormatTemplate.percentage(1)),
+    _numeric("measured sparsity", "measured_sparsity", dash_table.FormatTemplate.percentage(2)),
+    _numeric("prunable weights", "num_params"),
+    _numeric("non-zero", "num_nonzero"),
+    _numeric("accuracy", "accuracy", dash_table.FormatTemplate.percentage(2)),
+    _numeric("mean CKA", "mean_cka", {"specifier": ".3f"}),
+    _numeric("compression", "compression_ratio", {"specifier": ".2f"}),
+    _numeric("theor. speedup", "theoretical_speedup", {"specifier": ".2f"}),
+    {"name": "format", "id": "format"},
+]
+
+
+def _checkpoints_card() -> html.Div:
+    return card("Checkpoints", None, [
+        dash_table.DataTable(
+            id="checkpoint-table",
+            columns=CHECKPOINT_COLUMNS,
+            data=[],
+            sort_action="native",
+            export_format="csv",
+            style_table={"overflowX": "auto"},
+            style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
+            style_header={"fontWeight": "600"},
+        ),
+    ])
+
+
 def _comparison_card() -> html.Div:
-    return html.Div(
+    return card(
+        "Compare methods",
+        "One row per checkpoint (and per population of recorded training runs), the headline "
+        "number of each analysis; the views column opens the page each number summarises. "
+        "Click a header to sort.",
         [
-            html.H3("Compare methods"),
-            html.P(
-                "One row per checkpoint (and per population of recorded training runs), the "
-                "headline number of each analysis; the views column opens the page each "
-                "number summarises. Click a header to sort.",
-                className="muted",
-            ),
             dash_table.DataTable(
                 id="comparison-table",
                 columns=[],
@@ -92,279 +221,79 @@ def _comparison_card() -> html.Div:
                 style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
                 style_header={"fontWeight": "600", "whiteSpace": "normal"},
             ),
-            html.Div(
-                [
-                    html.Span("export the table:", className="muted"),
-                    html.Button("CSV", id="comparison-csv", n_clicks=0),
-                    html.Button("Parquet", id="comparison-parquet", n_clicks=0),
-                    dcc.Download(id="comparison-download"),
-                ],
-                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                       "marginTop": "0.6rem"},
-            ),
-            html.Div(
-                [
-                    html.Span("plot against sparsity:", className="muted"),
-                    dcc.Dropdown(id="comparison-column", options=[], value=None,
-                                 clearable=False, style={"width": "22rem"}),
-                ],
-                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                       "marginTop": "0.8rem"},
-            ),
-            dcc.Graph(id="comparison-graph", figure=loading_figure(),
-                      config=GRAPH_CONFIG),
+            row_of(html.Span("export the table:", className="muted"),
+                   *table_exports("comparison"), gap="0.6rem", style={"marginTop": "0.6rem"}),
+            row_of(html.Span("plot against sparsity:", className="muted"),
+                   dropdown("comparison-column", [], None, "22rem"), gap="0.6rem",
+                   style={"marginTop": "0.8rem"}),
+            graph("comparison-graph"),
             html.H4("Report"),
-            html.P(
-                "One HTML file that opens offline: this table, accuracy versus sparsity and "
-                "the figures pinned here.",
-                className="muted",
-            ),
+            html.P("One HTML file that opens offline: this table, accuracy versus sparsity and "
+                   "the figures pinned here.", className="muted"),
             dcc.Checklist(id="report-pins", options=[], value=[], inline=True),
-            html.Div(
-                [
-                    html.Button("Download report", id="report-button", n_clicks=0),
-                    html.Span(id="report-message"),
-                    dcc.Download(id="report-download"),
-                ],
-                style={"display": "flex", "gap": "0.6rem", "alignItems": "center",
-                       "marginTop": "0.6rem"},
-            ),
+            row_of(html.Button("Download report", id="report-button", n_clicks=0),
+                   html.Span(id="report-message"), dcc.Download(id="report-download"),
+                   gap="0.6rem", style={"marginTop": "0.6rem"}),
         ],
-        className="card",
         id="comparison-card",
     )
 
 
-def layout(project_id: str | None = None, methods: str | None = None, **_query: str) -> html.Div:
+def _upload_card(architecture: str) -> html.Div:
+    return card(
+        "Add a checkpoint",
+        f"A safetensors file or a PyTorch state_dict for {architecture}. It is sent in "
+        "resumable chunks (an interrupted upload continues when the same file is chosen "
+        "again) and checked against the architecture before it is kept.",
+        [
+            html.Div(
+                [dcc.Input(id="upload-name", placeholder="name (default: file name)"),
+                 dcc.Dropdown(id="upload-role",
+                              options=[{"label": "pruned", "value": "pruned"},
+                                       {"label": "dense", "value": "dense"}],
+                              value="pruned", clearable=False,
+                              style={"width": "10rem", "display": "inline-block"})],
+                style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem"},
+            ),
+            # assets/checkpoint_upload.js puts a file input into the empty slot and streams
+            # the chosen file to /api/v1/uploads; `upload-event` gets the result.
+            html.Label(
+                [html.Span(id="checkpoint-upload-input"), "Drag and drop or ",
+                 html.Span("choose a file", style={"textDecoration": "underline"})],
+                id="checkpoint-upload", className="upload", style={"display": "block"},
+            ),
+            html.Div(
+                [html.Progress(id="upload-progress", value=0, max=100, style={"flex": "1"}),
+                 html.Span(id="upload-progress-text"),
+                 html.Button("Cancel", id="upload-cancel", style={"display": "none"})],
+                id="upload-progress-box",
+                style={"display": "none"},  # the script shows it while uploading
+            ),
+            dcc.Store(id="upload-event"),
+            *ingest_watch("upload"),
+            html.Div(id="upload-message", style={"marginTop": "0.6rem"}),
+        ],
+    )
+
+
+def layout(project_id: str | None = None, **query: str) -> html.Div:
     opened = open_project(project_id)
     if opened is None:
         return project_missing()
     pid, project = opened
-    dataset = next((d.name for d in project.datasets if d.active), "none")
-    return html.Div(
-        [
-            dcc.Location(id="project-url", refresh=False),
-            dcc.Store(id="project-id", data=pid),
-            dcc.Store(id="project-version"),
-            dcc.Store(id="checkpoint-rows"),
-            dcc.Store(id="comparison-rows"),
-            dcc.Store(id="method-selection", data=parse_list(methods)),
-            dcc.Interval(id="project-poll", interval=1000, n_intervals=0),
-            html.H2(project.name, id="project-title"),
-            html.Div(
-                [
-                    f"architecture {project.architecture} · dataset {dataset} (",
-                    dcc.Link("datasets", href=f"/projects/{pid}/datasets", id="datasets-link"),
-                    ") · ",
-                    dcc.Link("layers", href=f"/projects/{pid}/layers", id="layers-link"),
-                    " · ",
-                    dcc.Link("geometry", href=f"/projects/{pid}/geometry", id="geometry-link"),
-                    " · ",
-                    dcc.Link("attention", href=f"/projects/{pid}/attention",
-                             id="attention-link"),
-                    " · ",
-                    dcc.Link("dynamics", href=f"/projects/{pid}/dynamics", id="dynamics-link"),
-                    f" · {project.description}" if project.description else "",
-                ],
-                className="muted",
-            ),
-            html.Div(
-                [
-                    html.H3("Jobs"),
-                    html.Div(id="jobs-panel"),
-                    html.Div(
-                        [
-                            html.Button(
-                                "Run analysis", id="run-analysis", n_clicks=0, className="primary"
-                            ),
-                            html.Span(id="action-message", style={"marginLeft": "1rem"}),
-                        ],
-                        style={"marginTop": "0.6rem"},
-                    ),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.H3("Prune the dense checkpoint"),
-                    dcc.Checklist(
-                        id="prune-methods",
-                        options=[
-                            {"label": html.Span(name, title=doc), "value": name}
-                            for name, doc in project_service.list_pruning_methods().items()
-                        ],
-                        value=[],
-                        inline=True,
-                    ),
-                    html.Div(
-                        [
-                            dcc.Input(
-                                id="prune-sparsities",
-                                value="0.5, 0.8, 0.95",
-                                placeholder="sparsities, e.g. 0.5, 0.8, 0.95",
-                                style={"width": "16rem"},
-                            ),
-                            html.Button("Queue pruning jobs", id="prune-submit", n_clicks=0),
-                            html.Span(id="prune-message"),
-                        ],
-                        style={"display": "flex", "gap": "0.6rem", "marginTop": "0.6rem"},
-                    ),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            html.H3("Accuracy versus sparsity"),
-                            dcc.Checklist(id="method-filter", inline=True, options=[], value=[]),
-                            dcc.Graph(
-                                id="accuracy-graph",
-                                figure=loading_figure(),
-                                config=GRAPH_CONFIG,
-                            ),
-                        ],
-                        className="card",
-                    ),
-                    html.Div(
-                        [
-                            html.H3("Linear CKA to the dense model, per layer"),
-                            dcc.Graph(
-                                id="cka-heatmap",
-                                figure=loading_figure(),
-                                config=GRAPH_CONFIG,
-                            ),
-                        ],
-                        className="card",
-                    ),
-                ],
-                className="grid2",
-            ),
-            html.Div(
-                [
-                    html.H3("Where each method puts its zeros: sparsity per layer"),
-                    dcc.Graph(
-                        id="layer-sparsity", figure=loading_figure(), config=GRAPH_CONFIG
-                    ),
-                ],
-                className="card",
-            ),
-            html.Div(
-                [
-                    html.H3("Checkpoints"),
-                    dash_table.DataTable(
-                        id="checkpoint-table",
-                        columns=[
-                            {"name": "name", "id": "name"},
-                            {"name": "role", "id": "role"},
-                            {"name": "method", "id": "method"},
-                            {
-                                "name": "target sparsity",
-                                "id": "target_sparsity",
-                                "type": "numeric",
-                                "format": dash_table.FormatTemplate.percentage(1),
-                            },
-                            {
-                                "name": "measured sparsity",
-                                "id": "measured_sparsity",
-                                "type": "numeric",
-                                "format": dash_table.FormatTemplate.percentage(2),
-                            },
-                            {"name": "prunable weights", "id": "num_params", "type": "numeric"},
-                            {"name": "non-zero", "id": "num_nonzero", "type": "numeric"},
-                            {
-                                "name": "accuracy",
-                                "id": "accuracy",
-                                "type": "numeric",
-                                "format": dash_table.FormatTemplate.percentage(2),
-                            },
-                            {
-                                "name": "mean CKA",
-                                "id": "mean_cka",
-                                "type": "numeric",
-                                "format": {"specifier": ".3f"},
-                            },
-                            {
-                                "name": "compression",
-                                "id": "compression_ratio",
-                                "type": "numeric",
-                                "format": {"specifier": ".2f"},
-                            },
-                            {
-                                "name": "theor. speedup",
-                                "id": "theoretical_speedup",
-                                "type": "numeric",
-                                "format": {"specifier": ".2f"},
-                            },
-                            {"name": "format", "id": "format"},
-                        ],
-                        data=[],
-                        sort_action="native",
-                        export_format="csv",
-                        style_table={"overflowX": "auto"},
-                        style_cell={"fontFamily": "inherit", "padding": "4px 8px"},
-                        style_header={"fontWeight": "600"},
-                    ),
-                ],
-                className="card",
-            ),
-            _comparison_card(),
-            html.Div(
-                [
-                    html.H3("Add a checkpoint"),
-                    html.P(
-                        f"A safetensors file or a PyTorch state_dict for {project.architecture}. "
-                        "It is sent in resumable chunks (an interrupted upload continues when "
-                        "the same file is chosen again) and checked against the architecture "
-                        "before it is kept.",
-                        className="muted",
-                    ),
-                    html.Div(
-                        [
-                            dcc.Input(id="upload-name", placeholder="name (default: file name)"),
-                            dcc.Dropdown(
-                                id="upload-role",
-                                options=[
-                                    {"label": "pruned", "value": "pruned"},
-                                    {"label": "dense", "value": "dense"},
-                                ],
-                                value="pruned",
-                                clearable=False,
-                                style={"width": "10rem", "display": "inline-block"},
-                            ),
-                        ],
-                        style={"display": "flex", "gap": "0.6rem", "marginBottom": "0.6rem"},
-                    ),
-                    # assets/checkpoint_upload.js puts a file input into the empty slot and
-                    # streams the chosen file to /api/v1/uploads; `upload-event` gets the result.
-                    html.Label(
-                        [
-                            html.Span(id="checkpoint-upload-input"),
-                            "Drag and drop or ",
-                            html.Span("choose a file", style={"textDecoration": "underline"}),
-                        ],
-                        id="checkpoint-upload",
-                        className="upload",
-                        style={"display": "block"},
-                    ),
-                    html.Div(
-                        [
-                            html.Progress(
-                                id="upload-progress", value=0, max=100, style={"flex": "1"}
-                            ),
-                            html.Span(id="upload-progress-text"),
-                            html.Button("Cancel", id="upload-cancel", style={"display": "none"}),
-                        ],
-                        id="upload-progress-box",
-                        style={"display": "none"},  # the script shows it while uploading
-                    ),
-                    dcc.Store(id="upload-event"),
-                    html.Div(id="upload-message", style={"marginTop": "0.6rem"}),
-                ],
-                className="card",
-            ),
-        ]
-    )
+    return html.Div([
+        *_page_stores(pid, parse_view(query)),
+        *_heading(project),
+        _jobs_card(),
+        _prune_card(),
+        *_overview_cards(),
+        _checkpoints_card(),
+        _comparison_card(),
+        _upload_card(project.architecture),
+    ])
+
+
+# ------------------------------------------------------------------------------- callbacks
 
 
 @callback(
@@ -430,7 +359,7 @@ def draw_accuracy(rows: list[dict] | None, methods: list[str], options: list[dic
     if rows is None:
         return no_update, no_update
     all_methods = [o["value"] for o in options]
-    search = project_view_query(methods, all_methods)
+    search = view_query({"methods": methods}, all_methods)
     return accuracy_vs_sparsity(rows, methods), search
 
 
@@ -468,7 +397,8 @@ def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN20
 
 @callback(
     Output("upload-message", "children"),
-    Output("project-version", "data", allow_duplicate=True),
+    Output("upload-job", "data"),
+    Output("upload-poll", "disabled"),
     Input("upload-event", "data"),
     State("upload-name", "value"),
     State("upload-role", "value"),
@@ -476,26 +406,48 @@ def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN20
     prevent_initial_call=True,
 )
 def finish_upload(event: dict | None, name: str | None, role: str, project_id: int):  # noqa: ANN201
-    """Turn the upload that the page's script finished into a checkpoint, or show its error."""
+    """Hand the upload that the page's script finished to a worker to validate, or show its
+    error; `poll_upload` then shows whether it was stored."""
     if not event:
-        return no_update, no_update
+        return no_update, no_update, no_update
+    filename = event.get("filename", "upload")
     if event.get("error") or not event.get("upload_id"):
-        message = f"{event.get('filename', 'upload')}: {event.get('error', 'upload failed')}"
-        return html.Div(message, className="error", id="upload-error"), no_update
+        message = f"{filename}: {event.get('error', 'upload failed')}"
+        return html.Div(message, className="error", id="upload-error"), None, True
     try:
-        ckpt = checkpoint_service.checkpoint_from_upload(
+        job = checkpoint_service.checkpoint_from_upload(
             project_id, str(event["upload_id"]), name=name or None, role=role
         )
     except ServiceError as exc:
-        return html.Div(exc.detail, className="error", id="upload-error"), no_update
+        return html.Div(exc.detail, className="error", id="upload-error"), None, True
+    return validating_message("upload", filename, job), job.id, False
+
+
+@callback(
+    Output("upload-message", "children", allow_duplicate=True),
+    Output("project-version", "data", allow_duplicate=True),
+    Output("upload-poll", "disabled", allow_duplicate=True),
+    Input("upload-poll", "n_intervals"),
+    State("upload-job", "data"),
+    State("project-id", "data"),
+    prevent_initial_call=True,
+)
+def poll_upload(_n: int, job_id: int | None, project_id: int):  # noqa: ANN201
+    """The validated upload's checkpoint, or why it was refused, once its job has ended."""
+    state, outcome = ingest_outcome(checkpoint_service.ingested, job_id)
+    if state == "running":
+        return no_update, no_update, no_update
+    if state == "refused":
+        return html.Div(outcome, className="error", id="upload-error"), no_update, True
     message = html.Div(
-        f"stored {ckpt.name}: {ckpt.num_nonzero:,} of {ckpt.num_params:,} weights non-zero "
-        f"({100 * ckpt.measured_sparsity:.1f}% sparse). Run the analysis to compare it.",
+        f"stored {outcome.name}: {outcome.num_nonzero:,} of {outcome.num_params:,} weights "
+        f"non-zero ({100 * outcome.measured_sparsity:.1f}% sparse). Run the analysis to "
+        "compare it.",
         className="ok",
         id="upload-ok",
     )
     # A new version makes the checkpoint table and figures refresh now, not at the next poll.
-    return message, _version(project_id)
+    return message, _version(project_id), True
 
 
 @callback(
@@ -572,26 +524,16 @@ def in_table_order(rows: list[dict], row_ids: list[str] | None) -> list[dict]:
     return [by_id[i] for i in row_ids if i in by_id]
 
 
-@callback(
-    Output("comparison-download", "data"),
-    Input("comparison-csv", "n_clicks"),
-    Input("comparison-parquet", "n_clicks"),
-    State("comparison-rows", "data"),
-    State("comparison-table", "derived_virtual_row_ids"),
-    State("project-id", "data"),
-    prevent_initial_call=True,
-)
-def export_comparison(  # noqa: ANN201
-    _csv: int, _parquet: int, rows: list[dict] | None, row_ids: list[str] | None,
-    project_id: int,
-):
-    if not rows or not ctx.triggered or not ctx.triggered[0]["value"]:
-        return no_update
-    ordered = in_table_order(rows, row_ids)
-    stem = f"project-{project_id}-comparison"
-    if ctx.triggered_id == "comparison-parquet":
-        return dcc.send_bytes(comparison_parquet(ordered), f"{stem}.parquet")
-    return dcc.send_string(comparison_csv(ordered), f"{stem}.csv", type="text/csv")
+@table_download_callback("comparison", State("comparison-rows", "data"),
+                         State("comparison-table", "derived_virtual_row_ids"),
+                         State("project-id", "data"),
+                         to_csv=comparison_csv, to_parquet=comparison_parquet)
+def comparison_export(rows: list[dict] | None, row_ids: list[str] | None,
+                      project_id: int) -> TableExport | None:
+    """The comparison in the order the table shows it, with every column."""
+    if not rows:
+        return None
+    return TableExport(in_table_order(rows, row_ids), f"project-{project_id}-comparison")
 
 
 @callback(

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.access import require_project
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
 from prunescope.server.services import checkpoints
 from prunescope.server.storage import CHUNK_BYTES
@@ -26,6 +26,7 @@ def list_checkpoints(project_id: int, settings: SettingsDep) -> CheckpointsPubli
     "/projects/{project_id}/checkpoints",
     response_model=CheckpointPublic,
     status_code=status.HTTP_201_CREATED,
+    responses=ACCEPTED,
 )
 async def upload_checkpoint(
     project_id: int,
@@ -35,15 +36,17 @@ async def upload_checkpoint(
     role: Annotated[str | None, Form(description="'dense' or 'pruned'")] = None,
     method: Annotated[str | None, Form()] = None,
     target_sparsity: Annotated[float | None, Form()] = None,
+    wait: WaitDep = False,
 ) -> CheckpointPublic:
-    """Upload a checkpoint for the project's architecture; it is validated before it is kept."""
+    """Upload a checkpoint for the project's architecture; a worker validates it (loads it
+    safely, matches the architecture, measures sparsity) before it is kept."""
 
     def chunks():  # noqa: ANN202
         file.file.seek(0)
         while chunk := file.file.read(CHUNK_BYTES):
             yield chunk
 
-    return await run_in_threadpool(
+    job = await run_in_threadpool(
         checkpoints.add_checkpoint,
         project_id,
         chunks(),
@@ -54,6 +57,7 @@ async def upload_checkpoint(
         target_sparsity=target_sparsity,
         settings=settings,
     )
+    return await ingest_answer(job, wait, lambda j: checkpoints.ingested(j, settings))
 
 
 class CheckpointFromUpload(BaseModel):
@@ -68,25 +72,24 @@ class CheckpointFromUpload(BaseModel):
     "/projects/{project_id}/checkpoints/from-upload",
     response_model=CheckpointPublic,
     status_code=status.HTTP_201_CREATED,
+    responses=ACCEPTED,
 )
-def add_checkpoint_from_upload(
-    project_id: int, body: CheckpointFromUpload, settings: SettingsDep
+async def add_checkpoint_from_upload(
+    project_id: int, body: CheckpointFromUpload, settings: SettingsDep, wait: WaitDep = False
 ) -> CheckpointPublic:
     """Turn a finished resumable upload into a checkpoint, validated like a direct upload.
 
     The upload is used up either way; an incomplete upload (409) is left to be continued.
     Access to the project is checked first, so a refused request leaves the upload alone.
     """
-    require_project(project_id, "edit", settings)
-    return checkpoints.checkpoint_from_upload(
-        project_id,
-        body.upload_id,
-        name=body.name,
-        role=body.role,
-        method=body.method,
-        target_sparsity=body.target_sparsity,
-        settings=settings,
+    await run_in_threadpool(require_project, project_id, "edit", settings)
+    job = await run_in_threadpool(
+        lambda: checkpoints.checkpoint_from_upload(
+            project_id, body.upload_id, name=body.name, role=body.role, method=body.method,
+            target_sparsity=body.target_sparsity, settings=settings,
+        )
     )
+    return await ingest_answer(job, wait, lambda j: checkpoints.ingested(j, settings))
 
 
 @router.get("/checkpoints/{checkpoint_id}", response_model=CheckpointDetail)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.schemas import (
     ActiveDatasetChoice,
     BuiltinDatasetCreate,
@@ -30,6 +30,7 @@ def list_datasets(project_id: int, settings: SettingsDep) -> DatasetsPublic:
     "/projects/{project_id}/datasets",
     response_model=DatasetDetail,
     status_code=status.HTTP_201_CREATED,
+    responses=ACCEPTED,
 )
 async def upload_dataset(
     project_id: int,
@@ -46,15 +47,17 @@ async def upload_dataset(
     id_column: Annotated[str, Form()] = "id",
     group_column: Annotated[str, Form()] = "group",
     split_column: Annotated[str, Form(description="values 'train' or 'test'")] = "split",
+    wait: WaitDep = False,
 ) -> DatasetDetail:
-    """Upload an evaluation dataset; it is validated against the project's model first."""
+    """Upload an evaluation dataset; a worker reads it and checks it against the project's
+    model before it is kept."""
 
     def chunks():  # noqa: ANN202
         file.file.seek(0)
         while chunk := file.file.read(CHUNK_BYTES):
             yield chunk
 
-    return await run_in_threadpool(
+    job = await run_in_threadpool(
         datasets.add_dataset,
         project_id,
         chunks(),
@@ -65,6 +68,7 @@ async def upload_dataset(
                  "group": group_column, "split": split_column},
         settings=settings,
     )
+    return await ingest_answer(job, wait, lambda j: datasets.ingested(j, settings))
 
 
 @router.post(

@@ -7,9 +7,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.access import require_project
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.config import Settings
-from prunescope.server.schemas import ResultPublic
+from prunescope.server.schemas import JobPublic, ResultPublic
 from prunescope.server.services import dynamics_runs
 from prunescope.server.storage import CHUNK_BYTES
 
@@ -29,7 +29,7 @@ def _chunks(file: UploadFile):  # noqa: ANN202
 
 
 def _add(project_id: int, uploads: dict[str, UploadFile], fields: dict[str, Any],
-         settings: Settings) -> dict[str, Any]:
+         settings: Settings) -> JobPublic:
     require_project(project_id, "edit", settings)  # before a byte is written
     staged = {}
     try:
@@ -47,6 +47,7 @@ def _add(project_id: int, uploads: dict[str, UploadFile], fields: dict[str, Any]
     "/projects/{project_id}/dynamics",
     response_model=DynamicsRunPublic,
     status_code=status.HTTP_201_CREATED,
+    responses=ACCEPTED,
 )
 async def upload_dynamics_run(
     project_id: int,
@@ -62,6 +63,7 @@ async def upload_dynamics_run(
     sparsity: Annotated[float, Form(description="final sparsity in [0, 1); 0 for dense")] = 0.0,
     seed: Annotated[int, Form(description="the run's seed; runs of one mode and sparsity "
                                           "form a population")] = 0,
+    wait: WaitDep = False,
 ) -> dict[str, Any]:
     """Add a training run recorded by your own training loop, so the dynamics analysis
     (`POST /projects/{id}/jobs` with kind "dynamics") compares it with the project's other
@@ -92,4 +94,5 @@ async def upload_dynamics_run(
     uploads = {"trajectories": trajectories, "probes": probes,
                "test_predictions": test_predictions}
     fields = {"run": run, "mode": mode, "sparsity": sparsity, "seed": seed}
-    return await run_in_threadpool(_add, project_id, uploads, fields, settings)
+    job = await run_in_threadpool(_add, project_id, uploads, fields, settings)
+    return await ingest_answer(job, wait, lambda j: dynamics_runs.ingested(j, settings))

@@ -1,11 +1,13 @@
 """A project's checkpoints: reading them (statistics, per-layer sparsity, the file to download)
-and adding one, uploaded or from a finished resumable upload, through the ingest path."""
+and adding one, uploaded or from a finished resumable upload, through the ingest path: the
+request stages the file and queues its `ingest_checkpoint` job; the worker that validated it
+adopts it with the row (`adopt_checked`)."""
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,8 @@ from prunescope.server.access import get_or_404, require_project
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput
-from prunescope.server.schemas import CheckpointDetail, CheckpointPublic
-from prunescope.server.services import ingest, projects, uploads
+from prunescope.server.schemas import CheckpointDetail, CheckpointPublic, JobPublic
+from prunescope.server.services import ingest, uploads
 from prunescope.server.storage import artifact_store
 from prunescope.server.tables import Checkpoint, Project
 
@@ -104,11 +106,12 @@ def add_checkpoint(
     method: str | None = None,
     target_sparsity: float | None = None,
     settings: Settings | None = None,
-) -> CheckpointPublic:
-    """Validate an uploaded checkpoint against the project's architecture and store it.
+) -> JobPublic:
+    """Stage an uploaded checkpoint and queue the job that validates it against the project's
+    architecture; `ingested(job)` waits for the stored checkpoint.
 
-    The file is streamed to a staging file first; it enters the store and the database only
-    after it loaded safely and matched the architecture, so a bad upload leaves nothing behind.
+    The file enters the store and the database only after it loaded safely and matched the
+    architecture, so a bad upload leaves nothing behind.
     """
     settings = settings or get_settings()
     fields = _checkpoint_fields(project_id, filename, name, role, target_sparsity, settings)
@@ -128,7 +131,7 @@ def add_checkpoint_file(
     method: str | None = None,
     target_sparsity: float | None = None,
     settings: Settings | None = None,
-) -> CheckpointPublic:
+) -> JobPublic:
     """Like `add_checkpoint` for a file already on the store's filesystem (a finished upload).
 
     The file is moved, not copied, into staging; it is consumed whether or not it is accepted.
@@ -154,8 +157,8 @@ def checkpoint_from_upload(
     method: str | None = None,
     target_sparsity: float | None = None,
     settings: Settings | None = None,
-) -> CheckpointPublic:
-    """Validate a finished resumable upload as a checkpoint of the project and store it.
+) -> JobPublic:
+    """Queue the validation of a finished resumable upload as a checkpoint of the project.
 
     The upload is consumed whether or not the file is accepted (a rejected file leaves
     nothing behind); only an incomplete or busy upload is left in place.
@@ -207,41 +210,56 @@ def _ingest(
     method: str | None,
     target_sparsity: float | None,
     settings: Settings,
-) -> CheckpointPublic:
-    """Validate a staged file (`prunescope.workers.ingest.check_checkpoint`); only then adopt
-    what it keeps into the store and add the checkpoint's row."""
-    with ingest.workspace(settings, "unpack-", staged.path) as scratch:
-        project = projects.get_project(project_id, settings)
-        checked = ingest.validate(
-            "checkpoint", path=str(staged.path), filename=filename, role=role,
-            architecture=project.architecture, config=project.architecture_config,
-            max_bytes=settings.max_upload_bytes, scratch_dir=str(scratch),
-        )
-        weights = Path(checked.weights_path)
-        size = weights.stat().st_size
-        files = {"weights": (weights, staged.digest if weights == staged.path else None)}
-        if checked.assets_path is not None:
-            files["assets"] = (Path(checked.assets_path), None)
-        adopted = ingest.adopt(settings, files)
+) -> JobPublic:
+    """Queue the `ingest_checkpoint` job for a staged file."""
+    return ingest.queue_check(
+        settings, project_id, "ingest_checkpoint", {"upload": staged},
+        {"filename": filename, "name": name, "role": role, "method": method,
+         "target_sparsity": target_sparsity},
+    )
 
-    def write(s: Session) -> CheckpointPublic:
-        if checked.project_config is not None:
-            s.get(Project, project_id).architecture_config = checked.project_config
+
+def adopt_checked(settings: Settings, job: ingest.IngestJob, checked: dict[str, Any],
+                  finish: Callable[[Session, dict[str, Any]], None]) -> None:
+    """Adopt what `prunescope.workers.ingest.check_checkpoint` kept and add the checkpoint's
+    row; `finish` records the job's success in the same transaction."""
+    p = job.params
+    weights = Path(checked["weights_path"])
+    size = weights.stat().st_size
+    upload = weights == Path(job.inputs["upload"])  # kept as uploaded: its digest is known
+    files = {"weights": (weights, job.digest("upload") if upload else None)}
+    if checked.get("assets_path"):
+        files["assets"] = (Path(checked["assets_path"]), None)
+    adopted = ingest.adopt(settings, files)
+
+    def write(s: Session) -> None:
+        if checked.get("project_config") is not None:
+            s.get(Project, job.project_id).architecture_config = checked["project_config"]
         row = Checkpoint(
-            project_id=project_id,
-            name=name,
-            role=role,
+            project_id=job.project_id,
+            name=p["name"],
+            role=p["role"],
             source="upload",
-            method=method or ("dense" if role == "dense" else "uploaded"),
-            target_sparsity=target_sparsity,
-            **Checkpoint.stat_columns(checked.stats),
-            format=checked.format,
+            method=p.get("method") or ("dense" if p["role"] == "dense" else "uploaded"),
+            target_sparsity=p.get("target_sparsity"),
+            **Checkpoint.stat_columns(checked["stats"]),
+            format=checked["format"],
             artifact_digest=adopted.digests["weights"],
             assets_digest=adopted.digests.get("assets"),
             size_bytes=size,
         )
         s.add(row)
         s.flush()
-        return CheckpointPublic.model_validate(row)
+        finish(s, {"checkpoint_id": row.id, "name": row.name, "format": row.format})
 
-    return ingest.add_rows(settings, adopted, write, conflict=_name_taken(name))
+    ingest.add_rows(settings, adopted, write, conflict=_name_taken(p["name"]))
+
+
+def ingested(job: JobPublic, settings: Settings | None = None,
+             timeout: float | None = None) -> CheckpointPublic | None:
+    """The checkpoint an `ingest_checkpoint` job stored, once it has (None while it still runs
+    after `timeout`); its refusal as the error the upload answers."""
+    settings = settings or get_settings()
+    return ingest.outcome(settings, job.id,
+                          lambda summary: get_checkpoint(summary["checkpoint_id"], settings),
+                          timeout)

@@ -1,10 +1,10 @@
 """A project's evaluation datasets: builtins, uploads, previews, the active one.
 
-An upload goes through the ingest path (`prunescope.server.services.ingest`): streamed to a
-staging file, read and fitted to the project's architecture by
-`prunescope.workers.ingest.check_dataset` (in a scratch folder inside the store, removed
-afterwards), and only then written as one canonical npz into the content-addressed store and
-given its row, so a refused file leaves nothing behind. The original file is not kept: workers
+An upload goes through the ingest path (`prunescope.server.services.ingest`): staged by the
+request, read and fitted to the project's architecture by an `ingest_dataset` job on a worker
+(`prunescope.workers.ingest.check_dataset`), and only then written as one canonical npz into
+the content-addressed store and given its row (`adopt_checked`), so a refused file leaves
+nothing behind. The original file is not kept: workers
 read the canonical npz only (`prunescope.workers.datasets.load_canonical`).
 
 Every project has exactly one active dataset, the one its jobs use (`prunescope.server.worker`
@@ -14,8 +14,7 @@ resolves it when a job starts). Projects start with a builtin; adding a dataset 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from functools import lru_cache
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ from prunescope.server.access import get_or_404, require_project
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput, NotFound
-from prunescope.server.schemas import DatasetDetail, DatasetPublic
-from prunescope.server.services import ingest, projects
+from prunescope.server.schemas import DatasetDetail, DatasetPublic, JobPublic
+from prunescope.server.services import ingest, projects, results
 from prunescope.server.storage import artifact_store
 from prunescope.server.tables import Dataset, Project
+from prunescope.workers.jobs.analyze import SENTENCES
+from prunescope.workers.text_arrays import unpack_texts
 
 SUBJECT = "this dataset"  # the upload limit's message: "... if this dataset is expected"
 
@@ -81,27 +82,20 @@ def dataset_file(dataset_id: int, settings: Settings | None = None) -> tuple[Pat
     return artifact_store(settings).open_path(dataset.artifact_digest), f"{dataset.name}.npz"
 
 
-@lru_cache(maxsize=4)
-def _test_texts(source: str, key: str) -> tuple[str, ...]:
-    # key: a builtin's name or an upload's content digest, so the cache never goes stale.
-    # Deferred: the dataset loaders import torch.
-    from prunescope.workers.datasets import load_builtin, load_canonical
-
-    data = load_builtin(key) if source == "builtin" else load_canonical(source, key)
-    return () if data.texts_test is None else tuple(str(t) for t in data.texts_test)
-
-
 def evaluation_sentences(project_id: int, settings: Settings | None = None) -> list[str]:
-    """The active dataset's evaluation (test) sentences, in the order jobs index them
-    (the attention viewer's `sentence`); [] for a dataset without text."""
+    """The active dataset's evaluation (test) sentences, in the order jobs index them (the
+    attention viewer's `sentence`), as the newest analysis of that dataset stored them
+    (`prunescope.workers.jobs.analyze.SENTENCES`); [] before one has run, and for a dataset
+    without text. Read from the result, so the web process never loads a dataset."""
     settings = settings or get_settings()
     dataset = active_dataset(project_id, settings)
     if dataset is None:
         return []
-    if dataset.builtin_name and not dataset.artifact_digest:
-        return list(_test_texts("builtin", dataset.builtin_name))
-    path, _ = dataset_file(dataset.id, settings)
-    return list(_test_texts(str(path), dataset.name))
+    # Only sentences of the active dataset: an attention_maps job indexes into that one.
+    _, arrays = results.newest_arrays(
+        project_id, "evaluation", settings,
+        where=lambda summary: summary.get("sentences_dataset") == dataset.name)
+    return (unpack_texts(arrays, SENTENCES) or []) if arrays is not None else []
 
 
 # ---------------------------------------------------------------------------- writing
@@ -136,8 +130,10 @@ def _checked_name(project_id: int, name: str | None, default: str, settings: Set
 
 
 def _insert(project_id: int, row: Dataset, active: bool, settings: Settings,
-            adopted: ingest.Adopted | None = None) -> DatasetDetail:
-    """The row step: add `row` (the only active one if `active`, or if it is the first)."""
+            adopted: ingest.Adopted | None = None,
+            finish: Callable[[Session, dict[str, Any]], None] | None = None) -> DatasetDetail:
+    """The row step: add `row` (the only active one if `active`, or if it is the first);
+    `finish`, when given, records the ingest job's success in the same transaction."""
 
     def write(s: Session) -> DatasetDetail:
         get_or_404(s, Project, project_id, "project", need="edit")
@@ -149,6 +145,8 @@ def _insert(project_id: int, row: Dataset, active: bool, settings: Settings,
                 other.active = False
         s.add(row)
         s.flush()
+        if finish is not None:
+            finish(s, {"dataset_id": row.id, "name": row.name, "format": row.format})
         return DatasetDetail.model_validate(row)
 
     return ingest.add_rows(settings, adopted or ingest.Adopted(), write,
@@ -188,8 +186,9 @@ def add_dataset(
     active: bool = False,
     columns: Any = None,
     settings: Settings | None = None,
-) -> DatasetDetail:
-    """Read, validate and store an uploaded dataset file (any `UPLOAD_FORMATS`).
+) -> JobPublic:
+    """Stage an uploaded dataset file (any `UPLOAD_FORMATS`) and queue the job that reads,
+    validates and stores it; `ingested(job)` waits for the stored dataset.
 
     `columns` (a `prunescope.workers.dataset_formats.ColumnNames`, or a mapping of its
     fields) names a table's label, text, id, group and split columns. Raises InvalidInput
@@ -213,7 +212,7 @@ def add_dataset_file(
     active: bool = False,
     columns: Any = None,
     settings: Settings | None = None,
-) -> DatasetDetail:
+) -> JobPublic:
     """Like `add_dataset` for a file already on the store's filesystem (a finished upload).
 
     The file is consumed whether or not it is accepted. `digest` (the upload's sha256) is
@@ -241,24 +240,55 @@ def _ingest(
     active: bool,
     columns: Any,
     settings: Settings,
-) -> DatasetDetail:
-    """Read a staged upload and fit it to the project (`prunescope.workers.ingest`), store its
-    canonical npz, add its row."""
-    with ingest.workspace(settings, "dataset-", staged.path) as scratch:
-        project = projects.get_project(project_id, settings)
-        checked = ingest.validate(
-            "dataset", path=str(staged.path), filename=filename, name=name, columns=columns,
-            architecture=project.architecture, config=project.architecture_config,
-            max_bytes=settings.max_upload_bytes, scratch_dir=str(scratch),
-        )
-        adopted = ingest.adopt(settings, {"canonical": (Path(checked.canonical_path), None)})
-    row = Dataset(
-        name=name,
-        source="upload",
-        format=checked.format,
-        filename=Path(filename).name[:255],
-        size_bytes=staged.size,
-        artifact_digest=adopted.digests["canonical"],
-        **checked.metadata,
+) -> JobPublic:
+    """Queue the `ingest_dataset` job for a staged upload."""
+    if columns is not None and not isinstance(columns, dict):
+        columns = {k: v for k, v in vars(columns).items() if v is not None}
+    return ingest.queue_check(
+        settings, project_id, "ingest_dataset", {"upload": staged},
+        {"filename": filename, "name": name, "active": active, "columns": columns},
     )
-    return _insert(project_id, row, active, settings, adopted)
+
+
+def adopt_checked(settings: Settings, job: ingest.IngestJob, checked: dict[str, Any],
+                  finish: Callable[[Session, dict[str, Any]], None]) -> None:
+    """Adopt the canonical npz `prunescope.workers.ingest.check_dataset` wrote and add the
+    dataset's row; `finish` records the job's success in the same transaction."""
+    p = job.params
+    size = Path(job.inputs["upload"]).stat().st_size
+    adopted = ingest.adopt(settings, {"canonical": (Path(checked["canonical_path"]), None)})
+    row = Dataset(
+        name=p["name"],
+        source="upload",
+        format=checked["format"],
+        filename=Path(p["filename"]).name[:255],
+        size_bytes=size,
+        artifact_digest=adopted.digests["canonical"],
+        **checked["metadata"],
+    )
+    _insert(job.project_id, row, p["active"], settings, adopted, finish=finish)
+
+
+def ingested(job: JobPublic, settings: Settings | None = None,
+             timeout: float | None = None) -> DatasetDetail | None:
+    """The dataset an `ingest_dataset` job stored, once it has (None while it still runs
+    after `timeout`); its refusal as the error the upload answers."""
+    settings = settings or get_settings()
+    return ingest.outcome(settings, job.id,
+                          lambda summary: get_dataset(summary["dataset_id"], settings), timeout)
+
+
+def add_labelled_dataset(
+    project_id: int,
+    chunks: Iterable[bytes],
+    *,
+    label_column: str = "label",
+    filename: str = "dataset",
+    name: str | None = None,
+    active: bool = False,
+    settings: Settings | None = None,
+) -> JobPublic:
+    """`add_dataset` with a table's label column named by its name (the other columns keep
+    their default names), for the dashboard's upload form."""
+    return add_dataset(project_id, chunks, filename=filename, name=name, active=active,
+                       columns={"label": label_column}, settings=settings)

@@ -8,9 +8,10 @@ test predictions. The "dynamics" job then reads it like any recorded run. The th
 `prunescope.workers.recorded_runs`.
 
 Nothing is half-written: the upload goes through the ingest path
-(`prunescope.server.services.ingest`): everything is read and checked first, the two
-canonical files are built in a scratch folder inside the store, and only then enter the store
-and the database (one transaction). A refused upload raises InvalidInput (422), TooLarge
+(`prunescope.server.services.ingest`): the request checks the run's fields and stages the
+files; an `ingest_dynamics` job reads and checks everything on a worker and builds the two
+canonical files in its scratch folder, which only then enter the store and the database (one
+transaction). A refused upload raises InvalidInput (422), TooLarge
 (413), Conflict (409) or NotFound (404) with a message saying what to fix.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,10 @@ from prunescope.server.access import get_or_404, require_project
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput
-from prunescope.server.schemas import ResultPublic
+from prunescope.server.schemas import JobPublic, ResultPublic
 from prunescope.server.services import datasets, ingest
-from prunescope.server.storage import artifact_store
 from prunescope.server.tables import AnalysisResult, Job, Project
-from prunescope.workers.jobspec import DatasetRef, run_name
+from prunescope.workers.jobspec import run_name
 
 RUN_MODES = ("dense", "gmp", "finetune")
 RUN_RESULT_KINDS = ("dynamics_run", "dynamics_meta", "run_weights")
@@ -93,17 +93,6 @@ def _check_run_name_free(session: Session, project_id: int, run: str) -> None:
 
 
 
-def _active_dataset(project_id: int, settings: Settings) -> DatasetRef:
-    """The project's active dataset, as the validate step reads it."""
-    dataset = datasets.active_dataset(project_id, settings)
-    if dataset is None:
-        raise InvalidInput("this project has no dataset; add one before uploading a run")
-    if dataset.artifact_digest:
-        path = artifact_store(settings).open_path(dataset.artifact_digest)
-        return DatasetRef(name=dataset.name, source="upload", path=str(path))
-    return DatasetRef(name=dataset.name, source="builtin", builtin_name=dataset.builtin_name)
-
-
 def add_dynamics_run(
     project_id: int,
     trajectories: Path,
@@ -115,50 +104,74 @@ def add_dynamics_run(
     sparsity: float,
     seed: int,
     settings: Settings | None = None,
-) -> dict[str, Any]:
-    """Validate a run recorded elsewhere and store it as "dynamics_run" + "dynamics_meta".
+) -> JobPublic:
+    """Queue the validation of a run recorded elsewhere, stored by its `ingest_dynamics` job
+    as "dynamics_run" + "dynamics_meta" results; `ingested(job)` waits for them.
 
     The three files are CSV or Parquet (`prunescope.workers.recorded_runs` describes them);
-    they are read, not consumed. `mode` is dense, gmp or finetune; `sparsity` is in [0, 1),
-    0 exactly for dense and above 0 otherwise; `run` names the run, unique in the project.
-    Returns {"run", "summary", "results": [ResultPublic of dynamics_run, dynamics_meta]}; the
-    summary is {"run", "mode", "sparsity", "seed", "epochs", "test_accuracy", "source":
-    "upload"}.
+    they are consumed. `mode` is dense, gmp or finetune; `sparsity` is in [0, 1), 0 exactly
+    for dense and above 0 otherwise; `run` names the run, unique in the project.
     """
     settings = settings or get_settings()
-    run, sparsity = _checked_run(run, mode, sparsity, seed)
-    require_project(project_id, "edit", settings)
-    with session_scope(settings) as s:
-        _check_run_name_free(s, project_id, run)
     files = {"trajectories": Path(trajectories), "probes": Path(probes),
-             "test predictions": Path(test_predictions)}
-    for what, path in files.items():
-        ingest.check_size(path, settings, subject="it", label=f"the {what} ")
-    dataset = _active_dataset(project_id, settings)
-    with ingest.workspace(settings, "dynamics-") as scratch:
-        checked = ingest.validate(
-            "dynamics_run", trajectories=str(files["trajectories"]), probes=str(files["probes"]),
-            test_predictions=str(files["test predictions"]), sparsity=sparsity,
-            dataset=dataset, max_bytes=settings.max_upload_bytes, scratch_dir=str(scratch),
-        )
-        adopted = ingest.adopt(settings, {"dynamics_run": (Path(checked.parquet_path), None),
-                                          "dynamics_meta": (Path(checked.meta_path), None)})
-    summary = {"run": run, "mode": mode, "sparsity": round(sparsity, 6), "seed": int(seed),
-               "epochs": checked.epochs, "test_accuracy": checked.test_accuracy,
-               "source": "upload"}
+             "test_predictions": Path(test_predictions)}
+    try:
+        run, sparsity = _checked_run(run, mode, sparsity, seed)
+        require_project(project_id, "edit", settings)
+        with session_scope(settings) as s:
+            _check_run_name_free(s, project_id, run)
+        if datasets.active_dataset(project_id, settings) is None:
+            raise InvalidInput("this project has no dataset; add one before uploading a run")
+        staged = {role: ingest.Staged(path, ingest.check_size(
+            path, settings, subject="it", label=f"the {role.replace('_', ' ')} "))
+            for role, path in files.items()}
+    except BaseException:
+        for path in files.values():
+            path.unlink(missing_ok=True)
+        raise
+    return ingest.queue_check(settings, project_id, "ingest_dynamics", staged,
+                              {"filename": files["trajectories"].name, "run": run, "mode": mode,
+                               "sparsity": sparsity, "seed": int(seed)})
 
-    def write(s: Session) -> list[ResultPublic]:
-        get_or_404(s, Project, project_id, "project", need="edit")
-        _check_run_name_free(s, project_id, run)
-        rows = [AnalysisResult(project_id=project_id, job_id=None, kind=kind,
+
+def adopt_checked(settings: Settings, job: ingest.IngestJob, checked: dict[str, Any],
+                  finish: Callable[[Session, dict[str, Any]], None]) -> None:
+    """Adopt the run's canonical Parquet and npz (`prunescope.workers.ingest
+    .check_dynamics_run`) as its two results; `finish` records the job's success with them."""
+    p = job.params
+    adopted = ingest.adopt(settings, {"dynamics_run": (Path(checked["parquet_path"]), None),
+                                      "dynamics_meta": (Path(checked["meta_path"]), None)})
+    summary = {"run": p["run"], "mode": p["mode"], "sparsity": round(p["sparsity"], 6),
+               "seed": int(p["seed"]), "epochs": checked["epochs"],
+               "test_accuracy": checked["test_accuracy"], "source": "upload"}
+
+    def write(s: Session) -> None:
+        get_or_404(s, Project, job.project_id, "project", need="edit")
+        _check_run_name_free(s, job.project_id, p["run"])
+        rows = [AnalysisResult(project_id=job.project_id, job_id=None, kind=kind,
                                artifact_digest=digest, summary=dict(summary))
                 for kind, digest in adopted.digests.items()]
         s.add_all(rows)
         s.flush()
-        return [ResultPublic.model_validate(row) for row in rows]
+        finish(s, {"run": p["run"], "summary": summary, "result_ids": [r.id for r in rows]})
 
-    results = ingest.add_rows(settings, adopted, write, conflict=_name_taken(run))
-    return {"run": run, "summary": summary, "results": results}
+    ingest.add_rows(settings, adopted, write, conflict=_name_taken(p["run"]))
+
+
+def ingested(job: JobPublic, settings: Settings | None = None,
+             timeout: float | None = None) -> dict[str, Any] | None:
+    """{"run", "summary", "results": [ResultPublic of dynamics_run, dynamics_meta]} once the
+    job stored the run (None while it still runs after `timeout`); its refusal as the error
+    the upload answers."""
+    settings = settings or get_settings()
+
+    def read(summary: dict[str, Any]) -> dict[str, Any]:
+        with session_scope(settings) as s:
+            rows = [s.get(AnalysisResult, i) for i in summary["result_ids"]]
+            results = [ResultPublic.model_validate(r) for r in rows]
+        return {"run": summary["run"], "summary": summary["summary"], "results": results}
+
+    return ingest.outcome(settings, job.id, read, timeout)
 
 
 def _name_taken(run: str) -> str:

@@ -1,14 +1,20 @@
 """The one way an uploaded file enters a project — stage → validate → adopt → row — shared by
 checkpoints, datasets and dynamics runs.
 
-- stage: the bytes are streamed (or a finished resumable upload is moved) into the store's
-  staging folder, within the upload limit;
-- validate: one call into `prunescope.workers.ingest`, which reads the staged files, checks
-  them against the project and writes what is to be kept into a scratch folder;
-- adopt: those files enter the content-addressed store;
-- row: the database rows are added in one transaction. A name another request took
-  meanwhile (a unique constraint that fails) is the same 409 as the check made before the
-  bytes were read.
+- stage (the HTTP request): the bytes are streamed (or a finished resumable upload is moved)
+  into the store, within the upload limit, and wait there under a staging key, apart from the
+  content-addressed artifacts; an ingest job (`ingest_checkpoint`, `ingest_dataset`,
+  `ingest_dynamics`) is queued for them and the request answers with it (`queue_check`);
+- validate (a worker, where torch lives): the job runs `prunescope.workers.ingest`, which
+  reads the staged files, checks them against the project and writes what is to be kept
+  into its scratch folder. A 10 GB checkpoint never enters an HTTP process's memory;
+- adopt (the worker, committing the job): those files enter the content-addressed store;
+- row (the same worker): the rows are added in the transaction that records the job's
+  success. A name another request took meanwhile (a unique constraint that fails) is the
+  same 409 as the check made before the bytes were read.
+
+A caller that wants the answer in one request waits for the job (`outcome`): the API's
+`?wait=true`, the CLI, the demo.
 
 A refused upload leaves nothing behind: staged files and scratch folders are removed however
 the upload ends, and files the upload added to the store go again when its row is refused.
@@ -30,11 +36,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from prunescope.server import jobs as queue
 from prunescope.server.config import Settings
-from prunescope.server.db import session_scope
-from prunescope.server.errors import Conflict, InvalidInput, TooLarge
+from prunescope.server.db import get_engine, session_scope
+from prunescope.server.errors import Conflict, InvalidInput, TooLarge, error_for_code
+from prunescope.server.schemas import JobPublic
 from prunescope.server.storage import UploadTooLarge, artifact_store, sha256_file
-from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset
+from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset, Job
 from prunescope.workers import dataset_checks
 from prunescope.workers.jobspec import JobInputError
 
@@ -112,23 +120,83 @@ def workspace(settings: Settings, prefix: str, *staged: Path) -> Iterator[Path]:
 # ---------------------------------------------------------------------------- validate
 
 
-def _checks() -> Any:
-    # torch stays out of the web process until validation runs on a worker.
-    from prunescope.workers import ingest
+def queue_check(settings: Settings, project_id: int, kind: str, staged: Mapping[str, Staged],
+                fields: Mapping[str, Any]) -> JobPublic:
+    """Hand staged files to an ingest job of `kind`: they move under staging keys any worker
+    can read, and the job (its params: `fields`, the keys, the upload limit) is queued.
 
-    return ingest
-
-
-def validate(kind: str, **inputs: Any) -> Any:
-    """The validate step: `prunescope.workers.ingest.validate(kind, inputs)` (plain data in and
-    out), its refusals as InvalidInput (422) or TooLarge (413) with the same message."""
-    checks = _checks()
+    The staged files are consumed either way; on failure nothing stays in the store.
+    """
+    store = artifact_store(settings)
+    keys: dict[str, list[str]] = {}
     try:
-        return checks.validate(kind, inputs)
-    except checks.InputTooLarge as exc:
-        raise TooLarge(str(exc)) from exc
-    except JobInputError as exc:
-        raise InvalidInput(str(exc)) from exc
+        for role, item in staged.items():
+            digest = item.digest or sha256_file(item.path)
+            keys[role] = [store.stage_upload(item.path, digest), digest]
+        params = {**fields, "staged": keys, "max_bytes": settings.max_upload_bytes}
+        with session_scope(settings) as s:
+            # One attempt: a file that kills its worker is refused, not fed to the next one.
+            job = queue.enqueue_job(s, project_id=project_id, kind=kind, params=params,
+                                    max_attempts=1)
+            job.message = "validating the upload"
+            s.flush()
+            return JobPublic.model_validate(job)
+    except BaseException:
+        for key, _digest in keys.values():
+            store.discard_staged(key)
+        raise
+    finally:
+        for item in staged.values():
+            item.path.unlink(missing_ok=True)
+
+
+def outcome(settings: Settings, job_id: int, read: Callable[[dict[str, Any]], T],
+            timeout: float | None = None) -> T | None:
+    """Wait for an ingest job: `read(result summary)` once it succeeded, its refusal as the
+    service error its code stands for (the same status the request used to answer), or None
+    when it is still running after `timeout` seconds (default: PRUNESCOPE_INGEST_WAIT_SECONDS).
+    """
+    wait = settings.ingest_wait_seconds if timeout is None else timeout
+    state = queue.wait_until_finished(get_engine(settings), job_id, timeout=wait,
+                                      poll_seconds=min(0.2, settings.poll_seconds))
+    if state is None:
+        return None
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        summary, error, code = dict(job.result_summary or {}), job.error, job.error_code
+    if state == "succeeded":
+        return read(summary)
+    if state == "cancelled":
+        raise Conflict("the upload's validation was cancelled; upload the file again")
+    raise error_for_code(code, error or "the upload could not be validated")
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """What an ingest job's commit needs: its project, params, and the staged files as the
+    worker read them (role → local path, role → sha256)."""
+
+    id: int
+    project_id: int
+    params: dict[str, Any]
+    inputs: dict[str, str]
+
+    def digest(self, role: str) -> str:
+        return self.params["staged"][role][1]
+
+
+def staged_inputs(params: Mapping[str, Any], settings: Settings) -> dict[str, str]:
+    """role → local path of each file an ingest job's params name (downloaded when remote)."""
+    store = artifact_store(settings)
+    return {role: str(store.staged_path(key, digest))
+            for role, (key, digest) in (params.get("staged") or {}).items()}
+
+
+def discard_staged(params: Mapping[str, Any], settings: Settings) -> None:
+    """Remove the staged files an ingest job's params name, once the job has ended."""
+    store = artifact_store(settings)
+    for key, _digest in (params.get("staged") or {}).values():
+        store.discard_staged(key)
 
 
 # Builtin datasets are checked here, in the web process: `dataset_checks` reads the model a

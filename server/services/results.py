@@ -87,11 +87,13 @@ def read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def newest_arrays(
-    project_id: int, kind: str, settings: Settings,
+    project_id: int, kind: str, settings: Settings | None = None,
     where: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[ResultPublic | None, dict[str, np.ndarray] | None]:
     """The newest result of `kind` (whose summary satisfies `where`, if given) with its
-    artifact still in the store, and its read-only arrays; (None, None) when there is none."""
+    artifact still in the store, and its read-only arrays; (None, None) when there is none.
+    A new analysis's page reads its result kind with this, as it is."""
+    settings = settings or get_settings()
     for result in reversed(list_results(project_id, settings)):
         if result.kind != kind or (where is not None and not where(result.summary or {})):
             continue

@@ -20,10 +20,9 @@ from prunescope.dashboard.figures.attention import (
     nearest,
     per_layer_lines,
     pruned_checkpoints,
-    resolve_attention_view,
-    sparsity_marks,
     viewer_rows,
 )
+from prunescope.dashboard.views.attention import parse_view, sparsity_marks
 
 
 def _evaluation() -> dict[str, np.ndarray]:
@@ -230,19 +229,19 @@ def test_attention_maps_are_found_per_sentence_and_requested_by_position(setting
 
 def test_the_view_comes_from_the_url_with_bad_values_replaced() -> None:
     ev = _two_methods()
-    view = resolve_attention_view({"method": "wanda", "sparsity": "55", "layer": "2",
+    view = parse_view({"method": "wanda", "sparsity": "55", "layer": "2",
                                    "head": "3", "sentence": "9", "measure": "overlap",
                                    "drift": "effective_rank", "task": "bigram_shift"}, ev, 20)
     assert view == {"measure": "overlap", "method": "wanda", "sparsity": 50, "layer": 2,
                     "head": 3, "sentence": 9, "task": "bigram_shift",
                     "drift": "effective_rank"}
-    bad = resolve_attention_view({"method": "nope", "sparsity": "x", "layer": "7",
+    bad = parse_view({"method": "nope", "sparsity": "x", "layer": "7",
                                   "head": "-1", "sentence": "99", "measure": "?"}, ev, 20)
     assert (bad["method"], bad["sparsity"], bad["layer"], bad["head"], bad["sentence"],
             bad["measure"], bad["drift"]) == ("magnitude_global", 70, 0, 0, 19, "js", "cka")
     # An older link names the checkpoint itself.
-    legacy = resolve_attention_view({"checkpoint": "m30"}, ev, 5)
+    legacy = parse_view({"checkpoint": "m30"}, ev, 5)
     assert (legacy["method"], legacy["sparsity"]) == ("magnitude_global", 30)
-    assert resolve_attention_view({}, None, 0)["method"] is None
+    assert parse_view({}, None, 0)["method"] is None
     assert sparsity_marks(ev, "magnitude_global") == ({30: "30%", 70: "70%"}, 30, 70)
     assert sparsity_marks(ev, "nope") == ({0: "0%"}, 0, 100)

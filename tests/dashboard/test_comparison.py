@@ -14,16 +14,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from prunescope.dashboard.figures.attention import checkpoint_at, resolve_attention_view
+from prunescope.dashboard.figures.attention import checkpoint_at
 from prunescope.dashboard.figures.comparison import (
     comparison_columns,
     comparison_table_rows,
     default_column,
     headline_vs_sparsity,
 )
-from prunescope.dashboard.figures.dynamics import resolve_dynamics_view
-from prunescope.dashboard.figures.layers import layers_view_options, resolve_layers_view
-from prunescope.dashboard.geometry_view import resolve_geometry_view
 from prunescope.dashboard.report import (
     ReportInputs,
     pinnable_options,
@@ -31,6 +28,10 @@ from prunescope.dashboard.report import (
     report_html,
 )
 from prunescope.dashboard.state import parse_query
+from prunescope.dashboard.views import attention as attention_view
+from prunescope.dashboard.views import dynamics as dynamics_view
+from prunescope.dashboard.views import geometry as geometry_view
+from prunescope.dashboard.views import layers as layers_view
 from prunescope.server.services.comparison import (
     COMPARISON_COLUMNS,
     comparison_csv,
@@ -179,7 +180,8 @@ def test_links_open_the_view_each_number_summarises() -> None:
         for key in ("mean_cka", "cka_drift", "top_layer_cka"):
             path, query = _split(links[key])
             assert path == f"/projects/{PID}/layers"
-            view = resolve_layers_view(query, layers_view_options(layer_data), layer_data)
+            options = layers_view.control_options(layer_data)
+            view = layers_view.parse_view(query, options, layer_data)
             assert view["metric"] == "cka" and view["checkpoint"] == name
     for name in ("mag-50", "mag-90", "rnd-50"):
         path, query = _split(rows[name]["links"]["attention_js"])
@@ -187,18 +189,18 @@ def test_links_open_the_view_each_number_summarises() -> None:
         i = ev["checkpoint_names"].tolist().index(name)
         assert query == {"method": ev["checkpoint_methods"][i],
                          "sparsity": str(round(100 * ev["sparsity"][i]))}
-        view = resolve_attention_view(query, ev, 0)
+        view = attention_view.parse_view(query, ev, 0)
         assert checkpoint_at(ev, view["method"], view["sparsity"]) == name
     for name in ("dense", "mag-90"):  # the checkpoints the geometry result holds
         path, query = _split(rows[name]["links"]["accuracy"])
         assert path == f"/projects/{PID}/geometry"
-        assert resolve_geometry_view(query, geom)["checkpoint"] == name
+        assert geometry_view.parse_view(query, geom)["checkpoint"] == name
     assert "accuracy" not in rows["mag-50"]["links"]
     for name, population in (("gmp-upload", "gmp 80%"), ("gmp 95%", "gmp 95%")):
         path, query = _split(rows[name]["links"]["pie_fraction"])
         assert path == f"/projects/{PID}/dynamics"
-        assert resolve_dynamics_view(query, dyn)["population"] == population
-    view = resolve_dynamics_view(_split(rows["dense"]["links"]["mislabeled_count"])[1], dyn)
+        assert dynamics_view.parse_view(query, dyn)["population"] == population
+    view = dynamics_view.parse_view(_split(rows["dense"]["links"]["mislabeled_count"])[1], dyn)
     assert view["run"] == "mean:dense" and view["cat"] == "mislabeled"
     # every link is relative to this server and names a known page
     for row in rows.values():

@@ -20,7 +20,6 @@ from prunescope.dashboard.figures.dynamics import (
     class_recall_figure,
     class_recall_order,
     data_map_figure,
-    dynamics_view_query,
     example_rows,
     modal_labels,
     mode_colour,
@@ -30,14 +29,15 @@ from prunescope.dashboard.figures.dynamics import (
     pie_rows,
     population_runs,
     probe_confusion_figure,
-    resolve_dynamics_view,
     run_members,
     selection_from_event,
     suite_loss_figure,
     surfaced_indices,
     surfaced_rows,
 )
+from prunescope.dashboard.galleries import pie_table, selection_gallery, surfaced_gallery
 from prunescope.dashboard.state import decode_selection, parse_query
+from prunescope.dashboard.views.dynamics import parse_view, view_query
 
 RUNS = ["dense-s0", "dense-s1", "gmp80-s0", "gmp80-s1", "ft50-s0", "gmp50-s0"]
 MODES = ["dense", "dense", "gmp", "gmp", "finetune", "gmp"]
@@ -445,12 +445,12 @@ def test_the_view_defaults_and_replaces_bad_values() -> None:
     dyn = _dynamics()
     default = {"run": "mean:dense", "population": "gmp 80%", "color": "mapd",
                "suite_view": "panels", "cat": "atypical", "sel": []}
-    assert resolve_dynamics_view({}, dyn) == default
+    assert parse_view({}, dyn) == default
     bad = {"run": "dense-s9", "population": "gmp 99%", "color": "rainbow",
            "suite_view": "3d", "cat": "ood", "sel": "not-a-selection"}
-    assert resolve_dynamics_view(bad, dyn) == default
-    assert resolve_dynamics_view({"sel": "3-5.40-50"}, dyn)["sel"] == [3, 4, 5]
-    empty = resolve_dynamics_view({"run": "dense-s0", "sel": "1"}, None)
+    assert parse_view(bad, dyn) == default
+    assert parse_view({"sel": "3-5.40-50"}, dyn)["sel"] == [3, 4, 5]
+    empty = parse_view({"run": "dense-s0", "sel": "1"}, None)
     assert empty == {"run": None, "population": None, "color": "mapd", "suite_view": "panels",
                      "cat": None, "sel": []}
 
@@ -459,13 +459,13 @@ def test_the_view_round_trips_through_the_url() -> None:
     dyn = _dynamics()
     asked = {"run": "mean:gmp 80%", "population": "finetune 50%", "color": "pie",
              "suite_view": "overlay", "cat": "mislabeled", "sel": [1, 2, 3, 7, 11]}
-    query = dynamics_view_query(asked, 12)
+    query = view_query(asked, 12)
     parsed = parse_query(query)
     assert decode_selection(parsed["sel"], 12) == asked["sel"]
-    assert resolve_dynamics_view(parsed, dyn) == asked
-    assert "sel" not in parse_query(dynamics_view_query({**asked, "sel": []}, 12))
+    assert parse_view(parsed, dyn) == asked
+    assert "sel" not in parse_query(view_query({**asked, "sel": []}, 12))
     without_dense = {**dyn, "run_modes": np.array(["gmp"] * 6)}
-    assert resolve_dynamics_view({}, without_dense)["run"] == "mean:gmp 80%"
+    assert parse_view({}, without_dense)["run"] == "mean:gmp 80%"
 
 
 # ------------------------------------------------------------------------------ page
@@ -542,22 +542,22 @@ def test_the_page_with_a_result_restores_the_view_from_the_url(dynamics_page,  #
     assert "Project not found" in str(dynamics_page.layout(project_id="x").to_plotly_json())
 
 
-def test_the_galleries_show_thumbnails_and_rows(dynamics_page) -> None:  # noqa: ANN001
+def test_the_galleries_show_thumbnails_and_rows() -> None:
     dyn = _dynamics()
-    table = dynamics_page.selection_gallery(dyn, [5, 1], "dense-s0", "gmp 80%")
+    table = selection_gallery(dyn, [5, 1], "dense-s0", "gmp 80%")
     rows = table.children[1].children
     assert len(rows) == 2 and "data:image/png;base64," in str(table.to_plotly_json())
     assert [r.children[1].children for r in rows] == ["5", "1"]  # after the thumbnail
-    assert "Lasso examples" in str(dynamics_page.selection_gallery(dyn, [], "dense-s0", None)
+    assert "Lasso examples" in str(selection_gallery(dyn, [], "dense-s0", None)
                                    .to_plotly_json())
-    pies = dynamics_page.pie_table(dyn, "gmp 80%")
+    pies = pie_table(dyn, "gmp 80%")
     assert len(pies.children[1].children) == int(dyn["pie"][0].sum())
-    surfaced = dynamics_page.surfaced_gallery(dyn, "dense-s0", "atypical").children[1].children
+    surfaced = surfaced_gallery(dyn, "dense-s0", "atypical").children[1].children
     ranked = surfaced_indices(dyn, "dense-s0", "atypical")
     assert [r.children[1].children for r in surfaced] == [str(i + 1) for i in range(len(ranked))]
     assert [r.children[2].children for r in surfaced] == [str(i) for i in ranked]
     without = {k: v for k, v in dyn.items() if k != "train_thumbnails"}
-    plain = dynamics_page.selection_gallery(without, [5], "dense-s0", None)
+    plain = selection_gallery(without, [5], "dense-s0", None)
     assert "data:image" not in str(plain.to_plotly_json())
 
 

@@ -9,7 +9,8 @@ from prunescope.dashboard.figures.overview import (
     empty_figure,
     layer_cka_heatmap,
 )
-from prunescope.dashboard.state import parse_list, parse_query, project_view_query
+from prunescope.dashboard.state import parse_query
+from prunescope.dashboard.views.project import parse_list, view_query
 
 ROWS = [
     {
@@ -127,9 +128,9 @@ def test_checkpoint_rows_join_the_evaluation_by_id():
 
 def test_view_state_round_trips_through_the_query_string():
     all_methods = ["magnitude_global", "random"]
-    assert project_view_query(None, all_methods) == ""
-    assert project_view_query(all_methods[::-1], all_methods) == ""
-    query = project_view_query(["random"], all_methods)
+    assert view_query({"methods": None}, all_methods) == ""
+    assert view_query({"methods": all_methods[::-1]}, all_methods) == ""
+    query = view_query({"methods": ["random"]}, all_methods)
     assert parse_list(parse_query(query)["methods"]) == ["random"]
     assert parse_list(None) is None and parse_list("") == []
 

@@ -25,11 +25,11 @@ from prunescope.dashboard.figures.geometry import (
     disagreement_figure,
     embedding_scatter,
     example_rows,
-    geometry_view_options,
     group_accuracy_figure,
     movement_figure,
     reliability_figure,
 )
+from prunescope.dashboard.views.geometry import control_options
 
 NAMES = ["dense", "mag-50", "mag-90"]
 CLASSES = ["cat", "dog", "frog"]
@@ -500,16 +500,16 @@ def test_example_rows_hold_both_models_values_as_plain_json(geom):
 
 
 def test_view_options_list_checkpoints_classes_and_colourings(geom):
-    options = geometry_view_options(geom)
+    options = control_options(geom)
     assert [o["value"] for o in options["checkpoints"]] == NAMES
     assert options["classes"] == [
         {"label": "cat", "value": "0"}, {"label": "dog", "value": "1"},
         {"label": "frog", "value": "2"},
     ]
     assert [o["value"] for o in options["color_by"]] == list(COLOR_BY)
-    without_groups = geometry_view_options(_geometry(groups=False))
+    without_groups = control_options(_geometry(groups=False))
     assert "group" not in [o["value"] for o in without_groups["color_by"]]
-    assert geometry_view_options(None) == {
+    assert control_options(None) == {
         "checkpoints": [], "classes": [],
         "color_by": [o for o in options["color_by"] if o["value"] != "group"],
     }

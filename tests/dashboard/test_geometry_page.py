@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunescope.dashboard.geometry_view import (
-    failures,
-    gallery,
-    geometry_view_query,
-    resolve_geometry_view,
-)
+from prunescope.dashboard.galleries import geometry_gallery
 from prunescope.dashboard.state import decode_selection, parse_query
+from prunescope.dashboard.views.geometry import parse_view, view_query
+from prunescope.server.errors import Conflict
+from prunescope.server.services.analyses import geometry_failures
 
 
 def _geom() -> dict[str, np.ndarray]:
@@ -39,40 +37,39 @@ def test_failure_sets_follow_their_definitions() -> None:
     wrong = geom["predictions"] != geom["labels"]
     systemic = [i for i in range(6) if all(wrong[:, i])]
     pruned_only = [i for i in range(6) if not wrong[0, i] and any(wrong[1:, i])]
-    assert failures(geom, "systemic") == systemic == [3, 4]
-    assert failures(geom, "pruned_only") == pruned_only == [0, 1, 5]
+    assert geometry_failures(geom, "systemic") == systemic == [3, 4]
+    assert geometry_failures(geom, "pruned_only") == pruned_only == [0, 1, 5]
 
 
 def test_the_view_and_selection_round_trip_through_the_url() -> None:
     geom = _geom()
-    view = resolve_geometry_view({}, geom)
+    view = parse_view({}, geom)
     assert view == {"checkpoint": "a-90", "color": "class", "view": "side", "cls": "0",
                     "cmp": "dense"}
     asked = {"checkpoint": "b-50", "color": "correct", "view": "movement", "cls": "2",
              "cmp": "a-90"}
-    assert resolve_geometry_view({**asked, "color": "nonsense"}, geom) == {**asked,
+    assert parse_view({**asked, "color": "nonsense"}, geom) == {**asked,
                                                                            "color": "class"}
-    query = parse_query(geometry_view_query(asked, [1, 2, 5], 6))
-    assert resolve_geometry_view(query, geom) == asked
+    query = parse_query(view_query(asked, [1, 2, 5], 6))
+    assert parse_view(query, geom) == asked
     assert decode_selection(query["sel"], 6) == [1, 2, 5]
 
 
 def test_the_gallery_shows_inputs_and_both_predictions() -> None:
     geom = _geom()
-    table = gallery(geom, [5, 1], "a-90")
+    table = geometry_gallery(geom, [5, 1], "a-90")
     text = str(table.to_plotly_json())
     rows = table.children[1].children
     assert len(rows) == 2
     assert "ex5" in text and "ex1" in text and "data:image/png;base64," in text
     assert "two (0.50)" in text and "zero (0.50)" in text  # dense right, a-90 wrong on 5
-    assert "Select examples" in str(gallery(geom, [], "a-90").to_plotly_json())
+    assert "Select examples" in str(geometry_gallery(geom, [], "a-90").to_plotly_json())
 
 
 def test_a_queue_button_reports_the_job_or_the_servers_refusal() -> None:
     from types import SimpleNamespace
 
     from prunescope.dashboard.components import queued_message
-    from prunescope.server.errors import Conflict
 
     assert queued_message(lambda: SimpleNamespace(id=7), "Geometry") == "Geometry job #7 queued."
 

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from prunescope.dashboard.components import rows_to_csv
 from prunescope.dashboard.figures.layers import (
     NO_EVALUATION,
     NO_MASKS,
@@ -22,19 +23,16 @@ from prunescope.dashboard.figures.layers import (
     layer_by_layer_table,
     layer_pair_heatmap,
     layer_pair_table,
-    layers_view_options,
-    layers_view_query,
     mask_iou_heatmap,
     mask_iou_table,
     metric_vs_sparsity,
     metric_vs_sparsity_table,
-    resolve_layers_view,
-    rows_to_csv,
     wasserstein_neurons_scatter,
     wasserstein_neurons_table,
 )
 from prunescope.dashboard.figures.overview import METHOD_COLOURS
 from prunescope.dashboard.state import parse_query
+from prunescope.dashboard.views.layers import control_options, parse_view, view_query
 
 LAYERS = ["conv", "fc", "head"]
 # Rows deliberately out of sparsity order: the lines must sort them.
@@ -319,10 +317,10 @@ def test_neuron_scatter_checks_its_input_and_exports_its_table():
 
 def test_the_view_comes_from_the_url_with_defaults_for_what_it_lacks_or_gets_wrong():
     data = {"evaluation": _evaluation(), "masks": _masks(), "neurons": _neurons()}
-    options = layers_view_options(data)
+    options = control_options(data)
     assert [o["value"] for o in options["iou_layer"]] == ["all", "conv.weight", "fc.weight"]
     assert [o["label"] for o in options["iou_layer"]] == ["all layers", "conv", "fc"]
-    default = resolve_layers_view({}, options, data)
+    default = parse_view({}, options, data)
     assert default == {
         "metric": "cka", "rows": "dense", "checkpoint": "mag-90", "matrix": "cka",
         "complexity": "effective_rank", "iou_layer": "all", "neuron_layer": "conv",
@@ -330,15 +328,15 @@ def test_the_view_comes_from_the_url_with_defaults_for_what_it_lacks_or_gets_wro
     }
     asked = {"metric": "procrustes", "checkpoint": "rnd-50", "iou_layer": "fc.weight",
              "neuron_layer": "fc", "complexity": "nonsense"}
-    view = resolve_layers_view(asked, options, data)
+    view = parse_view(asked, options, data)
     assert {k: view[k] for k in asked} == {**asked, "complexity": "effective_rank"}
     # The query names every control, and reading it back gives the same view.
-    query = layers_view_query(view)
+    query = view_query(view)
     assert "metric=procrustes" in query and "iou_layer=fc.weight" in query
-    assert resolve_layers_view(parse_query(query), options, data) == view
-    empty = resolve_layers_view({"checkpoint": "x"}, layers_view_options({}), {})
+    assert parse_view(parse_query(query), options, data) == view
+    empty = parse_view({"checkpoint": "x"}, control_options({}), {})
     assert empty["checkpoint"] is None and empty["metric"] == "cka"
-    assert "checkpoint" not in layers_view_query(empty)
+    assert "checkpoint" not in view_query(empty)
 
 
 # ------------------------------------------------------------------ the service

@@ -97,22 +97,22 @@ def test_a_failing_store_keeps_the_long_code() -> None:
 
 def test_pages_served_by_the_dashboard_write_short_ids(settings) -> None:
     from prunescope.dashboard.app import create_dash
-    from prunescope.dashboard.geometry_view import geometry_view_query
     from prunescope.dashboard.state import parse_query
+    from prunescope.dashboard.views.geometry import view_query
 
     chosen = _scattered(27_000, 0.4, seed=7)
     server = FastAPI()
 
     @server.get("/probe")
     def probe() -> dict[str, str]:  # what a page callback writes into its URL
-        return {"query": geometry_view_query({"checkpoint": "dense"}, chosen, 27_000)}
+        return {"query": view_query({"checkpoint": "dense"}, chosen, 27_000)}
 
     create_dash(server)
     query = parse_query(TestClient(server).get("/probe").json()["query"])
     assert query["checkpoint"] == "dense" and query["sel"].startswith("v")
     assert len(query["sel"]) < 40 and decode_selection(query["sel"], 27_000) == chosen
     # The same function outside a request keeps the self-contained code.
-    assert parse_query(geometry_view_query({}, chosen, 27_000))["sel"].startswith("z")
+    assert parse_query(view_query({}, chosen, 27_000))["sel"].startswith("z")
 
 
 @pytest.mark.parametrize("n", [1, 7, 64])

@@ -29,7 +29,7 @@ def secured(settings):
 
 
 @pytest.fixture
-def world(secured):
+def world(secured, ingest_worker):
     """alice owns a private project holding one row of every kind; carol views it; bob is a
     stranger to it. Returns the client, the bearer headers and the ids."""
     tokens = {}
@@ -37,6 +37,7 @@ def world(secured):
         _, tokens[name] = auth.add_user(name, None, token=True, settings=secured)
     headers = {n: {"Authorization": f"Bearer {t}"} for n, t in tokens.items()}
     with TestClient(create_app(secured, dashboard=False)) as client:
+        client.params = {"wait": "true"}  # uploads answer once validated (the ingest lane)
         r = client.post("/api/v1/projects", json={"name": "private", "architecture": "mlp"},
                         headers=headers["alice"])
         assert r.status_code == 201, r.text

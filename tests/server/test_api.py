@@ -16,8 +16,10 @@ from prunescope.server.main import create_app
 
 
 @pytest.fixture
-def client(settings):
+def client(settings, ingest_worker):
+    # Uploads answer once a worker validated them (?wait=true): the ingest lane runs here.
     with TestClient(create_app(settings, dashboard=False)) as c:
+        c.params = {"wait": "true"}
         yield c
 
 

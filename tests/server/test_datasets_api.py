@@ -34,8 +34,10 @@ Y = DIGITS.target.astype(np.int64)
 
 
 @pytest.fixture
-def client(settings):
+def client(settings, ingest_worker):
+    # Uploads answer once a worker validated them (?wait=true): the ingest lane runs here.
     with TestClient(create_app(settings, dashboard=False)) as c:
+        c.params = {"wait": "true"}
         yield c
 
 
@@ -264,13 +266,14 @@ def test_refused_uploads_say_why_and_leave_nothing_behind(client, settings, tmp_
     assert client.get(f"/api/v1/projects/{pid}/datasets").json()["count"] == 1
 
 
-def test_a_zip_bomb_and_an_oversized_upload_are_refused(settings, monkeypatch):
+def test_a_zip_bomb_and_an_oversized_upload_are_refused(settings, monkeypatch, ingest_worker):
     monkeypatch.setenv("PRUNESCOPE_MAX_UPLOAD_BYTES", str(1024 * 1024))
     from prunescope.server.config import get_settings
 
     get_settings.cache_clear()
     small = get_settings()
     with TestClient(create_app(small, dashboard=False)) as client:
+        client.params = {"wait": "true"}
         pid = _project(client, "cnn", "cnn_small")
         bomb = _zip({**_digit_members(), "d/2/bomb.png": b"\0" * (30 * 1024 * 1024)})
         assert len(bomb) < 100_000
@@ -292,9 +295,9 @@ def test_add_dataset_file_consumes_a_finished_upload(client, settings):
     path = settings.artifacts_dir / "tmp" / "upload-1.bin"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_npz(x=X[:100], y=Y[:100]))
-    stored = dataset_service.add_dataset_file(
-        pid, path, filename="first100.npz", settings=settings
-    )
+    job = dataset_service.add_dataset_file(pid, path, filename="first100.npz", settings=settings)
+    assert not path.exists()  # consumed at once: staged for its ingest job
+    stored = dataset_service.ingested(job, settings)
     assert stored.name == "first100" and stored.num_train + stored.num_test == 100
     assert not path.exists()
 

@@ -22,6 +22,7 @@ from prunescope.server.services import results as result_service
 from prunescope.server.worker import run_worker
 from prunescope.workers.analyses.dynamics_training import ProbeSuites, read_dynamics
 from prunescope.workers.datasets import load_builtin
+from tests.ingest_lane import running_ingest_lane
 
 DIGITS = load_builtin("digits")
 N, M, C, E = DIGITS.num_train, DIGITS.num_test, DIGITS.num_classes, 3
@@ -35,8 +36,10 @@ def _app(settings):  # noqa: ANN001, ANN202
 
 
 @pytest.fixture
-def client(settings):
+def client(settings, ingest_worker):
+    # Uploads answer once a worker validated them (?wait=true): the ingest lane runs here.
     with TestClient(_app(settings)) as c:
+        c.params = {"wait": "true"}
         yield c
 
 
@@ -358,7 +361,8 @@ def test_files_past_the_upload_limit_are_refused(tmp_path, monkeypatch):
     get_settings.cache_clear()
     settings = get_settings()
     try:
-        with TestClient(_app(settings)) as client:
+        with running_ingest_lane(settings), TestClient(_app(settings)) as client:
+            client.params = {"wait": "true"}
             pid = client.post("/api/v1/projects", json={"name": "p", "architecture": "mlp"}
                               ).json()["id"]
             run = _run(0)

@@ -29,8 +29,10 @@ ELSEWHERE = "0" * 64  # the clashing row's artifact: never in this store
 
 
 @pytest.fixture
-def client(settings):
+def client(settings, ingest_worker):
+    # Uploads answer once a worker validated them (?wait=true): the ingest lane runs here.
     with TestClient(create_app(settings, dashboard=False)) as c:
+        c.params = {"wait": "true"}
         yield c
 
 
@@ -134,15 +136,16 @@ def test_a_dataset_name_taken_meanwhile_is_the_same_409(client, settings, pid, m
 
 def test_a_run_name_recorded_meanwhile_is_the_same_409(client, settings, pid, monkeypatch):
     files = _files(_run(0))
-    looked_up = dynamics_runs._active_dataset
+    looked_up = dynamics_runs.datasets.active_dataset
 
     def then_recorded(project_id, settings):  # noqa: ANN001, ANN202
+        # Another upload records the name after this request checked it, before the row.
         with session_scope(settings) as s:
             s.add(AnalysisResult(project_id=project_id, kind="dynamics_run",
                                  artifact_digest=ELSEWHERE, summary={"run": "dense-s0"}))
         return looked_up(project_id, settings)
 
-    monkeypatch.setattr(dynamics_runs, "_active_dataset", then_recorded)
+    monkeypatch.setattr(dynamics_runs.datasets, "active_dataset", then_recorded)
     raced = _post(client, pid, files)
     monkeypatch.undo()
     checked_first = _post(client, pid, files)

@@ -35,6 +35,7 @@ from prunescope.server.storage import (
     artifact_store,
     sha256_file,
 )
+from tests.ingest_lane import running_ingest_lane
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -341,15 +342,18 @@ def test_an_uploaded_checkpoint_comes_back_from_s3_after_the_cache_is_gone(
     model = create_model("mlp", **default_config("mlp"))
     content = safetensors_bytes({k: v.contiguous() for k, v in model.state_dict().items()})
     digest = hashlib.sha256(content).hexdigest()
-    with TestClient(create_app(remote_settings, dashboard=False)) as client:
+    # The ingest lane reads the staged upload through the same remote store.
+    with running_ingest_lane(remote_settings), \
+            TestClient(create_app(remote_settings, dashboard=False)) as client:
         project = client.post("/api/v1/projects", json={"name": "p", "architecture": "mlp"})
         assert project.status_code == 201, project.text
         r = client.post(
-            f"/api/v1/projects/{project.json()['id']}/checkpoints",
+            f"/api/v1/projects/{project.json()['id']}/checkpoints?wait=true",
             files={"file": ("dense.safetensors", content, "application/octet-stream")},
         )
         assert r.status_code == 201, r.text
         assert r.json()["artifact_digest"] == digest
+        # The staged upload went to the remote for the worker, and is gone once stored.
         assert _keys(bucket) == {f"lab/sha256/{digest[:2]}/{digest}": len(content)}
 
         shutil.rmtree(remote_settings.artifacts_dir)  # this machine's cache is gone

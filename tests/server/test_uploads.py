@@ -29,8 +29,10 @@ CHUNK = {**TUS, "Content-Type": "application/offset+octet-stream"}
 
 
 @pytest.fixture
-def client(settings):
+def client(settings, ingest_worker):
+    # Uploads answer once a worker validated them (?wait=true): the ingest lane runs here.
     with TestClient(create_app(settings, dashboard=False)) as c:
+        c.params = {"wait": "true"}
         yield c
 
 
@@ -179,7 +181,8 @@ def _until(predicate, message: str, attempts: int = 200):  # noqa: ANN001, ANN20
 # ------------------------------------------------------------------ tests
 
 
-def test_resume_after_a_dropped_connection_stores_the_original_bytes(settings, live):
+def test_resume_after_a_dropped_connection_stores_the_original_bytes(settings, live,
+                                                                   ingest_worker):
     wide = {"in_features": 64, "hidden": [1024, 1024], "num_classes": 10}
     status, _, body = live.request(
         "POST",
@@ -215,7 +218,7 @@ def test_resume_after_a_dropped_connection_stores_the_original_bytes(settings, l
     payload = json.dumps({"upload_id": url.rsplit("/", 1)[1], "name": "resumed"})
     status, _, body = live.request(
         "POST",
-        f"/api/v1/projects/{pid}/checkpoints/from-upload",
+        f"/api/v1/projects/{pid}/checkpoints/from-upload?wait=true",
         payload,
         {"Content-Type": "application/json"},
     )

@@ -158,8 +158,13 @@ def test_demo_is_idempotent(settings):
     assert len(job_service.list_jobs(pid, settings)) == len(queued)
 
 
-def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(settings):
+def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(settings,
+                                                                             ingest_worker):
     pid, queued = ensure_demo_project(MINILM, settings)
+    # First the real MiniLM folder, uploaded as a browser would: its validation job.
+    upload, queued = queued[0], queued[1:]
+    assert upload.kind == "ingest_checkpoint" and upload.params["role"] == "dense"
+    assert all(j.depends_on == [upload.id] for j in queued if j.kind == "prune")
     prunes = [(j.params["method"], j.params["sparsity"]) for j in queued if j.kind == "prune"]
     assert prunes == [("magnitude_global", s) for s in MINILM.sparsities] + list(
         MINILM.extra_prunings)
@@ -171,7 +176,10 @@ def test_the_minilm_demo_queues_every_pruning_its_probes_and_a_sentences_maps(se
     tail = queued[len(prunes):]
     assert [j.kind for j in tail] == ["analyze", "probe", "attention_maps"]
     assert tail[-1].params == {"sentence": 0}
-    assert all(set(j.depends_on) == {q.id for q in queued if q.kind == "prune"} for j in tail)
+    assert all(set(j.depends_on) == {upload.id} | {q.id for q in queued if q.kind == "prune"}
+               for j in tail)
+    assert ensure_demo_project(MINILM, settings)[1] == []  # the upload is pending: nothing new
+    assert checkpoint_service.ingested(upload, settings).role == "dense"
     assert [c.role for c in checkpoint_service.list_checkpoints(pid, settings)] == ["dense"]
     assert ensure_demo_project(MINILM, settings)[1] == []
 

@@ -109,6 +109,7 @@ def test_train_prune_analyze_end_to_end(trained, tmp_path):
     with np.load(result.path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     assert arrays["layers"].tolist() == ["conv1", "conv2", "fc", "classifier"]
+    assert not any(k.startswith("sentences") for k in arrays)  # images: no sentences to store
     assert arrays["checkpoint_names"].tolist() == [
         "dense", "magnitude_global-50", "random-50", "random-90"
     ]

@@ -37,6 +37,13 @@ def _discover() -> dict[str, JobDeclaration]:
 
 
 JOB_KINDS: dict[str, JobDeclaration] = _discover()
+# What the API accepts: every kind but those the server queues itself (upload validation).
+SUBMITTABLE_KINDS: tuple[str, ...] = tuple(k for k, d in JOB_KINDS.items() if not d.internal)
+
+
+def lane_kinds(lane: str) -> tuple[str, ...]:
+    """The kinds that workers of a lane serve (e.g. "ingest": upload validation)."""
+    return tuple(k for k, d in JOB_KINDS.items() if d.lane == lane)
 
 
 def job_kind(kind: str) -> JobDeclaration:
@@ -76,5 +83,5 @@ def pruning_methods() -> dict[str, str]:
     return {name: info.description for name, info in sorted(PRUNING_CATALOGUE.items())}
 
 
-__all__ = ["JOB_KINDS", "JobDeclaration", "checkpoint_params", "job_kind", "pruning_methods",
+__all__ = ["JOB_KINDS", "SUBMITTABLE_KINDS", "JobDeclaration", "lane_kinds", "checkpoint_params", "job_kind", "pruning_methods",
            "reads", "validate_params", "writes"]

@@ -12,9 +12,14 @@ from prunescope.workers.analyses.pooling import CONV_POOLINGS
 from prunescope.workers.jobs.declaration import JobDeclaration
 from prunescope.workers.jobs.params import CHECKPOINT_IDS, Param, one_of, positive_int
 from prunescope.workers.jobspec import JobOutput, JobSpec, NewResult, ProgressFn
+from prunescope.workers.text_arrays import pack_texts
 
 if TYPE_CHECKING:
     from prunescope.workers.datasets import ClassificationData
+
+# An evaluation of a text dataset also stores its test sentences, in the split's order, as
+# `pack_texts(..., SENTENCES)` arrays (read back with `text_arrays.unpack_texts`).
+SENTENCES = "sentences"
 
 PARAMS: dict[str, Param] = {
     "batch_size": positive_int(256),
@@ -50,7 +55,12 @@ def run_analyze(spec: JobSpec, params: dict[str, Any], progress: ProgressFn) -> 
     )
     scratch = Path(spec.scratch_dir)
     kind = "layer_comparison" if comparison else "evaluation"
-    np.savez(scratch / f"{kind}.npz", **arrays)
+    sentences = {}
+    if not comparison and data.texts_test is not None:
+        # The Attention page lists these to pick an attention_maps job's `sentence` (an index
+        # into the same split) without loading the dataset, and torch, in the web process.
+        sentences = pack_texts(data.texts_test, SENTENCES)
+    np.savez(scratch / f"{kind}.npz", **arrays, **sentences)
     ids = [str(i) for i in arrays["checkpoint_ids"].tolist()]
     summary = {
         "accuracy": dict(zip(ids, finite_or_none(arrays["accuracy"]), strict=True)),
@@ -60,6 +70,11 @@ def run_analyze(spec: JobSpec, params: dict[str, Any], progress: ProgressFn) -> 
         "dataset": data.name,  # results stay attributable when the active dataset changes
         "reference_id": int(arrays["reference_id"]),
     }
+    if sentences:
+        # The dataset row (names are unique in a project and never change) whose sentences
+        # the artifact holds: the page offers them only while that dataset is the active one,
+        # the one an attention_maps job reads.
+        summary["sentences_dataset"] = spec.dataset.name
     results = [NewResult(kind=kind, path=str(scratch / f"{kind}.npz"), summary=summary)]
     if not comparison:
         results += _masks_and_neurons(spec, data, params, scaled(progress, 0.8, 0.99))

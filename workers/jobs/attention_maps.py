@@ -13,7 +13,8 @@ from prunescope.workers.jobs.params import CHECKPOINT_IDS, Param
 from prunescope.workers.jobspec import JobInputError, JobOutput, JobSpec, NewResult, ProgressFn
 
 PARAMS: dict[str, Param] = {
-    # Position in the evaluation (test) split's sentences.
+    # Position in the evaluation (test) split's sentences: the order the analyze job stores
+    # them in for the Attention page's picker (`analyze.SENTENCES`).
     "sentence": Param(int, 0, "a non-negative integer", lambda v: v >= 0),
     "max_tokens": Param(int, 64, "an integer from 4 to 512", lambda v: 4 <= v <= 512),
     "checkpoint_ids": CHECKPOINT_IDS,

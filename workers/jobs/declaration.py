@@ -43,6 +43,10 @@ class JobDeclaration:
     # GPUs, unless PRUNESCOPE_RAY_NUM_GPUS says otherwise; 0: the job runs on CPUs.
     gpus: float = 0.0
     check: Check | None = None
+    # A kind the server queues itself, never submitted through the API (upload validation).
+    internal: bool = False
+    # Workers that serve only some kinds take these: "ingest" (an upload a person waits for).
+    lane: str | None = None
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The job's parameters, checked, with defaults filled in; JobInputError says what to
