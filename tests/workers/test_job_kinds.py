@@ -20,8 +20,10 @@ from prunescope.server.schemas import JobCreate, JobKind
 from prunescope.workers import jobspec
 from prunescope.workers.jobs import (
     JOB_KINDS,
+    SUBMITTABLE_KINDS,
     checkpoint_params,
     job_kind,
+    lane_kinds,
     pruning_methods,
     reads,
     validate_params,
@@ -51,14 +53,20 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r}))
 
 def test_the_kinds_are_the_modules_of_the_package_in_workflow_order():
     assert list(JOB_KINDS) == ["train", "prune", "analyze", "geometry", "probe",
-                               "attention_maps", "train_dynamics", "dynamics"]
+                               "attention_maps", "train_dynamics", "dynamics",
+                               "ingest_checkpoint", "ingest_dataset", "ingest_dynamics"]
+    # The server queues upload validation itself, on the ingest lane; the API takes the rest.
+    assert SUBMITTABLE_KINDS == tuple(JOB_KINDS)[:8]
+    assert lane_kinds("ingest") == tuple(JOB_KINDS)[8:]
+    assert all(JOB_KINDS[k].internal for k in lane_kinds("ingest"))
     for name, kind in JOB_KINDS.items():
         assert isinstance(kind, JobDeclaration) and kind.name == name
         assert sys.modules[kind.handler.__module__].KIND is kind  # declared where it runs
         assert callable(kind.handler)
         assert kind.params and all(isinstance(p, Param) for p in kind.params.values())
         assert set(kind.checkpoint_params) <= set(kind.params), name
-        assert kind.writes or kind.makes_checkpoint, f"{name} produces nothing"
+        # An ingest job's product is the upload itself, adopted with its row.
+        assert kind.writes or kind.makes_checkpoint or kind.lane == "ingest", name
         assert kind.gpus >= 0
     assert [k.position for k in JOB_KINDS.values()] == sorted(
         {k.position for k in JOB_KINDS.values()})
@@ -67,12 +75,16 @@ def test_the_kinds_are_the_modules_of_the_package_in_workflow_order():
 def test_the_api_enum_and_the_job_spec_names_are_the_declared_kinds(settings):
     from prunescope.server.main import create_app
 
-    assert get_args(JobKind) == tuple(JOB_KINDS)
-    assert JobCreate.model_json_schema()["properties"]["kind"]["enum"] == list(JOB_KINDS)
+    assert get_args(JobKind) == SUBMITTABLE_KINDS
+    assert JobCreate.model_json_schema()["properties"]["kind"]["enum"] == list(SUBMITTABLE_KINDS)
     schema = create_app(settings, dashboard=False).openapi()["components"]["schemas"]
-    assert schema["JobCreate"]["properties"]["kind"]["enum"] == list(JOB_KINDS)
-    assert jobspec.JOB_KINDS == tuple(JOB_KINDS)
-    assert jobspec.RESULT_INPUTS == {n: k.reads for n, k in JOB_KINDS.items() if k.reads}
+    assert schema["JobCreate"]["properties"]["kind"]["enum"] == list(SUBMITTABLE_KINDS)
+    # The kinds live in the declarations only, not as copies beside the job spec.
+    assert not hasattr(jobspec, "JOB_KINDS") and not hasattr(jobspec, "RESULT_INPUTS")
+    # Every ingest kind has its commit in the server, and the worker lane serves exactly them.
+    from prunescope.server.job_io import ADOPT_CHECKED, INGEST_KINDS
+
+    assert set(ADOPT_CHECKED) == set(INGEST_KINDS) == set(lane_kinds("ingest"))
 
 
 def test_every_result_a_kind_reads_is_written_by_another():
