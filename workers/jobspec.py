@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+
 class JobCancelled(Exception):
     """Raised by a progress callback when the user cancelled the job; the runner lets it fly."""
 

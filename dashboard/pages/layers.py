@@ -187,7 +187,8 @@ def _status(project_id: int, data: dict[str, Any]) -> Any:
             className="card", id="layers-no-evaluation",
         )
     evaluated = {int(i) for i in evaluation["checkpoint_ids"].tolist()}
-    newer = [c.name for c in checkpoint_service.list_checkpoints(project_id) if c.id not in evaluated]
+    newer = [c.name for c in checkpoint_service.list_checkpoints(project_id)
+             if c.id not in evaluated]
     if newer:
         return html.Div(
             f"{len(newer)} checkpoint(s) came after this evaluation ({', '.join(newer[:5])}"

@@ -491,8 +491,9 @@ def test_the_project_page_wires_the_comparison_and_the_report(settings, monkeypa
     from prunescope.server.main import create_app
 
     create_app(settings)  # registers the dashboard's pages
-    # The page as Dash registered it: importing `prunescope.dashboard.pages.project` again would register
-    # a second module with the same path, and Dash then answers every request with an error.
+    # The page as Dash registered it: importing `prunescope.dashboard.pages.project` again
+    # would register a second module with the same path, and Dash then answers every request
+    # with an error.
     module = next(p["module"] for p in dash.page_registry.values()
                   if p.get("path_template") == "/projects/<project_id>")
     page = sys.modules[module]

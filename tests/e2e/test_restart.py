@@ -32,8 +32,8 @@ def _call(url: str, body: dict | None = None) -> tuple[int, dict]:
 
 
 def _start(args: list[str], env: dict, log) -> subprocess.Popen:  # noqa: ANN001
-    return subprocess.Popen([sys.executable, "-m", "prunescope.server.cli", *args], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "prunescope.server.cli", *args], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen) -> None:

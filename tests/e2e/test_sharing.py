@@ -57,7 +57,8 @@ def secured_server(tmp_path_factory):
     log_path = data_dir / "server.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port),
+         "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -57,8 +57,8 @@ def test_serve_with_several_processes_answers_from_each(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port), "--workers", "0",
-         "--processes", "2"],
+        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port),
+         "--workers", "0", "--processes", "2"],
         env={**os.environ, "PRUNESCOPE_DATA_DIR": str(tmp_path)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -168,7 +168,8 @@ def test_an_outage_under_a_running_job_loses_nothing_and_runs_nothing_twice(own_
            "PRUNESCOPE_POLL_SECONDS": "0.2", "PRUNESCOPE_LOG_LEVEL": "INFO"}
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
-        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "prunescope.server.cli", "serve", "--port", str(port),
+         "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait(lambda: _request(f"{base}/health")[0] == 200, 120, "the server")

@@ -10,8 +10,8 @@ import torch
 from scipy.spatial.distance import jensenshannon
 
 from prunescope.models.pruning import PRUNING_METHODS
-from tests.real_models import real_minilm
 from prunescope.workers.analyses.attention_maps import attention_maps
+from tests.real_models import real_minilm
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -62,11 +62,11 @@ def test_long_sentences_are_cut_and_bad_input_is_refused(pair):
 
 
 def test_the_attention_maps_job_reads_one_sentence_of_the_evaluation_split(tmp_path):
-    from tests.real_models import tiny_bert_checkpoints
-    from tests.workers.test_runner import _spec
     from prunescope.workers.datasets import load_builtin
     from prunescope.workers.jobspec import DatasetRef, JobInputError, JobSpec
     from prunescope.workers.runner import run_job
+    from tests.real_models import tiny_bert_checkpoints
+    from tests.workers.test_runner import _spec
 
     config, refs = tiny_bert_checkpoints(tmp_path)
     scratch = tmp_path / "scratch"

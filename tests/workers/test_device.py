@@ -112,9 +112,9 @@ def test_a_parent_too_large_for_a_block_streams_its_own_tensors_with_itself():
 
 
 def test_place_models_keeps_them_whole_when_they_fit_else_streams_with_equal_results():
-    from tests.workers.test_layers_analysis import digits_models as _fixture
     from prunescope.workers.analyses.layers import compare_layers, tensor_batches
     from prunescope.workers.device import module_bytes, place_models
+    from tests.workers.test_layers_analysis import digits_models as _fixture
 
     dense, pruned, x, y = _fixture.__wrapped__()
     assert place_models([dense, pruned], torch.device("cpu")) == []  # no budget on the CPU
@@ -138,10 +138,10 @@ def test_the_real_minilm_streamed_block_by_block_gives_the_same_attention_and_ck
     import copy
 
     from prunescope.models.pruning import PRUNING_METHODS
-    from tests.real_models import real_minilm
     from prunescope.workers.analyses.layers import compare_layers, text_batches
     from prunescope.workers.datasets import load_builtin
     from prunescope.workers.device import module_bytes
+    from tests.real_models import real_minilm
 
     dense, tokenizer = real_minilm()
     pruned = copy.deepcopy(dense)

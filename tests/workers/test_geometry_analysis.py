@@ -8,10 +8,10 @@ import torch
 
 from prunescope.models.checkpoints import load_model
 from prunescope.models.registry import default_config
-from tests.workers.test_runner import ARCH, Recorder, _ref, _spec, trained  # noqa: F401
 from prunescope.workers.datasets import as_model_input, load_builtin
 from prunescope.workers.jobspec import DatasetRef, JobInputError
 from prunescope.workers.runner import run_job
+from tests.workers.test_runner import ARCH, Recorder, _ref, _spec, trained  # noqa: F401
 
 
 @pytest.fixture(scope="module")

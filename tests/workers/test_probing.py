@@ -47,17 +47,17 @@ def test_minilm_layers_encode_sentence_length_above_the_majority_baseline() -> N
 
 
 def test_the_probe_job_refuses_a_dataset_without_text(tmp_path) -> None:  # noqa: ANN001
-    from tests.workers.test_runner import _spec
     from prunescope.workers.runner import run_job
+    from tests.workers.test_runner import _spec
 
     with pytest.raises(JobInputError, match="has no text"):
         run_job(_spec(tmp_path, "probe", {}), lambda f, m: None)
 
 
 def test_the_probe_job_reads_a_transformer_project_with_its_tokenizer(tmp_path) -> None:  # noqa: ANN001
-    from tests.real_models import tiny_bert_checkpoints
     from prunescope.workers.jobspec import DatasetRef, JobSpec
     from prunescope.workers.runner import run_job
+    from tests.real_models import tiny_bert_checkpoints
 
     config, refs = tiny_bert_checkpoints(tmp_path)
     scratch = tmp_path / "scratch"

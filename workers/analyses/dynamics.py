@@ -107,7 +107,7 @@ class SuiteArrays:
 
     @classmethod
     def from_probe_suites(cls, suites: Any, train_labels: Any) -> SuiteArrays:
-        """From a `prunescope.workers.analyses.dynamics_training.ProbeSuites` and the trained labels."""
+        """From a `ProbeSuites` (workers/analyses/dynamics_training.py) and the trained labels."""
         return cls(
             categories=tuple(str(c) for c in suites.categories),
             suite=np.asarray(suites.suite),

@@ -179,7 +179,8 @@ class ProbeSuites:
         return np.asarray(self.categories, dtype=np.str_)[self.suite[self.probe_index]]
 
     def split(self) -> ProbeSplit:
-        """The reference / held-out split, as `prunescope.workers.metrics.dynamics.probe_validation` takes."""
+        """The reference / held-out split, as `probe_validation` (workers/metrics/dynamics.py)
+        takes."""
         index, category = self.probe_index, self.probe_category
         is_reference = self.reference[index]
         return ProbeSplit(

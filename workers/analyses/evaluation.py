@@ -1,13 +1,13 @@
 """Evaluate checkpoints: accuracy, predictions and every layer statistic, in one pass.
 
 All checkpoints are loaded together and every evaluation batch goes through each of them
-once (`prunescope.workers.analyses.layers.compare_layers`): the logits give predictions and accuracy,
+once (`compare_layers`, workers/analyses/layers.py): the logits give predictions and accuracy,
 the pooled layer outputs fold into exact streaming moments against the dense model, from
 which come per-layer CKA (the full layer × layer matrix and its diagonal), SVCCA, PWCCA,
 Procrustes distance and representation complexity. Image and tabular datasets feed registry
 models; text datasets feed Hugging Face models through their own tokenizer, in
 length-bucketed batches. Hugging Face models with a language-model head are also scored as
-language models on the test texts (`prunescope.workers.analyses.language_model`): perplexity for causal
+language models on the test texts (workers/analyses/language_model.py): perplexity for causal
 LMs, masked-token accuracy for masked LMs.
 
 Keeping every checkpoint in memory at once is what makes one pass possible; at the sizes a
@@ -39,7 +39,12 @@ from prunescope.workers.analyses.layers import (
     text_batches,
 )
 from prunescope.workers.datasets import ClassificationData, as_model_input, check_model_fits
-from prunescope.workers.device import fill_device_batch_size, peak_memory_probe, pick_device, to_device
+from prunescope.workers.device import (
+    fill_device_batch_size,
+    peak_memory_probe,
+    pick_device,
+    to_device,
+)
 from prunescope.workers.jobspec import CheckpointRef, JobInputError
 
 ProgressFn = Callable[[float, str], None]

@@ -10,7 +10,7 @@ the final linear layer (the last-layer features f) and the logits W f + b. From 
 - class level: accuracy per class, confusion matrices, reliability bins and ECE (max softmax
   probability as confidence), the pairwise disagreement of the checkpoints, accuracy per
   group where the dataset has groups;
-- a 2-D map of every checkpoint's features on shared axes (`prunescope.workers.analyses.embeddings`),
+- a 2-D map of every checkpoint's features on shared axes (workers/analyses/embeddings.py),
   cached by content hash, so a second request for the same map costs a file read.
 
 The features of all checkpoints are held together ([C, N, d] float32: 27,000 digits × 64

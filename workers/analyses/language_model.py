@@ -2,7 +2,7 @@
 accuracy for encoders with their MLM head, on the same tokens for every checkpoint.
 
 Which measure a model gets follows from its class (`lm_kind`). Both read the model's own
-vocabulary logits, in length-bucketed batches (`prunescope.workers.analyses.layers.text_batches`) padded
+vocabulary logits, in length-bucketed batches (`text_batches`, workers/analyses/layers.py) padded
 on the right, so padding never changes a text's numbers.
 
 - Causal LMs: perplexity exp(Σ CE / Σ n) over every real token that has a preceding token,

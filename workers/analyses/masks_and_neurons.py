@@ -192,9 +192,9 @@ def wasserstein_analysis(
 ) -> dict[str, np.ndarray]:
     """Per neuron of each layer: dense W1 to a Gaussian, pruned share, and shift per checkpoint.
 
-    `layers` are names of linear/conv modules (`prunescope.models.sparsity.prunable_modules`; None: all);
+    `layers` are names of linear/conv modules (`prunable_modules`, models/sparsity.py; None: all);
     a neuron is an output unit, a conv channel pooling examples and positions, and its value
-    is the layer's output before any nonlinearity (`prunescope.workers.metrics.wasserstein`). `batches`
+    is the layer's output before any nonlinearity (workers/metrics/wasserstein.py). `batches`
     is a re-iterable sequence of model inputs (or (inputs, labels) pairs), passed once per
     model; models are put in eval mode. Up to `capacity` values per neuron are kept exactly,
     beyond that a reservoir sample with `seed`, the same rows for every model.

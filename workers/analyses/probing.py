@@ -1,6 +1,6 @@
 """Linear probes per layer: which linguistic information each checkpoint's layers still encode.
 
-For every probing task (`prunescope.workers.analyses.probing_tasks`), every checkpoint and every layer
+For every probing task (workers/analyses/probing_tasks.py), every checkpoint and every layer
 (the embedding output and each block's, mean-pooled over real tokens as the layer analysis
 pools them), a multinomial logistic regression is trained on 75 % of the task's sentences and
 scored on the other 25 % (a fixed stratified split, the same for every checkpoint). Features

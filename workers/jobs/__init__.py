@@ -83,5 +83,5 @@ def pruning_methods() -> dict[str, str]:
     return {name: info.description for name, info in sorted(PRUNING_CATALOGUE.items())}
 
 
-__all__ = ["JOB_KINDS", "SUBMITTABLE_KINDS", "JobDeclaration", "lane_kinds", "checkpoint_params", "job_kind", "pruning_methods",
-           "reads", "validate_params", "writes"]
+__all__ = ["JOB_KINDS", "SUBMITTABLE_KINDS", "JobDeclaration", "checkpoint_params", "job_kind",
+           "lane_kinds", "pruning_methods", "reads", "validate_params", "writes"]
