@@ -38,7 +38,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not e2e"
 
 lint: setup
-	$(VENV)/bin/ruff check server dashboard workers models tests bench
+	$(VENV)/bin/ruff check prunescope server dashboard workers models tests bench
 
 clean:
 	rm -rf $(VENV) .venv-py3* .prunescope .pytest_cache
