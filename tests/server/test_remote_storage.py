@@ -28,13 +28,13 @@ from prunescope.models.registry import create_model, default_config
 from prunescope.server.config import get_settings
 from prunescope.server.main import create_app
 from prunescope.server.storage import (
-    REMOTE_BLOCK_BYTES,
     ArtifactNotFound,
     ArtifactStore,
     StorageError,
     artifact_store,
     sha256_file,
 )
+from prunescope.server.storage_remote import REMOTE_BLOCK_BYTES
 from tests.ingest_lane import running_ingest_lane
 
 REPO = Path(__file__).resolve().parents[2]
