@@ -18,9 +18,9 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prunescope.dashboard.state import storing_long_selections
-from prunescope.server import auth
 from prunescope.server.auth import current_principal
 from prunescope.server.errors import ServiceError
+from prunescope.server.services import members
 from prunescope.server.services import views as view_service
 
 HERE = Path(__file__).parent
@@ -137,7 +137,7 @@ def share_view(request: dict[str, Any] | None) -> Any:
     if project_id is None:
         return html.Span("open a project page to share it", style=_HEADER_ERROR)
     try:
-        link = auth.create_share_link(project_id, view_path=url)
+        link = members.create_share_link(project_id, view_path=url)
     except ServiceError as exc:
         return html.Span(exc.detail, id="share-error", style=_HEADER_ERROR)
     origin = str(request.get("origin") or "")

