@@ -25,9 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,19 +100,6 @@ def stage_file(path: Path, settings: Settings, *, subject: str,
     finally:
         path.unlink(missing_ok=True)
     return Staged(staged, size, digest)
-
-
-@contextmanager
-def workspace(settings: Settings, prefix: str, *staged: Path) -> Iterator[Path]:
-    """A scratch folder inside the store's staging area, for the validate step's files;
-    it and the `staged` files are removed when the block ends, whatever happens."""
-    scratch = Path(tempfile.mkdtemp(dir=artifact_store(settings).tmp_dir, prefix=prefix))
-    try:
-        yield scratch
-    finally:
-        for path in staged:
-            path.unlink(missing_ok=True)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- validate
