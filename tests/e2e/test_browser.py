@@ -284,8 +284,11 @@ def test_zoom_lives_in_the_url_survives_other_changes_and_reopens(demo_server, b
     other = _new_browser()  # a fresh browser opens the link zoomed the same way
     try:
         other.get(shared)
-        _wait(other, lambda d: _range(d, "accuracy-graph", "yaxis") == [0.25, 0.75],
-              message="zoom restored")
+        # The range may land on the figure before its lines do: wait for both.
+        _wait(other, lambda d: _range(d, "accuracy-graph", "yaxis") == [0.25, 0.75]
+              and any(t.get("mode") == "lines+markers"
+                      for t in _plot_data(d, "accuracy-graph") or []),
+              message="zoom and lines restored")
         assert _range(other, "accuracy-graph", "xaxis") == [0.6, 0.9]
         assert [t["name"] for t in _plot_data(other, "accuracy-graph")
                 if t.get("mode") == "lines+markers"] == ["magnitude_global"]
