@@ -29,7 +29,7 @@ RUN groupadd --system --gid 10001 prunescope \
     && mkdir -p /data \
     && chown prunescope:prunescope /data
 
-# torch first, pinned: the package's `torch>=2.4,<2.14` is then already satisfied, so the next
+# torch first, pinned: the package's `torch>=2.6,<2.14` is then already satisfied, so the next
 # install never replaces it (e.g. the CPU build by PyPI's much larger CUDA build).
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 

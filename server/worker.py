@@ -60,6 +60,29 @@ def storage_full(exc: BaseException) -> bool:
     return False
 
 
+# torch.load(weights_only=True) is all that keeps pickled code in an upload from running; before
+# torch 2.6 a crafted file gets past it (CVE-2025-32434).
+SAFE_TORCH = (2, 6)
+
+
+class UnsafeTorch(SystemExit):
+    """A worker refuses to start on a torch whose weights_only loading can be bypassed."""
+
+
+def require_safe_torch() -> None:
+    """Raise UnsafeTorch (its message says what to install) on a torch older than SAFE_TORCH."""
+    import torch  # deferred: only worker processes load torch
+
+    found = re.match(r"(\d+)\.(\d+)", str(torch.__version__))
+    if found and tuple(map(int, found.groups())) >= SAFE_TORCH:
+        return
+    floor = ".".join(map(str, SAFE_TORCH))
+    raise UnsafeTorch(
+        f"this worker runs torch {torch.__version__}, which lets a crafted checkpoint run code "
+        f"despite weights_only=True (CVE-2025-32434); install torch>={floor} "
+        f"(pip install 'torch>={floor}') and start the worker again")
+
+
 class _Heartbeat(threading.Thread):
     """Keeps the heartbeat fresh while a long step runs without reporting progress."""
 
@@ -88,6 +111,10 @@ def execute_job(settings: Settings, job_id: int, worker_id: str) -> str:
     from prunescope.workers.runner import run_job  # torch is imported only in worker processes
 
     engine = get_engine(settings)
+    try:
+        require_safe_torch()  # a Ray task or the CLI runs jobs without run_worker's check
+    except UnsafeTorch as exc:
+        return _record_final(settings, job_id, worker_id, "failed", "failed", str(exc))
     try:
         store = artifact_store(settings)
         # A worker killed mid-job leaves its scratch folder behind; the next attempt clears it.
@@ -197,6 +224,7 @@ def run_worker(
     for every worker either way.
     """
     settings = settings or get_settings()
+    require_safe_torch()
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     if settings.torch_threads:
         import torch
