@@ -1,5 +1,6 @@
-"""Who is asking: accounts, password and token hashing, sessions, share-link visitors, failed
-sign-ins, and the request's principal (what each may do is `prunescope.server.access`'s)."""
+"""Who is asking: accounts, password and token hashing, sessions, share-link visitors and the
+request's principal (what each may do is `prunescope.server.access`'s; failed sign-ins are
+`prunescope.server.login_throttle`'s)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
+from prunescope.server.login_throttle import LoginThrottle  # noqa: F401 - main imports it here
 from prunescope.server.tables import (
     ApiToken,
-    LoginFailure,
     ShareLink,
     User,
     UserSession,
@@ -307,41 +308,3 @@ def share_principal(session: Any, token: str) -> Principal | None:
 def open_share_link(token: str, settings: Settings | None = None) -> Principal | None:
     with session_scope(settings) as s:
         return share_principal(s, token)
-
-
-# ---------------------------------------------------------------- failed sign-ins
-
-
-class LoginThrottle:
-    """Counts failed sign-ins per user name and per client over the last `window_seconds`,
-    in the database (`login_failures`), so every server process of a deployment sees the
-    same count and a restart forgets nothing. Keys are stored as SHA-256 digests: the table
-    keeps no client addresses."""
-
-    def __init__(self, limit: int, window_seconds: float = 60.0,
-                 settings: Settings | None = None) -> None:
-        self.limit = limit
-        self.window = window_seconds
-        self.settings = settings
-
-    @staticmethod
-    def _keys(name: str, client: str) -> list[str]:
-        return [hashlib.sha256(k.encode()).hexdigest() for k in (f"u:{name}", f"c:{client}")]
-
-    def blocked(self, name: str, client: str) -> bool:
-        since = utcnow() - timedelta(seconds=self.window)
-        with session_scope(self.settings) as s:
-            counts = s.execute(
-                select(LoginFailure.key_hash, func.count())
-                .where(LoginFailure.key_hash.in_(self._keys(name, client)),
-                       LoginFailure.at > since)
-                .group_by(LoginFailure.key_hash)).all()
-        return any(n >= self.limit for _, n in counts)
-
-    def failed(self, name: str, client: str) -> None:
-        now = utcnow()
-        with session_scope(self.settings) as s:
-            s.add_all([LoginFailure(key_hash=k, at=now) for k in self._keys(name, client)])
-            # Forget what has aged out (older than any window worth keeping).
-            s.execute(delete(LoginFailure).where(
-                LoginFailure.at < now - timedelta(seconds=max(self.window, 3600))))

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from prunescope.server import auth
 from prunescope.server.api.deps import SettingsDep
 from prunescope.server.auth_middleware import request_origin, sender_origin
+from prunescope.server.login_throttle import LoginThrottle
 
 pages_router = APIRouter(include_in_schema=False)
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -70,18 +71,21 @@ async def login(
     next: Annotated[str, Form()] = "/",  # noqa: A002
 ) -> Response:
     """Check the password and start a new session (a fresh id: one the browser already held
-    is ended, never reused). Failed attempts are limited per user name and per client."""
+    is ended, never reused). Failed attempts are limited per client and per user name
+    (`prunescope.server.login_throttle` says how)."""
     sender = sender_origin(request.headers)
     if sender is not None and sender != request_origin(request.scope, request.headers):
         return _page(next, "sign-in refused: the form was sent from another site", 403)
-    throttle: auth.LoginThrottle = request.app.state.login_throttle
+    throttle: LoginThrottle = request.app.state.login_throttle
+    # The address uvicorn reports: a trusted proxy's X-Forwarded-For, else the peer's.
     client = request.client.host if request.client else "unknown"
-    if await run_in_threadpool(throttle.blocked, name, client):
+    attempt = await run_in_threadpool(throttle.attempt, name, client)
+    if attempt is None:
         return _page(next, "too many failed sign-ins; wait a minute and try again", 429)
     user_id = await run_in_threadpool(auth.check_password, name, password, settings)
-    if user_id is None:
-        await run_in_threadpool(throttle.failed, name, client)
+    if user_id is None:  # the attempt stays counted as a failure
         return _page(next, "wrong user name or password", 401)
+    await run_in_threadpool(throttle.succeeded, attempt)
     await run_in_threadpool(
         auth.end_session, request.cookies.get(auth.SESSION_COOKIE), settings
     )

@@ -249,14 +249,41 @@ def test_failed_logins_are_limited_per_client(client):
     assert _login(client).status_code == 429
 
 
+def _fail(throttle, name, client):  # noqa: ANN001
+    """An attempt let through and left counted, as a wrong password leaves it."""
+    assert throttle.attempt(name, client) is not None, (name, client)
+
+
 def test_throttle_counts_names_and_clients_apart(settings):
     throttle = auth.LoginThrottle(limit=2, settings=settings)
-    throttle.failed("alice", "10.0.0.1")
-    throttle.failed("alice", "10.0.0.2")
-    assert throttle.blocked("alice", "10.0.0.3")  # the name, from any client
-    assert not throttle.blocked("bob", "10.0.0.3")
-    throttle.failed("bob", "10.0.0.1")
-    assert throttle.blocked("carol", "10.0.0.1")  # the client, under any name
+    _fail(throttle, "alice", "10.0.0.1")
+    _fail(throttle, "alice", "10.0.0.2")
+    _fail(throttle, "bob", "10.0.0.3")
+    assert throttle.attempt("alice", "10.0.0.3") is None  # the name, to a client that failed
+    owner = throttle.attempt("alice", "10.0.0.4")  # and open to one that never failed
+    assert owner is not None
+    throttle.succeeded(owner)
+    _fail(throttle, "dave", "10.0.0.1")
+    assert throttle.attempt("erin", "10.0.0.1") is None  # the client, under any name
+    assert throttle.attempt("bob", "10.0.0.5") is not None
+
+
+def test_an_ipv6_client_is_its_64_block(settings):
+    throttle = auth.LoginThrottle(limit=2, settings=settings)
+    _fail(throttle, "alice", "2001:db8::1")
+    _fail(throttle, "bob", "2001:db8::2")
+    assert throttle.attempt("carol", "2001:db8::ffff:1") is None  # another address, same /64
+    assert throttle.attempt("carol", "2001:db8:0:1::1") is not None
+    _fail(throttle, "zoe", "::ffff:10.0.0.7")
+    _fail(throttle, "zoe", "10.0.0.7")
+    assert throttle.attempt("erin", "10.0.0.7") is None  # IPv4, mapped or not, is one client
+
+
+def test_a_right_password_withdraws_its_attempt(settings):
+    throttle = auth.LoginThrottle(limit=2, settings=settings)
+    for _ in range(5):
+        throttle.succeeded(throttle.attempt("alice", "10.0.0.1"))
+    _fail(throttle, "alice", "10.0.0.1")
 
 
 def test_every_server_process_counts_the_same_failures_and_they_age_out(settings):
@@ -268,13 +295,15 @@ def test_every_server_process_counts_the_same_failures_and_they_age_out(settings
     first = auth.LoginThrottle(limit=3, settings=settings)
     second = auth.LoginThrottle(limit=3, settings=settings)  # another process, same database
     for throttle in (first, second, first):
-        throttle.failed("alice", "10.0.0.9")
-    assert second.blocked("alice", "10.0.0.1") and first.blocked("zoe", "10.0.0.9")
+        _fail(throttle, "alice", "10.0.0.9")
+    _fail(first, "zoe", "10.0.0.1")
+    assert second.attempt("alice", "10.0.0.1") is None and first.attempt("zoe", "10.0.0.9") is None
     with session_scope(settings) as s:
         stored = s.scalars(select(LoginFailure.key_hash)).all()
-        assert len(stored) == 6 and not any("10.0.0.9" in k or "alice" in k for k in stored)
+        # Refused attempts are not stored; no name or address is.
+        assert len(stored) == 8 and not any("10.0.0.9" in k or "alice" in k for k in stored)
         s.execute(update(LoginFailure).values(at=utcnow() - timedelta(seconds=61)))
-    assert not second.blocked("alice", "10.0.0.9")  # a minute later: free again
+    assert second.attempt("alice", "10.0.0.9") is not None  # a minute later: free again
 
 
 def test_dashboard_callbacks_run_as_the_signed_in_user(secured, alice):
