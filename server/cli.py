@@ -30,68 +30,9 @@ def _apply_environment(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace, demo: bool) -> int:
-    import uvicorn
+    from prunescope.server.serving import serve
 
-    from prunescope.server.auth import auth_enabled, startup_problem
-    from prunescope.server.config import get_settings
-    from prunescope.server.db import upgrade_database
-    from prunescope.server.main import create_app
-    from prunescope.server.worker import INGEST_KINDS, worker_process_main
-    from prunescope.workers.executors import LocalProcessPool
-
-    settings = get_settings()
-    upgrade_database(settings)
-    if problem := startup_problem(settings):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if settings.insecure and not auth_enabled(settings):
-        print(f"warning: serving on {args.host} without sign-in (--insecure): anyone who "
-              "reaches this port can read and change every project", file=sys.stderr)
-    url = f"http://{args.host}:{args.port}/"
-    printer = None
-    if demo:
-        from prunescope.server.demo import TerminalProgress, ensure_demo_projects
-
-        project_ids = ensure_demo_projects(settings)
-        url = f"http://{args.host}:{args.port}/projects/{project_ids[0]}"
-        printer = TerminalProgress(project_ids, settings, url)
-    app = create_app(settings) if settings.server_processes == 1 else None
-    if settings.executor == "ray":
-        from prunescope.server.ray_executor import RayExecutor
-
-        pool = RayExecutor(settings)
-        pool.start()
-        where = f"jobs run as Ray tasks on {pool.address or 'a local Ray instance'}"
-    else:
-        pool = LocalProcessPool(settings.workers, worker_process_main)
-        # Uploads are validated by a worker (torch stays out of this process); a lane of
-        # its own keeps that quick while the pool runs long jobs.
-        lanes = settings.ingest_workers if settings.workers else 0
-        ingest = LocalProcessPool(lanes, worker_process_main, (INGEST_KINDS,),
-                                  name_prefix="ingest")
-        if settings.workers:
-            pool.start()
-            ingest.start()
-        where = f"{settings.workers} local worker{'s' if settings.workers != 1 else ''}"
-        if lanes:
-            where += f" and {lanes} for uploads"
-    print(f"PruneScope on {url} (data in {settings.resolved_data_dir}, {where})", flush=True)
-    if printer:
-        printer.start()
-    try:
-        if settings.server_processes > 1:  # each process builds its own app from the env
-            uvicorn.run("prunescope.server.main:app_from_environment", factory=True, host=args.host,
-                        port=args.port, log_level=args.log_level,
-                        workers=settings.server_processes)
-        else:
-            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    finally:
-        if printer:
-            printer.stop.set()
-        pool.stop()
-        if settings.executor != "ray":
-            ingest.stop()
-    return 0
+    return serve(args.host, args.port, args.log_level, demo)
 
 
 def _worker(_args: argparse.Namespace) -> int:

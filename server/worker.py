@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
+import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +35,7 @@ from prunescope.server.logs import configure_logging, job_context
 from prunescope.server.resilience import Backoff, database_unavailable, retry_on_outage
 from prunescope.server.storage import artifact_store
 from prunescope.server.tables import Job
+from prunescope.workers.executors import INTERRUPTED
 from prunescope.workers.jobspec import JobCancelled, JobInputError, JobSpec
 
 log = logging.getLogger(__name__)
@@ -284,18 +289,42 @@ def exit_when_orphaned(parent_pid: int, poll_seconds: float = 1.0) -> threading.
 
     A local pool worker belongs to its server: if the server dies without stopping it (killed,
     or stopped by a signal it does not handle), the worker must not go on claiming jobs. A job
-    it was running keeps its last heartbeat and is re-queued like any dead worker's.
+    it was running keeps its last heartbeat and is re-queued like any dead worker's. On Linux
+    the kernel also sends SIGTERM the moment the parent dies (PR_SET_PDEATHSIG); the poll is
+    the portable net, and the first look is at once: a worker still starting when its server
+    died already has another parent.
     """
+    _terminate_with_parent()
+
+    def orphaned() -> bool:
+        if os.getppid() == parent_pid:
+            return False
+        log.warning("the server (pid %d) is gone; this worker exits", parent_pid)
+        return True
+
+    if orphaned():
+        os._exit(0)
+
     def watch() -> None:
         while True:
             time.sleep(poll_seconds)
-            if os.getppid() != parent_pid:
-                log.warning("the server (pid %d) is gone; this worker exits", parent_pid)
+            if orphaned():
                 os._exit(0)
 
     thread = threading.Thread(target=watch, name="orphan-watch", daemon=True)
     thread.start()
     return thread
+
+
+def _terminate_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl here: the poll alone watches the parent
+        log.info("parent-death signal unavailable; polling for the server instead")
 
 
 def share_the_machine_with_the_server(settings: Settings) -> int:
@@ -319,7 +348,9 @@ def worker_process_main(
 ) -> None:
     """Entry point of a spawned local worker (settings come from the inherited environment);
     `kinds` limits it to those job kinds."""
-    exit_when_orphaned(os.getppid())
+    # The pid the pool passed at spawn, not getppid(): by now the server may already be gone.
+    server = mp.parent_process()
+    exit_when_orphaned(server.pid if server is not None else os.getppid())
     settings = get_settings()
     configure_logging(settings.log_level)
     share_the_machine_with_the_server(settings)
@@ -327,8 +358,8 @@ def worker_process_main(
     try:
         with job_context(worker_id=worker_id):
             run_worker(settings, worker_id, stop_event, kinds=kinds)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # a Ctrl-C: exit saying so, which the pool does not restart
+        sys.exit(INTERRUPTED)
 
 
 def standalone_worker(settings: Settings | None = None) -> None:
