@@ -358,7 +358,7 @@ def worker_process_main(
     try:
         with job_context(worker_id=worker_id):
             run_worker(settings, worker_id, stop_event, kinds=kinds)
-    except KeyboardInterrupt:  # a Ctrl-C: exit saying so, which the pool does not restart
+    except KeyboardInterrupt:  # a Ctrl-C: say so, so the pool waits to see if its server stops
         sys.exit(INTERRUPTED)
 
 
