@@ -66,6 +66,7 @@ def serve(host: str, port: int, log_level: str, demo: bool) -> int:
     """Serve until stopped; the exit status."""
     with _sigterm_unwinds():
         return _serve(host, port, log_level, demo)
+    return 128 + signal.SIGTERM  # SIGTERM's default is ignored by a container's pid 1
 
 
 def _serve(host: str, port: int, log_level: str, demo: bool) -> int:
