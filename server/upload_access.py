@@ -8,8 +8,8 @@ it owns every project. A share link's visitor only reads: it may not upload at a
 
 Deduplication (an upload that declares the sha256 of stored content completes at once) hands
 over bytes the caller never sent, so it is limited to content the caller may already
-download: an artifact of a project they are a member of, any role (a viewer downloads
-checkpoints, datasets and results). Whether the store holds the content elsewhere is never
+download: a checkpoint's or dataset's file in a project they are a member of, any role (a
+viewer downloads both). Whether the store holds the content elsewhere is never
 asked, so the answer for a hash of someone else's weights is the answer for a hash nobody
 stored.
 """
@@ -18,24 +18,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, exists, or_, select
 
-from prunescope.server.access import visible_projects
 from prunescope.server.auth import Principal, current_principal
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Forbidden, NotFound
-from prunescope.server.tables import AnalysisResult, Checkpoint, Dataset, Project
+from prunescope.server.tables import Checkpoint, Dataset, ProjectMember
 
 LOCAL_OWNER = "local"
-# Every column through which a project row names content of the store (what its members
-# may download); `ingest._discard` lists the same ones.
+# The columns through which a project row names content a member may download and might
+# upload again: checkpoints (weights, Hugging Face assets) and datasets. Analysis results
+# are left out: nobody uploads them, and their table is the one that grows.
 _ARTIFACT_COLUMNS = (
     (Checkpoint, Checkpoint.artifact_digest),
     (Checkpoint, Checkpoint.assets_digest),
     (Dataset, Dataset.artifact_digest),
-    (AnalysisResult, AnalysisResult.artifact_digest),
 )
+# Built once (creating uploads is a hot path): is `digest` named by a row of a project that
+# `user_id` is a member of, any role? Membership is what `access.visible_projects` allows a
+# user; share links and nobody never get here (they may not upload).
+_MEMBER_OF = select(ProjectMember.project_id).where(
+    ProjectMember.user_id == bindparam("user_id"))
+_HELD = select(or_(*(
+    exists().where(table.project_id.in_(_MEMBER_OF), column == bindparam("digest"))
+    for table, column in _ARTIFACT_COLUMNS
+)))
 
 
 def uploader_key(principal: Principal | None = None) -> str:
@@ -60,18 +68,12 @@ def check_owner(record: dict[str, Any], missing: NotFound) -> None:
 
 def may_reuse(settings: Settings, digest: str) -> bool:
     """Whether the principal may have stored content `digest` without sending its bytes:
-    it is an artifact of a project they are a member of (the local user: any content)."""
-    where = visible_projects()
-    if where is None:
+    it is a checkpoint's or dataset's file in a project they are a member of (the local
+    user: any content). One query, the same work whether or not anyone stored the digest."""
+    principal = current_principal()
+    if principal.kind == "local":
         return True
+    if principal.kind != "user":
+        return False
     with session_scope(settings) as s:
-        for table, column in _ARTIFACT_COLUMNS:
-            found = s.scalar(
-                select(table.id)
-                .join(Project, Project.id == table.project_id)
-                .where(column == digest, where)
-                .limit(1)
-            )
-            if found is not None:
-                return True
-    return False
+        return bool(s.scalar(_HELD, {"user_id": principal.user_id, "digest": digest}))
