@@ -7,7 +7,9 @@ measured in the same run with the same client, chunking and keep-alive connectio
 uvicorn process whose app reads every body and drops it — the HTTP stack and loopback with
 nothing done to the bytes (see ../shared/BENCH.md). Runs alternate sink/upload and report
 medians; peak RSS is each server process's high-water mark (reset before every run through
-/proc/<pid>/clear_refs, else sampled) above its RSS when the run began. The multipart
+/proc/<pid>/clear_refs, else sampled) above its RSS when the run began; server CPU is the
+process's user + system time per GiB received, which other load on a shared machine moves
+far less than wall-clock throughput. The multipart
 endpoint, which streams to a spooled temporary file and then stages it, is timed once for
 context: it answers once everything was read, hashed and staged (202: the check is a
 worker's job).
@@ -201,14 +203,23 @@ def _write_random_file(path: Path, size: int) -> str:
     return sha.hexdigest()
 
 
-def _timed(pid: int, size: int, run, after=None) -> tuple[float, float]:  # noqa: ANN001
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(pid: int, size: int, run, after=None) -> tuple[float, float, float]:  # noqa: ANN001
+    """(MiB/s, peak RSS increase in MiB, server CPU seconds per GiB) of one run."""
     with PeakRss(pid) as rss:
+        cpu = _cpu_seconds(pid)
         start = time.perf_counter()
         result = run()
         seconds = time.perf_counter() - start
+        cpu = _cpu_seconds(pid) - cpu
     if after is not None:
         after(result)
-    return size / MiB / seconds, rss.increase_mib
+    return size / MiB / seconds, rss.increase_mib, cpu / (size / MiB / 1024)
 
 
 def _app_server(tree: Path, data_dir: Path, tmp_path: Path, size: int,
@@ -311,18 +322,19 @@ def _report(args: argparse.Namespace, rows: dict, creates: dict, multipart) -> N
         f"{args.repeats} alternating runs (medians)"
         + (", as a signed-in user (bearer token)" if args.auth else ", without accounts")
     )
-    print(f"{'path':52} {'MiB/s':>8} {'peak RSS +MiB':>14}")
+    print(f"{'path':52} {'MiB/s':>8} {'peak RSS +MiB':>14} {'CPU s/GiB':>10}")
     print(
         f"{'baseline: uvicorn sink, body read and dropped':52} "
-        f"{median('sink', 0):8.0f} {median('sink', 1):14.1f}"
+        f"{median('sink', 0):8.0f} {median('sink', 1):14.1f} {median('sink', 2):10.2f}"
     )
     for name in creates:
         label = "tus PATCH: streamed to disk + sha256" + (f" ({name})" if len(creates) > 1 else "")
-        print(f"{label:52} {median(name, 0):8.0f} {median(name, 1):14.1f}")
+        print(f"{label:52} {median(name, 0):8.0f} {median(name, 1):14.1f} "
+              f"{median(name, 2):10.2f}")
     if multipart is not None:
         print(
             f"{'context: multipart POST (spool, copy, hash, stage)':52} "
-            f"{multipart[0]:8.0f} {multipart[1]:14.1f}"
+            f"{multipart[0]:8.0f} {multipart[1]:14.1f} {multipart[2]:10.2f}"
         )
     for name, (plain, dedup) in creates.items():
         print(
@@ -335,12 +347,16 @@ def _report(args: argparse.Namespace, rows: dict, creates: dict, multipart) -> N
     )
     print(f"per-run tus/sink MiB/s: {runs}")
     if "baseline" in creates:
-        speed = [t[0] / b[0] for t, b in zip(rows["this"], rows["baseline"], strict=True)]
+        pairs = list(zip(rows["this"], rows["baseline"], strict=True))
+        speed = [t[0] / b[0] for t, b in pairs]
+        # Server CPU per byte: what the code costs, little moved by other load on the machine.
+        cpu = [t[2] / b[2] for t, b in pairs]
         plain = ms(creates["this"][0]) / ms(creates["baseline"][0])
         dedup = ms(creates["this"][1]) / ms(creates["baseline"][1])
         print(f"this / baseline: tus throughput {statistics.median(speed):.3f} (per run: "
-              + ", ".join(f"{r:.2f}" for r in speed) + f"); create time plain {plain:.3f}, "
-              f"deduplicated {dedup:.3f}")
+              + ", ".join(f"{r:.2f}" for r in speed) + f"), server CPU per GiB "
+              f"{statistics.median(cpu):.3f} (per run: " + ", ".join(f"{r:.2f}" for r in cpu)
+              + f"); create time plain {plain:.3f}, deduplicated {dedup:.3f}")
     ratios = [t[0] / s[0] for t, s in zip(rows["this"], rows["sink"], strict=True)]
     print(
         f"tus upload / sink throughput: {statistics.median(ratios):.2f} "
