@@ -330,3 +330,23 @@ def test_the_share_link_visitor_cannot_use_uploads_through_the_service(people, s
             with pytest.raises(Forbidden, match="share link"):
                 call(secured, upload_id)
     assert alice.head(location, headers=TUS).status_code == 200
+
+
+def test_an_upload_from_before_owners_were_kept_is_the_local_users_only(settings):
+    """A sidecar written before uploads recorded their creator names nobody: a signed-in user
+    starts again (tus clients do so on the 404), the local user may still finish it."""
+    import json
+
+    from prunescope.server.errors import NotFound
+    from prunescope.server.services import uploads
+
+    created = uploads.create_upload(settings, length=4)
+    sidecar = settings.uploads_dir / f"{created.id}.json"
+    record = json.loads(sidecar.read_text())
+    assert record["owner"] == "local"
+    del record["owner"]
+    sidecar.write_text(json.dumps(record))
+    with auth.acting_as(auth.Principal("user", user_id=1, name="alice")), \
+            pytest.raises(NotFound):
+        uploads.upload_status(settings, created.id)
+    assert uploads.upload_status(settings, created.id).offset == 0
