@@ -139,7 +139,6 @@ def remove(p: UploadFiles, *, only_if_unlocked: bool = False) -> bool:
             os.close(fd)
 
 
-
 def remove_stale_uploads(settings: Settings, *, now: float | None = None) -> int:
     """Delete uploads (finished or not) idle longer than `upload_expiry_seconds`, and leftovers.
 
