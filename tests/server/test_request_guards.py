@@ -10,7 +10,7 @@ import pytest
 
 from prunescope.server import auth
 from prunescope.server.main import create_app
-from tests.server.live_http import MiB, LiveServer, memory_rise, send_chunked, spooled_bytes
+from tests.server.live_http import LiveServer, MiB, memory_rise, send_chunked, spooled_bytes
 
 ATTACK = 300 * MiB
 
