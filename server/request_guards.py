@@ -85,8 +85,9 @@ class HostAndFraming:
             self.headers.append((b"x-frame-options", b"SAMEORIGIN"))
 
     def permits(self, host: str) -> bool:
+        # No Host at all (HTTP/1.0 probes) cannot come from a browser, so not from rebinding.
         name = host_name(host)
-        return self.names is None or name in self.names or _is_ip_address(name)
+        return self.names is None or name in self.names or not name or _is_ip_address(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

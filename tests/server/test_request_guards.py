@@ -4,12 +4,15 @@ to), framing by other sites, and bodies far beyond what a route takes, whatever 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 
 import pytest
+from fastapi.testclient import TestClient
 
 from prunescope.server import auth
 from prunescope.server.main import create_app
+from prunescope.server.request_guards import DASHBOARD_UPLOAD_FILE_BYTES, host_name
 from tests.server.live_http import LiveServer, MiB, memory_rise, send_chunked, spooled_bytes
 
 ATTACK = 300 * MiB
@@ -169,3 +172,56 @@ def test_chunked_json_to_a_callback_from_a_share_link_is_cut_off(settings):
     assert answer.status == 413, answer
     assert answer.sent < 64 * MiB
     assert memory.peak < 100 * MiB
+
+
+def test_strangers_and_viewers_are_refused_before_their_upload_is_read(settings):
+    secured = settings.model_copy(update={"auth": "on"})
+    _, alice_token = auth.add_user("alice", None, token=True, settings=secured)
+    _, bob_token = auth.add_user("bob", None, token=True, settings=secured)
+    alice = {"Authorization": f"Bearer {alice_token}", "Content-Type": "application/json"}
+    bob = {"Authorization": f"Bearer {bob_token}"}
+    boundary = "b0undary"
+    with LiveServer(create_app(secured, dashboard=False)) as server:
+        _, _, body = server.request("POST", "/api/v1/projects", json.dumps(
+            {"name": "p", "architecture": "mlp"}), alice)
+        pid = _json(body)["id"]
+
+        def upload() -> object:
+            return send_chunked(
+                server.port, "POST", f"/api/v1/projects/{pid}/checkpoints",
+                {**bob, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+                _multipart_prefix(boundary), 64 * MiB, f"\r\n--{boundary}--\r\n".encode())
+
+        stranger = upload()
+        server.request("POST", f"/api/v1/projects/{pid}/members", json.dumps({"name": "bob"}),
+                       alice)
+        viewer = upload()
+        huge_id = send_chunked(server.port, "POST", f"/api/v1/projects/{2**70}/jobs",
+                               {**bob, "Content-Type": "application/json"}, b"{", 8 * MiB)
+    assert (stranger.status, viewer.status, huge_id.status) == (404, 403, 404)
+    assert max(stranger.sent, viewer.sent, huge_id.sent) < 32 * MiB
+    assert "not found" in _json(stranger.body)["detail"]
+
+
+def test_signed_in_users_callbacks_carry_the_datasets_pages_file(settings):
+    app = create_app(settings)  # no accounts: the local user
+    assert DASHBOARD_UPLOAD_FILE_BYTES == sys.modules["pages.datasets"].DASHBOARD_UPLOAD_LIMIT
+    body = json.dumps({"output": "signed-in.children", "outputs": {
+        "id": "signed-in", "property": "children"}, "inputs": [
+        {"id": "header-url", "property": "pathname", "value": "/" + "x" * (3 * MiB)}],
+        "changedPropIds": ["header-url.pathname"]})
+    with TestClient(app) as client:
+        r = client.post("/_dash-update-component", content=body,
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 200, r.text[:200]
+        r = client.post("/api/v1/projects", content=body,
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "PRUNESCOPE_MAX_JSON_BYTES" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("host", "name"), [
+    ("LocalHost:8050", "localhost"), ("[::1]:8050", "::1"), ("[::1]", "::1"),
+    ("example.org.", "example.org"), ("10.0.0.7:80", "10.0.0.7"), ("evil.example:", "evil.example"),
+])
+def test_host_names_lose_their_port(host, name):
+    assert host_name(host) == name
