@@ -9,6 +9,7 @@ import tempfile
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from prunescope.server import auth
 from prunescope.server.main import create_app
@@ -225,3 +226,10 @@ def test_signed_in_users_callbacks_carry_the_datasets_pages_file(settings):
 ])
 def test_host_names_lose_their_port(host, name):
     assert host_name(host) == name
+
+
+def test_a_websocket_naming_another_host_is_closed(local):
+    with TestClient(create_app(local)) as client, pytest.raises(WebSocketDisconnect) as closed:
+        with client.websocket_connect("/_dash-ws-callback", headers={"host": "evil.example"}):
+            pass
+    assert closed.value.code == 1008
