@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from prunescope.dashboard.callback_errors import refuse_unusable_input
 from prunescope.dashboard.state import storing_long_selections
 from prunescope.server.auth import current_principal
 from prunescope.server.errors import ServiceError
@@ -277,6 +278,7 @@ def create_dash(server: FastAPI) -> Dash:
         title="PruneScope",
         update_title=None,
         suppress_callback_exceptions=True,
+        on_error=refuse_unusable_input,  # a value of the wrong type: 422, not 500
     )
     app.layout = html.Div(
         [

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prunescope.workers.jobs import SUBMITTABLE_KINDS
+
+# Row ids are positive and fit the databases' 64-bit integers; a larger number in a request
+# is refused (422) rather than overflowing the driver.
+MAX_ID = 2**63 - 1
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# More jobs than one request could reasonably wait for (a sweep queues one per method and
+# sparsity).
+MAX_DEPENDENCIES = 1000
 
 
 class Health(BaseModel):
@@ -28,8 +36,9 @@ class DatasetChoice(BaseModel):
 
 class ProjectCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    description: str = ""
-    architecture: str = Field(description="A registry name, see GET /api/v1/architectures.")
+    description: str = Field("", max_length=10_000)
+    architecture: str = Field(max_length=200,
+                              description="A registry name, see GET /api/v1/architectures.")
     architecture_config: dict[str, Any] = Field(default_factory=dict)
     dataset: DatasetChoice = Field(default_factory=lambda: DatasetChoice(builtin="digits"))
 
@@ -77,7 +86,7 @@ class BuiltinDatasetCreate(BaseModel):
 
 
 class ActiveDatasetChoice(BaseModel):
-    dataset_id: int
+    dataset_id: DbId
 
 
 class ProjectPublic(BaseModel):
@@ -135,7 +144,10 @@ JobKind = Literal[SUBMITTABLE_KINDS]  # type: ignore[valid-type]
 class JobCreate(BaseModel):
     kind: JobKind
     params: dict[str, Any] = Field(default_factory=dict)
-    depends_on: list[int] = Field(default_factory=list)
+    depends_on: list[DbId] = Field(
+        default_factory=list, max_length=MAX_DEPENDENCIES,
+        description="ids of jobs of the same project that must succeed first",
+    )
 
 
 class JobPublic(BaseModel):

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.access import require_project
-from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
+from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.config import Settings
 from prunescope.server.schemas import JobPublic, ResultPublic
 from prunescope.server.services import dynamics_runs
@@ -50,7 +50,7 @@ def _add(project_id: int, uploads: dict[str, UploadFile], fields: dict[str, Any]
     responses=ACCEPTED,
 )
 async def upload_dynamics_run(
-    project_id: int,
+    project_id: IdPath,
     settings: SettingsDep,
     trajectories: Annotated[UploadFile, File(
         description="CSV or Parquet: example, epoch, loss, prediction, p_gold [, margin]")],
