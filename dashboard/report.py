@@ -27,6 +27,7 @@ from prunescope.dashboard.figures.comparison import (
 )
 from prunescope.server.api.deps import IdPath, SettingsDep
 from prunescope.server.errors import InvalidInput
+from prunescope.server.schemas import REFUSALS
 from prunescope.server.services import analyses, checkpoints, projects
 from prunescope.server.services.comparison import COMPARISON_COLUMNS, Column, comparison_rows
 
@@ -245,7 +246,7 @@ def project_report_html(project_id: int, pinned: list[str]) -> str:
 # ----------------------------------------------------------------------------- the API route
 
 # Mounted under /api/v1 by the composition root, `prunescope.server.main`.
-router = APIRouter(tags=["results"])
+router = APIRouter(tags=["results"], responses=REFUSALS)
 
 
 @router.get("/projects/{project_id}/report", response_class=HTMLResponse)

@@ -3,8 +3,6 @@ account; `/s/<token>` opens one."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
@@ -12,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prunescope.server import auth
 from prunescope.server.api.deps import IdPath, SettingsDep
+from prunescope.server.schemas import UtcDatetime
 from prunescope.server.services import members
 from prunescope.server.services.views import MAX_BOOKMARK_URL_CHARS
 
@@ -39,8 +38,8 @@ class ShareLinkPublic(BaseModel):
     id: int
     project_id: int
     view_path: str | None
-    created_at: datetime
-    expires_at: datetime | None
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
     revoked: bool
 
 
