@@ -159,3 +159,39 @@ def test_a_datasets_page_sent_a_version_that_is_no_dict_answers_without_a_server
                     "changedPropIds": ["datasets-version.data"]}
             r = client.post("/_dash-update-component", json=body, headers=headers["alice"])
             assert r.status_code < 500, (version, r.status_code, r.text)
+
+
+def test_a_number_json_cannot_hold_is_refused_not_echoed_into_a_500(accounts):
+    """Python's JSON reader takes NaN and Infinity; the 422 that names the bad value must not
+    fail to encode it."""
+    app, headers, pids = accounts
+    raw = {**headers["alice"], "Content-Type": "application/json"}
+    with TestClient(app) as client:
+        for value in ("NaN", "Infinity", "-Infinity", "1e400"):
+            r = client.post(f"/api/v1/projects/{pids['alice']}/share-links",
+                            content=f'{{"expires_in_hours": {value}}}', headers=raw)
+            assert r.status_code == 422, (value, r.status_code, r.text)
+            assert "expires_in_hours" in r.text
+            r = client.put(f"/api/v1/projects/{pids['alice']}/datasets/active",
+                           content=f'{{"dataset_id": {value}}}', headers=raw)
+            assert r.status_code == 422, (value, r.status_code, r.text)
+
+
+def test_text_the_database_cannot_store_is_refused(settings):
+    """PostgreSQL stores no NUL character in text or JSON; SQLite does. Either way no 500."""
+    secured = settings.model_copy(update={"auth": "on"})
+    _, token = auth.add_user("alice", None, token=True, settings=secured)
+    alice = {"Authorization": f"Bearer {token}", **ORIGIN}
+    with TestClient(create_app(secured, dashboard=False)) as client:
+        pid = client.post("/api/v1/projects", json={"name": "p", "architecture": "mlp"},
+                          headers=alice).json()["id"]
+        answers = [
+            client.post("/api/v1/projects", json={"name": "a\x00b", "architecture": "mlp"},
+                        headers=alice),
+            client.post(f"/api/v1/projects/{pid}/bookmarks",
+                        json={"name": "a\x00", "url": f"/projects/{pid}/layers"}, headers=alice),
+            client.post(f"/api/v1/projects/{pid}/jobs",
+                        json={"kind": "analyze", "params": {"name": "a\x00"}}, headers=alice),
+        ]
+    for r in answers:
+        assert r.status_code < 500, (r.request.url, r.status_code, r.text)
