@@ -13,6 +13,8 @@ from prunescope.workers.jobs import SUBMITTABLE_KINDS
 # is refused (422) rather than overflowing the driver.
 MAX_ID = 2**63 - 1
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# A name (project, checkpoint, dataset, run, column) or a short choice (role, method, mode).
+MAX_NAME_CHARS = 200
 # More jobs than one request could reasonably wait for (a sweep queues one per method and
 # sparsity).
 MAX_DEPENDENCIES = 1000
@@ -74,9 +76,9 @@ class DatasetChoice(BaseModel):
 
 
 class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     description: str = Field("", max_length=10_000)
-    architecture: str = Field(max_length=200,
+    architecture: str = Field(max_length=MAX_NAME_CHARS,
                               description="A registry name, see GET /api/v1/architectures.")
     architecture_config: dict[str, Any] = Field(default_factory=dict)
     dataset: DatasetChoice = Field(default_factory=lambda: DatasetChoice(builtin="digits"))
@@ -120,7 +122,7 @@ class DatasetsPublic(BaseModel):
 
 class BuiltinDatasetCreate(BaseModel):
     builtin: BuiltinDatasetName
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
     active: bool = Field(False, description="Make it the dataset the project's jobs use.")
 
 

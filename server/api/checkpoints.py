@@ -9,7 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.access import require_project
 from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
-from prunescope.server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
+from prunescope.server.schemas import (
+    MAX_NAME_CHARS,
+    CheckpointDetail,
+    CheckpointPublic,
+    CheckpointsPublic,
+)
 from prunescope.server.services import checkpoints
 from prunescope.server.storage import CHUNK_BYTES
 
@@ -32,9 +37,10 @@ async def upload_checkpoint(
     project_id: IdPath,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="safetensors or torch state_dict")],
-    name: Annotated[str | None, Form()] = None,
-    role: Annotated[str | None, Form(description="'dense' or 'pruned'")] = None,
-    method: Annotated[str | None, Form()] = None,
+    name: Annotated[str | None, Form(max_length=MAX_NAME_CHARS)] = None,
+    role: Annotated[str | None, Form(max_length=MAX_NAME_CHARS,
+                                     description="'dense' or 'pruned'")] = None,
+    method: Annotated[str | None, Form(max_length=MAX_NAME_CHARS)] = None,
     target_sparsity: Annotated[float | None, Form()] = None,
     wait: WaitDep = False,
 ) -> CheckpointPublic:
@@ -61,10 +67,12 @@ async def upload_checkpoint(
 
 
 class CheckpointFromUpload(BaseModel):
-    upload_id: str = Field(description="a complete upload from POST /uploads")
-    name: str | None = None
-    role: str | None = Field(default=None, description="'dense' or 'pruned'")
-    method: str | None = None
+    upload_id: str = Field(max_length=MAX_NAME_CHARS,
+                           description="a complete upload from POST /uploads")
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    role: str | None = Field(default=None, max_length=MAX_NAME_CHARS,
+                             description="'dense' or 'pruned'")
+    method: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     target_sparsity: float | None = None
 
 

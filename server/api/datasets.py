@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.schemas import (
+    MAX_NAME_CHARS,
     ActiveDatasetChoice,
     BuiltinDatasetCreate,
     DatasetDetail,
@@ -40,13 +41,15 @@ async def upload_dataset(
         File(description=".npz (x, y[, ids, group, split, class_names]), a .zip of one folder "
              "of PNG/JPEG images per class, or .csv / .jsonl / .parquet"),
     ],
-    name: Annotated[str | None, Form(description="default: the file name")] = None,
+    name: Annotated[str | None, Form(max_length=MAX_NAME_CHARS,
+                                     description="default: the file name")] = None,
     active: Annotated[bool, Form(description="make it the dataset jobs use")] = False,
-    label_column: Annotated[str, Form()] = "label",
-    text_column: Annotated[str, Form()] = "text",
-    id_column: Annotated[str, Form()] = "id",
-    group_column: Annotated[str, Form()] = "group",
-    split_column: Annotated[str, Form(description="values 'train' or 'test'")] = "split",
+    label_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "label",
+    text_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "text",
+    id_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "id",
+    group_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "group",
+    split_column: Annotated[str, Form(max_length=MAX_NAME_CHARS,
+                                      description="values 'train' or 'test'")] = "split",
     wait: WaitDep = False,
 ) -> DatasetDetail:
     """Upload an evaluation dataset; a worker reads it and checks it against the project's
