@@ -195,3 +195,49 @@ def test_text_the_database_cannot_store_is_refused(settings):
         ]
     for r in answers:
         assert r.status_code < 500, (r.request.url, r.status_code, r.text)
+
+
+WRONG_VALUES = (None, "x", 2**70, [1, "a"], {"a": {"b": 1}}, -1.5)
+
+
+def test_every_callback_sent_values_of_the_wrong_type_answers_without_a_server_error(accounts):
+    """Each server callback of the dashboard, every input and state set to one wrong value."""
+    app, headers, pids = accounts
+    with TestClient(app) as client:
+        client.get(f"/projects/{pids['alice']}", headers=headers["alice"])  # the page router
+        callbacks = {k: v for k, v in app.state.dash.callback_map.items() if "callback" in v}
+        assert len(callbacks) >= 50, sorted(callbacks)
+        for output, spec in callbacks.items():
+            outputs = [{"id": o.rpartition(".")[0], "property": o.rpartition(".")[2]}
+                       for o in output.strip(".").split("...")]
+            first = spec["inputs"][0]
+            for value in WRONG_VALUES:
+                body = {
+                    "output": output,
+                    "outputs": outputs if output.startswith("..") else outputs[0],
+                    "inputs": [dict(i, value=value) for i in spec["inputs"]],
+                    "state": [dict(s, value=value) for s in spec.get("state", [])],
+                    "changedPropIds": [f"{first['id']}.{first['property']}"],
+                }
+                r = client.post("/_dash-update-component", json=body, headers=headers["alice"])
+                assert r.status_code < 500, (output, value, r.status_code, r.text)
+
+
+def test_a_malformed_callback_request_is_refused(accounts):
+    """A request that is no callback request, or names a callback that runs in the browser."""
+    app, headers, _ = accounts
+    good = {"output": "metric-download.data",
+            "outputs": {"id": "metric-download", "property": "data"},
+            "inputs": [{"id": "metric-csv", "property": "n_clicks", "value": 1},
+                       {"id": "metric-parquet", "property": "n_clicks", "value": 0}],
+            "changedPropIds": ["metric-csv.n_clicks"]}
+    bodies = [{}, [], "x", 3, {"output": 5}, {"output": "metric-download.data"},
+              {**good, "inputs": 3}, {**good, "inputs": good["inputs"][:1]},
+              {**good, "outputs": []}, {**good, "changedPropIds": 5},
+              {**good, "output": "copy-link-feedback.children",
+               "outputs": {"id": "copy-link-feedback", "property": "children"}}]
+    with TestClient(app) as client:
+        for body in bodies:
+            r = client.post("/_dash-update-component", json=body, headers=headers["alice"])
+            assert r.status_code == 422, (body, r.status_code, r.text)
+            assert "reload the page" in r.json()["detail"]
