@@ -20,8 +20,6 @@ MAX_NAME_CHARS = 200
 MAX_DEPENDENCIES = 1000
 
 
-
-
 def _as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from prunescope.server.access import require_project
 from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.config import Settings
-from prunescope.server.schemas import MAX_NAME_CHARS, JobPublic, ResultPublic
+from prunescope.server.schemas import MAX_ID, MAX_NAME_CHARS, JobPublic, ResultPublic
 from prunescope.server.services import dynamics_runs
 from prunescope.server.storage import CHUNK_BYTES
 
@@ -62,7 +62,7 @@ async def upload_dynamics_run(
                              description="the run's name, unique in the project")],
     mode: Annotated[str, Form(max_length=MAX_NAME_CHARS, description="dense, gmp or finetune")],
     sparsity: Annotated[float, Form(description="final sparsity in [0, 1); 0 for dense")] = 0.0,
-    seed: Annotated[int, Form(ge=-(2**63), le=2**63 - 1,
+    seed: Annotated[int, Form(ge=-MAX_ID - 1, le=MAX_ID,
                               description="the run's seed; runs of one mode and sparsity "
                                           "form a population")] = 0,
     wait: WaitDep = False,
