@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prunescope.dashboard.report import router as report_router
 from prunescope.server.api import api_router, share_links
 from prunescope.server.api import auth as auth_routes
+from prunescope.server.api.refusals import install_refusals
 from prunescope.server.auth import LoginThrottle
 from prunescope.server.auth_middleware import AuthMiddleware
 from prunescope.server.config import Settings, get_settings
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+
+    install_refusals(app)
 
     @app.exception_handler(StorageError)
     async def _storage_error(_request: Request, exc: StorageError) -> JSONResponse:
