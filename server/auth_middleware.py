@@ -22,10 +22,10 @@ from prunescope.server.auth import (
 from prunescope.server.config import Settings
 from prunescope.server.errors import ServiceError
 from prunescope.server.request_guards import is_upload
+from prunescope.server.schemas import MAX_ID
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PROJECT_ROUTE = re.compile(r"/api/v1/projects/(\d+)(?:/|$)")
-_LARGEST_ID = 2**63 - 1
 
 
 def request_origin(scope: Scope, headers: Headers) -> str:
@@ -138,8 +138,11 @@ class AuthMiddleware:
             return False
         project_id = int(match.group(1))
         need = "edit" if is_upload(method, scope["path"]) else "view"
-        if project_id > _LARGEST_ID:
-            refusal: tuple[int, str] | None = (404, f"project {project_id} not found")
+        if not 1 <= project_id <= MAX_ID:
+            # What the route's own id bound answers (server/api/deps.py IdPath), body unread.
+            refusal: tuple[int, str] | None = (
+                422, f"project id {project_id} is out of range: it must be "
+                f"greater than or equal to 1 and less than or equal to {MAX_ID}")
         else:
             refusal = await to_thread.run_sync(_project_refusal, project_id, need,
                                                self.settings)

@@ -199,7 +199,7 @@ def test_strangers_and_viewers_are_refused_before_their_upload_is_read(settings)
         viewer = upload()
         huge_id = send_chunked(server.port, "POST", f"/api/v1/projects/{2**70}/jobs",
                                {**bob, "Content-Type": "application/json"}, b"{", 8 * MiB)
-    assert (stranger.status, viewer.status, huge_id.status) == (404, 403, 404)
+    assert (stranger.status, viewer.status, huge_id.status) == (404, 403, 422)
     assert max(stranger.sent, viewer.sent, huge_id.sent) < 32 * MiB
     assert "not found" in _json(stranger.body)["detail"]
 
