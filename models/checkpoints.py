@@ -23,7 +23,6 @@ file and what to do instead.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -41,8 +40,14 @@ from safetensors.torch import save_file as _safetensors_save_file
 from torch import nn
 
 from prunescope.models import hf
-from prunescope.models.archives import ArchiveError, archive_format, extract_archive
+from prunescope.models.archives import (
+    ArchiveError,
+    archive_format,
+    check_zip_expansion,
+    extract_archive,
+)
 from prunescope.models.registry import create_model
+from prunescope.models.safe_json import JSONRefused, loads_bounded
 
 EXPORT_HINT = (
     "save the weights only, with `torch.save(model.state_dict(), path)` or "
@@ -78,11 +83,11 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
             "the safetensors file is truncated (its header is cut off); upload the complete file"
         )
     try:
-        json.loads(_read_prefix(path, 8 + header_len)[8:])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"the safetensors header is not valid JSON ({exc}); the file is corrupt, re-export it"
-        ) from None
+        # Parsed here first so a crafted header (200,000 levels deep, say) is refused in words.
+        loads_bounded(_read_prefix(path, 8 + header_len)[8:], what="the safetensors header",
+                      max_bytes=_MAX_SAFETENSORS_HEADER)
+    except JSONRefused as exc:
+        raise CheckpointError(f"{exc}; the file is corrupt, re-export it") from None
     try:
         return _safetensors_load_file(str(path), device="cpu")
     except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
@@ -91,7 +96,13 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _load_torch(path: Path) -> Any:
+def _load_torch(path: Path, max_expanded_bytes: int | None) -> Any:
+    if max_expanded_bytes is not None:
+        # torch inflates compressed records into memory: bound them before it reads any.
+        try:
+            check_zip_expansion(path, max_expanded_bytes, what="the torch checkpoint")
+        except ArchiveError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         # weights_only=True is the whole safety story: the restricted unpickler only rebuilds
         # tensors and plain containers and raises on any other global. Never drop it.
@@ -184,8 +195,13 @@ def _with_masks_folded(
     return folded, "+".join([fmt, *conventions])
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
+def load_state_dict_file(
+    path: str | os.PathLike[str], *, max_expanded_bytes: int | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
     """Load a checkpoint file as a CPU state_dict; returns it and its format.
+
+    An upload passes `max_expanded_bytes`: a torch archive whose records would inflate past it
+    is refused before torch reads them (stored checkpoints were checked when uploaded).
 
     The format is "safetensors" or "torch_state_dict", detected from the file's first bytes,
     with "+torch_prune" / "+shrinkbench" appended when pruning masks were folded into the
@@ -199,7 +215,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.
     if not head:
         raise CheckpointError("the file is empty; upload a safetensors or torch state_dict file")
     if head.startswith(b"PK"):
-        return _with_masks_folded(_as_state_dict(_load_torch(path)), "torch_state_dict")
+        return _with_masks_folded(_as_state_dict(_load_torch(path, max_expanded_bytes)),
+                                  "torch_state_dict")
     if _looks_like_safetensors(path):
         return _with_masks_folded(_as_state_dict(_load_safetensors(path)), "safetensors")
     if head[:1] == b"\x80":
@@ -258,7 +275,8 @@ class LoadedCheckpoint:
 
 
 def read_checkpoint_upload(
-    path: str | os.PathLike[str], work_dir: str | os.PathLike[str], *, max_expanded_bytes: int
+    path: str | os.PathLike[str], work_dir: str | os.PathLike[str], *, max_expanded_bytes: int,
+    max_weight_bytes: int | None = None,
 ) -> LoadedCheckpoint:
     """Read any accepted checkpoint upload; archives are unpacked into the empty `work_dir`.
 
@@ -266,11 +284,14 @@ def read_checkpoint_upload(
     tar or a tar.gz is taken for a Hugging Face model folder: unpacked safely (never past
     `max_expanded_bytes`), config.json found, weights read (sharded safetensors merged). The
     format reads e.g. "hf_folder(zip)+safetensors". CheckpointError explains any refusal.
+    The weights a torch archive inflates to are bounded by `max_expanded_bytes` and, when
+    given, by `max_weight_bytes` (what the project's model can hold) before torch reads them.
     """
     path = Path(path)
     kind = archive_format(path)
+    budget = min(max_expanded_bytes, max_weight_bytes or max_expanded_bytes)
     if kind is None or (kind == "zip" and _torch_zip(path)):
-        state_dict, fmt = load_state_dict_file(path)
+        state_dict, fmt = load_state_dict_file(path, max_expanded_bytes=budget)
         return LoadedCheckpoint(state_dict, fmt)
     try:
         extract_archive(path, work_dir, max_total_bytes=max_expanded_bytes)
@@ -280,7 +301,8 @@ def read_checkpoint_upload(
     state_dict: dict[str, torch.Tensor] = {}
     conventions: set[str] = set()
     for weights in folder.weight_files:
-        shard, fmt = load_state_dict_file(weights)
+        shard, fmt = load_state_dict_file(weights, max_expanded_bytes=max(budget, 0))
+        budget -= sum(t.numel() * t.element_size() for t in shard.values())
         conventions.update(fmt.split("+")[1:])
         clash = sorted(set(shard) & set(state_dict))
         if clash:
