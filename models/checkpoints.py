@@ -265,6 +265,23 @@ def _torch_zip(path: Path) -> bool:
         return True  # let the torch loader report the corruption in its own words
 
 
+def _check_fits_the_model(path: Path, max_weight_bytes: int) -> None:
+    """CheckpointError when a torch archive's records declare more bytes than any checkpoint
+    of the project's model holds, before torch inflates them."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # the torch loader reports the corruption in its own words
+    if declared > max_weight_bytes:
+        raise CheckpointError(
+            f"the torch checkpoint holds {declared:,} bytes once inflated, more than any "
+            f"checkpoint of the project's model ({max_weight_bytes:,} bytes even in float64 "
+            "with pruning masks); it is not a checkpoint of this model — check the project's "
+            "architecture and configuration"
+        )
+
+
 @dataclass
 class LoadedCheckpoint:
     """A checkpoint read from an upload: its (mask-folded) state_dict and what it was."""
@@ -291,7 +308,9 @@ def read_checkpoint_upload(
     kind = archive_format(path)
     budget = min(max_expanded_bytes, max_weight_bytes or max_expanded_bytes)
     if kind is None or (kind == "zip" and _torch_zip(path)):
-        state_dict, fmt = load_state_dict_file(path, max_expanded_bytes=budget)
+        if kind == "zip" and max_weight_bytes is not None:
+            _check_fits_the_model(path, max_weight_bytes)
+        state_dict, fmt = load_state_dict_file(path, max_expanded_bytes=max_expanded_bytes)
         return LoadedCheckpoint(state_dict, fmt)
     try:
         extract_archive(path, work_dir, max_total_bytes=max_expanded_bytes)

@@ -7,13 +7,18 @@ and only model classes that transformers itself defines can be named. Weights co
 `model.safetensors`, sharded safetensors with their index, or `pytorch_model.bin` (loaded
 through `prunescope.models.checkpoints`, so only with `weights_only=True`).
 
+Every model is built offline: the Hub's offline switch is set before transformers is imported
+(and again on the imported library), `check_hf_config` refuses configurations that name a
+repository, a backbone to download or remote code, and pretrained backbones are turned off —
+a configuration from an upload never makes a network request.
+
 Attention is always built in its "eager" implementation, so the attention probabilities are
 materialised and can be captured for attention-consistency analyses.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +35,12 @@ from prunescope.models.architectures import (  # noqa: F401
     check_hf_config,
     hf_class_name,
 )
+from prunescope.models.safe_json import JSONRefused, loads_bounded
+
+# Before transformers or huggingface_hub is imported anywhere in this process: both read the
+# switch once, at import (`_quiet_transformers` sets it again on an already imported hub).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 # Files that travel with a checkpoint besides its weights: what a tokenizer and a config need.
 ASSET_FILES = (
@@ -55,8 +66,11 @@ _MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def _quiet_transformers() -> Any:
+    import huggingface_hub.constants
     import transformers
     from transformers.utils import logging as hf_logging
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # in case the hub was imported before us
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -70,9 +84,10 @@ def read_config(path: Path) -> dict[str, Any]:
     if path.stat().st_size > _MAX_CONFIG_BYTES:
         raise HFModelError("config.json is larger than 1 MB; it is not a model configuration")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HFModelError(f"config.json is not valid JSON ({exc})") from None
+        config = loads_bounded(path.read_bytes(), what="config.json",
+                               max_bytes=_MAX_CONFIG_BYTES)
+    except JSONRefused as exc:
+        raise HFModelError(str(exc)) from None
     if not isinstance(config, dict):
         raise HFModelError("config.json must hold a JSON object")
     return config
@@ -85,12 +100,18 @@ def pretrained_config(config: Mapping[str, Any]) -> Any:
     model_type = config["model_type"]
     kwargs = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
     try:
-        return transformers.AutoConfig.for_model(model_type, **kwargs)
-    except (ValueError, KeyError, TypeError) as exc:
+        built = transformers.AutoConfig.for_model(model_type, **kwargs)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
         raise HFModelError(
             f"transformers cannot build a config of type {model_type!r} ({exc}); this version "
             f"of transformers ({transformers.__version__}) may not know the model type"
         ) from None
+    # Some model types default to downloading their backbone's weights (DETR: timm's
+    # resnet50); a model built here takes only the uploaded weights.
+    for switch in ("use_pretrained_backbone", "use_timm_backbone"):
+        if getattr(built, switch, False):
+            setattr(built, switch, False)
+    return built
 
 
 def model_class(config: Mapping[str, Any]) -> type[nn.Module]:
@@ -254,7 +275,8 @@ def _weight_files(root: Path) -> tuple[list[Path], str] | None:
     index = root / "model.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = loads_bounded(index.read_bytes(), what="model.safetensors.index.json",
+                                       max_bytes=_MAX_CONFIG_BYTES * 64)["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise HFModelError(f"model.safetensors.index.json is invalid ({exc})") from None
@@ -285,7 +307,8 @@ def config_from_assets(assets_path: str | Path) -> dict[str, Any] | None:
     with zipfile.ZipFile(assets_path) as zf:
         if "config.json" not in zf.namelist():
             return None
-        return json.loads(zf.read("config.json").decode("utf-8"))
+        return loads_bounded(zf.read("config.json"), what="config.json",
+                             max_bytes=_MAX_CONFIG_BYTES)
 
 
 def extract_assets(assets_path: str | Path, dest: Path) -> Path:

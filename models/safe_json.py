@@ -37,7 +37,7 @@ def loads_bounded(data: bytes | str, *, what: str, max_bytes: int,
     larger than `max_bytes`, nested deeper than `max_depth`, not UTF-8 or not JSON."""
     if len(data) > max_bytes:
         raise JSONRefused(f"{what} is {len(data):,} bytes, more than the limit of "
-                          f"{max_bytes:,}; the file is corrupt or crafted")
+                          f"{max_bytes:,}")
     try:
         value = json.loads(data)
     except RecursionError:
@@ -49,5 +49,5 @@ def loads_bounded(data: bytes | str, *, what: str, max_bytes: int,
     if depth is None or depth > max_depth:
         shown = "thousands of" if depth is None else f"{depth:,}"
         raise JSONRefused(f"{what} nests {shown} levels deep, more than the {max_depth} any "
-                          "real file needs; the file is corrupt or crafted")
+                          "real file needs")
     return value
