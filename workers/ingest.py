@@ -24,7 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from prunescope.models.architectures import check_model_size, parameter_count
+from prunescope.models.architectures import (
+    HFModelError,
+    check_hf_config,
+    check_model_size,
+    parameter_count,
+)
 from prunescope.models.checkpoints import (
     CheckpointError,
     model_from_state_dict,
@@ -106,8 +111,8 @@ def check_checkpoint(
         model_config, project_config = dict(config), None
         if architecture == HF_ARCHITECTURE:
             model_config, project_config = _hf_config(config, loaded.hf_folder, role)
-            if loaded.hf_folder is not None and max_parameters is not None:
-                _check_folder_size(loaded.hf_folder.config, max_parameters)
+            if loaded.hf_folder is not None:
+                _check_folder_config(loaded.hf_folder.config, max_parameters)
         model = model_from_state_dict(architecture, model_config, loaded.state_dict,
                                       allow_shape_changes=role == "pruned")
     except CheckpointError as exc:
@@ -128,9 +133,15 @@ def check_checkpoint(
                              project_config)
 
 
-def _check_folder_size(config: Mapping[str, Any], max_parameters: int) -> None:
+def _check_folder_config(config: Mapping[str, Any], max_parameters: int | None) -> None:
+    """A folder's config.json checked before any model is built from it: nothing named to
+    download, sizes within bounds, parameters within PRUNESCOPE_MAX_MODEL_PARAMETERS."""
     try:
-        check_model_size(HF_ARCHITECTURE, config, max_parameters)
+        check_hf_config(config)
+        if max_parameters is not None:
+            check_model_size(HF_ARCHITECTURE, config, max_parameters)
+    except HFModelError as exc:
+        raise CheckpointError(str(exc)) from None
     except ValueError as exc:
         raise CheckpointError(f"config.json: {exc}") from None
 
