@@ -231,13 +231,14 @@ def check_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
 # Keys whose string value names something to fetch: another repository on the Hub, a timm
 # model, a URL. transformers resolves some of them while building a model (a `backbone` is
 # loaded with `AutoBackbone.from_pretrained`), so they are refused rather than left to the
-# offline switch. `_name_or_path` is the exception: bookkeeping that save_pretrained writes
-# and that building from a config never reads.
+# offline switch. `_name_or_path` (`name_or_path` in tokenizer_config.json) is the exception:
+# bookkeeping that save_pretrained writes and that building from a config never reads.
 _REFERENCE_KEY = re.compile(
     r"(?:^|_)(?:backbone|name_or_path|repo|repo_id|model_id|checkpoint|url|hub)$|^auto_map$"
     r"|^custom_pipelines$"
 )
 _FETCHING_FLAGS = ("trust_remote_code", "use_pretrained_backbone")
+_BOOKKEEPING_NAMES = ("_name_or_path", "name_or_path")  # the latter in tokenizer_config.json
 
 
 def _config_items(config: Mapping[str, Any], path: str = "") -> Any:
@@ -260,7 +261,7 @@ def check_hf_offline(config: Mapping[str, Any]) -> None:
     backbone weights, a tokenizer class in another repository. PruneScope builds every model
     from the configuration alone and never downloads what a configuration names."""
     for where, key, value in _config_items(config):
-        if key == "_name_or_path" or value in (None, False, "", [], {}):
+        if key in _BOOKKEEPING_NAMES or value in (None, False, "", [], {}):
             continue
         fetching = key in _FETCHING_FLAGS
         named = (_REFERENCE_KEY.search(key) and not isinstance(value, (bool, int, float))

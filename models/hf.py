@@ -33,6 +33,7 @@ from prunescope.models.architectures import (  # noqa: F401
     HF_ARCHITECTURE,
     HFModelError,
     check_hf_config,
+    check_hf_offline,
     hf_class_name,
 )
 from prunescope.models.safe_json import JSONRefused, loads_bounded
@@ -63,6 +64,7 @@ _BOOKKEEPING = {"_name_or_path", "transformers_version", "torch_dtype", "dtype",
 # cost grows with it, so it is fixed and stated rather than guessed from data.
 COST_SEQUENCE_LENGTH = 128
 _MAX_CONFIG_BYTES = 1024 * 1024
+_MAX_TOKENIZER_BYTES = 256 * 1024 * 1024  # tokenizer.json of a large vocabulary: tens of MB
 
 
 def _quiet_transformers() -> Any:
@@ -257,6 +259,7 @@ def find_model_folder(extracted: Path) -> ModelFolder:
         if weights is not None:
             files, fmt = weights
             assets = [root / n for n in ASSET_FILES if (root / n).is_file()]
+            _check_json_assets(assets)
             return ModelFolder(root, read_config(config_path), files, fmt, assets)
     if not candidates:
         raise HFModelError(
@@ -267,6 +270,25 @@ def find_model_folder(extracted: Path) -> ModelFolder:
         "the archive has a config.json but no weights beside it: expected model.safetensors, "
         "sharded model-*.safetensors with model.safetensors.index.json, or pytorch_model.bin"
     )
+
+
+def _check_json_assets(assets: list[Path]) -> None:
+    """HFModelError for a tokenizer or generation JSON file that is too large, nested too
+    deep (a tokenizer loader would hit RecursionError reading it in a later job) or, for
+    tokenizer_config.json, names anything outside the folder."""
+    for path in assets:
+        if path.suffix != ".json" or path.name == "config.json":
+            continue
+        try:
+            value = loads_bounded(path.read_bytes(), what=path.name,
+                                  max_bytes=_MAX_TOKENIZER_BYTES)
+        except JSONRefused as exc:
+            raise HFModelError(str(exc)) from None
+        if path.name == "tokenizer_config.json" and isinstance(value, dict):
+            try:
+                check_hf_offline(value)
+            except HFModelError as exc:
+                raise HFModelError(str(exc).replace("config.json", path.name, 1)) from None
 
 
 def _weight_files(root: Path) -> tuple[list[Path], str] | None:

@@ -136,3 +136,24 @@ def test_models_are_built_with_the_hub_offline(recorder):
                         OSError)):
         huggingface_hub.hf_hub_download("org/repo", "config.json")
     assert recorder == []
+
+
+@pytest.mark.parametrize(("tokenizer_config", "shown"), [
+    (b'{"a":' * 200_000 + b"1" + b"}" * 200_000, "tokenizer_config.json nests thousands"),
+    (json.dumps({"tokenizer_class": "org/repo"}).encode(), "tokenizer_config.json refers"),
+])
+def test_tokenizer_files_are_checked_like_the_config(client, recorder, tokenizer_config, shown):
+    # Read by a tokenizer loader in later jobs: refused at upload instead of failing there.
+    pid = client.post("/api/v1/projects", json={"name": "hf", "architecture": "huggingface"}
+                      ).json()["id"]
+    bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 37, "vocab_size": 99}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("model/config.json", json.dumps(bert))
+        zf.writestr("model/tokenizer_config.json", tokenizer_config)
+        zf.writestr("model/model.safetensors", safetensors_bytes({"w": torch.zeros(2)}))
+    r = client.post(f"/api/v1/projects/{pid}/checkpoints",
+                    files={"file": ("model.zip", out.getvalue())}, data={"role": "dense"})
+    assert r.status_code == 422 and shown in r.json()["detail"], r.text
+    assert recorder == []
