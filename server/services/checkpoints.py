@@ -218,7 +218,9 @@ def _ingest(
     return ingest.queue_check(
         settings, project_id, "ingest_checkpoint", {"upload": staged},
         {"filename": filename, "name": name, "role": role, "method": method,
-         "target_sparsity": target_sparsity},
+         "target_sparsity": target_sparsity,
+         # A model folder's config.json is held to the limit project configurations are.
+         "max_parameters": settings.max_model_parameters},
     )
 
 
