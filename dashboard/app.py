@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from prunescope.dashboard.callback_errors import refuse_unusable_input, refusing_unusable_requests
 from prunescope.dashboard.state import storing_long_selections
 from prunescope.server.auth import current_principal
 from prunescope.server.errors import ServiceError
@@ -261,7 +262,8 @@ def run_callbacks_in_threads(server: FastAPI, dash_app: Dash) -> None:
             body, dict) else {})
         if refusal:
             return JSONResponse(status_code=403, content={"detail": refusal})
-        return await anyio.to_thread.run_sync(lambda: asyncio.run(handler(request)))
+        with refusing_unusable_requests():
+            return await anyio.to_thread.run_sync(lambda: asyncio.run(handler(request)))
 
     server.router.routes.insert(0, APIRoute(path, dispatch_in_thread, methods=list(
         original.methods), include_in_schema=False, name="dash-update-component"))
@@ -277,6 +279,7 @@ def create_dash(server: FastAPI) -> Dash:
         title="PruneScope",
         update_title=None,
         suppress_callback_exceptions=True,
+        on_error=refuse_unusable_input,  # a value of the wrong type: 422, not 500
     )
     app.layout = html.Div(
         [

@@ -25,8 +25,9 @@ from prunescope.dashboard.figures.comparison import (
     headline_vs_sparsity,
     plottable_columns,
 )
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import IdPath, SettingsDep
 from prunescope.server.errors import InvalidInput
+from prunescope.server.schemas import REFUSALS
 from prunescope.server.services import analyses, checkpoints, projects
 from prunescope.server.services.comparison import COMPARISON_COLUMNS, Column, comparison_rows
 
@@ -245,12 +246,12 @@ def project_report_html(project_id: int, pinned: list[str]) -> str:
 # ----------------------------------------------------------------------------- the API route
 
 # Mounted under /api/v1 by the composition root, `prunescope.server.main`.
-router = APIRouter(tags=["results"])
+router = APIRouter(tags=["results"], responses=REFUSALS)
 
 
 @router.get("/projects/{project_id}/report", response_class=HTMLResponse)
 def project_report(
-    project_id: int, settings: SettingsDep, pin: Annotated[list[str] | None, Query()] = None
+    project_id: IdPath, settings: SettingsDep, pin: Annotated[list[str] | None, Query()] = None
 ) -> HTMLResponse:
     """The self-contained HTML report the project page exports: the comparison table,
     accuracy versus sparsity and each `pin`ned figure (keys as the page's "pin" list:

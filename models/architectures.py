@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunescope.models.configs import (
+    MAX_CLASSES,
     CNNSmallConfig,
     MLPConfig,
     ResNet18Config,
     ResNet20Config,
     ViTSmallConfig,
+    check_size_limits,
 )
+from prunescope.models.safe_json import MAX_JSON_DEPTH, json_depth
 
 HF_ARCHITECTURE = "huggingface"
 
@@ -45,6 +48,10 @@ class UnknownArchitectureError(ValueError):
 
 class HFModelError(ValueError):
     """A Hugging Face folder or config that cannot be used; the message is meant for the user."""
+
+
+class ModelTooLarge(ValueError):
+    """A configuration whose model has more parameters than allowed; the message says so."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,25 @@ def parameter_count(name: str, config: Mapping[str, Any]) -> int:
     return int(build_config(name, **config).parameter_count())
 
 
+def check_model_size(name: str, config: Mapping[str, Any], max_parameters: int) -> int:
+    """The parameter count of the model `config` describes, once it is within bounds:
+    ModelTooLarge past `max_parameters` (PRUNESCOPE_MAX_MODEL_PARAMETERS), then ValueError for
+    any size past its own upper bound (`prunescope.models.configs.SIZE_LIMITS`; a Hugging Face
+    config's sizes are bounded by `check_hf_config`). Nothing is built."""
+    count = parameter_count(name, config)
+    if count > max_parameters:
+        counted = ("about {:,} parameters (estimated from config.json's sizes)"
+                   if name == HF_ARCHITECTURE else "{:,} parameters")
+        raise ModelTooLarge(
+            f"the model would have {counted.format(count)}, more than the limit of "
+            f"{max_parameters:,}; choose smaller sizes, or raise PRUNESCOPE_MAX_MODEL_PARAMETERS "
+            "if a model this large is expected"
+        )
+    if name != HF_ARCHITECTURE:
+        check_size_limits(name, build_config(name, **config))
+    return count
+
+
 def _hf_size(config: Mapping[str, Any], keys: tuple[str, ...]) -> int:
     """The first of `keys` holding a positive integer; 0 if none does."""
     for key in keys:
@@ -183,6 +209,10 @@ def check_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
     (a ValueError meant for the user) otherwise."""
     if not isinstance(config, Mapping):
         raise HFModelError("config.json must hold a JSON object")
+    depth = json_depth(dict(config))
+    if depth > MAX_JSON_DEPTH:
+        raise HFModelError(f"config.json nests {depth} levels deep, more than the "
+                           f"{MAX_JSON_DEPTH} any real configuration needs")
     if "auto_map" in config:
         raise HFModelError(
             "config.json has an `auto_map`: the model needs code shipped with the checkpoint, "
@@ -193,7 +223,84 @@ def check_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(model_type, str) or not model_type:
         raise HFModelError("config.json has no `model_type`; it is not a Hugging Face config")
     hf_class_name(config)
+    check_hf_offline(config)
+    _check_hf_sizes(config)
     return dict(config)
+
+
+# Keys whose string value names something to fetch: another repository on the Hub, a timm
+# model, a URL. transformers resolves some of them while building a model (a `backbone` is
+# loaded with `AutoBackbone.from_pretrained`), so they are refused rather than left to the
+# offline switch. `_name_or_path` (`name_or_path` in tokenizer_config.json) is the exception:
+# bookkeeping that save_pretrained writes and that building from a config never reads.
+_REFERENCE_KEY = re.compile(
+    r"(?:^|_)(?:backbone|name_or_path|repo|repo_id|model_id|checkpoint|url|hub)$|^auto_map$"
+    r"|^custom_pipelines$"
+)
+_FETCHING_FLAGS = ("trust_remote_code", "use_pretrained_backbone")
+_BOOKKEEPING_NAMES = ("_name_or_path", "name_or_path")  # the latter in tokenizer_config.json
+
+
+def _config_items(config: Mapping[str, Any], path: str = "") -> Any:
+    """(dotted key path, key, value) of every entry of the config and its sub-configs;
+    the depth is bounded before this runs."""
+    for key, value in config.items():
+        where = f"{path}.{key}" if path else str(key)
+        yield where, str(key), value
+        if isinstance(value, Mapping):
+            yield from _config_items(value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    yield from _config_items(item, f"{where}[{i}]")
+
+
+def check_hf_offline(config: Mapping[str, Any]) -> None:
+    """HFModelError when config.json (or a sub-config in it) refers to anything outside the
+    uploaded folder: a backbone or model named by repository or URL, remote code, pretrained
+    backbone weights, a tokenizer class in another repository. PruneScope builds every model
+    from the configuration alone and never downloads what a configuration names."""
+    for where, key, value in _config_items(config):
+        if key in _BOOKKEEPING_NAMES or value in (None, False, "", [], {}):
+            continue
+        fetching = key in _FETCHING_FLAGS
+        named = (_REFERENCE_KEY.search(key) and not isinstance(value, (bool, int, float))
+                 and not (key.endswith("backbone") and isinstance(value, Mapping)))
+        elsewhere = key == "tokenizer_class" and isinstance(value, str) and "/" in value
+        if fetching or named or elsewhere:
+            raise HFModelError(
+                f"config.json refers to something outside the uploaded folder ({where} = "
+                f"{value!r}); PruneScope builds models from the folder alone and never downloads "
+                "what a configuration names. Remove the entry (give a backbone as its "
+                "`backbone_config` instead) and upload the folder again"
+            )
+
+
+# Upper bounds of a config.json's sizes, wherever they appear (sub-configs too): any
+# integer under a size-like key, the layer counts, the class labels.
+_HF_SIZE_KEY = re.compile(r"(?:^num_|^n_|_size$|_dim$|_embeddings$|^d_|^dim$|^n_embd$)")
+MAX_HF_SIZE = 16 * 1024 * 1024
+MAX_HF_LAYERS = 1024
+
+
+def _check_hf_sizes(config: Mapping[str, Any]) -> None:
+    for where, key, value in _config_items(config):
+        if isinstance(value, bool):
+            continue
+        bound, what = None, ""
+        if key in _HF_DEPTH_KEYS:
+            bound, what = MAX_HF_LAYERS, "layers"
+        elif key == "num_labels":
+            bound, what = MAX_CLASSES, "classes"
+        elif _HF_SIZE_KEY.search(key):
+            bound, what = MAX_HF_SIZE, "as a size"
+        if bound is not None and isinstance(value, int) and value > bound:
+            raise HFModelError(f"config.json's {where} is {value:,}, more than the {bound:,} "
+                               f"{what} PruneScope accepts")
+        if key in ("id2label", "label2id") and isinstance(value, Mapping) \
+                and len(value) > MAX_CLASSES:
+            raise HFModelError(f"config.json's {where} names {len(value):,} labels, more than "
+                               f"the {MAX_CLASSES:,} classes PruneScope accepts")
 
 
 def hf_class_name(config: Mapping[str, Any]) -> str | None:

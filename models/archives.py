@@ -7,10 +7,15 @@ untrusted input, so `extract_archive`
   b"ustar" at offset 257), not the file name;
 - refuses member names that are absolute, contain "..", backslashes or drive letters, or
   repeat, and members that are links, devices or FIFOs — so nothing lands outside `dest`;
-- counts the bytes it actually writes (never trusting the sizes an archive declares) and
-  stops past `max_total_bytes` or `max_members`, so a decompression bomb costs at most the
+- refuses a zip whose members declare more than `max_total_bytes` before inflating any, and
+  counts the bytes it actually writes (never trusting the sizes an archive declares),
+  stopping past `max_total_bytes` or `max_members`, so a decompression bomb costs at most the
   limit in disk and time; a .tar.gz is read in one streaming pass for the same reason;
 - writes into an empty destination folder and removes what it wrote when it fails.
+
+`check_zip_expansion` makes the same promise for zips read by other code (a torch.save
+archive, which torch inflates into memory): declared sizes against the limit first, then
+proof that no compressed member inflates past what it declares.
 
 The standard library's `tarfile` "data" filter covers part of this for tar; zip has no
 equivalent, and both need the byte budget, so the checks are written out here once for both.
@@ -23,6 +28,7 @@ import io
 import os
 import shutil
 import stat
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -149,12 +155,80 @@ def _write_member(source: BinaryIO, target: Path, budget: _Budget, declared: int
             out.write(chunk)
 
 
+def _declared_total(archive: zipfile.ZipFile, limit: int, what: str) -> None:
+    declared = sum(info.file_size for info in archive.infolist())
+    if declared > limit:
+        raise ArchiveError(
+            f"{what} expands past the limit of {limit:,} bytes (its members declare "
+            f"{declared:,}); upload a smaller file or raise PRUNESCOPE_MAX_UPLOAD_BYTES"
+        )
+
+
+def _inflates_within(path: Path, info: zipfile.ZipInfo) -> bool:
+    """Whether a deflated member's data inflates to no more than its declared size: its raw
+    bytes run through zlib in bounded steps, nothing kept."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return False
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        inflate, left, produced = zlib.decompressobj(-zlib.MAX_WBITS), info.compress_size, 0
+        while left > 0 and not inflate.eof:
+            data = f.read(min(_CHUNK, left))
+            if not data:
+                return False
+            left -= len(data)
+            while data:
+                produced += len(inflate.decompress(data, _CHUNK))
+                if produced > info.file_size:
+                    return False
+                data = inflate.unconsumed_tail
+        return produced == info.file_size
+
+
+def check_zip_expansion(path: str | os.PathLike[str], max_total_bytes: int, *,
+                        what: str = "the archive") -> None:
+    """Refuse, before anything is inflated into memory, a zip that would expand past
+    `max_total_bytes`: the sizes its central directory declares are summed first; members
+    compressed other than by deflate are refused; deflated members are then inflated in
+    bounded steps (nothing kept) to prove none holds more than its header declares — a
+    reader that trusts the stream rather than the header would otherwise inflate a bomb.
+    Stored members (what torch.save writes) cost nothing to check. ArchiveError explains
+    a refusal, naming `what`."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            _declared_total(archive, max_total_bytes, what)
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        if isinstance(exc, ArchiveError):
+            raise
+        raise ArchiveError(f"{what} is a corrupt or truncated zip archive ({exc})") from None
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != info.file_size:
+                raise ArchiveError(f"{what}: member {info.filename!r} declares two sizes; the "
+                                   "archive is corrupt or crafted")
+        elif info.compress_type != zipfile.ZIP_DEFLATED:
+            raise ArchiveError(f"{what}: member {info.filename!r} uses a compression other than "
+                               "deflate; save the file again without recompressing it")
+        elif not _inflates_within(path, info):
+            raise ArchiveError(
+                f"{what}: member {info.filename!r} holds more (or other) data than its header "
+                "declares; the archive is corrupt or crafted"
+            )
+
+
 def _zip_members(path: Path, dest: Path, budget: _Budget) -> Iterator[str]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise ArchiveError(f"the zip archive is corrupt or truncated ({exc})") from None
     with archive:
+        # Declared sizes first: a bomb is refused before anything is inflated or written.
+        _declared_total(archive, budget.max_total_bytes, "the archive")
         for info in archive.infolist():
             budget.add_member()
             name = safe_member_name(info.filename)

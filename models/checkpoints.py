@@ -1,14 +1,8 @@
 """Checkpoint files: load a state_dict safely, check it fits an architecture, save safetensors.
 
-Two formats are accepted, recognised from the file's content rather than its name:
-
-- safetensors: an 8-byte little-endian header length, a JSON header, then raw tensor bytes;
-- torch state_dict: the zip archive `torch.save` writes (starts with b"PK"), loaded only with
-  `torch.load(..., weights_only=True)`, whose restricted unpickler refuses any object other
-  than tensors and plain containers. A pickled whole model or a pickle carrying code is
-  refused, never unpickled.
-
-`read_checkpoint_upload` accepts, besides those single files, a Hugging Face model folder
+Single files (safetensors, torch.save archives) are read by
+`prunescope.models.checkpoint_files`, which this module re-exports (`load_state_dict_file`,
+`CheckpointError`). `read_checkpoint_upload` accepts, besides those, a Hugging Face model folder
 packed as .zip, .tar or .tar.gz (unpacked by `prunescope.models.archives`, read by
 `prunescope.models.hf`).
 
@@ -23,202 +17,37 @@ file and what to do instead.
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
-import re
-import struct
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file as _safetensors_load_file
 from safetensors.torch import save_file as _safetensors_save_file
 from torch import nn
 
 from prunescope.models import hf
 from prunescope.models.archives import ArchiveError, archive_format, extract_archive
+from prunescope.models.checkpoint_files import (
+    EXPORT_HINT,
+    SHOWN,
+    CheckpointError,
+    check_fits_the_model,
+    fold_pruning_masks,
+    is_torch_zip,
+    load_state_dict_file,
+)
 from prunescope.models.registry import create_model
 
-EXPORT_HINT = (
-    "save the weights only, with `torch.save(model.state_dict(), path)` or "
-    "`safetensors.torch.save_file(model.state_dict(), path)`"
-)
-# The largest JSON header we read; real headers are a few hundred bytes per tensor.
-_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
-_SHOW = 5  # how many offending keys a message names before it summarises with a count
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message is meant for the user as is."""
-
-
-def _read_prefix(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    head = _read_prefix(path, 9)
-    if len(head) < 9:
-        return False
-    (header_len,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 2 <= header_len <= _MAX_SAFETENSORS_HEADER
-
-
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    file_size = path.stat().st_size
-    (header_len,) = struct.unpack("<Q", _read_prefix(path, 8))
-    if 8 + header_len > file_size:
-        raise CheckpointError(
-            "the safetensors file is truncated (its header is cut off); upload the complete file"
-        )
-    try:
-        json.loads(_read_prefix(path, 8 + header_len)[8:])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"the safetensors header is not valid JSON ({exc}); the file is corrupt, re-export it"
-        ) from None
-    try:
-        return _safetensors_load_file(str(path), device="cpu")
-    except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f"the safetensors file is truncated or corrupt ({exc}); upload the complete file"
-        ) from None
-
-
-def _load_torch(path: Path) -> Any:
-    try:
-        # weights_only=True is the whole safety story: the restricted unpickler only rebuilds
-        # tensors and plain containers and raises on any other global. Never drop it.
-        # An open file rather than the path, because torch.load picks a loader from a path's
-        # extension (".safetensors"), and the format here comes from the content.
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's own message suggests weights_only=False, advice a user must not get here;
-        # only the name of the refused object is passed on.
-        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it refers to {refused.group(1)})" if refused else ""
-        raise CheckpointError(
-            f"the file holds Python objects other than tensors{what}, for example a whole "
-            "pickled model or code; PruneScope does not unpickle those because unpickling can "
-            f"run arbitrary code. Instead, {EXPORT_HINT}"
-        ) from None
-    except Exception as exc:  # noqa: BLE001
-        # Whatever else torch.load raises on a damaged archive (RuntimeError, EOFError,
-        # BadZipFile, even AssertionError from its persistent-id check) means a corrupt file.
-        raise CheckpointError(
-            f"the torch checkpoint is truncated or corrupt ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); upload the complete file"
-        ) from None
-
-
-def _as_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Unwrap {"state_dict": {...}} and check the result is a flat str → Tensor mapping."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(
-            f"the file holds a {type(obj).__name__}, not a state_dict (a dict of parameter "
-            f"name → tensor); {EXPORT_HINT}"
-        )
-    if not obj:
-        raise CheckpointError(f"the state_dict in the file is empty; {EXPORT_HINT}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        shown = ", ".join(repr(k) for k in bad[:_SHOW])
-        raise CheckpointError(
-            f"the state_dict has {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that are not "
-            f"named tensors ({shown}{', …' if len(bad) > _SHOW else ''}), e.g. optimizer state "
-            f"or nested dicts; {EXPORT_HINT}"
-        )
-    return dict(obj)
-
-
-def _effective(weight: torch.Tensor, mask: torch.Tensor, names: str) -> torch.Tensor:
-    if weight.shape != mask.shape:
-        raise CheckpointError(
-            f"pruning mask {names} has shape {tuple(mask.shape)} but its weight has "
-            f"{tuple(weight.shape)}; the file is inconsistent — export it again"
-        )
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise CheckpointError(f"pruning mask {names} holds values other than 0 and 1")
-    return weight * mask.to(weight.dtype)
-
-
-def fold_pruning_masks(
-    state_dict: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Turn the state_dicts of mask-based pruning tools into plain (zero-filled) weights.
-
-    - `torch.nn.utils.prune` stores `<name>_orig` (the weights, NOT zeroed) and the buffer
-      `<name>_mask`; the effective parameter is `<name> = <name>_orig * <name>_mask`.
-    - ShrinkBench-style masking keeps `<name>` unzeroed beside a `<name>_mask` buffer; the
-      effective parameter is again their product.
-    Returns the folded state_dict and the conventions found ("torch_prune", "shrinkbench").
-    """
-    out = dict(state_dict)
-    found: set[str] = set()
-    for key in [k for k in state_dict if k.endswith("_mask")]:
-        name = key[: -len("_mask")]
-        if name + "_orig" in state_dict:
-            out[name] = _effective(state_dict[name + "_orig"], state_dict[key], key)
-            del out[name + "_orig"], out[key]
-            found.add("torch_prune")
-        elif name in state_dict:
-            out[name] = _effective(state_dict[name], state_dict[key], key)
-            del out[key]
-            found.add("shrinkbench")
-    return out, sorted(found)
-
-
-def _with_masks_folded(
-    state_dict: dict[str, torch.Tensor], fmt: str
-) -> tuple[dict[str, torch.Tensor], str]:
-    folded, conventions = fold_pruning_masks(state_dict)
-    return folded, "+".join([fmt, *conventions])
-
-
-def load_state_dict_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
-    """Load a checkpoint file as a CPU state_dict; returns it and its format.
-
-    The format is "safetensors" or "torch_state_dict", detected from the file's first bytes,
-    with "+torch_prune" / "+shrinkbench" appended when pruning masks were folded into the
-    weights (see `fold_pruning_masks`).
-    Raises CheckpointError for anything else, for truncated or corrupt files, for pickles that
-    hold more than tensors, and for objects that are not a flat dict of name → tensor (a dict
-    with a "state_dict" key wrapping one is accepted).
-    """
-    path = Path(path)
-    head = _read_prefix(path, 4)
-    if not head:
-        raise CheckpointError("the file is empty; upload a safetensors or torch state_dict file")
-    if head.startswith(b"PK"):
-        return _with_masks_folded(_as_state_dict(_load_torch(path)), "torch_state_dict")
-    if _looks_like_safetensors(path):
-        return _with_masks_folded(_as_state_dict(_load_safetensors(path)), "safetensors")
-    if head[:1] == b"\x80":
-        # A bare pickle stream: Python's pickle.dump, or torch.save's pre-1.6 format. It is
-        # refused unread rather than guessed at, since a pickle is code as much as data.
-        raise CheckpointError(
-            "the file is a bare Python pickle, not a safetensors file or a torch.save zip "
-            f"archive; PruneScope never unpickles arbitrary files. {EXPORT_HINT[0].upper()}"
-            f"{EXPORT_HINT[1:]} with PyTorch 1.6 or newer"
-        )
-    raise CheckpointError(
-        "the file is not a checkpoint PruneScope can read: expected safetensors or a torch "
-        f"state_dict archive; {EXPORT_HINT}"
-    )
+__all__ = ["EXPORT_HINT", "CheckpointError", "LoadedCheckpoint", "fold_pruning_masks",
+           "load_model", "load_state_dict_file", "model_from_state_dict",
+           "read_checkpoint_upload", "save_safetensors", "validate_for_architecture"]
 
 
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:_SHOW])
-    more = f" and {len(names) - _SHOW} more" if len(names) > _SHOW else ""
+    shown = ", ".join(names[:SHOWN])
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
     return f"{len(names)} ({shown}{more})"
 
 
@@ -239,15 +68,6 @@ def _hints(missing: list[str], unexpected: list[str]) -> list[str]:
     return hints
 
 
-def _torch_zip(path: Path) -> bool:
-    """Whether a zip file is a torch.save archive (it holds a `<name>/data.pkl` record)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return True  # let the torch loader report the corruption in its own words
-
-
 @dataclass
 class LoadedCheckpoint:
     """A checkpoint read from an upload: its (mask-folded) state_dict and what it was."""
@@ -258,7 +78,8 @@ class LoadedCheckpoint:
 
 
 def read_checkpoint_upload(
-    path: str | os.PathLike[str], work_dir: str | os.PathLike[str], *, max_expanded_bytes: int
+    path: str | os.PathLike[str], work_dir: str | os.PathLike[str], *, max_expanded_bytes: int,
+    max_weight_bytes: int | None = None,
 ) -> LoadedCheckpoint:
     """Read any accepted checkpoint upload; archives are unpacked into the empty `work_dir`.
 
@@ -266,11 +87,16 @@ def read_checkpoint_upload(
     tar or a tar.gz is taken for a Hugging Face model folder: unpacked safely (never past
     `max_expanded_bytes`), config.json found, weights read (sharded safetensors merged). The
     format reads e.g. "hf_folder(zip)+safetensors". CheckpointError explains any refusal.
+    The weights a torch archive inflates to are bounded by `max_expanded_bytes` and, when
+    given, by `max_weight_bytes` (what the project's model can hold) before torch reads them.
     """
     path = Path(path)
     kind = archive_format(path)
-    if kind is None or (kind == "zip" and _torch_zip(path)):
-        state_dict, fmt = load_state_dict_file(path)
+    budget = min(max_expanded_bytes, max_weight_bytes or max_expanded_bytes)
+    if kind is None or (kind == "zip" and is_torch_zip(path)):
+        if kind == "zip" and max_weight_bytes is not None:
+            check_fits_the_model(path, max_weight_bytes)
+        state_dict, fmt = load_state_dict_file(path, max_expanded_bytes=max_expanded_bytes)
         return LoadedCheckpoint(state_dict, fmt)
     try:
         extract_archive(path, work_dir, max_total_bytes=max_expanded_bytes)
@@ -280,7 +106,8 @@ def read_checkpoint_upload(
     state_dict: dict[str, torch.Tensor] = {}
     conventions: set[str] = set()
     for weights in folder.weight_files:
-        shard, fmt = load_state_dict_file(weights)
+        shard, fmt = load_state_dict_file(weights, max_expanded_bytes=max(budget, 0))
+        budget -= sum(t.numel() * t.element_size() for t in shard.values())
         conventions.update(fmt.split("+")[1:])
         clash = sorted(set(shard) & set(state_dict))
         if clash:

@@ -9,6 +9,10 @@ building it. So every config here also says, from its values alone:
 - `num_classes`: how many class scores it outputs,
 - `parameter_count()`: how many parameters (`sum(p.numel() for p in model.parameters())`) the
   network built from it has, exactly; a test checks each against the built model.
+
+Each config also bounds its sizes (`SIZE_LIMITS`, checked by `check_size_limits` once the
+parameter count is known to be within its limit): the registry networks are research-sized,
+and a width, depth or input no dataset PruneScope accepts could feed only costs memory.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 # ------------------------------------------------------------------------------ the checks
+
+# Upper bounds on sizes. Inputs and classes match what an uploaded dataset may hold
+# (`prunescope.workers.dataset_formats.DatasetLimits`: 4 Mi values per example, 10,000
+# classes, images of 4096 px a side).
+MAX_WIDTH = 8192  # units of a hidden layer, channels, embedding width
+MAX_DEPTH = 256  # hidden layers, Transformer blocks
+MAX_INPUT_VALUES = 4 * 1024 * 1024
+MAX_IMAGE_SIDE = 4096
+MAX_CLASSES = 10_000
+MAX_TOKENS = 4096 + 1  # a ViT's patches and its CLS token: attention grows with their square
 
 
 def positive_int(owner: str, key: str, value: Any) -> int:
@@ -49,6 +63,33 @@ def _norm(width: int) -> int:
     return 2 * width  # BatchNorm's and LayerNorm's scale and shift (running stats are buffers)
 
 
+def check_size_limits(owner: str, config: Any) -> None:
+    """ValueError naming the first size of `config` past its upper bound (its class's
+    `SIZE_LIMITS`, field → bound; a list field's bound applies to each entry, and a
+    `max_length` entry bounds its length), or an input of more than MAX_INPUT_VALUES."""
+    for key, bound in type(config).SIZE_LIMITS.items():
+        if key.startswith("max_length:"):
+            key = key.split(":", 1)[1]
+            if len(getattr(config, key)) > bound:
+                raise ValueError(f"{owner}.{key} may have at most {bound} entries, got "
+                                 f"{len(getattr(config, key))}")
+            continue
+        value = getattr(config, key)
+        for v in value if isinstance(value, tuple) else (value,):
+            if v > bound:
+                raise ValueError(f"{owner}.{key} must be at most {bound:,}, got {v:,}")
+    values = 1
+    for side in config.input_shape:
+        values *= side
+    if values > MAX_INPUT_VALUES:
+        raise ValueError(f"{owner}'s input {tuple(config.input_shape)} has {values:,} values, "
+                         f"more than the {MAX_INPUT_VALUES:,} a dataset example may hold")
+    tokens = getattr(config, "num_tokens", 0)
+    if tokens > MAX_TOKENS:
+        raise ValueError(f"{owner} would attend over {tokens:,} tokens, more than "
+                         f"{MAX_TOKENS:,}; use a larger patch_size or a smaller image_size")
+
+
 # ---------------------------------------------------------------------------------------- mlp
 
 
@@ -57,6 +98,9 @@ class MLPConfig:
     in_features: int = 64
     hidden: tuple[int, ...] = (128, 64)
     num_classes: int = 10
+
+    SIZE_LIMITS = {"in_features": MAX_INPUT_VALUES, "hidden": MAX_WIDTH,
+                   "max_length:hidden": MAX_DEPTH, "num_classes": MAX_CLASSES}
 
     def __post_init__(self) -> None:
         # Stored configs come back from JSON with lists; tuples keep configs comparable and
@@ -84,6 +128,9 @@ class CNNSmallConfig:
     channels: tuple[int, int] = (16, 32)
     hidden: int = 64
     num_classes: int = 10
+
+    SIZE_LIMITS = {"in_channels": MAX_WIDTH, "image_size": MAX_IMAGE_SIDE,
+                   "channels": MAX_WIDTH, "hidden": MAX_WIDTH, "num_classes": MAX_CLASSES}
 
     def __post_init__(self) -> None:
         owner = "cnn_small"
@@ -151,6 +198,8 @@ class ResNet20Config:
     shortcut: str = "A"
 
     blocks_per_stage = (3, 3, 3)  # a class attribute, not a field: ResNet-20 is 6·3+2 layers
+    SIZE_LIMITS = {"in_channels": MAX_WIDTH, "image_size": MAX_IMAGE_SIDE,
+                   "num_classes": MAX_CLASSES, "base_width": MAX_WIDTH // 4}  # 4× at stage 3
 
     def __post_init__(self) -> None:
         owner = "resnet20"
@@ -176,6 +225,8 @@ class ResNet18Config:
 
     blocks_per_stage = (2, 2, 2, 2)
     shortcut = "B"  # the ImageNet ResNet-18's projection shortcuts; not configurable
+    SIZE_LIMITS = {"in_channels": MAX_WIDTH, "image_size": MAX_IMAGE_SIDE,
+                   "num_classes": MAX_CLASSES, "base_width": MAX_WIDTH // 8}  # 8× at stage 4
 
     def __post_init__(self) -> None:
         for key in ("in_channels", "image_size", "num_classes", "base_width"):
@@ -203,6 +254,10 @@ class ViTSmallConfig:
     heads: int = 3
     mlp_ratio: int = 2
     num_classes: int = 10
+
+    SIZE_LIMITS = {"in_channels": MAX_WIDTH, "image_size": MAX_IMAGE_SIDE,
+                   "dim": MAX_WIDTH, "depth": MAX_DEPTH, "heads": MAX_WIDTH,
+                   "mlp_ratio": 64, "num_classes": MAX_CLASSES}
 
     def __post_init__(self) -> None:
         owner = "vit_small"

@@ -7,13 +7,18 @@ and only model classes that transformers itself defines can be named. Weights co
 `model.safetensors`, sharded safetensors with their index, or `pytorch_model.bin` (loaded
 through `prunescope.models.checkpoints`, so only with `weights_only=True`).
 
+Every model is built offline: the Hub's offline switch is set before transformers is imported
+(and again on the imported library), `check_hf_config` refuses configurations that name a
+repository, a backbone to download or remote code, and pretrained backbones are turned off —
+a configuration from an upload never makes a network request.
+
 Attention is always built in its "eager" implementation, so the attention probabilities are
 materialised and can be captured for attention-consistency analyses.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,8 +33,15 @@ from prunescope.models.architectures import (  # noqa: F401
     HF_ARCHITECTURE,
     HFModelError,
     check_hf_config,
+    check_hf_offline,
     hf_class_name,
 )
+from prunescope.models.safe_json import JSONRefused, loads_bounded
+
+# Before transformers or huggingface_hub is imported anywhere in this process: both read the
+# switch once, at import (`_quiet_transformers` sets it again on an already imported hub).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 # Files that travel with a checkpoint besides its weights: what a tokenizer and a config need.
 ASSET_FILES = (
@@ -52,11 +64,15 @@ _BOOKKEEPING = {"_name_or_path", "transformers_version", "torch_dtype", "dtype",
 # cost grows with it, so it is fixed and stated rather than guessed from data.
 COST_SEQUENCE_LENGTH = 128
 _MAX_CONFIG_BYTES = 1024 * 1024
+_MAX_TOKENIZER_BYTES = 256 * 1024 * 1024  # tokenizer.json of a large vocabulary: tens of MB
 
 
 def _quiet_transformers() -> Any:
+    import huggingface_hub.constants
     import transformers
     from transformers.utils import logging as hf_logging
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True  # in case the hub was imported before us
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -70,9 +86,10 @@ def read_config(path: Path) -> dict[str, Any]:
     if path.stat().st_size > _MAX_CONFIG_BYTES:
         raise HFModelError("config.json is larger than 1 MB; it is not a model configuration")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HFModelError(f"config.json is not valid JSON ({exc})") from None
+        config = loads_bounded(path.read_bytes(), what="config.json",
+                               max_bytes=_MAX_CONFIG_BYTES)
+    except JSONRefused as exc:
+        raise HFModelError(str(exc)) from None
     if not isinstance(config, dict):
         raise HFModelError("config.json must hold a JSON object")
     return config
@@ -85,12 +102,18 @@ def pretrained_config(config: Mapping[str, Any]) -> Any:
     model_type = config["model_type"]
     kwargs = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
     try:
-        return transformers.AutoConfig.for_model(model_type, **kwargs)
-    except (ValueError, KeyError, TypeError) as exc:
+        built = transformers.AutoConfig.for_model(model_type, **kwargs)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
         raise HFModelError(
             f"transformers cannot build a config of type {model_type!r} ({exc}); this version "
             f"of transformers ({transformers.__version__}) may not know the model type"
         ) from None
+    # Some model types default to downloading their backbone's weights (DETR: timm's
+    # resnet50); a model built here takes only the uploaded weights.
+    for switch in ("use_pretrained_backbone", "use_timm_backbone"):
+        if getattr(built, switch, False):
+            setattr(built, switch, False)
+    return built
 
 
 def model_class(config: Mapping[str, Any]) -> type[nn.Module]:
@@ -236,6 +259,7 @@ def find_model_folder(extracted: Path) -> ModelFolder:
         if weights is not None:
             files, fmt = weights
             assets = [root / n for n in ASSET_FILES if (root / n).is_file()]
+            _check_json_assets(assets)
             return ModelFolder(root, read_config(config_path), files, fmt, assets)
     if not candidates:
         raise HFModelError(
@@ -248,13 +272,33 @@ def find_model_folder(extracted: Path) -> ModelFolder:
     )
 
 
+def _check_json_assets(assets: list[Path]) -> None:
+    """HFModelError for a tokenizer or generation JSON file that is too large, nested too
+    deep (a tokenizer loader would hit RecursionError reading it in a later job) or, for
+    tokenizer_config.json, names anything outside the folder."""
+    for path in assets:
+        if path.suffix != ".json" or path.name == "config.json":
+            continue
+        try:
+            value = loads_bounded(path.read_bytes(), what=path.name,
+                                  max_bytes=_MAX_TOKENIZER_BYTES)
+        except JSONRefused as exc:
+            raise HFModelError(str(exc)) from None
+        if path.name == "tokenizer_config.json" and isinstance(value, dict):
+            try:
+                check_hf_offline(value)
+            except HFModelError as exc:
+                raise HFModelError(str(exc).replace("config.json", path.name, 1)) from None
+
+
 def _weight_files(root: Path) -> tuple[list[Path], str] | None:
     if (root / "model.safetensors").is_file():
         return [root / "model.safetensors"], "safetensors"
     index = root / "model.safetensors.index.json"
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = loads_bounded(index.read_bytes(), what="model.safetensors.index.json",
+                                       max_bytes=_MAX_CONFIG_BYTES * 64)["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise HFModelError(f"model.safetensors.index.json is invalid ({exc})") from None
@@ -285,7 +329,8 @@ def config_from_assets(assets_path: str | Path) -> dict[str, Any] | None:
     with zipfile.ZipFile(assets_path) as zf:
         if "config.json" not in zf.namelist():
             return None
-        return json.loads(zf.read("config.json").decode("utf-8"))
+        return loads_bounded(zf.read("config.json"), what="config.json",
+                             max_bytes=_MAX_CONFIG_BYTES)
 
 
 def extract_assets(assets_path: str | Path, dest: Path) -> Path:

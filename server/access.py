@@ -8,6 +8,7 @@ principal is the local user, who owns everything.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, false, select
@@ -17,6 +18,7 @@ from prunescope.server.auth import Principal, current_principal
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Forbidden, NotFound
+from prunescope.server.schemas import MAX_ID
 from prunescope.server.tables import Project, ProjectMember
 
 ROLE_RANK = {"viewer": 1, "editor": 2, "owner": 3}
@@ -68,8 +70,18 @@ def check_project(session: Session, project_id: int, need: str, missing: str) ->
     return role
 
 
+def _is_row_id(value: Any) -> bool:
+    try:
+        return 1 <= operator.index(value) <= MAX_ID
+    except TypeError:
+        return False
+
+
 def get_or_404(session: Session, table: Any, ident: int, what: str, need: str = "view") -> Any:
-    """Row `ident` of `table` (a project, or a row inside one) if the principal may `need` it."""
+    """Row `ident` of `table` (a project, or a row inside one) if the principal may `need` it.
+    An ident that is no row id (a dashboard callback may be sent any value) is not found."""
+    if not _is_row_id(ident):
+        raise NotFound(f"{what} {str(ident)[:40]} not found")
     row = session.get(table, ident)
     if row is None:
         raise NotFound(f"{what} {ident} not found")

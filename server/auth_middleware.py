@@ -3,6 +3,7 @@ any route runs, what that principal may not do."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, urlsplit
 
 from anyio import to_thread
@@ -10,6 +11,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from prunescope.server.access import require_project
 from prunescope.server.auth import (
     LOCAL,
     Principal,
@@ -18,8 +20,12 @@ from prunescope.server.auth import (
     resolve_principal,
 )
 from prunescope.server.config import Settings
+from prunescope.server.errors import ServiceError
+from prunescope.server.request_guards import is_upload
+from prunescope.server.schemas import MAX_ID
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PROJECT_ROUTE = re.compile(r"/api/v1/projects/(\d+)(?:/|$)")
 
 
 def request_origin(scope: Scope, headers: Headers) -> str:
@@ -81,7 +87,8 @@ class AuthMiddleware:
                 await _refuse(scope, receive, send, 403, "cross-site request refused")
                 return
             with acting_as(LOCAL):
-                await self.app(scope, receive, send)
+                if not await self._refused_before_body(scope, receive, send, method):
+                    await self.app(scope, receive, send)
             return
         cookies = _cookies(headers)
         principal, shown = await to_thread.run_sync(
@@ -118,7 +125,38 @@ class AuthMiddleware:
                           "a share link opens only what it shares, read-only")
             return
         with acting_as(principal):
-            await self.app(scope, receive, send)
+            if not await self._refused_before_body(scope, receive, send, method):
+                await self.app(scope, receive, send)
+
+    async def _refused_before_body(self, scope: Scope, receive: Receive, send: Send,
+                                   method: str) -> bool:
+        """Refuse a change to a project the principal may not make before its body is read
+        (a route reads, even spools to disk, its whole body before it looks at the project);
+        whether it was refused."""
+        match = _PROJECT_ROUTE.match(scope["path"])
+        if scope["type"] != "http" or method not in UNSAFE_METHODS or match is None:
+            return False
+        project_id = int(match.group(1))
+        need = "edit" if is_upload(method, scope["path"]) else "view"
+        if not 1 <= project_id <= MAX_ID:
+            # What the route's own id bound answers (server/api/deps.py IdPath), body unread.
+            refusal: tuple[int, str] | None = (
+                422, f"project id {project_id} is out of range: it must be "
+                f"greater than or equal to 1 and less than or equal to {MAX_ID}")
+        else:
+            refusal = await to_thread.run_sync(_project_refusal, project_id, need,
+                                               self.settings)
+        if refusal is not None:
+            await _refuse(scope, receive, send, *refusal)
+        return refusal is not None
+
+
+def _project_refusal(project_id: int, need: str, settings: Settings) -> tuple[int, str] | None:
+    try:
+        require_project(project_id, need, settings)
+    except ServiceError as exc:
+        return exc.status_code, str(exc.detail)
+    return None
 
 
 def _climbs(path: str) -> bool:
@@ -157,7 +195,11 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detai
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    headers = Headers(scope=scope)
+    if "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0"):
+        # The body goes unread: closing the connection spares the client sending the rest.
+        extra["Connection"] = "close"
     await JSONResponse({"detail": detail}, status_code=status, headers=extra)(
         scope, receive, send
     )

@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     insecure: bool = Field(
         default=False, description="Serve beyond loopback without accounts (set by --insecure)."
     )
+    # What each request may name and send (server/request_guards.py).
+    allowed_hosts: str = Field(
+        default="",
+        description="Host names this server answers to besides loopback's, the address it "
+        "binds and any IP address (comma-separated; '*' for any). A request naming another is "
+        "refused (400): a page of another site whose name was made to resolve to this machine "
+        "(DNS rebinding) names its own.")
+    frame_ancestors: str = Field(
+        default="",
+        description="Origins besides this server's own that may show its pages in a frame "
+        "(space- or comma-separated), e.g. a notebook launcher's 'http://localhost:8888'.")
+    max_json_bytes: int = Field(
+        default=1024**2, gt=0,
+        description="The largest body of a request that is not an upload (JSON, forms, "
+        "dashboard callbacks of share-link visitors); larger ones get 413.")
     session_hours: float = Field(default=7 * 24.0, gt=0, description="Sign-in lifetime.")
     login_failures_per_minute: int = Field(default=5, ge=1)
 

@@ -9,47 +9,22 @@ import errno
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prunescope.dashboard.report import router as report_router
 from prunescope.server.api import api_router, share_links
 from prunescope.server.api import auth as auth_routes
+from prunescope.server.api.refusals import install_refusals
 from prunescope.server.auth import LoginThrottle
 from prunescope.server.auth_middleware import AuthMiddleware
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import upgrade_database
 from prunescope.server.errors import ServiceError
 from prunescope.server.metrics import RequestMetrics, create_metrics
+from prunescope.server.request_guards import BodyLimit, HostAndFraming
 from prunescope.server.resilience import DatabaseUnavailableMiddleware
 from prunescope.server.storage import ArtifactNotFound, StorageError
 
 API_PREFIX = "/api/v1"
-
-
-class UploadSizeLimit:
-    """Refuses a request body larger than the upload limit before any of it is read."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        # Multipart framing and form fields add a little on top of the file itself.
-        self.max_bytes = max_bytes + 1024 * 1024
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # PATCH carries the chunks of resumable uploads (server/api/uploads.py).
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                response = JSONResponse(
-                    status_code=413,
-                    content={
-                        "detail": f"request body of {int(length)} bytes exceeds the upload "
-                        f"limit ({self.max_bytes - 1024 * 1024} bytes); raise "
-                        "PRUNESCOPE_MAX_UPLOAD_BYTES if this file is expected"
-                    },
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> FastAPI:
@@ -67,6 +42,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail})
+
+    install_refusals(app)
 
     @app.exception_handler(StorageError)
     async def _storage_error(_request: Request, exc: StorageError) -> JSONResponse:
@@ -103,15 +80,20 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True) -> F
             status_code=404, content={"detail": f"no API route {API_PREFIX}/{path}; see /docs"}
         )
 
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     if dashboard:
         from prunescope.dashboard.app import create_dash  # deferred: Dash, for API-only apps
 
         app.state.dash = create_dash(app)
-    # Added last, so it runs first: every request knows its principal before anything else.
+    # Outside Dash's own middleware, which reads the body of every callback: each body is
+    # bounded by its route, by the principal the sign-in check has set.
+    app.add_middleware(BodyLimit, settings=settings)
+    # Added late, so it runs early: every request knows its principal before anything else.
     app.add_middleware(AuthMiddleware, settings=settings)
     # Around the sign-in check: a database outage in any request answers 503.
     app.add_middleware(DatabaseUnavailableMiddleware)
+    # Before anything reads the request: a host name this server does not answer to is
+    # refused, and no answer may be framed by another site.
+    app.add_middleware(HostAndFraming, settings=settings)
     # Around even that one, so every request is timed, those it answers with 503 too.
     app.add_middleware(RequestMetrics, histogram=app.state.metrics.http_request_duration)
     return app

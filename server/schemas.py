@@ -2,12 +2,59 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from prunescope.workers.jobs import SUBMITTABLE_KINDS
+
+# Row ids are positive and fit the databases' 64-bit integers; a larger number in a request
+# is refused (422) rather than overflowing the driver.
+MAX_ID = 2**63 - 1
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+# A name (project, checkpoint, dataset, run, column) or a short choice (role, method, mode).
+MAX_NAME_CHARS = 200
+# More jobs than one request could reasonably wait for (a sweep queues one per method and
+# sparsity).
+MAX_DEPENDENCIES = 1000
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+# The database keeps naive UTC times; in JSON they carry their offset, as an OpenAPI
+# date-time (RFC 3339) must. Python callers (the dashboard) keep the naive value.
+UtcDatetime = Annotated[
+    datetime, PlainSerializer(_as_utc, return_type=datetime, when_used="json")
+]
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Refusal(BaseModel):
+    """Every 4xx of the API: what was wrong and what to do."""
+
+    detail: str | list[ValidationIssue] = Field(
+        description="what was wrong and what to do; for a request that does not match the "
+        "operation's schema, one entry per problem (where, what)"
+    )
+
+
+# The refusals every API operation documents (a route's own entries take precedence).
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Refusal, "description": description}
+    for status, description in (
+        (400, "Bad request"), (403, "Not allowed to this principal"),
+        (404, "Not found, or not visible to this principal"), (409, "Conflict"),
+        (413, "Too large"), (422, "Invalid input"),
+    )
+}
 
 
 class Health(BaseModel):
@@ -27,9 +74,10 @@ class DatasetChoice(BaseModel):
 
 
 class ProjectCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
-    architecture: str = Field(description="A registry name, see GET /api/v1/architectures.")
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    description: str = Field("", max_length=10_000)
+    architecture: str = Field(max_length=MAX_NAME_CHARS,
+                              description="A registry name, see GET /api/v1/architectures.")
     architecture_config: dict[str, Any] = Field(default_factory=dict)
     dataset: DatasetChoice = Field(default_factory=lambda: DatasetChoice(builtin="digits"))
 
@@ -50,7 +98,7 @@ class DatasetPublic(BaseModel):
     num_classes: int | None = None
     input_shape: list[int] | None = None
     artifact_digest: str | None = None
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
 
 
 class DatasetDetail(DatasetPublic):
@@ -72,12 +120,12 @@ class DatasetsPublic(BaseModel):
 
 class BuiltinDatasetCreate(BaseModel):
     builtin: BuiltinDatasetName
-    name: str | None = Field(None, min_length=1, max_length=200)
+    name: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
     active: bool = Field(False, description="Make it the dataset the project's jobs use.")
 
 
 class ActiveDatasetChoice(BaseModel):
-    dataset_id: int
+    dataset_id: DbId
 
 
 class ProjectPublic(BaseModel):
@@ -87,7 +135,7 @@ class ProjectPublic(BaseModel):
     description: str
     architecture: str
     architecture_config: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
     datasets: list[DatasetPublic] = []
 
 
@@ -116,7 +164,7 @@ class CheckpointPublic(BaseModel):
     artifact_digest: str
     size_bytes: int
     parent_id: int | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class CheckpointDetail(CheckpointPublic):
@@ -135,7 +183,10 @@ JobKind = Literal[SUBMITTABLE_KINDS]  # type: ignore[valid-type]
 class JobCreate(BaseModel):
     kind: JobKind
     params: dict[str, Any] = Field(default_factory=dict)
-    depends_on: list[int] = Field(default_factory=list)
+    depends_on: list[DbId] = Field(
+        default_factory=list, max_length=MAX_DEPENDENCIES,
+        description="ids of jobs of the same project that must succeed first",
+    )
 
 
 class JobPublic(BaseModel):
@@ -154,9 +205,9 @@ class JobPublic(BaseModel):
     error: str | None
     error_code: str | None = None
     result_summary: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
 
 class JobsPublic(BaseModel):
@@ -172,7 +223,7 @@ class ResultPublic(BaseModel):
     kind: str
     artifact_digest: str
     summary: dict[str, Any]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ResultsPublic(BaseModel):

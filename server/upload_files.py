@@ -139,6 +139,32 @@ def remove(p: UploadFiles, *, only_if_unlocked: bool = False) -> bool:
             os.close(fd)
 
 
+def remove_stale_uploads(settings: Settings, *, now: float | None = None) -> int:
+    """Delete uploads (finished or not) idle longer than `upload_expiry_seconds`, and leftovers.
+
+    Returns how many uploads or stray files were removed; uploads being written are skipped.
+    """
+    root = settings.uploads_dir
+    if not root.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - settings.upload_expiry_seconds
+    removed = 0
+    for entry in root.iterdir():
+        stem, suffix = entry.stem, entry.suffix
+        try:
+            if suffix == ".json" and ID.fullmatch(stem):
+                p = upload_files(settings, stem)
+                if last_activity(p) < cutoff and remove(p, only_if_unlocked=True):
+                    removed += 1
+            elif not (suffix == ".bin" and (root / f"{stem}.json").exists()):
+                # Claimed files whose consumer died, data without a sidecar, temp files.
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+        except FileNotFoundError:
+            continue  # finished or removed by another request meanwhile
+    return removed
+
 
 class BlockWriter:
     """Writes blocks of received bytes in a worker thread, one block in flight at a time."""

@@ -16,6 +16,10 @@ from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import _engine_for, _sessionmaker_for, get_engine, upgrade_database
 from tests.postgres import running_postgres
 
+# TestClient sends `Host: testserver`; the server answers only the host names it is told of
+# (loopback by default), so the tests name it. Real servers in tests are reached on loopback.
+os.environ.setdefault("PRUNESCOPE_ALLOWED_HOSTS", "testserver")
+
 TEST_DATABASE = os.environ.get("PRUNESCOPE_TEST_DATABASE", "sqlite")
 if TEST_DATABASE not in ("sqlite", "postgres"):
     raise pytest.UsageError(

@@ -674,12 +674,16 @@ def _read_arrow_table(path: Path, fmt: str, limits: DatasetLimits) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
     import pyarrow.json as pa_json
-    import pyarrow.parquet as pq
+
+    # With pyarrow: the web process imports this module without reading tables.
+    from prunescope.workers.parquet_bounds import ParquetTooLarge, check_decoded_size, open_parquet
 
     label = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}[fmt]
     try:
         if fmt == "parquet":
-            parquet = pq.ParquetFile(path)
+            # Text columns read as dictionaries, and every column's decoded size bounded
+            # from the footer before a page is read (see `parquet_bounds`).
+            parquet = open_parquet(path)
             meta = parquet.metadata
             if meta.num_rows > limits.max_examples:
                 _check_size(meta.num_rows, 1, 1, limits, "the Parquet file")
@@ -688,6 +692,10 @@ def _read_arrow_table(path: Path, fmt: str, limits: DatasetLimits) -> Any:
                     f"the file has {meta.num_columns:,} columns, more than the limit of "
                     f"{limits.max_columns:,}"
                 )
+            try:
+                check_decoded_size(parquet, limits.max_bytes, what="the Parquet file")
+            except ParquetTooLarge as exc:
+                raise DatasetFormatError(str(exc)) from None
             table = parquet.read()
         elif fmt == "jsonl":
             table = pa_json.read_json(path, read_options=pa_json.ReadOptions(use_threads=False))
@@ -716,6 +724,8 @@ def _read_table(path: Path, fmt: str, columns: ColumnNames, limits: DatasetLimit
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from prunescope.workers.parquet_bounds import dictionary_text_size  # with pyarrow, as above
+
     table = _read_arrow_table(path, fmt, limits)
     names = list(table.column_names)
     if len(names) > limits.max_columns:
@@ -740,6 +750,13 @@ def _read_table(path: Path, fmt: str, columns: ColumnNames, limits: DatasetLimit
     def column(name: str) -> Any:
         col = table.column(name)
         if pa.types.is_dictionary(col.type):  # Parquet categoricals: their values count
+            if not pa.types.is_integer(col.type.value_type) \
+                    and not pa.types.is_floating(col.type.value_type):
+                # Measured before it is expanded: strings become NumPy text, 4 bytes a
+                # character of the longest value on every row.
+                size, longest = dictionary_text_size(col)
+                _check_size(n, max(size // max(n, 1), 1), 1, limits, f"column {name!r}")
+                _check_size(n, max(longest, 1), 4, limits, f"column {name!r}")
             col = pc.cast(col, col.type.value_type)
         if col.null_count:
             row = int(pc.index(pc.is_null(col), True).as_py())

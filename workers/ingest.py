@@ -24,6 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from prunescope.models.architectures import (
+    HFModelError,
+    check_hf_config,
+    check_model_size,
+    parameter_count,
+)
 from prunescope.models.checkpoints import (
     CheckpointError,
     model_from_state_dict,
@@ -76,23 +82,37 @@ class CheckedCheckpoint:
     project_config: dict[str, Any] | None  # the configuration the project takes on, if any
 
 
+def _weight_bytes(architecture: str, config: Mapping[str, Any]) -> int | None:
+    """The most bytes a checkpoint of the project's registry model can hold (None for a
+    Hugging Face model, whose config.json may come with the upload): float64 weights with a
+    float64 mask beside each (torch.nn.utils.prune), buffers, and room for the pickle."""
+    if architecture == HF_ARCHITECTURE:
+        return None
+    return 32 * parameter_count(architecture, config) + 16 * 1024 * 1024
+
+
 def check_checkpoint(
     path: str, *, filename: str, role: str, architecture: str, config: Mapping[str, Any],
-    max_bytes: int, scratch_dir: str,
+    max_bytes: int, scratch_dir: str, max_parameters: int | None = None,
 ) -> CheckedCheckpoint:
     """Load an uploaded checkpoint safely and build the project's model from it.
 
     A Hugging Face folder archive is kept as two files: its weights as one canonical
     safetensors file and its config + tokenizer files as a small zip. The first folder
     uploaded to a `huggingface` project without a configuration gives the project its
-    config.json.
+    config.json. A folder's config.json is held to `max_parameters`
+    (PRUNESCOPE_MAX_MODEL_PARAMETERS) and the size bounds before any model is built, and a
+    torch archive's weights to what the project's model can hold before they are inflated.
     """
     try:
         loaded = read_checkpoint_upload(Path(path), Path(scratch_dir),
-                                        max_expanded_bytes=max_bytes)
+                                        max_expanded_bytes=max_bytes,
+                                        max_weight_bytes=_weight_bytes(architecture, config))
         model_config, project_config = dict(config), None
         if architecture == HF_ARCHITECTURE:
             model_config, project_config = _hf_config(config, loaded.hf_folder, role)
+            if loaded.hf_folder is not None:
+                _check_folder_config(loaded.hf_folder.config, max_parameters)
         model = model_from_state_dict(architecture, model_config, loaded.state_dict,
                                       allow_shape_changes=role == "pruned")
     except CheckpointError as exc:
@@ -111,6 +131,19 @@ def check_checkpoint(
         write_assets_zip(loaded.hf_folder, assets)
     return CheckedCheckpoint(fmt, stats, str(weights), None if assets is None else str(assets),
                              project_config)
+
+
+def _check_folder_config(config: Mapping[str, Any], max_parameters: int | None) -> None:
+    """A folder's config.json checked before any model is built from it: nothing named to
+    download, sizes within bounds, parameters within PRUNESCOPE_MAX_MODEL_PARAMETERS."""
+    try:
+        check_hf_config(config)
+        if max_parameters is not None:
+            check_model_size(HF_ARCHITECTURE, config, max_parameters)
+    except HFModelError as exc:
+        raise CheckpointError(str(exc)) from None
+    except ValueError as exc:
+        raise CheckpointError(f"config.json: {exc}") from None
 
 
 def _hf_config(

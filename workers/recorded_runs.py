@@ -37,7 +37,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from prunescope.workers.analyses.dynamics_training import (
     NOT_A_PROBE,
@@ -48,6 +47,7 @@ from prunescope.workers.analyses.dynamics_training import (
 from prunescope.workers.datasets import ClassificationData
 from prunescope.workers.jobspec import JobInputError
 from prunescope.workers.metrics.dynamics import split_probe_suites
+from prunescope.workers.parquet_bounds import dictionary_text_size, open_parquet
 
 PARQUET_MAGIC = b"PAR1"
 MAX_SUITES = 127  # suite codes are int8, −1 meaning "no suite"
@@ -161,6 +161,19 @@ def _row_bytes(column: _Column) -> int:
     return max(1, pa.type_for_alias(column.arrow_type).bit_width // 8)
 
 
+def _check_text_size(values: pa.ChunkedArray, name: str, what: str, max_bytes: int) -> None:
+    """InputTooLarge when a dictionary column would pass `max_bytes` once expanded to the
+    NumPy text it becomes (4 bytes a character of its longest value, on every row)."""
+    _size, longest = dictionary_text_size(values)
+    needed = len(values) * max(longest, 1) * 4
+    if needed > max_bytes:
+        raise InputTooLarge(
+            f"column {name!r} of the {what} file needs about {needed} bytes once read (values "
+            f"of up to {longest} characters on {len(values)} rows), above the upload limit of "
+            f"{max_bytes} bytes; raise PRUNESCOPE_MAX_UPLOAD_BYTES if it is expected"
+        )
+
+
 def _read_columns(
     path: Path, what: str, columns: Sequence[_Column], max_bytes: int
 ) -> dict[str, np.ndarray]:
@@ -172,7 +185,8 @@ def _read_columns(
     fmt = _file_format(path, what)
     try:
         if fmt == "parquet":
-            with pq.ParquetFile(path) as parquet:
+            # Text read as dictionaries: a repeated value stays one value until measured.
+            with open_parquet(path) as parquet:
                 names = parquet.schema_arrow.names
                 present = [c for c in columns if c.name in names]
                 # Parquet compresses well: bound what the columns take once decoded.
@@ -206,6 +220,8 @@ def _read_columns(
     for column in present:
         values = table.column(column.name)
         kind = "text" if column.arrow_type == "string" else column.arrow_type
+        if pa.types.is_dictionary(values.type):
+            _check_text_size(values, column.name, what, max_bytes)
         if column.nullable:
             out[f"{column.name}_given"] = pc.is_valid(values).to_numpy(zero_copy_only=False)
         elif values.null_count:

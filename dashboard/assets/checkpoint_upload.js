@@ -5,6 +5,11 @@
  * asks the server for the offset and continues, and an upload interrupted by closing the page
  * resumes when the same file is chosen again. The outcome goes to the page's `upload-event`
  * store, whose Python callback turns the finished upload into a checkpoint.
+ *
+ * An upload is its creator's: one remembered by this browser for someone else (another
+ * account signed in here) answers 404 when resumed, and tus-js-client then starts a new one.
+ * The upload id sent to the callback is only a name; the callback checks project access and
+ * ownership on the server before it uses the upload.
  */
 (function () {
   "use strict";

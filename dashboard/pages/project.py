@@ -407,11 +407,15 @@ def job_actions(_run: int, _cancels: list[int], project_id: int):  # noqa: ANN20
 )
 def finish_upload(event: dict | None, name: str | None, role: str, project_id: int):  # noqa: ANN201
     """Hand the upload that the page's script finished to a worker to validate, or show its
-    error; `poll_upload` then shows whether it was stored."""
-    if not event:
+    error; `poll_upload` then shows whether it was stored.
+
+    The service checks, in this order, that the principal may edit the project, that the
+    upload is theirs (another's is "not found", a share link's visitor is refused), and only
+    then consumes the upload: a refused request leaves it to its owner."""
+    if not isinstance(event, dict) or not isinstance(project_id, int):
         return no_update, no_update, no_update
-    filename = event.get("filename", "upload")
-    if event.get("error") or not event.get("upload_id"):
+    filename = str(event.get("filename", "upload"))
+    if event.get("error") or not isinstance(event.get("upload_id"), str):
         message = f"{filename}: {event.get('error', 'upload failed')}"
         return html.Div(message, className="error", id="upload-error"), None, True
     try:

@@ -17,8 +17,11 @@ from prunescope.server.api import (
     uploads,
     views,
 )
+from prunescope.server.schemas import REFUSALS
 
-api_router = APIRouter()
+# Every operation documents its refusals' shape (a 422 of the service layer is one sentence,
+# one of FastAPI's request validation a list).
+api_router = APIRouter(responses=REFUSALS)
 api_router.include_router(health.router)
 api_router.include_router(metrics.router)
 api_router.include_router(auth.router)

@@ -8,8 +8,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.access import require_project
-from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
-from prunescope.server.schemas import CheckpointDetail, CheckpointPublic, CheckpointsPublic
+from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
+from prunescope.server.schemas import (
+    MAX_NAME_CHARS,
+    CheckpointDetail,
+    CheckpointPublic,
+    CheckpointsPublic,
+)
 from prunescope.server.services import checkpoints
 from prunescope.server.storage import CHUNK_BYTES
 
@@ -17,7 +22,7 @@ router = APIRouter(tags=["checkpoints"])
 
 
 @router.get("/projects/{project_id}/checkpoints", response_model=CheckpointsPublic)
-def list_checkpoints(project_id: int, settings: SettingsDep) -> CheckpointsPublic:
+def list_checkpoints(project_id: IdPath, settings: SettingsDep) -> CheckpointsPublic:
     data = checkpoints.list_checkpoints(project_id, settings)
     return CheckpointsPublic(data=data, count=len(data))
 
@@ -29,12 +34,13 @@ def list_checkpoints(project_id: int, settings: SettingsDep) -> CheckpointsPubli
     responses=ACCEPTED,
 )
 async def upload_checkpoint(
-    project_id: int,
+    project_id: IdPath,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="safetensors or torch state_dict")],
-    name: Annotated[str | None, Form()] = None,
-    role: Annotated[str | None, Form(description="'dense' or 'pruned'")] = None,
-    method: Annotated[str | None, Form()] = None,
+    name: Annotated[str | None, Form(max_length=MAX_NAME_CHARS)] = None,
+    role: Annotated[str | None, Form(max_length=MAX_NAME_CHARS,
+                                     description="'dense' or 'pruned'")] = None,
+    method: Annotated[str | None, Form(max_length=MAX_NAME_CHARS)] = None,
     target_sparsity: Annotated[float | None, Form()] = None,
     wait: WaitDep = False,
 ) -> CheckpointPublic:
@@ -61,10 +67,12 @@ async def upload_checkpoint(
 
 
 class CheckpointFromUpload(BaseModel):
-    upload_id: str = Field(description="a complete upload from POST /uploads")
-    name: str | None = None
-    role: str | None = Field(default=None, description="'dense' or 'pruned'")
-    method: str | None = None
+    upload_id: str = Field(max_length=MAX_NAME_CHARS,
+                           description="a complete upload from POST /uploads")
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    role: str | None = Field(default=None, max_length=MAX_NAME_CHARS,
+                             description="'dense' or 'pruned'")
+    method: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
     target_sparsity: float | None = None
 
 
@@ -75,7 +83,7 @@ class CheckpointFromUpload(BaseModel):
     responses=ACCEPTED,
 )
 async def add_checkpoint_from_upload(
-    project_id: int, body: CheckpointFromUpload, settings: SettingsDep, wait: WaitDep = False
+    project_id: IdPath, body: CheckpointFromUpload, settings: SettingsDep, wait: WaitDep = False
 ) -> CheckpointPublic:
     """Turn a finished resumable upload into a checkpoint, validated like a direct upload.
 
@@ -93,11 +101,11 @@ async def add_checkpoint_from_upload(
 
 
 @router.get("/checkpoints/{checkpoint_id}", response_model=CheckpointDetail)
-def get_checkpoint(checkpoint_id: int, settings: SettingsDep) -> CheckpointDetail:
+def get_checkpoint(checkpoint_id: IdPath, settings: SettingsDep) -> CheckpointDetail:
     return checkpoints.get_checkpoint(checkpoint_id, settings)
 
 
 @router.get("/checkpoints/{checkpoint_id}/download", response_class=FileResponse)
-def download_checkpoint(checkpoint_id: int, settings: SettingsDep) -> FileResponse:
+def download_checkpoint(checkpoint_id: IdPath, settings: SettingsDep) -> FileResponse:
     path, filename = checkpoints.checkpoint_file(checkpoint_id, settings)
     return FileResponse(path, filename=filename, media_type="application/octet-stream")

@@ -6,8 +6,9 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
+from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.schemas import (
+    MAX_NAME_CHARS,
     ActiveDatasetChoice,
     BuiltinDatasetCreate,
     DatasetDetail,
@@ -21,7 +22,7 @@ router = APIRouter(tags=["datasets"])
 
 
 @router.get("/projects/{project_id}/datasets", response_model=DatasetsPublic)
-def list_datasets(project_id: int, settings: SettingsDep) -> DatasetsPublic:
+def list_datasets(project_id: IdPath, settings: SettingsDep) -> DatasetsPublic:
     data = datasets.list_datasets(project_id, settings)
     return DatasetsPublic(data=data, count=len(data))
 
@@ -33,20 +34,22 @@ def list_datasets(project_id: int, settings: SettingsDep) -> DatasetsPublic:
     responses=ACCEPTED,
 )
 async def upload_dataset(
-    project_id: int,
+    project_id: IdPath,
     settings: SettingsDep,
     file: Annotated[
         UploadFile,
         File(description=".npz (x, y[, ids, group, split, class_names]), a .zip of one folder "
              "of PNG/JPEG images per class, or .csv / .jsonl / .parquet"),
     ],
-    name: Annotated[str | None, Form(description="default: the file name")] = None,
+    name: Annotated[str | None, Form(max_length=MAX_NAME_CHARS,
+                                     description="default: the file name")] = None,
     active: Annotated[bool, Form(description="make it the dataset jobs use")] = False,
-    label_column: Annotated[str, Form()] = "label",
-    text_column: Annotated[str, Form()] = "text",
-    id_column: Annotated[str, Form()] = "id",
-    group_column: Annotated[str, Form()] = "group",
-    split_column: Annotated[str, Form(description="values 'train' or 'test'")] = "split",
+    label_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "label",
+    text_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "text",
+    id_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "id",
+    group_column: Annotated[str, Form(max_length=MAX_NAME_CHARS)] = "group",
+    split_column: Annotated[str, Form(max_length=MAX_NAME_CHARS,
+                                      description="values 'train' or 'test'")] = "split",
     wait: WaitDep = False,
 ) -> DatasetDetail:
     """Upload an evaluation dataset; a worker reads it and checks it against the project's
@@ -77,7 +80,7 @@ async def upload_dataset(
     status_code=status.HTTP_201_CREATED,
 )
 def add_builtin_dataset(
-    project_id: int, body: BuiltinDatasetCreate, settings: SettingsDep
+    project_id: IdPath, body: BuiltinDatasetCreate, settings: SettingsDep
 ) -> DatasetDetail:
     """Add a builtin dataset (digits, english_sentences) to the project."""
     return datasets.add_builtin_dataset(
@@ -87,19 +90,19 @@ def add_builtin_dataset(
 
 @router.put("/projects/{project_id}/datasets/active", response_model=DatasetPublic)
 def set_active_dataset(
-    project_id: int, body: ActiveDatasetChoice, settings: SettingsDep
+    project_id: IdPath, body: ActiveDatasetChoice, settings: SettingsDep
 ) -> DatasetPublic:
     """Choose the dataset the project's jobs use from now on."""
     return datasets.set_active_dataset(project_id, body.dataset_id, settings)
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetDetail)
-def get_dataset(dataset_id: int, settings: SettingsDep) -> DatasetDetail:
+def get_dataset(dataset_id: IdPath, settings: SettingsDep) -> DatasetDetail:
     return datasets.get_dataset(dataset_id, settings)
 
 
 @router.get("/datasets/{dataset_id}/download", response_class=FileResponse)
-def download_dataset(dataset_id: int, settings: SettingsDep) -> FileResponse:
+def download_dataset(dataset_id: IdPath, settings: SettingsDep) -> FileResponse:
     """The canonical npz of an uploaded dataset: `numpy.load(f, allow_pickle=False)`."""
     path, filename = datasets.dataset_file(dataset_id, settings)
     return FileResponse(path, filename=filename, media_type="application/octet-stream")

@@ -4,15 +4,19 @@ upload route gives."""
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Query
+from fastapi import Depends, Path, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.config import Settings, get_settings
-from prunescope.server.schemas import JobPublic
+from prunescope.server.schemas import MAX_ID, JobPublic
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+# A row id in a path: the database's ids are positive 64-bit integers, so anything past them
+# is refused as invalid (422) before a query would overflow the driver's integer.
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 WaitDep = Annotated[bool, Query(description=(
     "Answer once the upload is validated: 201 with what was stored, or the 4xx that refused "

@@ -7,9 +7,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server.access import require_project
-from prunescope.server.api.deps import ACCEPTED, SettingsDep, WaitDep, ingest_answer
+from prunescope.server.api.deps import ACCEPTED, IdPath, SettingsDep, WaitDep, ingest_answer
 from prunescope.server.config import Settings
-from prunescope.server.schemas import JobPublic, ResultPublic
+from prunescope.server.schemas import MAX_ID, MAX_NAME_CHARS, JobPublic, ResultPublic
 from prunescope.server.services import dynamics_runs
 from prunescope.server.storage import CHUNK_BYTES
 
@@ -50,7 +50,7 @@ def _add(project_id: int, uploads: dict[str, UploadFile], fields: dict[str, Any]
     responses=ACCEPTED,
 )
 async def upload_dynamics_run(
-    project_id: int,
+    project_id: IdPath,
     settings: SettingsDep,
     trajectories: Annotated[UploadFile, File(
         description="CSV or Parquet: example, epoch, loss, prediction, p_gold [, margin]")],
@@ -58,10 +58,12 @@ async def upload_dynamics_run(
         description="CSV or Parquet: example, suite [, reference] [, label]")],
     test_predictions: Annotated[UploadFile, File(
         description="CSV or Parquet: example, prediction (every test example)")],
-    run: Annotated[str, Form(description="the run's name, unique in the project")],
-    mode: Annotated[str, Form(description="dense, gmp or finetune")],
+    run: Annotated[str, Form(max_length=MAX_NAME_CHARS,
+                             description="the run's name, unique in the project")],
+    mode: Annotated[str, Form(max_length=MAX_NAME_CHARS, description="dense, gmp or finetune")],
     sparsity: Annotated[float, Form(description="final sparsity in [0, 1); 0 for dense")] = 0.0,
-    seed: Annotated[int, Form(description="the run's seed; runs of one mode and sparsity "
+    seed: Annotated[int, Form(ge=-MAX_ID - 1, le=MAX_ID,
+                              description="the run's seed; runs of one mode and sparsity "
                                           "form a population")] = 0,
     wait: WaitDep = False,
 ) -> dict[str, Any]:

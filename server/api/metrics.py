@@ -18,9 +18,11 @@ def metrics(request: Request) -> Response:
     """Jobs by state and kind, job durations and queue waits (from the job table, so every
     server and worker counts), and this server process's request durations by route.
 
-    Any signed-in account may read it (a Prometheus scraper: `prunescope users add prometheus
-    --token` and `authorization: {credentials: <token>}` in its scrape config); without
-    accounts it is open like every other route. Send `Accept: application/openmetrics-text`
+    The numbers are server-wide: jobs of every project, counted by state and kind, with no
+    project's name or id. Any signed-in account may read them (a Prometheus scraper:
+    `prunescope users add prometheus --token` and `authorization: {credentials: <token>}` in
+    its scrape config); a share link may not; without accounts the route is open like every
+    other. Send `Accept: application/openmetrics-text`
     for OpenMetrics.
     """
     if not current_principal().is_user:

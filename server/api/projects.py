@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import IdPath, SettingsDep
 from prunescope.server.schemas import ProjectCreate, ProjectPublic, ProjectsPublic
 from prunescope.server.services import projects
 
@@ -30,5 +30,5 @@ def create_project(body: ProjectCreate, settings: SettingsDep) -> ProjectPublic:
 
 
 @router.get("/{project_id}", response_model=ProjectPublic)
-def get_project(project_id: int, settings: SettingsDep) -> ProjectPublic:
+def get_project(project_id: IdPath, settings: SettingsDep) -> ProjectPublic:
     return projects.get_project(project_id, settings)

@@ -3,16 +3,19 @@ account; `/s/<token>` opens one."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from prunescope.server import auth
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import IdPath, SettingsDep
+from prunescope.server.schemas import UtcDatetime
 from prunescope.server.services import members
+from prunescope.server.services.views import MAX_BOOKMARK_URL_CHARS
+
+# A link meant to last longer needs no expiry; a larger number would overflow the date.
+MAX_EXPIRY_HOURS = 100 * 366 * 24
 
 router = APIRouter(prefix="/projects/{project_id}/share-links", tags=["share links"])
 pages_router = APIRouter(include_in_schema=False)
@@ -21,18 +24,22 @@ pages_router = APIRouter(include_in_schema=False)
 class ShareLinkCreate(BaseModel):
     view_path: str | None = Field(
         default=None,
+        max_length=MAX_BOOKMARK_URL_CHARS,
         description="one page of the project (path and query, e.g. "
         "`/projects/3/geometry?checkpoint=dense`); left out: every page of the project",
     )
-    expires_in_hours: float | None = Field(default=None, gt=0, description="no expiry if left out")
+    expires_in_hours: float | None = Field(
+        default=None, gt=0, le=MAX_EXPIRY_HOURS, allow_inf_nan=False,
+        description="no expiry if left out; at most about a century",
+    )
 
 
 class ShareLinkPublic(BaseModel):
     id: int
     project_id: int
     view_path: str | None
-    created_at: datetime
-    expires_at: datetime | None
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
     revoked: bool
 
 
@@ -51,7 +58,7 @@ def _public(link: members.ShareLinkInfo) -> dict:
 
 @router.post("", response_model=ShareLinkCreated, status_code=201)
 def create_share_link(
-    project_id: int, body: ShareLinkCreate, request: Request, settings: SettingsDep
+    project_id: IdPath, body: ShareLinkCreate, request: Request, settings: SettingsDep
 ) -> ShareLinkCreated:
     """A read-only link for people without an account (the owner only). Keep the URL: only
     a hash of its token is stored."""
@@ -61,14 +68,14 @@ def create_share_link(
 
 
 @router.get("", response_model=ShareLinksPublic)
-def list_share_links(project_id: int, settings: SettingsDep) -> ShareLinksPublic:
+def list_share_links(project_id: IdPath, settings: SettingsDep) -> ShareLinksPublic:
     data = [ShareLinkPublic(**_public(link))
             for link in members.list_share_links(project_id, settings)]
     return ShareLinksPublic(data=data, count=len(data))
 
 
 @router.delete("/{link_id}", status_code=204)
-def revoke_share_link(project_id: int, link_id: int, settings: SettingsDep) -> Response:
+def revoke_share_link(project_id: IdPath, link_id: IdPath, settings: SettingsDep) -> Response:
     """Revoke a link; whoever holds it is refused from their next request on."""
     members.revoke_share_link(project_id, link_id, settings)
     return Response(status_code=204)

@@ -3,7 +3,8 @@
 POST creates an upload (`Upload-Length`, `Upload-Metadata` with `filename` and optionally
 `sha256`), PATCH appends a body at `Upload-Offset`, HEAD (or GET, as JSON) tells the offset
 to resume from, DELETE aborts. A finished upload becomes a checkpoint through
-`POST /projects/{project_id}/checkpoints/from-upload`.
+`POST /projects/{project_id}/checkpoints/from-upload`. An upload is its creator's: to anyone
+else its id is unknown (404), and a share link's visitor may not upload.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def create_upload(
     ] = None,
     tus_resumable: TusVersion = None,
 ) -> Response:
-    """Create an upload. With a `sha256` whose content is already stored, it is complete at once
-    (the response's `Upload-Offset` equals `Upload-Length`) and no byte needs to be sent."""
+    """Create an upload. With a `sha256` of a file stored in one of the caller's projects, it is
+    complete at once (the response's `Upload-Offset` equals `Upload-Length`) and no byte needs
+    to be sent; any other content is sent, whether or not the server holds it elsewhere."""
     try:
         _check_version(tus_resumable)
         if upload_length is None:

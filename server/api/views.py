@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from prunescope.server.api.deps import SettingsDep
+from prunescope.server.api.deps import IdPath, SettingsDep
 from prunescope.server.services import comparison, results, views
 from prunescope.server.services.results import ArrayFormat, ArraysPublic
 from prunescope.server.services.views import (
@@ -24,7 +24,7 @@ router = APIRouter()
 @router.get(
     "/projects/{project_id}/bookmarks", response_model=BookmarksPublic, tags=["bookmarks"]
 )
-def list_bookmarks(project_id: int, settings: SettingsDep) -> BookmarksPublic:
+def list_bookmarks(project_id: IdPath, settings: SettingsDep) -> BookmarksPublic:
     data = views.list_bookmarks(project_id, settings)
     return BookmarksPublic(data=data, count=len(data))
 
@@ -35,14 +35,14 @@ def list_bookmarks(project_id: int, settings: SettingsDep) -> BookmarksPublic:
     status_code=201,
     tags=["bookmarks"],
 )
-def add_bookmark(project_id: int, body: BookmarkCreate, settings: SettingsDep) -> BookmarkPublic:
+def add_bookmark(project_id: IdPath, body: BookmarkCreate, settings: SettingsDep) -> BookmarkPublic:
     """Save a page of the project under a name; `url` is its path and query, e.g.
     `/projects/3/geometry?checkpoint=dense`."""
     return views.add_bookmark(project_id, body.name, body.url, settings)
 
 
 @router.delete("/bookmarks/{bookmark_id}", status_code=204, tags=["bookmarks"])
-def delete_bookmark(bookmark_id: int, settings: SettingsDep) -> Response:
+def delete_bookmark(bookmark_id: IdPath, settings: SettingsDep) -> Response:
     views.delete_bookmark(bookmark_id, settings)
     return Response(status_code=204)
 
@@ -55,7 +55,7 @@ def get_view_state(view_id: str, settings: SettingsDep) -> ViewStatePublic:
 
 
 @router.get("/results/{result_id}/arrays", response_model=ArraysPublic, tags=["results"])
-def list_result_arrays(result_id: int, settings: SettingsDep) -> ArraysPublic:
+def list_result_arrays(result_id: IdPath, settings: SettingsDep) -> ArraysPublic:
     data = results.result_arrays(result_id, settings)
     return ArraysPublic(data=data, count=len(data))
 
@@ -67,7 +67,7 @@ def list_result_arrays(result_id: int, settings: SettingsDep) -> ArraysPublic:
     responses={200: {"content": {t: {} for t in results.MEDIA_TYPES.values()}}},
 )
 def download_result_array(
-    result_id: int, name: str, settings: SettingsDep, format: ArrayFormat = "parquet"
+    result_id: IdPath, name: str, settings: SettingsDep, format: ArrayFormat = "parquet"
 ) -> Response:
     """One array of a result: Parquet or CSV (a 1-D array is one column, a 2-D array one
     column per column index) or `.npy` (any shape; `numpy.load(path, allow_pickle=False)`)."""
@@ -91,7 +91,7 @@ ComparisonFormat = Literal["json", "csv", "parquet"]
                                  results.MEDIA_TYPES["parquet"]: {}}}},
 )
 def method_comparison(
-    project_id: int, settings: SettingsDep, format: ComparisonFormat = "json"
+    project_id: IdPath, settings: SettingsDep, format: ComparisonFormat = "json"
 ) -> Response:
     """The project page's method-comparison table: one row per checkpoint (and per
     population of recorded training runs) with each analysis's headline number. `json` gives

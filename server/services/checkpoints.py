@@ -161,9 +161,12 @@ def checkpoint_from_upload(
     """Queue the validation of a finished resumable upload as a checkpoint of the project.
 
     The upload is consumed whether or not the file is accepted (a rejected file leaves
-    nothing behind); only an incomplete or busy upload is left in place.
+    nothing behind); only an incomplete or busy upload is left in place, and so is one that
+    a refused request names: project access is checked first, then that the upload is the
+    principal's (another's answers like an unknown id), and only then is it consumed.
     """
     settings = settings or get_settings()
+    require_project(project_id, "edit", settings)
     with uploads.claim_completed_upload(settings, upload_id) as upload:
         return add_checkpoint_file(
             project_id, upload.path, digest=upload.sha256, filename=upload.filename, name=name,
@@ -215,7 +218,9 @@ def _ingest(
     return ingest.queue_check(
         settings, project_id, "ingest_checkpoint", {"upload": staged},
         {"filename": filename, "name": name, "role": role, "method": method,
-         "target_sparsity": target_sparsity},
+         "target_sparsity": target_sparsity,
+         # A model folder's config.json is held to the limit project configurations are.
+         "max_parameters": settings.max_model_parameters},
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from prunescope.server import jobs as queue
 from prunescope.server.access import get_or_404, visible
@@ -67,6 +68,20 @@ def _validate_job(body: JobCreate, project: Project, active_jobs: list[Job]) -> 
         raise Conflict("this project already has a dense checkpoint")
 
 
+def _check_dependencies(s: Session, project_id: int, depends_on: list[int]) -> None:
+    """A job may wait only for jobs of its own project. One answer for a job that does not
+    exist and one of another project, so the refusal tells nobody which ids exist."""
+    found = set(s.scalars(
+        select(Job.id).where(Job.id.in_(set(depends_on)), Job.project_id == project_id)
+    ).all())
+    missing = [dep for dep in depends_on if dep not in found]
+    if missing:
+        raise InvalidInput(
+            f"depends_on names job {missing[0]}, which is not a job of project {project_id}; "
+            f"list the ids of this project's jobs (GET /api/v1/projects/{project_id}/jobs)"
+        )
+
+
 def submit_job(project_id: int, body: JobCreate, settings: Settings | None = None) -> JobPublic:
     settings = settings or get_settings()
     with session_scope(settings) as s:
@@ -75,9 +90,7 @@ def submit_job(project_id: int, body: JobCreate, settings: Settings | None = Non
             select(Job).where(Job.project_id == project_id, Job.state.in_(("queued", "running")))
         ).all()
         _validate_job(body, project, list(active))
-        for dep in body.depends_on:
-            if s.get(Job, dep) is None:
-                raise InvalidInput(f"depends_on names job {dep}, which does not exist")
+        _check_dependencies(s, project_id, body.depends_on)
         job = queue.enqueue_job(
             s,
             project_id=project_id,

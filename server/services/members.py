@@ -13,7 +13,7 @@ from prunescope.server.access import get_or_404
 from prunescope.server.auth import current_principal, new_token, token_digest
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
-from prunescope.server.errors import Conflict, InvalidInput, NotFound
+from prunescope.server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from prunescope.server.services import views
 from prunescope.server.tables import Project, ProjectMember, ShareLink, User, utcnow
 
@@ -34,10 +34,14 @@ def _user_by_name(session: Any, name: str) -> User:
 
 
 def list_members(project_id: int, settings: Settings | None = None) -> list[Member]:
-    """The project's owner, editors and viewers (anyone who may see the project may ask)."""
+    """The project's owner, editors and viewers (any member may ask; a share link's visitor,
+    who may be anyone holding the link, may not learn who they are)."""
 
     with session_scope(settings) as s:
         get_or_404(s, Project, project_id, "project")
+        if current_principal().kind == "share":
+            raise Forbidden("a share link does not show who the project's members are; sign "
+                            "in as a member to see them")
         rows = s.execute(
             select(User.name, ProjectMember.role)
             .join(ProjectMember, ProjectMember.user_id == User.id)

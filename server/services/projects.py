@@ -35,8 +35,9 @@ def list_pruning_methods() -> dict[str, str]:
 def _resolve_architecture(name: str, config: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The project's whole configuration (missing keys take their defaults), checked from the
     configuration alone — the model is never built here: InvalidInput (422) for an unknown
-    architecture, unknown keys, bad values, or a model of more parameters than
-    PRUNESCOPE_MAX_MODEL_PARAMETERS."""
+    architecture, unknown keys, bad values, a model of more parameters than
+    PRUNESCOPE_MAX_MODEL_PARAMETERS, a size past its upper bound, or a Hugging Face config
+    that names anything to download."""
     names = architectures.list_architectures()
     if name not in names:
         raise InvalidInput(f"unknown architecture {name!r}; choose one of {', '.join(names)}")
@@ -45,17 +46,9 @@ def _resolve_architecture(name: str, config: dict[str, Any], settings: Settings)
         return full  # the first uploaded model folder provides config.json
     try:
         architectures.build_config(name, **full)
-        count = architectures.parameter_count(name, full)
+        architectures.check_model_size(name, full, settings.max_model_parameters)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"invalid configuration for {name}: {exc}") from exc
-    if count > settings.max_model_parameters:
-        counted = ("about {:,} parameters (estimated from config.json's sizes)"
-                   if name == architectures.HF_ARCHITECTURE else "{:,} parameters")
-        raise InvalidInput(
-            f"invalid configuration for {name}: the model would have {counted.format(count)}, "
-            f"more than the limit of {settings.max_model_parameters:,}; choose smaller sizes, "
-            "or raise PRUNESCOPE_MAX_MODEL_PARAMETERS if a model this large is expected"
-        )
     return full
 
 

@@ -16,6 +16,10 @@ A finished upload is handed to its consumer (`claim_completed_upload`), which ow
 from then on; `prunescope.server.services.checkpoints.checkpoint_from_upload` is the consumer
 that turns it into a checkpoint. The files, their lock and the block writer are
 `prunescope.server.upload_files`.
+
+Every operation acts for the request's principal: an upload is its creator's alone (another
+principal gets the unknown id's 404), and deduplication reuses only content the creator may
+already download; both rules are `prunescope.server.upload_access`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from typing import Any
 from prunescope.server.config import Settings
 from prunescope.server.errors import Conflict, InvalidInput, ServiceError, TooLarge
 from prunescope.server.storage import artifact_store, sha256_file
+from prunescope.server.upload_access import check_owner, may_reuse, uploader_key
 from prunescope.server.upload_files import (
-    ID,
     BlockWriter,
     UploadFiles,
     hashers,
@@ -51,6 +55,7 @@ from prunescope.server.upload_files import (
     read_sidecar,
     receive,
     remove,
+    remove_stale_uploads,
     upload_files,
     write_sidecar,
 )
@@ -143,7 +148,6 @@ def _clean_filename(name: str | None) -> str:
     return base[:200] or "upload"
 
 
-
 def _status(settings: Settings, p: UploadFiles, record: dict[str, Any],
             offset: int) -> UploadStatus:
     return UploadStatus(
@@ -157,6 +161,13 @@ def _status(settings: Settings, p: UploadFiles, record: dict[str, Any],
     )
 
 
+def _owned_record(settings: Settings, p: UploadFiles) -> dict[str, Any]:
+    """The live sidecar of an upload the principal created; the unknown id's 404 otherwise."""
+    uploader_key()  # a share link's visitor is refused before the id is even looked at
+    record = live_record(settings, p)
+    check_owner(record, not_found(p.id))
+    return record
+
 
 # ------------------------------------------------------------------ protocol operations
 
@@ -169,11 +180,13 @@ def create_upload(
     sha256: str | None = None,
     metadata: dict[str, str] | None = None,
 ) -> UploadStatus:
-    """Start an upload of `length` bytes (tus creation).
+    """Start an upload of `length` bytes (tus creation), owned by the principal.
 
-    If `sha256` is given and the store already holds that content with that size, the upload
-    is complete at once and no byte needs to be sent (deduplication).
+    If `sha256` is given and names content of that size that the principal may already
+    download (`upload_access.may_reuse`), the upload is complete at once and no byte needs to
+    be sent (deduplication). Any other declared sha256 is only checked against the bytes.
     """
+    owner = uploader_key()
     if length < 0:
         raise InvalidInput("Upload-Length must be the file's size in bytes (0 or more)")
     if length > settings.max_upload_bytes:
@@ -196,10 +209,12 @@ def create_upload(
         "declared_sha256": sha256,
         "sha256": None,
         "created": time.time(),
+        "owner": owner,
     }
     store = artifact_store(settings)
     if (
         sha256 is not None
+        and may_reuse(settings, sha256)  # asked first: the store's answer must not leak
         and store.exists(sha256)
         and store.open_path(sha256).stat().st_size == length  # fetched when only remote
     ):
@@ -220,7 +235,7 @@ def create_upload(
 def upload_status(settings: Settings, upload_id: str) -> UploadStatus:
     """Where an upload stands (tus HEAD): its offset is the number of bytes kept so far."""
     p = upload_files(settings, upload_id)
-    record = live_record(settings, p)
+    record = _owned_record(settings, p)
     try:
         offset = p.data.stat().st_size
     except FileNotFoundError:
@@ -231,6 +246,7 @@ def upload_status(settings: Settings, upload_id: str) -> UploadStatus:
 def abort_upload(settings: Settings, upload_id: str) -> None:
     """Discard an upload and its bytes (tus termination)."""
     p = upload_files(settings, upload_id)
+    _owned_record(settings, p)
     with locked(p, os.O_RDONLY):
         remove(p)
 
@@ -255,7 +271,7 @@ async def append_chunk(
     the complete file's sha256 differs from the one declared at creation.
     """
     p = upload_files(settings, upload_id)
-    record = await asyncio.to_thread(live_record, settings, p)
+    record = await asyncio.to_thread(_owned_record, settings, p)
     length = record["length"]
     if record.get("sha256") is not None:
         # Complete (possibly a link to a stored artifact): never opened for writing again.
@@ -342,11 +358,13 @@ def claim_completed_upload(settings: Settings, upload_id: str) -> Iterator[Compl
     """Take a complete upload out of the protocol and lend its file to the `with` block.
 
     The block may move or delete `path` (e.g. `checkpoints.add_checkpoint_file` does); whatever
-    is left is deleted when the block ends, success or not. Raises NotFound (404), Conflict
-    (409) while bytes are missing (the upload is left as it was) and UploadLocked (423).
+    is left is deleted when the block ends, success or not. Raises NotFound (404, also for
+    another principal's upload), Conflict (409) while bytes are missing (the upload is left as
+    it was) and UploadLocked (423). The consumer checks its own access first: nothing is
+    claimed for a request that would be refused.
     """
     p = upload_files(settings, upload_id)
-    record = live_record(settings, p)
+    record = _owned_record(settings, p)
     with locked(p, os.O_RDONLY) as fd:
         size = os.fstat(fd).st_size
         if record.get("sha256") is None:
@@ -366,32 +384,3 @@ def claim_completed_upload(settings: Settings, upload_id: str) -> Iterator[Compl
         )
     finally:
         p.claimed.unlink(missing_ok=True)
-
-# ------------------------------------------------------------------ housekeeping
-
-
-def remove_stale_uploads(settings: Settings, *, now: float | None = None) -> int:
-    """Delete uploads (finished or not) idle longer than `upload_expiry_seconds`, and leftovers.
-
-    Returns how many uploads or stray files were removed; uploads being written are skipped.
-    """
-    root = settings.uploads_dir
-    if not root.is_dir():
-        return 0
-    cutoff = (time.time() if now is None else now) - settings.upload_expiry_seconds
-    removed = 0
-    for entry in root.iterdir():
-        stem, suffix = entry.stem, entry.suffix
-        try:
-            if suffix == ".json" and ID.fullmatch(stem):
-                p = upload_files(settings, stem)
-                if last_activity(p) < cutoff and remove(p, only_if_unlocked=True):
-                    removed += 1
-            elif not (suffix == ".bin" and (root / f"{stem}.json").exists()):
-                # Claimed files whose consumer died, data without a sidecar, temp files.
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
-        except FileNotFoundError:
-            continue  # finished or removed by another request meanwhile
-    return removed

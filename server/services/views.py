@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +16,7 @@ from prunescope.server.access import get_or_404
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
 from prunescope.server.errors import Conflict, InvalidInput, NotFound
+from prunescope.server.schemas import UtcDatetime
 from prunescope.server.tables import Bookmark, Project, ViewState
 
 # 12 random bytes: 96 bits, 16 URL-safe characters; ids can be neither guessed nor enumerated.
@@ -44,7 +44,7 @@ class BookmarkPublic(BaseModel):
     project_id: int
     name: str
     url: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class BookmarksPublic(BaseModel):

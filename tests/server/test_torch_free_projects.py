@@ -93,6 +93,7 @@ def test_projects_and_builtins_answer_the_same_with_torch_refused(settings, tmp_
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNESCOPE_")}
     env["PRUNESCOPE_DATA_DIR"] = str(tmp_path / "torch-free")
+    env["PRUNESCOPE_ALLOWED_HOSTS"] = "testserver"  # TestClient's host name
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

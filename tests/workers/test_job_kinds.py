@@ -109,7 +109,13 @@ def test_validation_fills_defaults_and_names_the_bad_parameter():
         ("train_dynamics", {"mode": "gmp"}, "needs params.sparsity"),
         ("train_dynamics", {"gmp_start": 0.5, "gmp_end": 0.4}, "gmp_end must come after"),
         ("analyze", {"conv_pooling": "max"}, "one of mean, flatten"),
-        ("train", {"epochs": -1}, "params.epochs must be a positive integer"),
+        ("train", {"epochs": -1}, "params.epochs must be an integer from 1 to 10,000"),
+        # No number without a ceiling: these would hold a worker for ever or fail it late.
+        ("train", {"epochs": 10**29}, "params.epochs must be an integer from 1 to 10,000"),
+        ("train", {"lr": 1.2e29}, "params.lr must be a positive number of at most 1e+06"),
+        ("geometry", {"seed": 2**32}, "params.seed must be an integer from 0 to 2**32 - 1"),
+        ("probe", {"max_examples": 10**12}, "from 20 to 1,000,000"),
+        ("dynamics", {"k": 10**9}, "params.k must be an integer from 1 to 1,000,000"),
         ("explode", {}, "unknown job kind 'explode'; choose one of train, prune, analyze"),
     ]
     for kind, params, message in cases:

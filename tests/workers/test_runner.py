@@ -181,7 +181,7 @@ def test_cancellation_from_progress_propagates(tmp_path):
         ("explode", {}, "train, prune, analyze, geometry, probe"),
         ("probe", {"max_examples": 5}, "params.max_examples"),
         ("geometry", {"projection": "tsne"}, "params.projection must be one of umap, pca"),
-        ("train", {"epochs": 0}, "params.epochs must be a positive integer"),
+        ("train", {"epochs": 0}, "params.epochs must be an integer from 1 to 10,000"),
         ("train", {"epochs": True}, "params.epochs"),
         ("train", {"lr": -1}, "params.lr"),
         ("train", {"epoch": 3}, "'epoch'"),

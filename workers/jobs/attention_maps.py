@@ -15,7 +15,8 @@ from prunescope.workers.jobspec import JobInputError, JobOutput, JobSpec, NewRes
 PARAMS: dict[str, Param] = {
     # Position in the evaluation (test) split's sentences: the order the analyze job stores
     # them in for the Attention page's picker (`analyze.SENTENCES`).
-    "sentence": Param(int, 0, "a non-negative integer", lambda v: v >= 0),
+    "sentence": Param(int, 0, "an integer from 0 to 10,000,000",
+                      lambda v: 0 <= v <= 10_000_000),
     "max_tokens": Param(int, 64, "an integer from 4 to 512", lambda v: 4 <= v <= 512),
     "checkpoint_ids": CHECKPOINT_IDS,
 }

@@ -13,7 +13,7 @@ from prunescope.workers.jobs.params import Param
 from prunescope.workers.jobspec import JobInputError, JobOutput, JobSpec, NewResult, ProgressFn
 
 PARAMS: dict[str, Param] = {
-    "k": Param(int, 20, "an integer of at least 1", lambda v: v >= 1),
+    "k": Param(int, 20, "an integer from 1 to 1,000,000", lambda v: 1 <= v <= 1_000_000),
 }
 
 

@@ -17,7 +17,7 @@ PARAMS: dict[str, Param] = {
     "projection": one_of("umap", ("umap", "pca")),
     "alignment": one_of("reference", ("reference", "aligned")),
     "seed": SEED,
-    "n_neighbors": Param(int, 15, "an integer of at least 2", lambda v: v >= 2),
+    "n_neighbors": Param(int, 15, "an integer from 2 to 10,000", lambda v: 2 <= v <= 10_000),
     "min_dist": Param(float, 0.1, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0),
     "checkpoint_ids": CHECKPOINT_IDS,
 }

@@ -27,6 +27,8 @@ PARAMS: dict[str, Param] = {
     "role": Param(str, rule="dense or pruned", valid=lambda v: v in ("dense", "pruned")),
     "method": Param(str, None, "the pruning method, if known"),
     "target_sparsity": Param(float, None, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
+    "max_parameters": Param(int, None, "the model size limit (PRUNESCOPE_MAX_MODEL_PARAMETERS)",
+                            lambda v: v > 0),
 }
 
 
@@ -40,6 +42,7 @@ def run_ingest_checkpoint(spec: JobSpec, params: dict[str, Any],
         spec.inputs["upload"], filename=params["filename"], role=params["role"],
         architecture=spec.architecture, config=spec.architecture_config,
         max_bytes=params["max_bytes"], scratch_dir=spec.scratch_dir,
+        max_parameters=params["max_parameters"],
     )
     progress(1.0, f"{params['filename']}: {checked.format}, valid")
     return JobOutput(ingested=dataclasses.asdict(checked))

@@ -17,7 +17,8 @@ PARAMS: dict[str, Param] = {
     "run": Param(str, rule="the run's name"),
     "mode": Param(str, rule="dense, gmp or finetune"),
     "sparsity": Param(float, rule="a number in [0, 1)", valid=lambda v: 0.0 <= v < 1.0),
-    "seed": Param(int, rule="an integer"),
+    "seed": Param(int, rule="an integer from -2**63 to 2**63 - 1",
+                  valid=lambda v: -(2**63) <= v < 2**63),
 }
 
 

@@ -27,19 +27,26 @@ class Param:
     valid: Callable[[Any], bool] = lambda value: True
 
 
-def positive_int(default: int) -> Param:
-    return Param(int, default, "a positive integer", lambda v: v >= 1)
+# Every number has an upper bound too: a job asked for 10^29 epochs would hold a worker for
+# ever, and one too large for the libraries fails late instead of at submission.
+LARGEST_COUNT = 1_000_000
 
 
-def positive_float(default: float) -> Param:
-    return Param(float, default, "a positive number", lambda v: math.isfinite(v) and v > 0)
+def positive_int(default: int, maximum: int = LARGEST_COUNT) -> Param:
+    return Param(int, default, f"an integer from 1 to {maximum:,}", lambda v: 1 <= v <= maximum)
+
+
+def positive_float(default: float, maximum: float = 1e6) -> Param:
+    return Param(float, default, f"a positive number of at most {maximum:g}",
+                 lambda v: math.isfinite(v) and 0 < v <= maximum)
 
 
 def one_of(default: Any, choices: tuple[str, ...]) -> Param:
     return Param(str, default, f"one of {', '.join(choices)}", lambda v: v in choices)
 
 
-SEED = Param(int, 0, "an integer")
+# NumPy's and UMAP's generators take seeds below 2**32.
+SEED = Param(int, 0, "an integer from 0 to 2**32 - 1", lambda v: 0 <= v < 2**32)
 NAME_RULE = "a non-empty name of at most 200 characters"
 
 
@@ -54,7 +61,8 @@ def name_param(default: str | None) -> Param:
 
 # The server resolves these into spec.checkpoints (and checks they belong to the project);
 # the handlers accept them and read spec.checkpoints.
-CHECKPOINT_IDS = Param(list, None, "a list of checkpoint ids")
+CHECKPOINT_IDS = Param(list, None, "a list of at most 10,000 checkpoint ids",
+                       lambda v: len(v) <= 10_000)
 
 
 def read_params(kind: str, params: Mapping[str, Any], table: Mapping[str, Param]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from prunescope.workers.jobs.params import CHECKPOINT_IDS, SEED, Param
 from prunescope.workers.jobspec import JobInputError, JobOutput, JobSpec, NewResult, ProgressFn
 
 PARAMS: dict[str, Param] = {
-    "max_examples": Param(int, 400, "an integer of at least 20", lambda v: v >= 20),
+    "max_examples": Param(int, 400, "an integer from 20 to 1,000,000",
+                          lambda v: 20 <= v <= 1_000_000),
     "tasks": Param(list, None, "a list of probing task names"),
     "seed": SEED,
     "checkpoint_ids": CHECKPOINT_IDS,

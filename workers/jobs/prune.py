@@ -33,11 +33,11 @@ PARAMS: dict[str, Param] = {
     "calibration_batches": positive_int(8),
     "calibration_batch_size": positive_int(64),
     # synflow
-    "iterations": positive_int(100),
+    "iterations": positive_int(100, 100_000),
     # imp_rewind
-    "rounds": positive_int(3),
-    "epochs_per_round": positive_int(2),
-    "rewind_epoch": Param(int, 1, "a non-negative integer", lambda v: v >= 0),
+    "rounds": positive_int(3, 1_000),
+    "epochs_per_round": positive_int(2, 10_000),
+    "rewind_epoch": Param(int, 1, "an integer from 0 to 10,000", lambda v: 0 <= v <= 10_000),
     "lr": positive_float(1e-3),
     "batch_size": positive_int(64),
 }

@@ -11,7 +11,7 @@ from prunescope.workers.jobs.params import SEED, Param, name_param, positive_flo
 from prunescope.workers.jobspec import JobOutput, JobSpec, NewCheckpoint, ProgressFn
 
 PARAMS: dict[str, Param] = {
-    "epochs": positive_int(30),
+    "epochs": positive_int(30, 10_000),
     "lr": positive_float(1e-3),
     "batch_size": positive_int(64),
     "seed": SEED,

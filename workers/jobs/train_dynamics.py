@@ -35,7 +35,7 @@ PARAMS: dict[str, Param] = {
     "mode": one_of("dense", ("dense", "gmp", "finetune")),
     "sparsity": Param(float, 0.0, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
     "seed": SEED,
-    "epochs": positive_int(30),
+    "epochs": positive_int(30, 10_000),
     "lr": positive_float(1e-3),
     "batch_size": positive_int(64),
     # The GMP schedule, as fractions of all optimizer steps, and its step interval.
@@ -44,9 +44,10 @@ PARAMS: dict[str, Param] = {
     "gmp_frequency": positive_int(10),
     # Probe suites: the same for every run with the same three values. Size per suite: by
     # default 1 % of the training set (MAP-D's 500 of CIFAR's 50,000), at least 50, at most 500.
-    "probe_size": Param(int, None, "an integer of at least 2", lambda v: v >= 2),
+    "probe_size": Param(int, None, "an integer from 2 to 1,000,000",
+                        lambda v: 2 <= v <= 1_000_000),
     "noise_sigma": positive_float(0.25),
-    "probe_seed": Param(int, 0, "a non-negative integer", lambda v: v >= 0),
+    "probe_seed": Param(int, 0, "an integer from 0 to 2**32 - 1", lambda v: 0 <= v < 2**32),
     # A fifth suite of uniform-noise inputs with random labels (MAP-D's optional one).
     "random_inputs": Param(bool, False, "true or false"),
     "name": name_param(None),
