@@ -35,7 +35,7 @@ from prunescope.server.logs import configure_logging, job_context
 from prunescope.server.resilience import Backoff, database_unavailable, retry_on_outage
 from prunescope.server.storage import artifact_store
 from prunescope.server.tables import Job
-from prunescope.workers.executors import INTERRUPTED
+from prunescope.workers.executors import INTERRUPTED, REFUSED
 from prunescope.workers.jobspec import JobCancelled, JobInputError, JobSpec
 
 log = logging.getLogger(__name__)
@@ -360,6 +360,9 @@ def worker_process_main(
             run_worker(settings, worker_id, stop_event, kinds=kinds)
     except KeyboardInterrupt:  # a Ctrl-C: say so, so the pool waits to see if its server stops
         sys.exit(INTERRUPTED)
+    except UnsafeTorch as exc:  # say why once; the pool does not restart a refusing worker
+        log.error("%s", exc)
+        sys.exit(REFUSED)
 
 
 def standalone_worker(settings: Settings | None = None) -> None:

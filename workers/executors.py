@@ -18,6 +18,9 @@ INTERRUPTED = 128 + signal.SIGINT
 # How a worker ends when it was told to stop: by one of these signals, or INTERRUPTED.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOPPED_EXITS = frozenset({INTERRUPTED, *(-s for s in STOP_SIGNALS)})
+# The exit status of a worker that refuses to run here (sysexits' EX_CONFIG: an unsafe torch);
+# a fresh one would refuse the same way, so its slot is left empty and says so once.
+REFUSED = 78
 
 
 class StopSignal:
@@ -104,6 +107,11 @@ class LocalProcessPool:
         while not self._closing.wait(self.restart_delay):
             for slot, proc in list(self._procs.items()):
                 if proc.is_alive():
+                    continue
+                if proc.exitcode == REFUSED:
+                    log.error("%s refused to run on this machine (see its message above); "
+                              "not restarting it", proc.name)
+                    del self._procs[slot]
                     continue
                 if proc.exitcode in STOPPED_EXITS:
                     since = stopped_since.setdefault(slot, time.monotonic())

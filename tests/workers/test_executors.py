@@ -9,12 +9,16 @@ import subprocess
 import sys
 import time
 
-from prunescope.workers.executors import LocalProcessPool
+from prunescope.workers.executors import REFUSED, LocalProcessPool
 
 
 def idle_worker(_name: str, stop, *_args) -> None:  # noqa: ANN001
     while not stop.wait(0.05):
         pass
+
+
+def refusing_worker(_name: str, _stop, *_args) -> None:  # noqa: ANN001
+    sys.exit(REFUSED)  # what a worker on a torch older than 2.6 does
 
 
 def _pool() -> LocalProcessPool:
@@ -70,3 +74,16 @@ def test_a_worker_whose_server_is_already_gone_leaves_at_once(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PRUNESCOPE_DATA_DIR": str(tmp_path)})
     assert done.returncode == 0 and "still here" not in done.stdout
+
+
+def test_a_worker_that_refuses_to_run_here_is_not_restarted(caplog):
+    pool = LocalProcessPool(1, refusing_worker, restart_delay=0.05)
+    pool.start()
+    try:
+        first = pool._procs[0]
+        first.join(5)
+        time.sleep(0.5)  # ten supervisor rounds: a restart would have happened by now
+        assert first.exitcode == REFUSED and pool._procs == {}
+        assert "not restarting" in caplog.text
+    finally:
+        pool.stop(timeout=5)
