@@ -24,6 +24,9 @@ UPLOAD_FRAMING = MiB
 # DASHBOARD_UPLOAD_LIMIT of dashboard/pages/datasets.py.
 DASHBOARD_UPLOAD_FILE_BYTES = 200 * MiB
 DASH_CALLBACK = "/_dash-update-component"
+# Any principal's callbacks: a lasso sends every selected point (about 150 bytes each), and a
+# share link's visitor may lasso tens of thousands of them on the geometry page.
+DASH_CALLBACK_BYTES = 16 * MiB
 # Routes whose body is a file: multipart uploads into a project, chunks of resumable uploads.
 _UPLOAD_POST = re.compile(r"/api/v1/projects/\d+/(checkpoints|datasets|dynamics)/?")
 _UPLOAD_PATCH = re.compile(r"/api/v1/uploads/[^/]+/?")
@@ -127,8 +130,9 @@ def is_upload(method: str, path: str) -> bool:
 class BodyLimit:
     """Answers 413 once a request's body exceeds what its route takes: a declared length at
     once, bytes as they arrive otherwise (chunked bodies declare none). Uploads may reach
-    PRUNESCOPE_MAX_UPLOAD_BYTES; every other body PRUNESCOPE_MAX_JSON_BYTES, except the
-    dashboard callbacks of signed-in users (the Datasets page sends its file through one).
+    PRUNESCOPE_MAX_UPLOAD_BYTES; every other body PRUNESCOPE_MAX_JSON_BYTES, except dashboard
+    callbacks: 16 MiB (a lasso's points), and for signed-in users room for the Datasets
+    page's file, which it sends through one.
     Runs inside the sign-in check, whose principal it reads."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -143,8 +147,10 @@ class BodyLimit:
         method, path = scope["method"], scope["path"]
         if is_upload(method, path):
             return self.upload, "PRUNESCOPE_MAX_UPLOAD_BYTES"
-        if path == DASH_CALLBACK and current_principal().kind in ("user", "local"):
-            return self.callback_upload, "PRUNESCOPE_MAX_UPLOAD_BYTES"
+        if path == DASH_CALLBACK:
+            if current_principal().kind in ("user", "local"):
+                return self.callback_upload, "PRUNESCOPE_MAX_UPLOAD_BYTES"
+            return max(self.json, DASH_CALLBACK_BYTES), "PRUNESCOPE_MAX_JSON_BYTES"
         return self.json, "PRUNESCOPE_MAX_JSON_BYTES"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,7 +13,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from prunescope.server import auth
 from prunescope.server.main import create_app
-from prunescope.server.request_guards import DASHBOARD_UPLOAD_FILE_BYTES, host_name
+from prunescope.server.request_guards import (
+    DASH_CALLBACK_BYTES,
+    DASHBOARD_UPLOAD_FILE_BYTES,
+    BodyLimit,
+    host_name,
+)
 from tests.server.live_http import LiveServer, MiB, memory_rise, send_chunked, spooled_bytes
 
 ATTACK = 300 * MiB
@@ -218,6 +223,18 @@ def test_signed_in_users_callbacks_carry_the_datasets_pages_file(settings):
         r = client.post("/api/v1/projects", content=body,
                         headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and "PRUNESCOPE_MAX_JSON_BYTES" in r.json()["detail"]
+
+
+def test_a_share_link_visitors_lasso_fits_and_a_json_route_stays_small(settings):
+    """A lasso over 27,000 geometry points sends about 4 MiB of selected points: a share
+    link's visitor may send that to a callback, never to a JSON route."""
+    limits = BodyLimit(None, settings)
+    visitor = auth.Principal(kind="share", project_id=1)
+    with auth.acting_as(visitor):
+        callback, _ = limits.limit({"method": "POST", "path": "/_dash-update-component"})
+        route, setting = limits.limit({"method": "POST", "path": "/api/v1/projects/1/jobs"})
+    assert callback == DASH_CALLBACK_BYTES > 27_000 * 150
+    assert route == settings.max_json_bytes < callback and setting == "PRUNESCOPE_MAX_JSON_BYTES"
 
 
 @pytest.mark.parametrize(("host", "name"), [
