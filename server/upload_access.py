@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, exists, or_, select
 
 from prunescope.server.auth import Principal, current_principal
 from prunescope.server.config import Settings
-from prunescope.server.db import session_scope
+from prunescope.server.db import get_engine
 from prunescope.server.errors import Forbidden, NotFound
 from prunescope.server.tables import Checkpoint, Dataset, ProjectMember
 
@@ -75,5 +75,6 @@ def may_reuse(settings: Settings, digest: str) -> bool:
         return True
     if principal.kind != "user":
         return False
-    with session_scope(settings) as s:
-        return bool(s.scalar(_HELD, {"user_id": principal.user_id, "digest": digest}))
+    # A bare connection, not an ORM session: a read of one row, on the hot path of creation.
+    with get_engine(settings).connect() as connection:
+        return bool(connection.scalar(_HELD, {"user_id": principal.user_id, "digest": digest}))
