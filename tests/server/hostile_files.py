@@ -21,6 +21,19 @@ import sys
 import zipfile
 
 
+def model_folder_zip(config: dict) -> bytes:
+    """A zipped Hugging Face model folder: `config` as its config.json and a tiny weights
+    file; what the config asks for decides whether it is refused."""
+    import torch
+    from safetensors.torch import save  # deferred, as torch below: the module runs alone too
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("model/config.json", json.dumps(config))
+        zf.writestr("model/model.safetensors", save({"w": torch.zeros(2)}))
+    return out.getvalue()
+
+
 def deflated_torch_archive(nbytes: int) -> bytes:
     """A torch.save-layout archive holding one float32 tensor of `nbytes` zeros, deflated
     (torch.save stores records uncompressed; torch.load inflates deflated ones too)."""

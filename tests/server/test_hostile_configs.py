@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save as safetensors_bytes
 
 from prunescope.server.main import create_app
+from tests.server.hostile_files import model_folder_zip
 
 DPT = {"model_type": "dpt", "backbone": "org/repo", "use_pretrained_backbone": False,
        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -72,14 +73,6 @@ def client(settings, ingest_worker, recorder):
         yield c
 
 
-def _folder(config: dict) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        zf.writestr("model/config.json", json.dumps(config))
-        zf.writestr("model/model.safetensors", safetensors_bytes({"w": torch.zeros(2)}))
-    return out.getvalue()
-
-
 def test_a_project_config_naming_a_backbone_repository_is_refused(client, recorder):
     r = client.post("/api/v1/projects", json={"name": "dpt", "architecture": "huggingface",
                                               "architecture_config": DPT})
@@ -104,7 +97,7 @@ def test_an_uploaded_folder_naming_another_repository_is_refused(client, recorde
                       ).json()["id"]
     config = {**{k: v for k, v in DPT.items() if k != "backbone"}, **entry}
     r = client.post(f"/api/v1/projects/{pid}/checkpoints",
-                    files={"file": ("model.zip", _folder(config))}, data={"role": "dense"})
+                    files={"file": ("model.zip", model_folder_zip(config))}, data={"role": "dense"})
     assert r.status_code == 422, r.text
     assert shown in r.json()["detail"] and "outside the uploaded folder" in r.json()["detail"]
     assert recorder == []

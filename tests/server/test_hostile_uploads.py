@@ -11,7 +11,6 @@ import resource
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from prunescope.models.archives import ArchiveError, check_zip_expansion
 from prunescope.models.safe_json import JSONRefused, loads_bounded
 from prunescope.server.config import get_settings
 from prunescope.server.main import create_app
-from tests.server.hostile_files import deeply_nested_safetensors, lying_zip
+from tests.server.hostile_files import deeply_nested_safetensors, lying_zip, model_folder_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,14 +147,6 @@ def test_other_sizes_are_bounded_too(client, architecture, config, words):
     assert r.status_code == 422 and words in r.json()["detail"], r.text
 
 
-def _folder_zip(config: dict) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as zf:
-        zf.writestr("model/config.json", json.dumps(config))
-        zf.writestr("model/model.safetensors", safetensors_bytes({"w": torch.zeros(2)}))
-    return out.getvalue()
-
-
 def test_an_uploaded_folders_config_is_held_to_the_parameter_limit(settings, ingest_worker,
                                                                    monkeypatch):
     # The folder brings the configuration of a `huggingface` project: before, its model was
@@ -170,7 +161,7 @@ def test_an_uploaded_folders_config_is_held_to_the_parameter_limit(settings, ing
         client.params = {"wait": "true"}
         pid = _project(client, "huggingface")
         r = client.post(f"/api/v1/projects/{pid}/checkpoints",
-                        files={"file": ("model.zip", _folder_zip(config))},
+                        files={"file": ("model.zip", model_folder_zip(config))},
                         data={"role": "dense"})
         assert r.status_code == 422
         assert "config.json: the model would have about 10,959,360" in r.json()["detail"]

@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import socket
-import threading
 import time
 import tracemalloc
 import uuid
@@ -23,6 +22,7 @@ from prunescope.server.config import get_settings
 from prunescope.server.main import create_app
 from prunescope.server.services import uploads
 from prunescope.server.storage import ArtifactStore
+from tests.server.live_http import LiveServer
 
 TUS = {"Tus-Resumable": "1.0.0"}
 CHUNK = {**TUS, "Content-Type": "application/offset+octet-stream"}
@@ -99,40 +99,11 @@ def _upload_files(settings) -> list[str]:  # noqa: ANN001
 # ------------------------------------------------------------------ a real server on loopback
 
 
-class LiveServer:
+class TusServer(LiveServer):
+    """The API alone on a real uvicorn server, with the tus client calls these tests make."""
+
     def __init__(self, settings) -> None:  # noqa: ANN001
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(settings, dashboard=False), log_level="warning", lifespan="off"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def request(self, method: str, path: str, body=None, headers=None):  # noqa: ANN001, ANN201
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        super().__init__(create_app(settings, dashboard=False))
 
     def create(self, length: int, filename: str = "ckpt.safetensors") -> str:
         status, headers, body = self.request(
@@ -166,7 +137,7 @@ class LiveServer:
 
 @pytest.fixture
 def live(settings):
-    with LiveServer(settings) as server:
+    with TusServer(settings) as server:
         yield server
 
 
@@ -373,7 +344,7 @@ def test_a_chunk_far_larger_than_memory_is_streamed_to_disk(settings, live):
 
 def test_a_writer_that_goes_silent_gives_the_upload_back(settings, monkeypatch):
     settings = _reconfigure(monkeypatch, upload_idle_timeout_seconds="1.5")
-    with LiveServer(settings) as live:
+    with TusServer(settings) as live:
         url = live.create(1000)
         stalled = live.start_patch(url, 0, 1000, b"s" * 10)
         try:
