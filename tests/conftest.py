@@ -33,7 +33,8 @@ def pytest_report_header(config) -> str:  # noqa: ANN001
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     if TEST_DATABASE != "postgres":
         return
-    keep = [i for i in items if "settings" in getattr(i, "fixturenames", ())]
+    keep = [i for i in items if "settings" in getattr(i, "fixturenames", ())
+            and i.get_closest_marker("not_about_the_database") is None]
     dropped = [i for i in items if i not in keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -51,6 +51,7 @@ def _stored(settings) -> list[Path]:  # noqa: ANN001
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+@pytest.mark.not_about_the_database
 def test_a_hugging_face_project_takes_its_config_from_the_first_folder(
     client, settings, minilm_zip: bytes, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def test_a_hugging_face_project_takes_its_config_from_the_first_folder(
     assert detail["encoder.layer.0.attention.self.query.weight"]["sparsity"] == 0.0
 
 
+@pytest.mark.not_about_the_database
 def test_a_folder_of_another_model_is_refused_naming_the_differences(
     client, settings, minilm_zip: bytes
 ) -> None:
@@ -125,6 +127,7 @@ def test_a_folder_of_another_model_is_refused_naming_the_differences(
     assert _stored(settings) == before
 
 
+@pytest.mark.not_about_the_database
 def test_hostile_archives_are_refused_and_leave_nothing(client, settings) -> None:
     pid = client.post("/api/v1/projects",
                       json={"name": "hf2", "architecture": "huggingface"}).json()["id"]

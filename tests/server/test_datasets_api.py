@@ -237,6 +237,7 @@ def _digit_members(count: int = 10) -> dict[str, bytes]:
             for i in range(count)}
 
 
+@pytest.mark.not_about_the_database
 def test_refused_uploads_say_why_and_leave_nothing_behind(client, settings, tmp_path):
     pid = _project(client)
     marker = tmp_path / "pwned"

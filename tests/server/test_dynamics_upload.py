@@ -330,6 +330,7 @@ def _refusals() -> list[tuple[str, dict, dict, int, str]]:
     ]
 
 
+@pytest.mark.not_about_the_database
 def test_refused_uploads_say_what_to_fix_and_leave_nothing_behind(client, settings, pid):
     good = _files(_run(5))
     for case, files, form, status, words in _refusals():

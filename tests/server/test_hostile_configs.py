@@ -20,6 +20,9 @@ from safetensors.torch import save as safetensors_bytes
 from prunescope.server.main import create_app
 from tests.server.hostile_files import model_folder_zip
 
+# The database only holds what these tests check (files, HTTP framing): SQLite suffices.
+pytestmark = pytest.mark.not_about_the_database
+
 DPT = {"model_type": "dpt", "backbone": "org/repo", "use_pretrained_backbone": False,
        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
        "intermediate_size": 37}

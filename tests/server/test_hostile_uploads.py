@@ -24,6 +24,9 @@ from prunescope.server.config import get_settings
 from prunescope.server.main import create_app
 from tests.server.hostile_files import deeply_nested_safetensors, lying_zip, model_folder_zip
 
+# The database only holds what these tests check (files, HTTP framing): SQLite suffices.
+pytestmark = pytest.mark.not_about_the_database
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

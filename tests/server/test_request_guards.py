@@ -21,6 +21,9 @@ from prunescope.server.request_guards import (
 )
 from tests.server.live_http import LiveServer, MiB, memory_rise, send_chunked, spooled_bytes
 
+# The database only holds what these tests check (files, HTTP framing): SQLite suffices.
+pytestmark = pytest.mark.not_about_the_database
+
 ATTACK = 300 * MiB
 
 

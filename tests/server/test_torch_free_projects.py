@@ -78,6 +78,7 @@ sys.meta_path.insert(0, _Refuse())
 """
 
 
+@pytest.mark.not_about_the_database
 def test_projects_and_builtins_answer_the_same_with_torch_refused(settings, tmp_path):
     code = _REFUSE_TORCH + (
         "import json\n"
