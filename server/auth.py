@@ -20,7 +20,6 @@ from sqlalchemy import delete, select
 
 from prunescope.server.config import Settings
 from prunescope.server.db import session_scope
-from prunescope.server.login_throttle import LoginThrottle  # noqa: F401 - main imports it here
 from prunescope.server.tables import (
     ApiToken,
     ShareLink,

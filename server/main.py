@@ -14,11 +14,11 @@ from prunescope.dashboard.report import router as report_router
 from prunescope.server.api import api_router, share_links
 from prunescope.server.api import auth as auth_routes
 from prunescope.server.api.refusals import install_refusals
-from prunescope.server.auth import LoginThrottle
 from prunescope.server.auth_middleware import AuthMiddleware
 from prunescope.server.config import Settings, get_settings
 from prunescope.server.db import upgrade_database
 from prunescope.server.errors import ServiceError
+from prunescope.server.login_throttle import LoginThrottle
 from prunescope.server.metrics import RequestMetrics, create_metrics
 from prunescope.server.request_guards import BodyLimit, HostAndFraming
 from prunescope.server.resilience import DatabaseUnavailableMiddleware

@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from prunescope.server import auth
 from prunescope.server.cli import main as cli_main
 from prunescope.server.db import session_scope
+from prunescope.server.login_throttle import LoginThrottle
 from prunescope.server.main import create_app
 from prunescope.server.tables import ApiToken, User, UserSession, utcnow
 
@@ -255,7 +256,7 @@ def _fail(throttle, name, client):  # noqa: ANN001
 
 
 def test_throttle_counts_names_and_clients_apart(settings):
-    throttle = auth.LoginThrottle(limit=2, settings=settings)
+    throttle = LoginThrottle(limit=2, settings=settings)
     _fail(throttle, "alice", "10.0.0.1")
     _fail(throttle, "alice", "10.0.0.2")
     _fail(throttle, "bob", "10.0.0.3")
@@ -269,7 +270,7 @@ def test_throttle_counts_names_and_clients_apart(settings):
 
 
 def test_an_ipv6_client_is_its_64_block(settings):
-    throttle = auth.LoginThrottle(limit=2, settings=settings)
+    throttle = LoginThrottle(limit=2, settings=settings)
     _fail(throttle, "alice", "2001:db8::1")
     _fail(throttle, "bob", "2001:db8::2")
     assert throttle.attempt("carol", "2001:db8::ffff:1") is None  # another address, same /64
@@ -280,7 +281,7 @@ def test_an_ipv6_client_is_its_64_block(settings):
 
 
 def test_a_right_password_withdraws_its_attempt(settings):
-    throttle = auth.LoginThrottle(limit=2, settings=settings)
+    throttle = LoginThrottle(limit=2, settings=settings)
     for _ in range(5):
         throttle.succeeded(throttle.attempt("alice", "10.0.0.1"))
     _fail(throttle, "alice", "10.0.0.1")
@@ -292,8 +293,8 @@ def test_every_server_process_counts_the_same_failures_and_they_age_out(settings
     from prunescope.server.db import session_scope
     from prunescope.server.tables import LoginFailure, utcnow
 
-    first = auth.LoginThrottle(limit=3, settings=settings)
-    second = auth.LoginThrottle(limit=3, settings=settings)  # another process, same database
+    first = LoginThrottle(limit=3, settings=settings)
+    second = LoginThrottle(limit=3, settings=settings)  # another process, same database
     for throttle in (first, second, first):
         _fail(throttle, "alice", "10.0.0.9")
     _fail(first, "zoe", "10.0.0.1")
