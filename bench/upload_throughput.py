@@ -1,6 +1,7 @@
 """Throughput and server memory of resumable uploads against a bare HTTP sink on loopback.
 
-The real server (`uvicorn server.main:create_app` in a subprocess, temporary data directory)
+The real server (`uvicorn prunescope.server.main:create_app` in a subprocess, temporary data
+directory)
 receives a file through the tus chunk protocol: POST /api/v1/uploads, then PATCH requests of
 `--chunk-mb` (the browser's chunk size) written to disk and hashed as they arrive. Baseline,
 measured in the same run with the same client, chunking and keep-alive connection: a second
